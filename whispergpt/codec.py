@@ -1,0 +1,196 @@
+"""EnCodec wrapper on the fixed 24 kHz / 75 Hz grid.
+
+``Codec.from_pretrained(name_or_path, bandwidth=6.0)`` loads transformers' ``EncodecModel`` from
+the hub id (e.g. ``facebook/encodec_24khz``) or from a local directory in ``save_pretrained``
+layout, through the same call. ``encode`` maps ``(B, S)`` audio to ``(B, K, T)`` codes with
+``T = S // 320`` (the same ``T`` as ``log_mel``); ``decode`` maps codes back to ``(B, T * 320)``.
+
+The 24 kHz EnCodec encoder and decoder are causal (left-padded convolutions, unidirectional LSTM),
+so codes of frame ``t`` depend only on samples ``< (t+1) * 320`` and decoded samples of frame
+``t`` only on codes of frames ``<= t``; ``tests/test_codec.py`` checks both.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import torch
+
+from .audio import HOP_LENGTH, SAMPLE_RATE
+
+HUB_CODEC = "facebook/encodec_24khz"
+
+
+class Codec:
+    """Batched, device-aware, inference-only EnCodec at one bandwidth."""
+
+    def __init__(self, model, bandwidth: float = 6.0, name: str = "<in-memory>"):
+        from transformers import EncodecModel
+
+        if not isinstance(model, EncodecModel):
+            raise ValueError(f"Codec wraps a transformers EncodecModel, got {type(model).__name__}")
+        cfg = model.config
+        if cfg.sampling_rate != SAMPLE_RATE:
+            raise ValueError(f"codec sample rate must be {SAMPLE_RATE} Hz, got {cfg.sampling_rate} Hz ({name})")
+        hop = int(math.prod(cfg.upsampling_ratios))
+        if hop != HOP_LENGTH:
+            raise ValueError(f"codec hop must be {HOP_LENGTH} samples (75 Hz), got {hop} ({name})")
+        if cfg.normalize or cfg.chunk_length_s is not None:
+            raise ValueError(
+                f"{name}: only non-normalised, unchunked EnCodec models (the 24 kHz family) are supported"
+            )
+        supported = [float(b) for b in cfg.target_bandwidths]
+        if float(bandwidth) not in supported:
+            raise ValueError(f"bandwidth {bandwidth} kbps is not supported by {name}: pass one of {supported}")
+        self.model = model.eval()
+        self.bandwidth = float(bandwidth)
+        self.name = str(name)
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path: str | os.PathLike, bandwidth: float = 6.0, device: str | torch.device | None = None
+    ) -> Codec:
+        """Load from a hub id or a local ``save_pretrained`` directory (same code path)."""
+        from transformers import EncodecModel
+
+        name = str(name_or_path)
+        local = Path(name).expanduser()
+        if local.exists() and not (local / "config.json").is_file():
+            raise OSError(f"{name} exists but is not an EnCodec save_pretrained directory (no config.json)")
+        try:
+            model = EncodecModel.from_pretrained(str(local) if local.exists() else name)
+        except (OSError, ValueError) as e:
+            raise OSError(
+                f"could not load codec {name!r} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
+                f"Pass a local directory in EncodecModel save_pretrained layout, or the hub id {HUB_CODEC!r} "
+                "on a machine that can reach the hub (or has it in the HF cache)."
+            ) from e
+        codec = cls(model, bandwidth=bandwidth, name=name)
+        if device is not None:
+            codec.to(device)
+        return codec
+
+    @classmethod
+    def random(
+        cls,
+        bandwidth: float = 1.5,
+        seed: int = 0,
+        tiny: bool = True,
+        config_overrides: dict | None = None,
+    ) -> Codec:
+        """A random-weights codec for tests and as an evaluation floor.
+
+        A freshly built ``EncodecModel`` has all-zero codebooks (every code is 0); here each
+        residual codebook is filled with encoder outputs of seeded noise/tones, so codes vary.
+        ``tiny=True`` shrinks widths (same 320-sample hop, 1024-entry codebooks, bandwidths).
+        """
+        from transformers import EncodecConfig, EncodecModel
+
+        kwargs: dict = dict(target_bandwidths=[1.5, 3.0, 6.0, 12.0, 24.0])
+        if tiny:
+            kwargs.update(num_filters=4, hidden_size=32, num_lstm_layers=1, codebook_dim=32, num_residual_layers=1)
+        kwargs.update(config_overrides or {})
+        gen = torch.Generator().manual_seed(seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = EncodecModel(EncodecConfig(**kwargs)).eval()
+        t = torch.arange(SAMPLE_RATE, dtype=torch.float32) / SAMPLE_RATE
+        freqs = 110.0 * 2 ** (torch.rand(4, 1, generator=gen) * 4)
+        probe = torch.cat([0.3 * torch.sin(2 * math.pi * freqs * t), 0.1 * torch.randn(4, SAMPLE_RATE, generator=gen)])
+        fill_codebooks(model, probe, generator=gen)
+        return cls(model, bandwidth=bandwidth, name="random-tiny" if tiny else "random")
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        self.model.save_pretrained(str(directory))
+
+    def to(self, device: str | torch.device) -> Codec:
+        self.model.to(device)
+        return self
+
+    # -- properties ---------------------------------------------------------------------------
+    @property
+    def sample_rate(self) -> int:
+        return int(self.model.config.sampling_rate)
+
+    @property
+    def frame_rate(self) -> int:
+        return self.sample_rate // HOP_LENGTH
+
+    @property
+    def hop_length(self) -> int:
+        return HOP_LENGTH
+
+    @property
+    def num_codebooks(self) -> int:
+        return int(self.model.quantizer.get_num_quantizers_for_bandwidth(self.bandwidth))
+
+    @property
+    def codebook_size(self) -> int:
+        return int(self.model.config.codebook_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # -- encode / decode ----------------------------------------------------------------------
+    @torch.inference_mode()
+    def encode(self, wave: torch.Tensor) -> torch.Tensor:
+        """``(B, S)`` or ``(S,)`` float audio -> ``(B, K, T)`` int64 codes, ``T = S // 320``."""
+        if wave.dim() == 1:
+            wave = wave[None]
+        if wave.dim() != 2:
+            raise ValueError(f"encode expects (B, S) audio, got shape {tuple(wave.shape)}")
+        T = wave.shape[-1] // HOP_LENGTH
+        B = wave.shape[0]
+        if T == 0:
+            return torch.zeros(B, self.num_codebooks, 0, dtype=torch.long, device=wave.device)
+        x = wave[:, : T * HOP_LENGTH].to(self.device, torch.float32)[:, None]  # (B, 1, S)
+        emb = self.model.encoder(x)  # (B, D, T)
+        assert emb.shape[-1] == T, (emb.shape, T)
+        codes = self.model.quantizer.encode(emb, self.bandwidth)  # (K, B, T)
+        return codes.transpose(0, 1).long().contiguous()
+
+    @torch.inference_mode()
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """``(B, K, T)`` codes (any ``K <= num_codebooks``) -> ``(B, T * 320)`` float32 audio."""
+        if codes.dim() != 3:
+            raise ValueError(f"decode expects (B, K, T) codes, got shape {tuple(codes.shape)}")
+        B, K, T = codes.shape
+        if K < 1 or K > self.model.config.num_quantizers:
+            raise ValueError(f"decode expects 1..{self.model.config.num_quantizers} codebooks, got {K}")
+        if T == 0:
+            return torch.zeros(B, 0, device=codes.device)
+        emb = self.model.quantizer.decode(codes.to(self.device).transpose(0, 1))  # (B, D, T)
+        audio = self.model.decoder(emb)[:, 0]  # (B, S')
+        return audio[:, : T * HOP_LENGTH].float()
+
+    def __repr__(self) -> str:
+        return (
+            f"Codec({self.name!r}, bandwidth={self.bandwidth} kbps, K={self.num_codebooks}, "
+            f"V={self.codebook_size}, {self.frame_rate} Hz)"
+        )
+
+
+@torch.no_grad()
+def fill_codebooks(model, wave: torch.Tensor, generator: torch.Generator | None = None) -> None:
+    """Fill every residual codebook of ``model`` with encoder outputs of ``wave`` ``(B, S)``.
+
+    Each layer's entries are residual vectors drawn at random (plus a little noise so repeats are
+    distinct); the next layer sees the residual left by this one. Not a trained codec, but codes
+    are spread over the codebook, which is what tests and random floors need.
+    """
+    emb = model.encoder(wave[:, None].float())  # (B, D, T)
+    vectors = emb.transpose(1, 2).reshape(-1, emb.shape[1])  # (B*T, D)
+    for layer in model.quantizer.layers:
+        cb = layer.codebook
+        n = cb.embed.shape[0]
+        idx = torch.randint(0, vectors.shape[0], (n,), generator=generator)
+        noise = torch.randn(n, vectors.shape[1], generator=generator) * (vectors.std() * 0.05 + 1e-6)
+        cb.embed.copy_(vectors[idx] + noise)
+        cb.embed_avg.copy_(cb.embed)
+        cb.cluster_size.fill_(1.0)
+        codes = cb.quantize(vectors)
+        vectors = vectors - cb.embed[codes]
