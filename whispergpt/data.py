@@ -1,0 +1,233 @@
+"""Reader for datasets written by ``whispergpt prepare`` (layout documented in ``whispergpt.prepare``).
+
+``PreparedDataset(dir, split="train", frames=N)`` memory-maps the completed shards of one split and
+returns time-aligned ``(codes (K, N) int64, mel (M, N) float32)`` torch tensors: column ``t`` of
+both is frame ``t`` of the 75 Hz grid. Nothing is loaded into RAM beyond the requested crop.
+
+- ``crop(i, start, frames)``: an explicit window of file ``i``;
+- ``file_arrays(i)``: a whole file (evaluation tiles these itself);
+- ``random_crop(generator)``: a ``frames``-long window drawn uniformly over every valid
+  ``(file, start)`` pair, i.e. a file is picked with probability proportional to its number of
+  valid starts (``file_frames - frames + 1``) and the start is uniform; files shorter than
+  ``frames`` are never picked;
+- ``len(ds)`` / ``ds[j]``: deterministic tiling at stride ``frames`` (windows that would run past
+  the end of a file are dropped); with ``frames=None`` an item is a whole file.
+
+Only shards listed in ``manifest.json`` are read: a shard directory renamed into place by a run
+that died before rewriting the manifest, or a ``.tmp-*`` directory, is invisible here (``prepare``
+picks it up on resume). The dataset is cheap to construct and to pickle (memmaps are opened lazily
+per process), so it can go straight into ``DataLoader`` workers.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+SHARDS_DIR = "shards"
+
+
+def read_manifest(directory: str | os.PathLike) -> dict:
+    """Load and sanity-check ``DIR/manifest.json``; ``ValueError`` with the reason otherwise."""
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise ValueError(
+            f"{directory}: not a prepared dataset (expected {path}; run `whispergpt prepare` first)"
+        )
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: manifest is not valid JSON ({e})") from e
+    version = manifest.get("format_version") if isinstance(manifest, dict) else None
+    if version != FORMAT_VERSION:
+        raise ValueError(f"{path}: unsupported format_version {version!r}, expected {FORMAT_VERSION}")
+    missing = [
+        k
+        for k in ("num_codebooks", "codebook_size", "n_mels", "frame_rate", "sample_rate", "splits", "shards")
+        if k not in manifest
+    ]
+    if missing:
+        raise ValueError(f"{path}: manifest lacks keys {missing}")
+    return manifest
+
+
+class PreparedDataset(torch.utils.data.Dataset):
+    """Aligned ``(codes (K, N) int64, mel (M, N) float32)`` crops of one split of a prepared dataset."""
+
+    def __init__(self, directory: str | os.PathLike, split: str = "train", frames: int | None = None):
+        self.directory = Path(directory)
+        self.manifest = read_manifest(self.directory)
+        splits = sorted(self.manifest["splits"])
+        if split not in self.manifest["splits"]:
+            raise ValueError(f"{self.directory}: unknown split {split!r}, expected one of {splits}")
+        if frames is not None and (not isinstance(frames, int) or frames < 1):
+            raise ValueError(f"frames must be a positive int or None, got {frames!r}")
+        self.split = split
+        self.frames = frames
+        self._arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # shard name -> memmaps (lazy)
+
+        K, M = self.num_codebooks, self.n_mels
+        self.files: list[dict] = []
+        for shard in self.manifest["shards"]:
+            if shard["split"] != split:
+                continue
+            sdir = self.directory / SHARDS_DIR / shard["name"]
+            try:
+                index = json.loads((sdir / "index.json").read_text())
+            except (OSError, json.JSONDecodeError) as e:
+                raise ValueError(
+                    f"{sdir}: shard listed in the manifest is missing or unreadable ({e})"
+                ) from e
+            codes, mel = self._open(shard["name"])
+            n_total = sum(int(f["frames"]) for f in index)
+            if codes.shape != (K, n_total) or mel.shape != (M, n_total):
+                raise ValueError(
+                    f"{sdir}: expected codes ({K}, {n_total}) and mel ({M}, {n_total}), "
+                    f"got {codes.shape} and {mel.shape}"
+                )
+            offset = 0
+            for f in index:
+                if int(f["offset"]) != offset:
+                    raise ValueError(
+                        f"{sdir}/index.json: offset of {f['path']} is {f['offset']}, expected {offset}"
+                    )
+                offset += int(f["frames"])
+                self.files.append(
+                    dict(
+                        path=f["path"],
+                        frames=int(f["frames"]),
+                        shard=shard["name"],
+                        offset=int(f["offset"]),
+                        seconds=float(f.get("seconds", int(f["frames"]) / self.frame_rate)),
+                    )
+                )
+        self._arrays.clear()  # opened only to validate; each process reopens lazily
+        self.total_frames = sum(f["frames"] for f in self.files)
+        self._build_tiling()
+
+    # -- manifest properties ------------------------------------------------------------------
+    @property
+    def num_codebooks(self) -> int:
+        return int(self.manifest["num_codebooks"])
+
+    @property
+    def codebook_size(self) -> int:
+        return int(self.manifest["codebook_size"])
+
+    @property
+    def n_mels(self) -> int:
+        return int(self.manifest["n_mels"])
+
+    @property
+    def frame_rate(self) -> int:
+        return int(self.manifest["frame_rate"])
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.manifest["sample_rate"])
+
+    # -- pickling: memmaps are per process ----------------------------------------------------
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_arrays"] = {}
+        return state
+
+    def _open(self, shard: str) -> tuple[np.ndarray, np.ndarray]:
+        arrays = self._arrays.get(shard)
+        if arrays is None:
+            sdir = self.directory / SHARDS_DIR / shard
+            try:
+                arrays = (
+                    np.load(sdir / "codes.npy", mmap_mode="r"),
+                    np.load(sdir / "mel.npy", mmap_mode="r"),
+                )
+            except (OSError, ValueError) as e:
+                raise ValueError(f"{sdir}: cannot memory-map shard arrays ({e})") from e
+            self._arrays[shard] = arrays
+        return arrays
+
+    # -- access -------------------------------------------------------------------------------
+    def _check_file(self, file_index: int) -> dict:
+        if not 0 <= file_index < len(self.files):
+            raise IndexError(
+                f"file index {file_index} out of range for {len(self.files)} files ({self.split})"
+            )
+        return self.files[file_index]
+
+    def crop(self, file_index: int, start: int, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frames ``[start, start + frames)`` of file ``file_index``: ``(codes (K,N) int64, mel (M,N) float32)``."""
+        f = self._check_file(file_index)
+        if frames < 1 or start < 0 or start + frames > f["frames"]:
+            raise ValueError(
+                f"crop [{start}, {start + frames}) is outside file {file_index} ({f['path']}) of {f['frames']} frames"
+            )
+        codes, mel = self._open(f["shard"])
+        a, b = f["offset"] + start, f["offset"] + start + frames
+        return (
+            torch.from_numpy(np.asarray(codes[:, a:b], dtype=np.int64)),  # (K, N)
+            torch.from_numpy(np.array(mel[:, a:b], dtype=np.float32)),  # (M, N), copied out of the memmap
+        )
+
+    def file_arrays(self, file_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole of file ``file_index``: ``(codes (K,T) int64, mel (M,T) float32)``."""
+        return self.crop(file_index, 0, self._check_file(file_index)["frames"])
+
+    def random_crop(self, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A uniform draw over all valid ``(file, start)`` windows of ``frames`` frames."""
+        if self.frames is None:
+            raise ValueError("random_crop needs PreparedDataset(..., frames=N)")
+        if not self._starts_cum or self._starts_cum[-1] == 0:
+            longest = max((f["frames"] for f in self.files), default=0)
+            raise ValueError(
+                f"no file in split {self.split!r} has >= {self.frames} frames (longest has {longest}); "
+                "use a shorter context or longer audio"
+            )
+        r = int(torch.randint(self._starts_cum[-1], (1,), generator=generator))
+        j = bisect.bisect_right(self._starts_cum, r)
+        start = r - (self._starts_cum[j - 1] if j else 0)
+        return self.crop(self._starts_file[j], start, self.frames)
+
+    def _build_tiling(self) -> None:
+        # cumulative counts over eligible files: valid random starts and stride-`frames` tiles
+        self._starts_file: list[int] = []
+        self._starts_cum: list[int] = []
+        self._tiles_cum: list[int] = []
+        total_starts = total_tiles = 0
+        for i, f in enumerate(self.files):
+            if self.frames is None or f["frames"] < self.frames:
+                continue
+            total_starts += f["frames"] - self.frames + 1
+            total_tiles += f["frames"] // self.frames
+            self._starts_file.append(i)
+            self._starts_cum.append(total_starts)
+            self._tiles_cum.append(total_tiles)
+
+    def __len__(self) -> int:
+        if self.frames is None:
+            return len(self.files)
+        return self._tiles_cum[-1] if self._tiles_cum else 0
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        n = len(self)
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise IndexError(f"index {index} out of range for {n} items")
+        if self.frames is None:
+            return self.file_arrays(index)
+        j = bisect.bisect_right(self._tiles_cum, index)
+        tile = index - (self._tiles_cum[j - 1] if j else 0)
+        return self.crop(self._starts_file[j], tile * self.frames, self.frames)
+
+    def __repr__(self) -> str:
+        return (
+            f"PreparedDataset({str(self.directory)!r}, split={self.split!r}, frames={self.frames}, "
+            f"files={len(self.files)}, total_frames={self.total_frames}, K={self.num_codebooks}, M={self.n_mels})"
+        )

@@ -1,0 +1,538 @@
+"""``whispergpt prepare`` / ``whispergpt inspect``: encode audio into a memory-mapped training set.
+
+Usage::
+
+    whispergpt prepare SRC... --out DIR --codec NAME_OR_PATH [--bandwidth 6] [--n-mels 80]
+                       [--val-fraction 0.05] [--seed 0] [--batch-seconds 60] [--shard-seconds 1800]
+                       [--device auto|cpu|cuda]
+    whispergpt inspect DIR [--max-skipped 10]
+
+SRC is an audio file, a folder (searched recursively for ``audio.AUDIO_EXTENSIONS``, any case) or
+a text file listing paths (one per line, ``#`` comments, relative paths resolved against the list
+file's folder). A missing SRC is an error before any work is done.
+
+Dataset layout (``format_version`` 1)
+-------------------------------------
+::
+
+    DIR/manifest.json               sample_rate, frame_rate, hop_length, num_codebooks (K),
+                                    codebook_size (V), n_mels (M), codec, bandwidth, codec_config,
+                                    seed, val_fraction, splits: {train: {files, frames, seconds},
+                                    val: {...}}, shards: [{name, split, files, frames}],
+                                    skipped: [{path, reason}], format_version
+    DIR/shards/<split>-<NNNNN>/     one completed shard
+        codes.npy                   (K, N_total) int16, files concatenated along time
+        mel.npy                     (M, N_total) float32, causal log-mel (audio.log_mel), same grid
+        index.json                  [{path, frames, offset, seconds, split}], offset into N_total
+
+Column ``t`` of a file's codes and mel is frame ``t`` (samples ``[t*320, (t+1)*320)``); a file of
+``S`` samples has ``S // 320`` frames (trailing partial hop dropped, as both ``Codec.encode`` and
+``log_mel`` do). Read it with ``whispergpt.data.PreparedDataset``.
+
+Crash safety and resume
+-----------------------
+A shard is written into ``DIR/shards/.tmp-<name>-<pid>/`` and renamed into place only once its
+three files are complete; ``manifest.json`` is written to a temp file and ``os.replace``-d, after
+every shard. Readers use only shards named in the manifest; ``prepare`` on an existing DIR
+rebuilds the shard list from the completed shard directories on disk (so a shard renamed just
+before a crash is kept), deletes stale ``.tmp-*`` directories, and encodes only files not yet in a
+completed shard. Codec, bandwidth, n_mels, seed and val_fraction must match the existing
+manifest (else ``ValueError``: use a new ``--out``). Unreadable files are retried on resume; the
+``skipped`` list is keyed by path, so it stays deduplicated.
+
+Split
+-----
+By file, decided before decoding anything: candidate paths (resolved, deduplicated) are sorted,
+permuted with ``numpy.random.default_rng(seed)``, and the first ``round(n * val_fraction)`` go to
+``val`` (at least 1 when ``val_fraction > 0`` and ``n >= 2``). Files that then fail to load just
+drop out, so the split never depends on which files are readable.
+
+Encoding
+--------
+Files are grouped into batches of at most ``batch_seconds`` of audio, zero-padded at the end to
+the longest, encoded in one ``Codec.encode`` call, and each file's codes are cut to its own
+``S // 320`` frames. This is exact because the 24 kHz EnCodec is causal: padding after a file's
+end cannot change its codes (``tests/test_prepare.py`` checks batched == one-by-one). A file
+longer than ``batch_seconds`` is encoded alone in chunks of ``batch_seconds`` with
+``CONTEXT_SECONDS`` (2 s) of left context re-encoded and discarded, bounding memory; with the LSTM
+state this is approximate in principle, but codes matched whole-file encoding on 100% of frames in
+our checks (tiny random codec, noise input). The mel is computed per file on the whole waveform
+(cheap, exact). Work runs under ``torch.inference_mode`` on ``--device`` (``auto``: CUDA when
+available).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .audio import AUDIO_EXTENSIONS, HOP_LENGTH, SAMPLE_RATE, AudioLoadError, load_audio, log_mel, num_frames
+from .data import FORMAT_VERSION, MANIFEST, SHARDS_DIR, read_manifest
+
+CONTEXT_SECONDS = 2.0
+SPLITS = ("train", "val")
+
+
+class NoUsableAudioError(ValueError):
+    """Every candidate file was skipped (the manifest with the skipped list is still written)."""
+
+
+# -- sources ------------------------------------------------------------------------------------
+def _is_audio(path: Path) -> bool:
+    return path.suffix.lower() in AUDIO_EXTENSIONS
+
+
+def collect_sources(sources: Sequence[str | os.PathLike]) -> list[Path]:
+    """Expand files / folders (recursive) / text lists into sorted, deduplicated resolved paths.
+
+    A missing SRC (or a path named in a list that does not exist) is a ``ValueError``; listed files
+    that exist but do not decode are left for the encoder to skip and report.
+    """
+    if not sources:
+        raise ValueError("prepare needs at least one SRC (audio file, folder or text list of paths)")
+    found: set[Path] = set()
+    for src in sources:
+        p = Path(src).expanduser()
+        if p.is_dir():
+            found.update(q.resolve() for q in p.rglob("*") if q.is_file() and _is_audio(q))
+        elif p.is_file() and (_is_audio(p) or p.suffix.lower() not in (".txt", ".lst", ".list", ".scp")):
+            found.add(p.resolve())  # audio, or a file with an unknown suffix: let the decoder judge
+        elif p.is_file():
+            found.update(_read_list(p))
+        else:
+            raise ValueError(f"SRC {src}: no such file or folder")
+    return sorted(found, key=str)
+
+
+def _read_list(list_path: Path) -> list[Path]:
+    out = []
+    for n, line in enumerate(list_path.read_text().splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        p = Path(line).expanduser()
+        if not p.is_absolute():
+            p = list_path.parent / p
+        if not p.exists():
+            raise ValueError(f"{list_path}:{n}: listed path {line!r} does not exist")
+        if p.is_dir():
+            out.extend(q.resolve() for q in p.rglob("*") if q.is_file() and _is_audio(q))
+        else:
+            out.append(p.resolve())
+    return out
+
+
+def assign_splits(paths: Sequence[Path], val_fraction: float, seed: int) -> dict[str, str]:
+    """Deterministic by-file split: ``{str(path): "train"|"val"}`` (see module docstring)."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    names = sorted(str(p) for p in paths)
+    n = len(names)
+    n_val = round(n * val_fraction)
+    if val_fraction > 0 and n >= 2:
+        n_val = max(1, n_val)
+    n_val = min(n_val, n - 1) if n >= 1 else 0  # never leave train empty
+    order = np.random.default_rng(seed).permutation(n)
+    val = {names[i] for i in order[:n_val]}
+    return {name: ("val" if name in val else "train") for name in names}
+
+
+# -- encoding -----------------------------------------------------------------------------------
+def encode_long(codec, wave: torch.Tensor, chunk_frames: int, context_frames: int) -> torch.Tensor:
+    """Encode ``(S,)`` audio in chunks of ``chunk_frames`` with ``context_frames`` of left context.
+
+    Returns ``(K, S // 320)`` codes; each chunk is encoded from ``context_frames`` earlier frames
+    (discarded) so the encoder's receptive field and LSTM state are warmed up.
+    """
+    if chunk_frames < 1 or context_frames < 0:
+        raise ValueError(
+            f"chunk_frames must be >= 1 and context_frames >= 0, got {chunk_frames}, {context_frames}"
+        )
+    T = num_frames(wave.shape[-1])
+    parts = []
+    for s in range(0, T, chunk_frames):
+        a = max(0, s - context_frames)
+        e = min(T, s + chunk_frames)
+        codes = codec.encode(wave[None, a * HOP_LENGTH : e * HOP_LENGTH])[0]  # (K, e - a)
+        parts.append(codes[:, s - a :])
+    out = torch.cat(parts, dim=-1) if parts else codec.encode(wave[None, :0])[0]
+    assert out.shape[-1] == T
+    return out
+
+
+def encode_batch(codec, waves: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Encode several ``(S_i,)`` waves in one padded call; returns ``(K, S_i // 320)`` codes each."""
+    S = max(w.shape[-1] for w in waves)
+    batch = torch.zeros(len(waves), S, dtype=torch.float32)  # (B, S), zero-padded at the end
+    for i, w in enumerate(waves):
+        batch[i, : w.shape[-1]] = w
+    codes = codec.encode(batch).cpu()  # (B, K, T)
+    return [codes[i, :, : num_frames(w.shape[-1])] for i, w in enumerate(waves)]
+
+
+class _ShardWriter:
+    """Accumulates encoded files of one split and writes them as atomic shard directories."""
+
+    def __init__(self, root: Path, split: str, next_index: int, shard_frames: int, on_shard):
+        self.root, self.split, self.index, self.shard_frames = root, split, next_index, shard_frames
+        self.on_shard = on_shard
+        self.codes: list[np.ndarray] = []
+        self.mels: list[np.ndarray] = []
+        self.entries: list[dict] = []
+        self.frames = 0
+
+    def add(self, path: str, codes: torch.Tensor, mel: torch.Tensor, seconds: float) -> None:
+        T = codes.shape[-1]
+        assert mel.shape[-1] == T, (codes.shape, mel.shape)
+        self.codes.append(codes.numpy().astype(np.int16))
+        self.mels.append(mel.numpy().astype(np.float32, copy=False))
+        self.entries.append(dict(path=path, frames=T, offset=self.frames, seconds=seconds, split=self.split))
+        self.frames += T
+        if self.frames >= self.shard_frames:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.entries:
+            return
+        name = f"{self.split}-{self.index:05d}"
+        final = self.root / name
+        tmp = self.root / f".tmp-{name}-{os.getpid()}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        np.save(tmp / "codes.npy", np.concatenate(self.codes, axis=1))  # (K, N_total)
+        np.save(tmp / "mel.npy", np.concatenate(self.mels, axis=1))  # (M, N_total)
+        (tmp / "index.json").write_text(json.dumps(self.entries, indent=1))
+        for f in tmp.iterdir():  # data on disk before the rename makes the shard visible
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        os.rename(tmp, final)
+        shard = dict(name=name, split=self.split, files=len(self.entries), frames=self.frames)
+        self.codes, self.mels, self.entries, self.frames = [], [], [], 0
+        self.index += 1
+        self.on_shard(shard)
+
+
+def _scan_shards(root: Path) -> tuple[list[dict], set[str]]:
+    """Completed shards on disk (``[{name, split, files, frames}]``) and the paths they hold."""
+    shards, done = [], set()
+    if not root.is_dir():
+        return shards, done
+    for d in sorted(root.iterdir()):
+        if d.name.startswith(".") or not d.is_dir():
+            continue
+        split = d.name.rsplit("-", 1)[0]
+        if split not in SPLITS or not all((d / f).is_file() for f in ("codes.npy", "mel.npy", "index.json")):
+            continue
+        index = json.loads((d / "index.json").read_text())
+        shards.append(
+            dict(name=d.name, split=split, files=len(index), frames=sum(e["frames"] for e in index))
+        )
+        done.update(e["path"] for e in index)
+    return shards, done
+
+
+def _write_json_atomic(path: Path, obj: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device} requested but CUDA is not available (use auto or cpu)")
+    return dev
+
+
+def _batches(paths: list[str], batch_seconds: float, skip) -> Iterator[list[tuple[str, torch.Tensor]]]:
+    """Load files in order and group them into batches of <= batch_seconds (a long file alone)."""
+    batch: list[tuple[str, torch.Tensor]] = []
+    total = 0.0
+    for p in paths:
+        try:
+            wave = load_audio(p, SAMPLE_RATE)
+        except AudioLoadError as e:
+            skip(p, str(e))
+            continue
+        if num_frames(wave.shape[-1]) < 1:
+            skip(
+                p,
+                f"{p}: shorter than one frame ({wave.shape[-1]} samples at {SAMPLE_RATE} Hz < {HOP_LENGTH})",
+            )
+            continue
+        sec = wave.shape[-1] / SAMPLE_RATE
+        if batch and total + sec > batch_seconds:
+            yield batch
+            batch, total = [], 0.0
+        batch.append((p, wave))
+        total += sec
+    if batch:
+        yield batch
+
+
+def prepare(
+    sources: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    codec: str | os.PathLike,
+    bandwidth: float = 6.0,
+    n_mels: int = 80,
+    val_fraction: float = 0.05,
+    seed: int = 0,
+    batch_seconds: float = 60.0,
+    device: str | torch.device | None = "auto",
+    shard_seconds: float = 1800.0,
+    progress: bool = True,
+) -> dict:
+    """Encode ``sources`` into the dataset at ``out`` (resuming if it exists); returns the manifest.
+
+    Raises ``ValueError`` for bad arguments / a mismatched existing dataset, and
+    ``NoUsableAudioError`` (after writing the manifest) when no file at all could be used.
+    """
+    from tqdm.auto import tqdm
+
+    from .codec import Codec
+
+    if n_mels < 1:
+        raise ValueError(f"n_mels must be >= 1, got {n_mels}")
+    if batch_seconds <= 0 or shard_seconds <= 0:
+        raise ValueError(f"batch_seconds and shard_seconds must be > 0, got {batch_seconds}, {shard_seconds}")
+    candidates = collect_sources(sources)  # errors on a missing SRC before any work
+    split_of = assign_splits(candidates, val_fraction, seed)
+    out = Path(out)
+    root = out / SHARDS_DIR
+    settings = dict(codec=str(codec), bandwidth=float(bandwidth), n_mels=int(n_mels), seed=int(seed),
+                    val_fraction=float(val_fraction))  # fmt: skip
+    skipped: dict[str, str] = {}
+    if (out / MANIFEST).exists():
+        old = read_manifest(out)
+        diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+        if diff:
+            raise ValueError(
+                f"{out} was prepared with different settings ({', '.join(f'{k}: {a!r} there, {b!r} now' for k, (a, b) in diff.items())}); "
+                "use a new --out"
+            )
+        skipped = {s["path"]: s["reason"] for s in old.get("skipped", [])}
+    elif out.exists() and any(out.iterdir()):
+        raise ValueError(
+            f"--out {out} exists, is not empty and holds no {MANIFEST}; use a new or empty folder"
+        )
+    root.mkdir(parents=True, exist_ok=True)
+    for d in root.glob(".tmp-*"):  # debris of an interrupted run: never valid
+        shutil.rmtree(d, ignore_errors=True)
+    shards, done = _scan_shards(root)
+    for p in done:
+        skipped.pop(p, None)
+
+    dev = _resolve_device(device)
+    cdc = Codec.from_pretrained(codec, bandwidth=bandwidth, device=dev)
+    if cdc.codebook_size > 32768:
+        raise ValueError(
+            f"codes are stored as int16: codebook_size must be <= 32768, got {cdc.codebook_size}"
+        )
+    cfg = cdc.model.config
+    base = dict(
+        format_version=FORMAT_VERSION,
+        sample_rate=cdc.sample_rate,
+        frame_rate=cdc.frame_rate,
+        hop_length=HOP_LENGTH,
+        num_codebooks=cdc.num_codebooks,
+        codebook_size=cdc.codebook_size,
+        **settings,
+        codec_config=dict(
+            model_type=cfg.model_type,
+            hidden_size=cfg.hidden_size,
+            num_filters=cfg.num_filters,
+            codebook_dim=cfg.codebook_dim,
+            target_bandwidths=[float(b) for b in cfg.target_bandwidths],
+        ),
+        mel="causal log-mel, 1024-sample window ending at (t+1)*320, see whispergpt.audio",
+    )
+
+    def write_manifest() -> dict:
+        manifest = dict(base)
+        manifest["splits"] = {
+            s: dict(
+                files=sum(sh["files"] for sh in shards if sh["split"] == s),
+                frames=sum(sh["frames"] for sh in shards if sh["split"] == s),
+            )
+            for s in SPLITS
+        }
+        for v in manifest["splits"].values():
+            v["seconds"] = v["frames"] / cdc.frame_rate
+        manifest["shards"] = sorted(shards, key=lambda sh: sh["name"])
+        manifest["skipped"] = [dict(path=p, reason=r) for p, r in sorted(skipped.items())]
+        _write_json_atomic(out / MANIFEST, manifest)
+        return manifest
+
+    def on_shard(shard: dict) -> None:
+        shards.append(shard)
+        write_manifest()
+
+    bar = None
+
+    def skip(path: str, reason: str) -> None:
+        skipped[path] = reason
+        if bar is not None:
+            bar.write(f"skipped {reason}")
+
+    pending = {s: [p for p in sorted(split_of) if split_of[p] == s and p not in done] for s in SPLITS}
+    n_pending = sum(len(v) for v in pending.values())
+    shard_frames = max(1, int(shard_seconds * cdc.frame_rate))
+    chunk_frames = max(1, int(batch_seconds * cdc.frame_rate))
+    context_frames = int(CONTEXT_SECONDS * cdc.frame_rate)
+    print(
+        f"prepare: {len(candidates)} candidate files ({len(done)} already done, {n_pending} to encode) -> {out}; "
+        f"codec {codec} @ {bandwidth} kbps (K={cdc.num_codebooks}, V={cdc.codebook_size}), n_mels={n_mels}, "
+        f"device {dev}",
+        flush=True,
+    )
+    t0 = time.perf_counter()
+    audio_seconds = 0.0
+    n_encoded = 0
+    bar = tqdm(total=n_pending, unit="file", disable=not progress or n_pending == 0, dynamic_ncols=True)
+    try:
+        with torch.inference_mode():
+            for split in SPLITS:
+                next_index = 1 + max((int(sh["name"].rsplit("-", 1)[1]) for sh in shards if sh["split"] == split),
+                                     default=-1)  # fmt: skip
+                writer = _ShardWriter(root, split, next_index, shard_frames, on_shard)
+                for batch in _batches(pending[split], batch_seconds, skip):
+                    waves = [w for _, w in batch]
+                    if len(batch) == 1 and waves[0].shape[-1] > batch_seconds * SAMPLE_RATE:
+                        codes = [encode_long(cdc, waves[0], chunk_frames, context_frames).cpu()]
+                    else:
+                        codes = encode_batch(cdc, waves)
+                    for (p, w), c in zip(batch, codes):
+                        mel = log_mel(w.to(dev), n_mels=n_mels).cpu()  # (M, T)
+                        writer.add(p, c, mel, w.shape[-1] / SAMPLE_RATE)
+                        audio_seconds += w.shape[-1] / SAMPLE_RATE
+                    n_encoded += len(batch)
+                    elapsed = max(time.perf_counter() - t0, 1e-9)
+                    bar.update(len(batch))
+                    bar.set_postfix_str(
+                        f"{audio_seconds / elapsed:.1f} audio-s/s = {audio_seconds / elapsed:.1f}x real time"
+                    )
+                writer.flush()
+                bar.update(0)
+    finally:
+        bar.close()
+    manifest = write_manifest()
+    elapsed = time.perf_counter() - t0
+    n_skipped_now = sum(1 for p in skipped if p in split_of)
+    print(
+        f"prepare: encoded {n_encoded} files, {audio_seconds:.1f} s of audio in {elapsed:.1f} s "
+        f"({n_encoded / max(elapsed, 1e-9):.2f} files/s, {audio_seconds / max(elapsed, 1e-9):.1f}x real time); "
+        f"train {manifest['splits']['train']['files']} files, val {manifest['splits']['val']['files']} files, "
+        f"{n_skipped_now} skipped",
+        flush=True,
+    )
+    if manifest["splits"]["train"]["files"] + manifest["splits"]["val"]["files"] == 0:
+        raise NoUsableAudioError(
+            f"no usable audio: all {len(candidates)} candidate files were skipped (reasons in {out / MANIFEST})"
+        )
+    return manifest
+
+
+# -- CLI ----------------------------------------------------------------------------------------
+def main_prepare(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(
+        prog="whispergpt prepare", description="Encode audio into a whispergpt dataset."
+    )
+    ap.add_argument(
+        "sources", nargs="+", metavar="SRC", help="audio files, folders (recursive), or text lists"
+    )
+    ap.add_argument("--out", required=True, help="dataset folder (resumed if it exists)")
+    ap.add_argument("--codec", required=True, help="EnCodec hub id (facebook/encodec_24khz) or local folder")
+    ap.add_argument("--bandwidth", type=float, default=6.0, help="kbps (6 -> 8 codebooks)")
+    ap.add_argument("--n-mels", type=int, default=80)
+    ap.add_argument("--val-fraction", type=float, default=0.05)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch-seconds", type=float, default=60.0, help="audio per codec call")
+    ap.add_argument(
+        "--shard-seconds", type=float, default=1800.0, help="audio per shard (resume granularity)"
+    )
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    try:
+        prepare(
+            args.sources,
+            args.out,
+            args.codec,
+            bandwidth=args.bandwidth,
+            n_mels=args.n_mels,
+            val_fraction=args.val_fraction,
+            seed=args.seed,
+            batch_seconds=args.batch_seconds,
+            device=args.device,
+            shard_seconds=args.shard_seconds,
+            progress=not args.no_progress,
+        )
+    except (ValueError, OSError) as e:
+        print(f"whispergpt prepare: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def summarize(directory: str | os.PathLike, max_skipped: int = 10) -> str:
+    """The human summary ``whispergpt inspect`` prints."""
+    m = read_manifest(directory)
+    fr = m["frame_rate"]
+    lines = [
+        f"dataset      {directory}",
+        f"codec        {m.get('codec')} @ {m.get('bandwidth')} kbps: K={m['num_codebooks']} codebooks, "
+        f"V={m['codebook_size']}, {fr} Hz, {m['sample_rate']} Hz audio",
+        f"mel          M={m['n_mels']} bins",
+        f"split        seed={m.get('seed')} val_fraction={m.get('val_fraction')}",
+    ]
+    for s, v in m["splits"].items():
+        hours = v["frames"] / fr / 3600
+        lines.append(f"{s:<12} {v['files']} files, {v['frames']} frames, {hours:.3f} h")
+    lines.append(f"shards       {len(m['shards'])}")
+    skipped = m.get("skipped", [])
+    lines.append(f"skipped      {len(skipped)} files")
+    for s in skipped[:max_skipped]:
+        lines.append(
+            f"  - {s['reason'] if s['reason'].startswith(s['path']) else s['path'] + ': ' + s['reason']}"
+        )
+    if len(skipped) > max_skipped:
+        lines.append(f"  ... and {len(skipped) - max_skipped} more (see manifest.json)")
+    warnings = []
+    for s in SPLITS:
+        if m["splits"].get(s, {}).get("files", 0) == 0:
+            warnings.append(f"split {s!r} is empty")
+    total = sum(v["files"] for v in m["splits"].values())
+    if total and len(skipped) > total:
+        warnings.append("more files were skipped than kept: check the inputs")
+    for w in warnings:
+        lines.append(f"WARNING      {w}")
+    return "\n".join(lines)
+
+
+def main_inspect(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="whispergpt inspect", description="Summarise a prepared dataset.")
+    ap.add_argument("dir", help="dataset folder written by whispergpt prepare")
+    ap.add_argument("--max-skipped", type=int, default=10, help="skipped files to list")
+    args = ap.parse_args(argv)
+    try:
+        print(summarize(args.dir, args.max_skipped))
+    except ValueError as e:
+        print(f"whispergpt inspect: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main_prepare(sys.argv[1:]))
