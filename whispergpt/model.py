@@ -1,0 +1,538 @@
+"""The Whisper-GPT hybrid decoder (Verma 2024) and its token-only baseline.
+
+At every pattern step (see ``whispergpt.patterns``) the model reads the tokens placed at the
+previous step (codebook embeddings summed, MusicGen-style) and, unless ``fusion="none"``, the
+lagged log-mel frame passed through a small causal transformer (the "mel branch", width
+``mel_dim``). The two are fused (``concat`` | ``sum`` | ``interleave``), a pre-norm GPT decoder
+runs over the steps, and ``Ks`` heads predict the tokens placed at the current step.
+
+Public API:
+
+- ``WhisperGPTConfig``: validated dataclass, saved as ``config.json``.
+- ``WhisperGPT(config)``: ``model(codes (B,K,T), mel (B,M,T) | None) -> WhisperGPTOutput`` with
+  ``logits (B, Ks, T, V)`` where ``logits[:, k, t]`` scores ``codes[:, k, t]``.
+- ``nll_per_codebook(logits, codes, mask=None) -> (nll_sum (Ks,) float64, count (Ks,) int64)``.
+- Incremental decoding in step space: ``new_cache``, ``forward_steps`` (prefill), ``step``.
+- ``save_pretrained(dir)`` / ``WhisperGPT.from_pretrained(dir)``: ``config.json`` + ``model.safetensors``.
+
+Parameter counts (``num_parameters()``) include every parameter: embeddings, heads, mel branch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import patterns as pt
+
+FUSIONS = ("concat", "sum", "interleave", "none")
+POS_EMBS = ("rope", "learned")
+
+
+# ---------------------------------------------------------------------------------------------
+# Config
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class WhisperGPTConfig:
+    """Model hyper-parameters. ``fusion="none"`` is the token-only baseline (mel fields ignored)."""
+
+    num_codebooks: int = 8  # K of the data (EnCodec 6 kbps -> 8)
+    codebook_size: int = 1024  # V; token id V is the BOS/pad id
+    n_mels: int = 80  # M
+    pattern: Literal["coarse", "parallel", "delay"] = "coarse"
+    fusion: Literal["concat", "sum", "interleave", "none"] = "concat"
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    context: int = 512  # frames per training window
+    mel_dim: int = 32  # mel branch width (paper: 32)
+    mel_layers: int = 2
+    mel_heads: int = 2
+    pos_emb: Literal["rope", "learned"] = "rope"
+    tie_weights: bool = False
+    bias: bool = True
+    rope_base: float = 10000.0
+
+    def __post_init__(self) -> None:
+        if self.pattern not in pt.PATTERNS:
+            raise ValueError(f"pattern must be one of {list(pt.PATTERNS)}, got {self.pattern!r}")
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {list(FUSIONS)}, got {self.fusion!r}")
+        if self.pos_emb not in POS_EMBS:
+            raise ValueError(f"pos_emb must be one of {list(POS_EMBS)}, got {self.pos_emb!r}")
+        for name in ("num_codebooks", "n_mels", "d_model", "n_layers", "n_heads", "context"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.codebook_size < 2:
+            raise ValueError(f"codebook_size must be >= 2, got {self.codebook_size}")
+        if self.mlp_ratio <= 0:
+            raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        self._check_heads("d_model", self.d_model, "n_heads", self.n_heads)
+        if self.fusion != "none":
+            if self.mel_dim < 1 or self.mel_layers < 0:
+                raise ValueError(
+                    f"fusion {self.fusion!r} needs mel_dim >= 1 and mel_layers >= 0, "
+                    f"got mel_dim={self.mel_dim}, mel_layers={self.mel_layers}"
+                )
+            if self.mel_layers > 0:
+                self._check_heads("mel_dim", self.mel_dim, "mel_heads", self.mel_heads)
+            if self.fusion == "concat" and self.mel_dim >= self.d_model:
+                raise ValueError(
+                    f"fusion 'concat' needs mel_dim < d_model (the token embedding gets d_model - mel_dim), "
+                    f"got mel_dim={self.mel_dim}, d_model={self.d_model}"
+                )
+        if self.tie_weights and self.fusion == "concat":
+            raise ValueError(
+                "tie_weights needs token embeddings of width d_model, but fusion 'concat' gives them "
+                "d_model - mel_dim: use tie_weights=false or another fusion"
+            )
+
+    def _check_heads(self, dim_name: str, dim: int, heads_name: str, heads: int) -> None:
+        if heads < 1 or dim % heads != 0:
+            raise ValueError(
+                f"{dim_name} must be divisible by {heads_name}, got {dim_name}={dim}, {heads_name}={heads}"
+            )
+        if self.pos_emb == "rope" and (dim // heads) % 2 != 0:
+            raise ValueError(
+                f"RoPE needs an even head width, got {dim_name}/{heads_name} = {dim}/{heads} = {dim // heads}"
+            )
+
+    # -- derived sizes ------------------------------------------------------------------------
+    @property
+    def input_codebooks(self) -> int:
+        return pt.input_codebooks(self.pattern, self.num_codebooks)
+
+    @property
+    def scored_codebooks(self) -> int:
+        return pt.scored_codebooks(self.pattern, self.num_codebooks)
+
+    @property
+    def max_steps(self) -> int:
+        """Pattern steps for a ``context``-frame window (delay adds K - 1)."""
+        return pt.num_steps(self.pattern, self.num_codebooks, self.context)
+
+    @property
+    def positions_per_step(self) -> int:
+        return 2 if self.fusion == "interleave" else 1
+
+    @property
+    def mel_lag(self) -> int:
+        return pt.mel_lag(self.pattern, self.num_codebooks)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# Building blocks
+# ---------------------------------------------------------------------------------------------
+def rope_cos_sin(
+    start: int, length: int, head_dim: int, base: float, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables ``(length, head_dim)`` for absolute positions ``start .. start+length-1`` (fp32)."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
+    pos = torch.arange(start, start + length, device=device, dtype=torch.float32)
+    angles = torch.outer(pos, inv_freq)  # (N, hd/2)
+    angles = torch.cat([angles, angles], dim=-1)  # (N, hd), rotate-half layout
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x (B, H, N, hd)`` by the tables of its N positions."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return (x.float() * cos + rotated.float() * sin).to(x.dtype)
+
+
+class LayerKV:
+    """Preallocated keys/values of one attention layer: ``(B, H, L, hd)`` each."""
+
+    def __init__(self, batch: int, heads: int, length: int, head_dim: int, device, dtype) -> None:
+        self.k = torch.zeros(batch, heads, length, head_dim, device=device, dtype=dtype)
+        self.v = torch.zeros_like(self.k)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, dim: int, heads: int, dropout: float, bias: bool) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
+        self.proj = nn.Linear(dim, dim, bias=bias)
+        self.proj.residual = True  # scaled init
+        self.dropout = dropout
+        self.resid_drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, rope: tuple | None, kv: LayerKV | None, start: int) -> torch.Tensor:
+        B, N, D = x.shape
+        q, k, v = (
+            self.qkv(x).view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        )  # 3x (B,H,N,hd)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        p = self.dropout if self.training else 0.0
+        if kv is None:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+        else:
+            end = start + N
+            if end > kv.k.shape[2]:
+                raise ValueError(
+                    f"KV cache holds {kv.k.shape[2]} positions, this call needs {end}: make a larger cache"
+                )
+            kv.k[:, :, start:end] = k.to(kv.k.dtype)
+            kv.v[:, :, start:end] = v.to(kv.v.dtype)
+            keys, values = kv.k[:, :, :end].to(q.dtype), kv.v[:, :, :end].to(q.dtype)
+            if N == 1:  # one new query sees every cached position
+                y = F.scaled_dot_product_attention(q, keys, values, dropout_p=p)
+            elif start == 0:
+                y = F.scaled_dot_product_attention(q, keys, values, dropout_p=p, is_causal=True)
+            else:  # query i sits at absolute position start + i
+                allowed = torch.ones(N, end, dtype=torch.bool, device=x.device).tril(diagonal=start)
+                y = F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed, dropout_p=p)
+        y = y.transpose(1, 2).reshape(B, N, D)
+        return self.resid_drop(self.proj(y))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(ln(x)); x + mlp(ln(x))."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, dropout: float, bias: bool) -> None:
+        super().__init__()
+        hidden = int(round(mlp_ratio * dim))
+        self.ln1 = nn.LayerNorm(dim, bias=bias)
+        self.attn = CausalSelfAttention(dim, heads, dropout, bias)
+        self.ln2 = nn.LayerNorm(dim, bias=bias)
+        self.fc = nn.Linear(dim, hidden, bias=bias)
+        self.out = nn.Linear(hidden, dim, bias=bias)
+        self.out.residual = True
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, rope: tuple | None, kv: LayerKV | None, start: int) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), rope, kv, start)
+        return x + self.drop(self.out(F.gelu(self.fc(self.ln2(x)))))
+
+
+class Stack(nn.Module):
+    """Causal blocks + final norm, with RoPE or learned positions."""
+
+    def __init__(self, dim: int, layers: int, heads: int, cfg: WhisperGPTConfig, max_positions: int) -> None:
+        super().__init__()
+        self.heads, self.rope_base, self.max_positions = heads, cfg.rope_base, max_positions
+        self.pos = nn.Embedding(max_positions, dim) if cfg.pos_emb == "learned" else None
+        self.blocks = nn.ModuleList(
+            Block(dim, heads, cfg.mlp_ratio, cfg.dropout, cfg.bias) for _ in range(layers)
+        )
+        self.ln_f = nn.LayerNorm(dim, bias=cfg.bias)
+
+    def forward(self, x: torch.Tensor, kvs: list[LayerKV] | None, start: int) -> torch.Tensor:
+        N = x.shape[1]
+        if start + N > self.max_positions and self.pos is not None:
+            raise ValueError(
+                f"learned positions cover {self.max_positions} positions, got {start + N}: "
+                "raise context or use pos_emb=rope"
+            )
+        rope = None
+        if self.pos is not None:
+            x = x + self.pos(torch.arange(start, start + N, device=x.device))
+        elif len(self.blocks) > 0:
+            rope = rope_cos_sin(start, N, x.shape[-1] // self.heads, self.rope_base, x.device)
+        for i, block in enumerate(self.blocks):
+            x = block(x, rope, None if kvs is None else kvs[i], start)
+        return self.ln_f(x)
+
+    def new_kv(self, batch: int, length: int, device, dtype) -> list[LayerKV]:
+        dim = self.ln_f.normalized_shape[0]
+        return [LayerKV(batch, self.heads, length, dim // self.heads, device, dtype) for _ in self.blocks]
+
+
+class MelBranch(nn.Module):
+    """The paper's lightweight causal decoder over mel slices: Linear(M -> mel_dim) + causal blocks.
+
+    Input positions whose mel frame index is negative (the first ``1 + lag`` steps) use a learned
+    pad vector instead of the projected mel.
+    """
+
+    def __init__(self, cfg: WhisperGPTConfig, max_steps: int) -> None:
+        super().__init__()
+        self.lag = cfg.mel_lag
+        self.inp = nn.Linear(cfg.n_mels, cfg.mel_dim, bias=cfg.bias)
+        self.pad = nn.Parameter(torch.zeros(cfg.mel_dim))
+        self.stack = Stack(cfg.mel_dim, cfg.mel_layers, cfg.mel_heads, cfg, max_steps)
+
+    def forward(self, mel: torch.Tensor, kvs: list[LayerKV] | None, start: int) -> torch.Tensor:
+        # mel: (B, M, P) at input positions start .. start+P-1 -> (B, P, mel_dim)
+        x = self.inp(mel.transpose(1, 2))
+        steps = torch.arange(start, start + x.shape[1], device=x.device)
+        is_pad = (steps < 1 + self.lag)[None, :, None]
+        x = torch.where(is_pad, self.pad.to(x.dtype), x)
+        return self.stack(x, kvs, start)
+
+
+@dataclass
+class WhisperGPTOutput:
+    """``logits (B, Ks, T, V)``: ``logits[:, k, t]`` scores ``codes[:, k, t]``."""
+
+    logits: torch.Tensor
+
+
+class WhisperGPTCache:
+    """Incremental-decoding state: per-layer KV buffers and ``steps`` (input positions consumed).
+
+    Made by ``WhisperGPT.new_cache``; ``steps`` is the index of the next pattern step fed to
+    ``step``/``forward_steps``. A cache is tied to its batch size and ``max_steps``.
+    """
+
+    def __init__(self, main: list[LayerKV], mel: list[LayerKV] | None, max_steps: int) -> None:
+        self.main, self.mel, self.max_steps = main, mel, max_steps
+        self.steps = 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The model
+# ---------------------------------------------------------------------------------------------
+class WhisperGPT(nn.Module):
+    """Hybrid mel + token GPT decoder (see the module docstring and ``whispergpt.patterns``)."""
+
+    def __init__(self, config: WhisperGPTConfig) -> None:
+        super().__init__()
+        if not isinstance(config, WhisperGPTConfig):
+            raise ValueError(f"WhisperGPT needs a WhisperGPTConfig, got {type(config).__name__}")
+        self.config = c = config
+        self.num_input_codebooks = c.input_codebooks
+        self.num_scored_codebooks = c.scored_codebooks
+        self.pad_id = c.codebook_size
+        # Room for delay's extra steps; RoPE is not limited by it, learned positions are.
+        max_steps = c.max_steps
+        tok_dim = c.d_model - c.mel_dim if c.fusion == "concat" else c.d_model
+        # Kin tables of V + 1 rows (id V = BOS/pad) in one Embedding, addressed with offsets.
+        self.tok_emb = nn.Embedding(self.num_input_codebooks * (c.codebook_size + 1), tok_dim)
+        self.register_buffer(
+            "tok_offsets", torch.arange(self.num_input_codebooks) * (c.codebook_size + 1), persistent=False
+        )
+        self.mel_branch = MelBranch(c, max_steps) if c.fusion != "none" else None
+        self.mel_proj = (
+            nn.Linear(c.mel_dim, c.d_model, bias=c.bias) if c.fusion in ("sum", "interleave") else None
+        )
+        self.drop = nn.Dropout(c.dropout)
+        self.decoder = Stack(c.d_model, c.n_layers, c.n_heads, c, max_steps * c.positions_per_step)
+        # Ks heads in one matrix; tied heads reuse rows 0..V-1 of each codebook's table.
+        self.head = (
+            None
+            if c.tie_weights
+            else nn.Linear(c.d_model, self.num_scored_codebooks * c.codebook_size, bias=False)
+        )
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # GPT-2: N(0, 0.02) everywhere, residual output projections scaled by 1/sqrt(2 * layers).
+        for name, m in self.named_modules():
+            if isinstance(m, nn.Linear):
+                layers = self.config.mel_layers if name.startswith("mel_branch") else self.config.n_layers
+                std = 0.02 / math.sqrt(2 * max(1, layers)) if getattr(m, "residual", False) else 0.02
+                nn.init.normal_(m.weight, 0.0, std)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Embedding):
+                nn.init.normal_(m.weight, 0.0, 0.02)
+        if self.mel_branch is not None:
+            nn.init.normal_(self.mel_branch.pad, 0.0, 0.02)
+
+    def num_parameters(self) -> int:
+        """All parameters, embeddings, heads and mel branch included."""
+        return sum(p.numel() for p in self.parameters())
+
+    # -- step space ---------------------------------------------------------------------------
+    def _head_weight(self) -> torch.Tensor:
+        if self.head is not None:
+            return self.head.weight
+        V = self.config.codebook_size
+        table = self.tok_emb.weight.view(self.num_input_codebooks, V + 1, -1)
+        return table[:, :V].reshape(self.num_scored_codebooks * V, -1)
+
+    def forward_steps(
+        self, step_tokens: torch.Tensor, step_mel: torch.Tensor | None, cache: WhisperGPTCache | None = None
+    ) -> torch.Tensor:
+        """Run P consecutive input positions; returns step logits ``(B, Ks, P, V)``.
+
+        ``step_tokens (B, Kin, P)``: at input position ``p`` the tokens placed at step ``p - 1``
+        (pad id ``V`` at ``p = 0`` and wherever the pattern places nothing), see
+        ``patterns.build_inputs``. ``step_mel (B, M, P)``: mel frame ``p - 1 - lag`` at position
+        ``p`` (ignored, may hold anything, for ``p < 1 + lag``; may be None when every position
+        is such a pad position or with ``fusion="none"``). Output ``[:, :, i]`` predicts the
+        tokens placed at step ``start + i``.
+
+        Without a cache the positions start at 0 (training). With a cache they start at
+        ``cache.steps`` and the cache advances by P: call it once with the prompt (prefill), then
+        ``step`` one position at a time; the logits equal those of one full call.
+        """
+        c = self.config
+        if step_tokens.dim() != 3 or step_tokens.shape[1] != self.num_input_codebooks:
+            raise ValueError(
+                f"step_tokens must be (B, {self.num_input_codebooks}, P), got shape {tuple(step_tokens.shape)}"
+            )
+        B, _, P = step_tokens.shape
+        start = 0 if cache is None else cache.steps
+        if cache is not None and start + P > cache.max_steps:
+            raise ValueError(f"cache holds {cache.max_steps} steps, this call needs {start + P}")
+        # token embedding: sum over the Kin codebooks -> (B, P, E)
+        x = self.tok_emb(step_tokens + self.tok_offsets[None, :, None]).sum(dim=1)
+        if self.mel_branch is not None:
+            if step_mel is None:
+                if start + P > 1 + c.mel_lag:
+                    raise ValueError(f"fusion {c.fusion!r} needs step_mel for steps >= {1 + c.mel_lag}")
+                step_mel = x.new_zeros(B, c.n_mels, P)
+            if step_mel.shape != (B, c.n_mels, P):
+                raise ValueError(
+                    f"step_mel must be (B, M, P) = {(B, c.n_mels, P)}, got {tuple(step_mel.shape)}"
+                )
+            m = self.mel_branch(
+                step_mel.to(x.dtype), None if cache is None else cache.mel, start
+            )  # (B, P, mel_dim)
+            if c.fusion == "concat":
+                x = torch.cat([x, m.to(x.dtype)], dim=-1)
+            elif c.fusion == "sum":
+                x = x + self.mel_proj(m)
+            else:  # interleave: positions [mel_p, token_p] per step -> (B, 2P, D)
+                x = torch.stack([self.mel_proj(m).to(x.dtype), x], dim=2).reshape(B, 2 * P, c.d_model)
+        pps = c.positions_per_step
+        h = self.decoder(self.drop(x), None if cache is None else cache.main, start * pps)
+        if pps == 2:
+            h = h[:, 1::2]  # logits only at the token position of each step
+        logits = F.linear(h, self._head_weight())  # (B, P, Ks*V)
+        if cache is not None:
+            cache.steps += P
+        return logits.view(B, P, self.num_scored_codebooks, c.codebook_size).transpose(1, 2)
+
+    def new_cache(
+        self,
+        batch_size: int,
+        max_steps: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> WhisperGPTCache:
+        """An empty cache for ``max_steps`` pattern steps (defaults: the model's device and dtype)."""
+        if batch_size < 1 or max_steps < 1:
+            raise ValueError(f"batch_size and max_steps must be >= 1, got {batch_size}, {max_steps}")
+        ref = self.tok_emb.weight
+        device = ref.device if device is None else torch.device(device)
+        dtype = ref.dtype if dtype is None else dtype
+        main = self.decoder.new_kv(batch_size, max_steps * self.config.positions_per_step, device, dtype)
+        mel = (
+            None
+            if self.mel_branch is None
+            else self.mel_branch.stack.new_kv(batch_size, max_steps, device, dtype)
+        )
+        return WhisperGPTCache(main, mel, max_steps)
+
+    def step(
+        self, step_tokens: torch.Tensor, step_mel: torch.Tensor | None, cache: WhisperGPTCache
+    ) -> torch.Tensor:
+        """One input position: ``step_tokens (B, Kin)``, ``step_mel (B, M)`` or None -> ``(B, Ks, V)``.
+
+        Feed at position ``p = cache.steps`` the tokens placed at step ``p - 1`` (pad id ``V`` at
+        ``p = 0``) and mel frame ``p - 1 - lag`` (None while that is negative, see
+        ``patterns.mel_frame_at_step``). The returned logits predict the tokens placed at step
+        ``p`` (``patterns.predicted_at_step``); the cache advances by one.
+        """
+        mel = None if step_mel is None else step_mel[:, :, None]
+        return self.forward_steps(step_tokens[:, :, None], mel, cache)[:, :, 0]
+
+    # -- frame space --------------------------------------------------------------------------
+    def forward(self, codes: torch.Tensor, mel: torch.Tensor | None = None) -> WhisperGPTOutput:
+        """``codes (B, K, T)`` long + ``mel (B, M, T)`` -> logits ``(B, Ks, T, V)`` aligned with ``codes``."""
+        c = self.config
+        if codes.dim() != 3:
+            raise ValueError(f"codes must be (B, K, T), got shape {tuple(codes.shape)}")
+        B, K, T = codes.shape
+        need = 1 if c.pattern == "coarse" else c.num_codebooks
+        if K < need or (c.pattern != "coarse" and K != need):
+            raise ValueError(f"pattern {c.pattern!r} needs codes with K={need} codebooks, got K={K}")
+        if codes.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"codes must be integer (long), got {codes.dtype}")
+        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= c.codebook_size):
+            raise ValueError(
+                f"codes must lie in [0, {c.codebook_size - 1}], got [{int(codes.min())}, {int(codes.max())}]"
+            )
+        if c.fusion != "none":
+            if mel is None:
+                raise ValueError(f"fusion {c.fusion!r} needs mel (B, M, T); pass fusion=none for token-only")
+            if mel.shape != (B, c.n_mels, T):
+                raise ValueError(f"mel must be (B, M, T) = {(B, c.n_mels, T)}, got {tuple(mel.shape)}")
+        else:
+            mel = None  # token-only baseline: mel is ignored
+        tokens, step_mel = pt.build_inputs(codes.long(), mel, c.pattern, self.pad_id)
+        step_logits = self.forward_steps(tokens, step_mel)
+        return WhisperGPTOutput(logits=pt.revert_logits(step_logits, c.pattern, T))
+
+    # -- persistence --------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write ``config.json`` and ``model.safetensors`` into ``directory``."""
+        from safetensors.torch import save_file
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(d / "model.safetensors"), metadata={"format": "pt"})
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | os.PathLike, device: torch.device | str | None = None
+    ) -> WhisperGPT:
+        """Load a ``save_pretrained`` directory (no pickle)."""
+        from safetensors.torch import load_file
+
+        from .config import from_dict
+
+        d = Path(directory)
+        for name in ("config.json", "model.safetensors"):
+            if not (d / name).is_file():
+                raise OSError(f"{d} is not a WhisperGPT save_pretrained directory: {name} is missing")
+        config = from_dict(WhisperGPTConfig, json.loads((d / "config.json").read_text()), "model")
+        model = cls(config)
+        model.load_state_dict(load_file(str(d / "model.safetensors")))
+        return model if device is None else model.to(device)
+
+
+def nll_per_codebook(
+    logits: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed NLL in nats and token counts per scored codebook.
+
+    ``logits (B, Ks, T, V)``, ``codes (B, K, T)`` with ``K >= Ks`` (codebooks ``:Ks`` are
+    scored), ``mask (B, T)`` bool (True = frame counts). Returns ``(nll_sum (Ks,) float64,
+    count (Ks,) int64)``; computed in fp32 whatever the autocast state, so callers can sum both
+    across ranks and divide once.
+    """
+    if logits.dim() != 4 or codes.dim() != 3:
+        raise ValueError(
+            f"expected logits (B, Ks, T, V) and codes (B, K, T), got {tuple(logits.shape)}, {tuple(codes.shape)}"
+        )
+    B, Ks, T, V = logits.shape
+    if codes.shape[0] != B or codes.shape[2] != T or codes.shape[1] < Ks:
+        raise ValueError(f"codes must be (B={B}, K>={Ks}, T={T}), got {tuple(codes.shape)}")
+    if mask is not None and tuple(mask.shape) != (B, T):
+        raise ValueError(f"mask must be (B, T) = {(B, T)}, got {tuple(mask.shape)}")
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        nll = F.cross_entropy(
+            logits.float().reshape(-1, V), codes[:, :Ks].reshape(-1).long(), reduction="none"
+        ).view(B, Ks, T)
+        if mask is None:
+            count = torch.full((Ks,), B * T, dtype=torch.int64, device=logits.device)
+        else:
+            m = mask.to(torch.bool)[:, None, :]  # (B, 1, T)
+            nll = nll.masked_fill(~m, 0.0)
+            count = m.expand(B, Ks, T).sum(dim=(0, 2)).to(torch.int64)
+        return nll.double().sum(dim=(0, 2)), count
