@@ -1,0 +1,694 @@
+"""Training loop: ``python train.py CONFIG.yaml [key=value ...]`` or ``whispergpt train ...``.
+
+Runs on one CPU/GPU, or under ``accelerate launch`` across processes (DDP, or DeepSpeed ZeRO 1/2/3
+with ``configs/accelerate/*.yaml``; gloo when there is no CUDA).
+
+Determinism and resume: every training crop is drawn with a fresh generator seeded from
+``(train.seed, rank, sample index)``, so the data position is just the step counter; a checkpoint
+holds model, optimizer, scheduler and every rank's RNG states. On CPU, one process, a run killed at
+any point and restarted reproduces the uninterrupted run's losses and final weights bit for bit
+(given the same thread count). The step loop:
+
+    for each of train.grad_accum micro-batches: forward, NLL sum/count reduced across ranks
+        (a non-finite value stops the run before anything is updated), backward
+    clip gradients, AdamW step, warmup+cosine LR step
+    log / evaluate / checkpoint on their schedules
+
+Tokens per second count the codec tokens consumed (batch x frames x K, all ranks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import shutil
+import struct
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import yaml
+
+from . import checkpoint as ckpt_io
+from .config import ConfigError, apply_overrides, dump_yaml, from_dict, to_dict
+from .data import PreparedDataset, read_manifest
+from .model import WhisperGPT, WhisperGPTConfig, nll_per_codebook
+
+# Test hook: make the loss of this (1-based) step NaN, to exercise the non-finite stop.
+_NAN_STEP_ENV = "WHISPERGPT_TEST_NAN_AT_STEP"
+
+
+# --- configuration -----------------------------------------------------------------------------
+
+
+@dataclass
+class DataConfig:
+    dir: str = "data/demo/prepared"  # a `whispergpt prepare` output
+    frames: int | None = None  # crop length in frames; null -> model.context
+    num_workers: int = 0  # DataLoader workers per process
+    train_split: str = "train"
+    val_split: str = "val"
+
+    def __post_init__(self) -> None:
+        if self.frames is not None and self.frames < 1:
+            raise ValueError(f"data.frames must be >= 1 or null, got {self.frames}")
+        if self.num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 1000  # optimizer steps
+    batch_size: int = 8  # crops per micro-batch per process
+    grad_accum: int = 1  # micro-batches per optimizer step
+    lr: float = 3e-4  # peak learning rate
+    min_lr: float = 3e-5  # end of the cosine
+    warmup_steps: int = 100  # linear warmup from lr/warmup_steps
+    weight_decay: float = 0.1  # decoupled (AdamW); matrices only, not biases / norms
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
+    save_every: int = 500  # checkpoint period in steps (a checkpoint is also written at the end)
+    eval_every: int = 500  # validation period in steps (0: only at the end)
+    eval_batches: int | str = 20  # validation crops = eval_batches * batch_size, or "full"
+    keep_last: int = 3  # checkpoints kept (0 keeps all)
+    seed: int = 0
+    log_every: int = 10  # metrics.jsonl / wandb period in steps
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    compile: bool = False  # torch.compile the model
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "batch_size", "grad_accum", "save_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "eval_every", "keep_last"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if not (self.lr > 0 and 0 <= self.min_lr <= self.lr):
+            raise ValueError(f"need lr > 0 and 0 <= min_lr <= lr, got lr={self.lr}, min_lr={self.min_lr}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"train.betas must be two numbers in [0, 1), got {self.betas}")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError(
+                f"train.weight_decay and train.grad_clip must be >= 0, got {self.weight_decay}, {self.grad_clip}"
+            )
+        if isinstance(self.eval_batches, str) and self.eval_batches != "full":
+            raise ValueError(f"train.eval_batches must be an integer or 'full', got {self.eval_batches!r}")
+        if isinstance(self.eval_batches, int) and self.eval_batches < 0:
+            raise ValueError(f"train.eval_batches must be >= 0, got {self.eval_batches}")
+
+
+@dataclass
+class LoggingConfig:
+    wandb: bool = True
+    wandb_project: str = "whispergpt"
+    wandb_name: str | None = None  # default: the out_dir name
+    # null: $WANDB_MODE if set, "online" if you ran `wandb login`, else "offline" (no account needed)
+    wandb_mode: Literal["online", "offline", "disabled"] | None = None
+    tensorboard: bool = False  # out_dir/tensorboard (needs the `tensorboard` extra)
+    progress: bool = True  # tqdm bar on the main process
+
+
+@dataclass
+class RunConfig:
+    out_dir: str = "runs/default"
+    model: WhisperGPTConfig = field(default_factory=WhisperGPTConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+# model fields that must agree with the prepared dataset (manifest key == field name)
+_DATA_SHAPE_KEYS = ("num_codebooks", "codebook_size", "n_mels")
+
+
+def _check_keys(cls: type, data: Any, where: str = "") -> None:
+    """Unknown keys anywhere in the tree -> ConfigError, before the dataset is even opened."""
+    if not isinstance(data, dict):
+        return
+    hints = __import__("typing").get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(
+            f"unknown config key(s) {[prefix + k for k in unknown]}; valid keys under "
+            f"{where or 'the top level'}: {sorted(fields)}"
+        )
+    for name, value in data.items():
+        tp = hints[name]
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            _check_keys(tp, value, f"{where}.{name}" if where else name)
+
+
+def resolve_config(data: dict) -> RunConfig:
+    """Raw (YAML + overrides) mapping -> validated RunConfig, model shape filled from the dataset."""
+    _check_keys(RunConfig, data)
+    data = json.loads(json.dumps(data))
+    section = data.get("data") or {}
+    data_dir = section.get("dir", DataConfig.dir) if isinstance(section, dict) else DataConfig.dir
+    manifest = read_manifest(data_dir)  # ValueError naming the directory if it is not a dataset
+    model = data.get("model")
+    if model is None:
+        model = data["model"] = {}
+    if not isinstance(model, dict):
+        raise ConfigError(f"model: expected a mapping, got {model!r}")
+    for key in _DATA_SHAPE_KEYS:
+        have, want = model.get(key), int(manifest[key])
+        if have is None:
+            model[key] = want
+        elif have != want:
+            raise ConfigError(
+                f"model.{key}={have!r} does not match the dataset {data_dir} ({key}={want}); "
+                f"set model.{key}={want} or null to take it from the dataset"
+            )
+    cfg = from_dict(RunConfig, data)
+    if cfg.data.frames is None:
+        cfg.data.frames = cfg.model.context
+    elif cfg.data.frames > cfg.model.context:
+        raise ConfigError(f"data.frames={cfg.data.frames} exceeds model.context={cfg.model.context}")
+    return cfg
+
+
+def load_run_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> RunConfig:
+    """YAML recipe + ``key=value`` overrides -> RunConfig (see :func:`resolve_config`)."""
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} not found")
+        data = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: top level must be a mapping, got {type(data).__name__}")
+    return resolve_config(apply_overrides(data, overrides or []))
+
+
+# --- schedule and data ---------------------------------------------------------------------------
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate for optimizer step ``step`` (0-based): linear warmup, then cosine to min_lr."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(1, cfg.max_steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def sample_seed(*ints: int) -> int:
+    """A 63-bit seed hashed from integers (seed, rank, sample index): independent streams."""
+    digest = hashlib.blake2b(struct.pack(f"<{len(ints)}q", *ints), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+class TrainCrops(torch.utils.data.Dataset):
+    """Map-style view whose item ``n`` is the ``n``-th random crop drawn by ``rank``.
+
+    Sample ``n = (step * grad_accum + micro) * batch_size + i`` depends only on
+    ``(seed, rank, n)``: resuming at a step is starting the sampler at that index, and any number
+    of DataLoader workers gives the same batches."""
+
+    def __init__(self, dataset: PreparedDataset, seed: int, rank: int):
+        self.dataset, self.seed, self.rank = dataset, seed, rank
+
+    def __getitem__(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(sample_seed(self.seed, self.rank, n))
+        return self.dataset.random_crop(g)
+
+
+def val_indices(num_items: int, eval_batches: int | str, batch_size: int) -> list[int]:
+    """The fixed validation set: all tiles ("full") or ``eval_batches * batch_size`` tiles spread
+    evenly over the split (so that every file region is represented, independent of world size)."""
+    if eval_batches == "full":
+        return list(range(num_items))
+    n = min(num_items, int(eval_batches) * batch_size)
+    return sorted({(i * num_items) // n for i in range(n)}) if n else []
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def _resolve_wandb_mode(cfg: LoggingConfig) -> str:
+    if cfg.wandb_mode is not None:
+        return cfg.wandb_mode
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    try:
+        import netrc
+
+        if netrc.netrc().authenticators("api.wandb.ai"):
+            return "online"
+    except (OSError, netrc.NetrcParseError):
+        pass
+    return "offline"
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Decay matrices (linear / embedding weights); never biases, norm gains or pad vectors."""
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def _truncate_metrics(path: Path, last_step: int) -> None:
+    """Drop lines logged after ``last_step`` (by a run that died before its next checkpoint)."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= last_step:
+                kept.append(line)
+        except json.JSONDecodeError:
+            break  # a torn last line from a kill mid-write
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(k + "\n" for k in kept))
+    os.replace(tmp, path)
+
+
+class _Loggers:
+    """metrics.jsonl + wandb + tensorboard on the main process; no-ops elsewhere."""
+
+    def __init__(self, cfg: RunConfig, out: Path, is_main: bool, start_step: int, wandb_id: str | None):
+        self.is_main = is_main
+        self.path = out / "metrics.jsonl"
+        self.wandb = None
+        self.tb = None
+        self.wandb_id = wandb_id
+        if not is_main:
+            return
+        _truncate_metrics(self.path, start_step)
+        lc = cfg.logging
+        mode = _resolve_wandb_mode(lc)
+        if lc.wandb and mode != "disabled":
+            try:
+                import wandb
+            except ImportError:
+                print("warning: wandb is not installed; logging to metrics.jsonl only", file=sys.stderr)
+            else:
+                self.wandb_id = wandb_id or wandb.util.generate_id()
+                self.wandb = wandb.init(
+                    project=lc.wandb_project,
+                    name=lc.wandb_name or out.name,
+                    id=self.wandb_id,
+                    resume="allow",
+                    dir=str(out),
+                    mode=mode,
+                    config=to_dict(cfg),
+                )
+        if lc.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                print("warning: tensorboard is not installed (pip install whispergpt[tensorboard])", file=sys.stderr)
+            else:
+                self.tb = SummaryWriter(str(out / "tensorboard"))
+
+    def log(self, record: dict) -> None:
+        if not self.is_main:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        step = record["step"]
+        scalars = {k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float))}
+        if self.wandb is not None:
+            self.wandb.log(scalars, step=step)
+        if self.tb is not None:
+            for k, v in scalars.items():
+                self.tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self.wandb is not None:
+            self.wandb.finish()
+        if self.tb is not None:
+            self.tb.close()
+
+
+class Trainer:
+    """One training run (use :func:`train`); holds the accelerator, model and data of a process."""
+
+    def __init__(self, cfg: RunConfig):
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedType, InitProcessGroupKwargs
+
+        self.cfg = cfg
+        tc = cfg.train
+        cuda = torch.cuda.is_available()
+        if tc.precision == "bf16" and not cuda:
+            raise ValueError("train.precision=bf16 needs a CUDA GPU; use fp32 (or auto) on CPU")
+        mixed = "bf16" if (tc.precision == "bf16" or (tc.precision == "auto" and cuda and torch.cuda.is_bf16_supported())) else "no"
+        # gloo when launched multi-process without CUDA (only then: a backend makes accelerate
+        # expect an initialised process group)
+        distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        handlers = []
+        if distributed and not cuda:
+            handlers.append(InitProcessGroupKwargs(backend="gloo", timeout=timedelta(minutes=30)))
+        self.acc = Accelerator(
+            gradient_accumulation_steps=tc.grad_accum, mixed_precision=mixed, kwargs_handlers=handlers
+        )
+        acc = self.acc
+        self.is_ds = acc.distributed_type == DistributedType.DEEPSPEED
+        self.rank, self.world = acc.process_index, acc.num_processes
+        self.out = Path(cfg.out_dir)
+        self.precision = mixed
+        if self.is_ds:
+            # Fill the "auto" entries ourselves: we never hand a DataLoader to accelerate.
+            ds = acc.state.deepspeed_plugin.deepspeed_config
+            ds["train_micro_batch_size_per_gpu"] = tc.batch_size
+            ds["gradient_accumulation_steps"] = tc.grad_accum
+            ds["train_batch_size"] = tc.batch_size * tc.grad_accum * self.world
+            ds["gradient_clipping"] = tc.grad_clip
+            if "optimizer" in ds or "scheduler" in ds:
+                raise ValueError("the DeepSpeed config must not name an optimizer or scheduler: train.py passes AdamW")
+
+        # Same initial weights on every rank (ZeRO-3 partitions each rank's own copy).
+        torch.manual_seed(tc.seed)
+        self.core = WhisperGPT(cfg.model)
+        self.train_ds = PreparedDataset(cfg.data.dir, cfg.data.train_split, frames=cfg.data.frames)
+        self.train_ds.random_crop(torch.Generator())  # fails early, with the dataset's reason
+        self.val_ds = None
+        if cfg.data.val_split in self.train_ds.manifest["splits"]:
+            val = PreparedDataset(cfg.data.dir, cfg.data.val_split, frames=cfg.data.frames)
+            self.val_idx = val_indices(len(val), tc.eval_batches, tc.batch_size)
+            self.val_ds = val if self.val_idx else None
+        if self.val_ds is None and acc.is_main_process:
+            print(f"note: no validation crops in split {cfg.data.val_split!r}; skipping evaluation", file=sys.stderr)
+
+        model: torch.nn.Module = self.core
+        if tc.compile:
+            model = torch.compile(model)
+        opt = torch.optim.AdamW(
+            _param_groups(self.core, tc.weight_decay), lr=tc.lr, betas=tuple(tc.betas), eps=tc.eps
+        )
+        # LambdaLR on the raw optimizer: DeepSpeed's ZeRO optimizers keep its param_group dicts.
+        self.sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, tc) / tc.lr)
+        self.model, self.opt = acc.prepare(model, opt)
+        self.step = 0
+        self.tokens_seen = 0
+        self.best_val: float | None = None
+        self.elapsed_before = 0.0
+        self.wandb_id: str | None = None
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def _state_dict_for_save(self) -> dict[str, torch.Tensor]:
+        if self.is_ds:
+            return self.acc.get_state_dict(self.model)  # gathers ZeRO-3 shards (full dict on rank 0)
+        return {}
+
+    def _write_hf(self, directory: Path, state: dict[str, torch.Tensor]) -> None:
+        """config.json + model.safetensors (main process)."""
+        if not self.is_ds:
+            self.core.save_pretrained(directory)
+            return
+        fresh = WhisperGPT(self.cfg.model)
+        fresh.load_state_dict({k: v.float().cpu() for k, v in state.items()})
+        fresh.save_pretrained(directory)
+
+    def save_checkpoint(self) -> Path | None:
+        acc, step = self.acc, self.step
+        tmp = ckpt_io.temp_checkpoint_dir(self.out, step)
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        if self.is_ds:
+            acc.save_state(str(tmp / "deepspeed"))  # collective: model + optimizer shards
+        state = self._state_dict_for_save()  # collective under ZeRO-3
+        ckpt_io.save_rng_state(tmp, self.rank)
+        acc.wait_for_everyone()
+        final = None
+        if acc.is_main_process:
+            self._write_hf(tmp, state)
+            if not self.is_ds:
+                torch.save(self.opt.state_dict(), tmp / "optimizer.pt")
+            torch.save(self.sched.state_dict(), tmp / "scheduler.pt")
+            ckpt_io.write_json_atomic(
+                tmp / ckpt_io.TRAINER_STATE,
+                dict(
+                    step=step,
+                    tokens_seen=self.tokens_seen,
+                    best_val_nll=self.best_val,
+                    elapsed_s=self.elapsed_before + (time.perf_counter() - self.t_start),
+                    wandb_run_id=self.wandb_id,
+                    world_size=self.world,
+                    deepspeed=self.is_ds,
+                ),
+            )
+            final = ckpt_io.publish_checkpoint(tmp, step)
+            ckpt_io.prune_checkpoints(self.out, self.cfg.train.keep_last)
+        acc.wait_for_everyone()
+        return final
+
+    def load_checkpoint(self, path: Path) -> None:
+        from safetensors.torch import load_file
+
+        state = ckpt_io.read_trainer_state(path)
+        if bool(state.get("deepspeed")) != self.is_ds:
+            raise ValueError(
+                f"{path} was written by a {'DeepSpeed' if state.get('deepspeed') else 'non-DeepSpeed'} run; "
+                f"resume it the same way (or start a new out_dir)"
+            )
+        if self.is_ds:
+            self.acc.load_state(str(path / "deepspeed"))
+        else:
+            self.core.load_state_dict(load_file(str(path / "model.safetensors")))
+            self.opt.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+        self.sched.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+        if not ckpt_io.load_rng_state(path, self.rank) and self.acc.is_main_process:
+            print(f"warning: {path} has no RNG state for rank {self.rank}", file=sys.stderr)
+        self.step = int(state["step"])
+        self.tokens_seen = int(state.get("tokens_seen", 0))
+        self.best_val = state.get("best_val_nll")
+        self.elapsed_before = float(state.get("elapsed_s", 0.0))
+        self.wandb_id = state.get("wandb_run_id")
+
+    def save_final(self) -> Path:
+        final = self.out / "final"
+        tmp = self.out / ".tmp-final"
+        state = self._state_dict_for_save()
+        if self.acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            self._write_hf(tmp, state)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        self.acc.wait_for_everyone()
+        return final
+
+    # -- evaluation -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> dict | None:
+        """Validation NLL = (sum of nats over all ranks) / (token count over all ranks)."""
+        if self.val_ds is None:
+            return None
+        B = self.cfg.train.batch_size
+        mine = self.val_idx[self.rank :: self.world]
+        # Every rank runs the same number of forwards (ZeRO-3 gathers weights collectively).
+        n_batches = math.ceil(math.ceil(len(self.val_idx) / self.world) / B)
+        was_training = self.model.training
+        self.model.eval()
+        total = None
+        for b in range(n_batches):
+            idx = mine[b * B : (b + 1) * B]
+            items = [self.val_ds[i] for i in (idx or self.val_idx[:1])]
+            codes = torch.stack([c for c, _ in items]).to(self.acc.device)  # (B, K, T)
+            mel = torch.stack([m for _, m in items]).to(self.acc.device)  # (B, M, T)
+            with self.acc.autocast():
+                logits = self.model(codes, mel).logits
+            s, c = nll_per_codebook(logits, codes)
+            part = torch.stack([s, c.double()])  # (2, Ks)
+            if not idx:
+                part = torch.zeros_like(part)  # padding batch: run for the collective, count nothing
+            total = part if total is None else total + part
+        self.model.train(was_training)
+        total = self.acc.reduce(total, "sum")
+        nll = (total[0] / total[1]).tolist()
+        val = float(total[0].sum() / total[1].sum())
+        return dict(val_nll=val, val_ppl=math.exp(min(val, 700.0)), val_nll_per_codebook=nll)
+
+    # -- training ---------------------------------------------------------------------------------
+    def _loader(self, start_step: int) -> torch.utils.data.DataLoader:
+        tc = self.cfg.train
+        per_step = tc.grad_accum * tc.batch_size
+        return torch.utils.data.DataLoader(
+            TrainCrops(self.train_ds, tc.seed, self.rank),
+            batch_size=tc.batch_size,
+            sampler=range(start_step * per_step, tc.max_steps * per_step),
+            num_workers=self.cfg.data.num_workers,
+            # its own generator: creating the iterator must not consume the global RNG (resume)
+            generator=torch.Generator().manual_seed(tc.seed),
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def run(self) -> Path:
+        from tqdm.auto import tqdm
+
+        cfg, tc, acc = self.cfg, self.cfg.train, self.acc
+        self.t_start = time.perf_counter()
+        if acc.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+            ckpt_io.remove_temp_checkpoints(self.out)
+        acc.wait_for_everyone()
+        latest = ckpt_io.latest_checkpoint(self.out)
+        if latest is not None:
+            self.load_checkpoint(latest)
+            if acc.is_main_process:
+                print(f"resuming from {latest} (step {self.step})", flush=True)
+        # Dropout etc. differ per rank; set after the shared init, unless restored from a checkpoint.
+        if latest is None:
+            torch.manual_seed(sample_seed(tc.seed, self.rank, -1))
+        loggers = _Loggers(cfg, self.out, acc.is_main_process, self.step, self.wandb_id)
+        self.wandb_id = loggers.wandb_id
+        nan_step = int(os.environ.get(_NAN_STEP_ENV, "0") or 0)
+        tokens_per_step = (
+            tc.batch_size * tc.grad_accum * self.world * cfg.data.frames * cfg.model.num_codebooks
+        )
+        bar = tqdm(
+            total=tc.max_steps,
+            initial=self.step,
+            disable=not (acc.is_main_process and cfg.logging.progress),
+            dynamic_ncols=True,
+            desc="train",
+        )
+        batches = iter(self._loader(self.step))
+        self.model.train()
+        window_tokens, window_time = 0, 0.0
+        try:
+            while self.step < tc.max_steps:
+                t0 = time.perf_counter()
+                total = torch.zeros(2, dtype=torch.float64, device=acc.device)
+                for _ in range(tc.grad_accum):
+                    codes, mel = next(batches)
+                    codes = codes.to(acc.device, non_blocking=True)  # (B, K, T)
+                    mel = mel.to(acc.device, non_blocking=True)  # (B, M, T)
+                    with acc.accumulate(self.model):
+                        with acc.autocast():
+                            logits = self.model(codes, mel).logits  # (B, Ks, T, V)
+                        nll_sum, count = nll_per_codebook(logits, codes)
+                        loss_sum = nll_sum.sum()
+                        if nan_step == self.step + 1:
+                            loss_sum = loss_sum * float("nan")
+                        micro = acc.reduce(torch.stack([loss_sum.detach(), count.sum().double()]), "sum")
+                        if not torch.isfinite(micro[0]):
+                            raise NonFiniteLossError(
+                                f"non-finite training loss ({micro[0].item()} summed nats) at step "
+                                f"{self.step + 1}; stopped before the update"
+                            )
+                        total += micro
+                        # Crops have equal length, so the mean of micro-batch sum/count (accelerate
+                        # divides by grad_accum) is the accumulated batch's sum/count.
+                        acc.backward((loss_sum / count.sum()).float())
+                if self.is_ds:
+                    gn = acc.clip_grad_norm_(self.model.parameters(), tc.grad_clip)  # already clipped
+                else:
+                    gn = acc.clip_grad_norm_(self.model.parameters(), tc.grad_clip if tc.grad_clip > 0 else math.inf)
+                grad_norm = float(gn) if gn is not None else float("nan")
+                if not self.is_ds and not math.isfinite(grad_norm):
+                    raise NonFiniteLossError(
+                        f"non-finite gradient norm ({grad_norm}) at step {self.step + 1}; stopped before the update"
+                    )
+                lr = self.sched.get_last_lr()[0]
+                self.opt.step()
+                self.sched.step()
+                self.opt.zero_grad(set_to_none=True)
+                self.step += 1
+                self.tokens_seen += tokens_per_step
+                window_tokens += tokens_per_step
+                window_time += time.perf_counter() - t0
+                loss = float(total[0] / total[1])
+                bar.update(1)
+                if self.step % tc.log_every == 0 or self.step == tc.max_steps:
+                    tps = window_tokens / max(window_time, 1e-9)
+                    loggers.log(
+                        dict(
+                            step=self.step,
+                            loss=loss,
+                            lr=lr,
+                            tokens_per_s=tps,
+                            grad_norm=grad_norm,
+                            elapsed_s=self.elapsed_before + time.perf_counter() - self.t_start,
+                        )
+                    )
+                    bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tps:,.0f}")
+                    window_tokens, window_time = 0, 0.0
+                if (tc.eval_every and self.step % tc.eval_every == 0) or self.step == tc.max_steps:
+                    metrics = self.evaluate()
+                    if metrics is not None:
+                        loggers.log(dict(step=self.step, **metrics))
+                        if self.best_val is None or metrics["val_nll"] < self.best_val:
+                            self.best_val = metrics["val_nll"]
+                        if acc.is_main_process:
+                            bar.write(f"step {self.step}: val_nll {metrics['val_nll']:.4f}")
+                if self.step % tc.save_every == 0 or self.step == tc.max_steps:
+                    self.save_checkpoint()
+            final = self.save_final()
+        finally:
+            bar.close()
+            loggers.close()
+        if acc.is_main_process:
+            print(f"final model: {final}", flush=True)
+        return final
+
+
+def train(cfg: RunConfig) -> Path:
+    """Train (resuming from the newest checkpoint in ``cfg.out_dir``); returns ``out_dir/final``."""
+    trainer = Trainer(cfg)
+    try:
+        if trainer.acc.is_main_process:
+            out = Path(cfg.out_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            text = dump_yaml(cfg)
+            print("resolved config:\n" + text, flush=True)
+            tmp = out / "config.yaml.tmp"
+            tmp.write_text(text)
+            os.replace(tmp, out / "config.yaml")
+        return trainer.run()
+    finally:
+        trainer.acc.end_training()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="whispergpt train",
+        description="Train a WhisperGPT model; resumes automatically from the newest checkpoint in out_dir. "
+        "Multi-process: accelerate launch [--config_file configs/accelerate/...] train.py CONFIG.yaml ...",
+    )
+    parser.add_argument("config", help="YAML recipe, e.g. configs/tiny.yaml")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.max_steps=100")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_run_config(args.config, args.overrides)
+    except ValueError as e:
+        print(f"whispergpt train: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        train(cfg)
+    except NonFiniteLossError as e:
+        print(
+            f"whispergpt train: {e}. The last good checkpoint in {Path(cfg.out_dir) / ckpt_io.CHECKPOINTS} "
+            "is kept; lower train.lr or raise train.warmup_steps and rerun to resume from it.",
+            file=sys.stderr,
+        )
+        return 3
+    return 0
