@@ -81,7 +81,9 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> torch
     return torch.from_numpy(np.ascontiguousarray(mono, dtype=np.float32))
 
 
-def save_audio(path: str | os.PathLike, wave: torch.Tensor | np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
+def save_audio(
+    path: str | os.PathLike, wave: torch.Tensor | np.ndarray, sample_rate: int = SAMPLE_RATE
+) -> None:
     """Write ``(S,)`` mono audio as 16-bit PCM WAV (clipped to [-1, 1])."""
     import soundfile as sf
 
@@ -121,7 +123,9 @@ def _mel_to_hz_slaney(m: np.ndarray) -> np.ndarray:
 
 
 @lru_cache(maxsize=16)
-def mel_filterbank(n_mels: int = N_MELS, n_fft: int = WIN_LENGTH, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+def mel_filterbank(
+    n_mels: int = N_MELS, n_fft: int = WIN_LENGTH, sample_rate: int = SAMPLE_RATE
+) -> np.ndarray:
     """Slaney-scale, Slaney-normalised (area 1) triangular filters: ``(n_fft // 2 + 1, n_mels)`` float64."""
     n_freqs = n_fft // 2 + 1
     fft_freqs = np.linspace(0, sample_rate / 2, n_freqs)
@@ -169,7 +173,7 @@ def log_mel(wave: torch.Tensor, n_mels: int = N_MELS) -> torch.Tensor:
     lead = wave.shape[:-1]
     S = wave.shape[-1]
     T = num_frames(S)
-    x = wave.reshape(-1, S).float()  # (B', S)
+    x = wave.reshape(math.prod(lead), S).float()  # (B', S)
     if T == 0:
         return x.new_zeros(*lead, n_mels, 0)
     x = x[:, : T * HOP_LENGTH]

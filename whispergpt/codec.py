@@ -5,9 +5,13 @@ the hub id (e.g. ``facebook/encodec_24khz``) or from a local directory in ``save
 layout, through the same call. ``encode`` maps ``(B, S)`` audio to ``(B, K, T)`` codes with
 ``T = S // 320`` (the same ``T`` as ``log_mel``); ``decode`` maps codes back to ``(B, T * 320)``.
 
-The 24 kHz EnCodec encoder and decoder are causal (left-padded convolutions, unidirectional LSTM),
-so codes of frame ``t`` depend only on samples ``< (t+1) * 320`` and decoded samples of frame
-``t`` only on codes of frames ``<= t``; ``tests/test_codec.py`` checks both.
+The 24 kHz EnCodec encoder and decoder are causal convolutions + a unidirectional LSTM, with one
+catch: their left padding is *reflect* padding, so the first few frames of a clip see samples
+(or codes) from up to 6 frames in their future. ``encode`` therefore prepends ``PRIME_FRAMES``
+frames of digital silence (and drops their codes), and ``decode`` prepends the codes of silence
+(and drops their audio): the reflection then only ever reads the silent prefix. With that, codes
+of frame ``t`` depend only on samples ``< (t+1) * 320`` and decoded samples of frame ``t`` only
+on codes of frames ``<= t``; ``tests/test_codec.py`` checks both at every frame, the first included.
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ import torch
 from .audio import HOP_LENGTH, SAMPLE_RATE
 
 HUB_CODEC = "facebook/encodec_24khz"
+# Silent frames prepended before encoding / decoding; > 6, the farthest reach of EnCodec's left
+# reflect padding (its 7-tap convolutions at the frame rate).
+PRIME_FRAMES = 8
 
 
 class Codec:
@@ -33,7 +40,9 @@ class Codec:
             raise ValueError(f"Codec wraps a transformers EncodecModel, got {type(model).__name__}")
         cfg = model.config
         if cfg.sampling_rate != SAMPLE_RATE:
-            raise ValueError(f"codec sample rate must be {SAMPLE_RATE} Hz, got {cfg.sampling_rate} Hz ({name})")
+            raise ValueError(
+                f"codec sample rate must be {SAMPLE_RATE} Hz, got {cfg.sampling_rate} Hz ({name})"
+            )
         hop = int(math.prod(cfg.upsampling_ratios))
         if hop != HOP_LENGTH:
             raise ValueError(f"codec hop must be {HOP_LENGTH} samples (75 Hz), got {hop} ({name})")
@@ -43,10 +52,13 @@ class Codec:
             )
         supported = [float(b) for b in cfg.target_bandwidths]
         if float(bandwidth) not in supported:
-            raise ValueError(f"bandwidth {bandwidth} kbps is not supported by {name}: pass one of {supported}")
+            raise ValueError(
+                f"bandwidth {bandwidth} kbps is not supported by {name}: pass one of {supported}"
+            )
         self.model = model.eval()
         self.bandwidth = float(bandwidth)
         self.name = str(name)
+        self._silence_codes: torch.Tensor | None = None  # (n_q, 1, PRIME_FRAMES), lazily
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -91,15 +103,25 @@ class Codec:
 
         kwargs: dict = dict(target_bandwidths=[1.5, 3.0, 6.0, 12.0, 24.0])
         if tiny:
-            kwargs.update(num_filters=4, hidden_size=32, num_lstm_layers=1, codebook_dim=32, num_residual_layers=1)
+            kwargs.update(
+                num_filters=4, hidden_size=32, num_lstm_layers=1, codebook_dim=32, num_residual_layers=1
+            )
         kwargs.update(config_overrides or {})
         gen = torch.Generator().manual_seed(seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = EncodecModel(EncodecConfig(**kwargs)).eval()
+        with torch.no_grad():
+            # transformers initialises weight-norm magnitudes near 0.02, which makes a random decoder
+            # almost constant; unit-norm filters keep its output sensitive to the codes.
+            for pname, param in model.named_parameters():
+                if pname.endswith("parametrizations.weight.original0"):
+                    param.fill_(1.0)
         t = torch.arange(SAMPLE_RATE, dtype=torch.float32) / SAMPLE_RATE
         freqs = 110.0 * 2 ** (torch.rand(4, 1, generator=gen) * 4)
-        probe = torch.cat([0.3 * torch.sin(2 * math.pi * freqs * t), 0.1 * torch.randn(4, SAMPLE_RATE, generator=gen)])
+        probe = torch.cat(
+            [0.3 * torch.sin(2 * math.pi * freqs * t), 0.1 * torch.randn(4, SAMPLE_RATE, generator=gen)]
+        )
         fill_codebooks(model, probe, generator=gen)
         return cls(model, bandwidth=bandwidth, name="random-tiny" if tiny else "random")
 
@@ -147,11 +169,20 @@ class Codec:
         B = wave.shape[0]
         if T == 0:
             return torch.zeros(B, self.num_codebooks, 0, dtype=torch.long, device=wave.device)
-        x = wave[:, : T * HOP_LENGTH].to(self.device, torch.float32)[:, None]  # (B, 1, S)
-        emb = self.model.encoder(x)  # (B, D, T)
-        assert emb.shape[-1] == T, (emb.shape, T)
-        codes = self.model.quantizer.encode(emb, self.bandwidth)  # (K, B, T)
+        x = wave[:, : T * HOP_LENGTH].to(self.device, torch.float32)
+        x = torch.nn.functional.pad(x, (PRIME_FRAMES * HOP_LENGTH, 0))[:, None]  # (B, 1, S + prime)
+        emb = self.model.encoder(x)  # (B, D, PRIME_FRAMES + T)
+        assert emb.shape[-1] == PRIME_FRAMES + T, (emb.shape, T)
+        codes = self.model.quantizer.encode(emb[..., PRIME_FRAMES:], self.bandwidth)  # (K, B, T)
         return codes.transpose(0, 1).long().contiguous()
+
+    def silence_codes(self) -> torch.Tensor:
+        """Codes of digital silence for all quantizers, ``(n_q, 1, PRIME_FRAMES)`` (cached)."""
+        if self._silence_codes is None or self._silence_codes.device != self.device:
+            with torch.inference_mode():
+                zeros = torch.zeros(1, 1, PRIME_FRAMES * HOP_LENGTH, device=self.device)
+                self._silence_codes = self.model.quantizer.encode(self.model.encoder(zeros), None)
+        return self._silence_codes
 
     @torch.inference_mode()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
@@ -163,9 +194,12 @@ class Codec:
             raise ValueError(f"decode expects 1..{self.model.config.num_quantizers} codebooks, got {K}")
         if T == 0:
             return torch.zeros(B, 0, device=codes.device)
-        emb = self.model.quantizer.decode(codes.to(self.device).transpose(0, 1))  # (B, D, T)
+        prime = self.silence_codes()[:K].expand(K, B, PRIME_FRAMES)
+        codes = torch.cat([prime, codes.to(self.device).transpose(0, 1)], dim=-1)  # (K, B, prime + T)
+        emb = self.model.quantizer.decode(codes)  # (B, D, prime + T)
         audio = self.model.decoder(emb)[:, 0]  # (B, S')
-        return audio[:, : T * HOP_LENGTH].float()
+        start = PRIME_FRAMES * HOP_LENGTH
+        return audio[:, start : start + T * HOP_LENGTH].float()
 
     def __repr__(self) -> str:
         return (
