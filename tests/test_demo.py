@@ -18,8 +18,18 @@ from whispergpt.audio import HOP_LENGTH, SAMPLE_RATE
 class FakeSource(demo.Source):
     """Items are tones (or silence for every ``silent_every``-th item) of ``seconds`` each."""
 
-    def __init__(self, name="fake", modality="music", kind="rendered", seconds=3.0, n=50, silent_every=0,
-                 sample_rate=44100, max_segments=3, trimmable=False):
+    def __init__(
+        self,
+        name="fake",
+        modality="music",
+        kind="rendered",
+        seconds=3.0,
+        n=50,
+        silent_every=0,
+        sample_rate=44100,
+        max_segments=3,
+        trimmable=False,
+    ):
         self.name, self.modality, self.kind = name, modality, kind
         self.licence = "test"
         self.seconds, self.n, self.silent_every, self.sr = seconds, n, silent_every, sample_rate
@@ -110,7 +120,8 @@ def test_build_budget_layout_and_sources_json(tmp_path):
     # a 25 s item in 10 s pieces: 10 + 10 (+ a 5 s tail) from the first item, 10 from the next
     assert len(res.files) == len(doc["files"]) and (tmp_path / "README.md").is_file()
     assert sorted(p.name for p in (tmp_path / "music" / "recorded").iterdir()) == sorted(
-        Path(f["path"]).name for f in doc["files"] if f["modality"] == "music")
+        Path(f["path"]).name for f in doc["files"] if f["modality"] == "music"
+    )
 
 
 def test_selection_is_deterministic_and_seeded(tmp_path):
@@ -150,7 +161,9 @@ def test_rerun_is_idempotent_and_resumes(tmp_path):
     _build(tmp_path, [FakeSource(seconds=2.0, silent_every=5)], minutes=1.0, speech_fraction=0.0)
     assert len(list(tmp_path.rglob("*.wav"))) > len(third.files)
     small = _build(tmp_path, [FakeSource(seconds=2.0, silent_every=5)], minutes=0.2, speech_fraction=0.0)
-    assert sorted(p.name for p in tmp_path.rglob("*.wav")) == sorted(Path(f["path"]).name for f in small.files)
+    assert sorted(p.name for p in tmp_path.rglob("*.wav")) == sorted(
+        Path(f["path"]).name for f in small.files
+    )
 
 
 def test_failing_item_is_reported_and_skipped(tmp_path):
@@ -175,9 +188,14 @@ def test_missing_tools_give_exact_install_command(monkeypatch, tmp_path, capsys)
     rc = demo.main(["demo", "--out", str(tmp_path / "o"), "--cache", str(tmp_path / "c")])
     err = capsys.readouterr().err
     assert rc == 1
-    assert "no speech source is available; install with: sudo apt-get install -y espeak-ng tuxpaint-stamps-default" in err
-    assert ("no music source is available; install with: "
-            "sudo apt-get install -y fluid-soundfont-gm fluidsynth ufoai-music && pip install music21") in err
+    assert (
+        "no speech source is available; install with: sudo apt-get install -y espeak-ng tuxpaint-stamps-default"
+        in err
+    )
+    assert (
+        "no music source is available; install with: "
+        "sudo apt-get install -y fluid-soundfont-gm fluidsynth ufoai-music && pip install music21"
+    ) in err
     assert not (tmp_path / "o" / "SOURCES.json").exists()
 
     rc = demo.main(["demo", "--check", "--cache", str(tmp_path / "c")])
@@ -193,10 +211,14 @@ def test_missing_source_warns_when_modality_still_covered(monkeypatch, tmp_path,
     logged = []
     ready, err = demo.resolve(srcs, tmp_path, explicit=False, log=logged.append)
     assert [s.name for s in ready] == ["espeak"] and err is None
-    assert any("sudo apt-get install -y tuxpaint-stamps-default" in m and m.startswith("warning") for m in logged)
+    assert any(
+        "sudo apt-get install -y tuxpaint-stamps-default" in m and m.startswith("warning") for m in logged
+    )
     # named explicitly, a missing source is an error
     ready, err = demo.resolve(srcs, tmp_path, explicit=True, log=logged.append)
-    assert err and "source tuxpaint: missing" in err and "sudo apt-get install -y tuxpaint-stamps-default" in err
+    assert (
+        err and "source tuxpaint: missing" in err and "sudo apt-get install -y tuxpaint-stamps-default" in err
+    )
 
 
 def test_cli_rejects_bad_arguments(capsys):
@@ -221,3 +243,18 @@ def test_espeak_source_if_installed(tmp_path):
         pytest.skip("espeak-ng not installed")
     res = _build(tmp_path, [demo.EspeakSource()], minutes=0.1, speech_fraction=1.0)
     assert res.files and all(f["text"] and f["seconds"] > 0.5 for f in res.files)
+
+
+def test_always_failing_unlimited_source_stops(tmp_path):
+    class Broken(FakeSource):
+        def candidates(self, rng, cache):
+            i = 0
+            while True:
+                yield demo.Item(f"{i:05d}", f"fake:{i}", i)
+                i += 1
+
+        def render(self, item, tmp, cache):
+            raise RuntimeError("tool crashed")
+
+    res = _build(tmp_path, [Broken()], minutes=0.2, speech_fraction=0.0)
+    assert res.files == [] and len(res.skipped) == demo.MAX_CONSECUTIVE_FAILURES

@@ -45,6 +45,7 @@ FORMAT_VERSION = 1
 MODALITIES = ("speech", "music")
 # a clip quieter than this (RMS, full scale 1.0) is treated as silence and skipped: -70 dBFS
 SILENCE_RMS = 10 ** (-70 / 20)
+MAX_CONSECUTIVE_FAILURES = 25
 MIN_SEGMENT_SECONDS = 1.0  # a trailing segment shorter than this is dropped (not a whole clip)
 
 
@@ -218,19 +219,65 @@ def _run(cmd: list[str], stdin: str | None = None, timeout: float = 300) -> None
     try:
         subprocess.run(cmd, input=stdin, text=True, check=True, capture_output=True, timeout=timeout)
     except subprocess.CalledProcessError as e:
-        raise RuntimeError(f"{' '.join(cmd[:3])} ... failed ({e.returncode}): {e.stderr.strip()[-300:]}") from e
+        raise RuntimeError(
+            f"{' '.join(cmd[:3])} ... failed ({e.returncode}): {e.stderr.strip()[-300:]}"
+        ) from e
 
 
 # -- espeak-ng -----------------------------------------------------------------------------------
 
-_SUBJECTS = ["the old sailor", "a small child", "my neighbour", "the orchestra", "our teacher", "a tired driver",
-             "the new doctor", "every farmer", "the quiet student", "a famous painter", "the baker", "her brother"]
-_VERBS = ["found", "painted", "carried", "forgot", "described", "repaired", "watched", "borrowed", "sold",
-          "remembered", "opened", "measured"]
-_OBJECTS = ["a wooden boat", "the yellow kite", "seven letters", "an empty bottle", "the broken clock",
-            "a map of the river", "twelve green apples", "the heavy door", "a strange machine", "the last train"]
-_TAILS = ["before the storm", "near the harbour", "on a cold morning", "after dinner", "in the market",
-          "without a word", "at the top of the hill", "during the long winter", "under the bridge", "last Tuesday"]
+_SUBJECTS = [
+    "the old sailor",
+    "a small child",
+    "my neighbour",
+    "the orchestra",
+    "our teacher",
+    "a tired driver",
+    "the new doctor",
+    "every farmer",
+    "the quiet student",
+    "a famous painter",
+    "the baker",
+    "her brother",
+]
+_VERBS = [
+    "found",
+    "painted",
+    "carried",
+    "forgot",
+    "described",
+    "repaired",
+    "watched",
+    "borrowed",
+    "sold",
+    "remembered",
+    "opened",
+    "measured",
+]
+_OBJECTS = [
+    "a wooden boat",
+    "the yellow kite",
+    "seven letters",
+    "an empty bottle",
+    "the broken clock",
+    "a map of the river",
+    "twelve green apples",
+    "the heavy door",
+    "a strange machine",
+    "the last train",
+]
+_TAILS = [
+    "before the storm",
+    "near the harbour",
+    "on a cold morning",
+    "after dinner",
+    "in the market",
+    "without a word",
+    "at the top of the hill",
+    "during the long winter",
+    "under the bridge",
+    "last Tuesday",
+]
 _QUESTIONS = ["Did you hear that?", "Why was it so late?", "Where did everyone go?", "Is it raining again?"]
 # English voices with variants (espeak-ng's own voices + variants); rate/pitch also vary per clip
 _VOICES = ["en", "en-us", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-gb-x-gbclan"]
@@ -272,7 +319,10 @@ class EspeakSource(Source):
         voice, speed, pitch = item.payload
         out = tmp / "espeak.wav"
         # text on stdin: a text argument starting with '-' would be parsed as an option
-        _run(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", str(out), "--stdin"], stdin=item.text)
+        _run(
+            ["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", str(out), "--stdin"],
+            stdin=item.text,
+        )
         return load_audio(out).numpy()
 
 
@@ -308,7 +358,9 @@ class TuxpaintSource(Source):
 
     def requirements(self, cache: Path) -> list[Requirement]:
         r = self.root(cache)
-        return [Requirement(f"/{TUXPAINT_STAMPS}", "apt-data", "tuxpaint-stamps-default", str(r) if r else None)]
+        return [
+            Requirement(f"/{TUXPAINT_STAMPS}", "apt-data", "tuxpaint-stamps-default", str(r) if r else None)
+        ]
 
     def candidates(self, rng: random.Random, cache: Path) -> Iterator[Item]:
         root = self.root(cache)
@@ -401,7 +453,9 @@ class Music21Source(Source):
     modality = "music"
     kind = "rendered"
     licence = "music21 BSD-3-Clause; corpus works carry their own terms (music21/corpus/license.txt)"
-    description = "scores from the music21 corpus rendered to audio with FluidSynth + a General-MIDI soundfont"
+    description = (
+        "scores from the music21 corpus rendered to audio with FluidSynth + a General-MIDI soundfont"
+    )
     max_segments = 3
     soundfont: str | None = None  # --soundfont overrides the search
 
@@ -415,7 +469,9 @@ class Music21Source(Source):
         return [
             Requirement("music21", "module", "music21", find_module("music21")),
             Requirement("fluidsynth", "binary", "fluidsynth", which("fluidsynth")),
-            Requirement("a General-MIDI soundfont (.sf2)", "apt-data", "fluid-soundfont-gm", str(sf2) if sf2 else None),
+            Requirement(
+                "a General-MIDI soundfont (.sf2)", "apt-data", "fluid-soundfont-gm", str(sf2) if sf2 else None
+            ),
         ]
 
     def candidates(self, rng: random.Random, cache: Path) -> Iterator[Item]:
@@ -424,7 +480,8 @@ class Music21Source(Source):
         per: list[list[Path]] = []
         for c in MUSIC21_COMPOSERS:
             paths = sorted(
-                Path(p) for p in corpus.getComposer(c)
+                Path(p)
+                for p in corpus.getComposer(c)
                 if Path(p).suffix.lower() in (".mxl", ".xml", ".musicxml", ".krn")
                 and Path(p).stat().st_size <= MUSIC21_MAX_BYTES
             )
@@ -460,7 +517,23 @@ class Music21Source(Source):
         wav = tmp / "score.wav"
         sf2 = self.find_soundfont(cache)
         assert sf2 is not None
-        _run(["fluidsynth", "-ni", "-q", "-g", "0.5", "-r", str(SAMPLE_RATE), "-T", "wav", "-F", str(wav), str(sf2), str(mid)])
+        _run(
+            [
+                "fluidsynth",
+                "-ni",
+                "-q",
+                "-g",
+                "0.5",
+                "-r",
+                str(SAMPLE_RATE),
+                "-T",
+                "wav",
+                "-F",
+                str(wav),
+                str(sf2),
+                str(mid),
+            ]
+        )
         return load_audio(wav).numpy()  # fluidsynth writes stereo: load_audio down-mixes
 
 
@@ -488,8 +561,10 @@ def _apt_download_extract(package: str, cache: Path, members: Sequence[str] = ()
             subprocess.run(["apt-get", "update"], capture_output=True, text=True)
             r = subprocess.run(["apt-get", "download", package], cwd=debs, capture_output=True, text=True)
         if r.returncode != 0:
-            raise RuntimeError(f"apt-get download {package} failed: {r.stderr.strip()[-300:]} "
-                               f"(run `sudo apt-get update` first, or `sudo apt-get install -y {package}`)")
+            raise RuntimeError(
+                f"apt-get download {package} failed: {r.stderr.strip()[-300:]} "
+                f"(run `sudo apt-get update` first, or `sudo apt-get install -y {package}`)"
+            )
         deb = next(iter(sorted(debs.glob(f"{package}_*.deb"))))
     root = cache / "root"
     root.mkdir(parents=True, exist_ok=True)
@@ -509,8 +584,12 @@ def install(missing: Sequence[Requirement], cache: Path, log=print) -> list[Requ
     tools = sorted({r.package for r in missing if r.kind == "binary"})
     if tools:
         prefix = [] if os.geteuid() == 0 else (["sudo", "-n"] if which("sudo") else None)
-        if prefix is None or (prefix and subprocess.run(["sudo", "-n", "true"], capture_output=True).returncode):
-            log(f"  cannot install {' '.join(tools)} without root: run `sudo apt-get install -y {' '.join(tools)}`")
+        if prefix is None or (
+            prefix and subprocess.run(["sudo", "-n", "true"], capture_output=True).returncode
+        ):
+            log(
+                f"  cannot install {' '.join(tools)} without root: run `sudo apt-get install -y {' '.join(tools)}`"
+            )
             failed += [r for r in missing if r.kind == "binary"]
         else:
             t = time.time()
@@ -528,8 +607,11 @@ def install(missing: Sequence[Requirement], cache: Path, log=print) -> list[Requ
     for req in missing:
         if req.kind == "module":
             t = time.time()
-            r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"{req.package}>=9"],
-                               capture_output=True, text=True)
+            r = subprocess.run(
+                [sys.executable, "-m", "pip", "install", "-q", f"{req.package}>=9"],
+                capture_output=True,
+                text=True,
+            )
             if r.returncode != 0:
                 log(f"  pip install {req.package} failed: {r.stderr.strip()[-300:]}")
                 failed.append(req)
@@ -544,7 +626,9 @@ def install(missing: Sequence[Requirement], cache: Path, log=print) -> list[Requ
             t = time.time()
             try:
                 mb = _apt_download_extract(req.package, cache, members)
-                log(f"  {req.package}: {mb:.0f} MB .deb, fetched+unpacked into {cache / 'root'} in {time.time() - t:.1f} s")
+                log(
+                    f"  {req.package}: {mb:.0f} MB .deb, fetched+unpacked into {cache / 'root'} in {time.time() - t:.1f} s"
+                )
             except (RuntimeError, OSError) as e:
                 log(f"  {e}")
                 failed.append(req)
@@ -607,14 +691,32 @@ def build(
     budget = split_budget(minutes * 60.0, sources, speech_fraction)
     done, old_skipped = _load_previous(out)
     res = BuildResult()
-    meta = {"format_version": FORMAT_VERSION, "seed": seed, "minutes": minutes, "speech_fraction": speech_fraction,
-            "segment_seconds": segment_seconds, "sample_rate": SAMPLE_RATE}
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "seed": seed,
+        "minutes": minutes,
+        "speech_fraction": speech_fraction,
+        "segment_seconds": segment_seconds,
+        "sample_rate": SAMPLE_RATE,
+    }
 
     def flush() -> None:
         totals = {m: round(sum(f["seconds"] for f in res.files if f["modality"] == m), 2) for m in MODALITIES}
-        doc = dict(meta, totals=totals, sources={s.name: {"modality": s.modality, "kind": s.kind, "licence": s.licence,
-                                                            "description": s.description} for s in sources},
-                   files=res.files, skipped=res.skipped)
+        doc = dict(
+            meta,
+            totals=totals,
+            sources={
+                s.name: {
+                    "modality": s.modality,
+                    "kind": s.kind,
+                    "licence": s.licence,
+                    "description": s.description,
+                }
+                for s in sources
+            },
+            files=res.files,
+            skipped=res.skipped,
+        )
         _atomic_write(out / "SOURCES.json", json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
 
     for src in sources:
@@ -627,9 +729,13 @@ def build(
         sub.mkdir(parents=True, exist_ok=True)
         t0 = time.time()
         n_items = 0
+        fails = 0  # consecutive failed/silent items: an unlimited source (espeak) must not spin forever
         with tempfile.TemporaryDirectory(prefix=f"wgpt-{src.name}-") as td:
             for item in src.candidates(rng, cache):
                 if got >= goal:
+                    break
+                if fails >= MAX_CONSECUTIVE_FAILURES:
+                    log(f"  [{src.name}] giving up after {fails} failed items in a row")
                     break
                 k = (src.name, item.key)
                 prev = done.get(k)
@@ -647,13 +753,19 @@ def build(
                     pieces = segment(wave, segment_seconds, src.max_segments)
                 except Exception as e:  # one bad item must not stop the build: record and go on
                     reason = f"{type(e).__name__}: {str(e)[:300]}"
-                    res.skipped.append({"source": src.name, "key": item.key, "origin": item.origin, "reason": reason})
+                    res.skipped.append(
+                        {"source": src.name, "key": item.key, "origin": item.origin, "reason": reason}
+                    )
                     log(f"  [{src.name}] skipped {item.origin}: {reason}")
+                    fails += 1
                     flush()
                     continue
                 if not pieces:
                     reason = "silent or shorter than one frame"
-                    res.skipped.append({"source": src.name, "key": item.key, "origin": item.origin, "reason": reason})
+                    fails += 1
+                    res.skipped.append(
+                        {"source": src.name, "key": item.key, "origin": item.origin, "reason": reason}
+                    )
                     flush()
                     continue
                 remaining = goal - got
@@ -669,8 +781,16 @@ def build(
                     os.replace(tmp, out / rel)
                     secs = round(len(piece) / SAMPLE_RATE, 3)
                     remaining -= secs
-                    e = {"path": str(rel), "source": src.name, "key": item.key, "modality": src.modality,
-                         "kind": src.kind, "licence": src.licence, "origin": item.origin, "seconds": secs}
+                    e = {
+                        "path": str(rel),
+                        "source": src.name,
+                        "key": item.key,
+                        "modality": src.modality,
+                        "kind": src.kind,
+                        "licence": src.licence,
+                        "origin": item.origin,
+                        "seconds": secs,
+                    }
                     if len(pieces) > 1:
                         e["segment"] = j
                         e["offset_seconds"] = round(j * segment_seconds, 3)
@@ -681,10 +801,13 @@ def build(
                 got += sum(e["seconds"] for e in entries)
                 res.rendered += 1
                 n_items += 1
+                fails = 0
                 flush()
         res.seconds[src.name] = round(got, 2)
         short = "" if got >= goal else f" (source ran out: {goal:.0f} s asked)"
-        log(f"  [{src.name}] {n_items} items, {got:.1f} s of {src.modality}/{src.kind} in {time.time() - t0:.1f} s{short}")
+        log(
+            f"  [{src.name}] {n_items} items, {got:.1f} s of {src.modality}/{src.kind} in {time.time() - t0:.1f} s{short}"
+        )
 
     # files of an earlier, larger build that are no longer selected are removed, so that
     # `prepare` on DIR sees exactly what SOURCES.json lists
@@ -699,15 +822,26 @@ def build(
 
 
 def readme_text(sources: Sequence[Source], res: BuildResult) -> str:
-    lines = ["# whispergpt demo corpus", "",
-             "Built by `whispergpt data demo`; 24 kHz mono 16-bit WAV. Speech and music are kept apart",
-             "(`speech/`, `music/`) so each can be prepared and evaluated alone. `SOURCES.json` lists every",
-             "file with its source, licence and origin (and the transcript for speech where known).", "",
-             "| folder | source | what | seconds | licence |", "|---|---|---|---|---|"]
+    lines = [
+        "# whispergpt demo corpus",
+        "",
+        "Built by `whispergpt data demo`; 24 kHz mono 16-bit WAV. Speech and music are kept apart",
+        "(`speech/`, `music/`) so each can be prepared and evaluated alone. `SOURCES.json` lists every",
+        "file with its source, licence and origin (and the transcript for speech where known).",
+        "",
+        "| folder | source | what | seconds | licence |",
+        "|---|---|---|---|---|",
+    ]
     for s in sources:
-        lines.append(f"| {s.modality}/{s.kind} | {s.name} | {s.description} | {res.seconds.get(s.name, 0):.0f} | {s.licence} |")
-    lines += ["", "The corpus is for research demos. Redistribution must follow each source's licence;",
-              "some music21 corpus works are for non-commercial use only (see music21/corpus/license.txt).", ""]
+        lines.append(
+            f"| {s.modality}/{s.kind} | {s.name} | {s.description} | {res.seconds.get(s.name, 0):.0f} | {s.licence} |"
+        )
+    lines += [
+        "",
+        "The corpus is for research demos. Redistribution must follow each source's licence;",
+        "some music21 corpus works are for non-commercial use only (see music21/corpus/license.txt).",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -722,16 +856,32 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", help="output directory (required unless --check)")
     p.add_argument("--minutes", type=float, default=6.0, help="total minutes of audio (default 6)")
-    p.add_argument("--speech-fraction", type=float, default=0.5, help="share of the minutes that is speech (0.5)")
-    p.add_argument("--sources", default="all",
-                   help=f"comma list from {','.join(ALL_SOURCES)} (default: all that are available)")
+    p.add_argument(
+        "--speech-fraction", type=float, default=0.5, help="share of the minutes that is speech (0.5)"
+    )
+    p.add_argument(
+        "--sources",
+        default="all",
+        help=f"comma list from {','.join(ALL_SOURCES)} (default: all that are available)",
+    )
     p.add_argument("--seed", type=int, default=0, help="selection seed (default 0)")
-    p.add_argument("--segment-seconds", type=float, default=20.0, help="long recordings are cut into pieces this long")
-    p.add_argument("--soundfont", default=None, help="a .sf2 file for FluidSynth (default: FluidR3_GM or TimGM6mb)")
-    p.add_argument("--check", action="store_true", help="report what is installed and the install commands; build nothing")
-    p.add_argument("--install", action="store_true",
-                   help="install what is missing: data packages are fetched with apt-get download and unpacked "
-                        "into the cache (no root); espeak-ng/fluidsynth need root or sudo; music21 via pip")
+    p.add_argument(
+        "--segment-seconds", type=float, default=20.0, help="long recordings are cut into pieces this long"
+    )
+    p.add_argument(
+        "--soundfont", default=None, help="a .sf2 file for FluidSynth (default: FluidR3_GM or TimGM6mb)"
+    )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="report what is installed and the install commands; build nothing",
+    )
+    p.add_argument(
+        "--install",
+        action="store_true",
+        help="install what is missing: data packages are fetched with apt-get download and unpacked "
+        "into the cache (no root); espeak-ng/fluidsynth need root or sudo; music21 via pip",
+    )
     p.add_argument("--cache", default=None, help=f"cache for --install (default {default_cache_dir()})")
     return p
 
@@ -751,7 +901,9 @@ def check_sources(sources: Sequence[Source], cache: Path) -> dict[str, list[Requ
     return {s.name: [r for r in s.requirements(cache) if r.found is None] for s in sources}
 
 
-def resolve(sources: Sequence[Source], cache: Path, explicit: bool, log=print) -> tuple[list[Source], str | None]:
+def resolve(
+    sources: Sequence[Source], cache: Path, explicit: bool, log=print
+) -> tuple[list[Source], str | None]:
     """Drop sources whose requirements are missing, with a warning giving the install command.
     Returns (ready sources, error): the error is set when a modality that was asked for would be
     empty (or, with an explicit ``--sources`` list, when any named source is missing)."""
@@ -778,8 +930,10 @@ def resolve(sources: Sequence[Source], cache: Path, explicit: bool, log=print) -
 def main(argv: list[str]) -> int:
     argv = list(argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: whispergpt data demo --out DIR [--minutes M] [--sources LIST] [--check] [--install] ...\n\n"
-              "subcommands:\n  demo   build the demo corpus (whispergpt data demo --help)")
+        print(
+            "usage: whispergpt data demo --out DIR [--minutes M] [--sources LIST] [--check] [--install] ...\n\n"
+            "subcommands:\n  demo   build the demo corpus (whispergpt data demo --help)"
+        )
         return 0 if argv else 2
     if argv[0] != "demo":
         print(f"whispergpt data: unknown subcommand {argv[0]!r}; expected 'demo'", file=sys.stderr)
@@ -806,8 +960,10 @@ def main(argv: list[str]) -> int:
                 ok &= r.found is not None
         missing = [r for s in sources for r in s.requirements(cache) if r.found is None]
         if missing:
-            print(f"\nto install everything: {install_hint(missing)}\n"
-                  f"or: whispergpt data demo --install --out DIR  (data packages unpack into {cache}, no root)")
+            print(
+                f"\nto install everything: {install_hint(missing)}\n"
+                f"or: whispergpt data demo --install --out DIR  (data packages unpack into {cache}, no root)"
+            )
         return 0 if ok else 1
     if not args.out:
         print("whispergpt data demo: --out DIR is required (or use --check)", file=sys.stderr)
@@ -825,17 +981,23 @@ def main(argv: list[str]) -> int:
     if err:
         print(f"whispergpt data demo: {err}", file=sys.stderr)
         return 1
-    print(f"building {args.minutes:g} min demo corpus in {args.out} from {', '.join(s.name for s in ready)} "
-          f"(seed {args.seed}, speech fraction {args.speech_fraction:g})")
+    print(
+        f"building {args.minutes:g} min demo corpus in {args.out} from {', '.join(s.name for s in ready)} "
+        f"(seed {args.seed}, speech fraction {args.speech_fraction:g})"
+    )
     try:
-        res = build(args.out, ready, args.minutes, args.speech_fraction, args.seed, args.segment_seconds, cache)
+        res = build(
+            args.out, ready, args.minutes, args.speech_fraction, args.seed, args.segment_seconds, cache
+        )
     except ValueError as e:
         print(f"whispergpt data demo: {e}", file=sys.stderr)
         return 2
     tot = {m: sum(f["seconds"] for f in res.files if f["modality"] == m) for m in MODALITIES}
-    print(f"done in {time.time() - t_start:.1f} s: {len(res.files)} files, speech {tot['speech']:.0f} s, "
-          f"music {tot['music']:.0f} s ({res.rendered} items rendered, {res.reused} reused, "
-          f"{len(res.skipped)} skipped) -> {Path(args.out) / 'SOURCES.json'}")
+    print(
+        f"done in {time.time() - t_start:.1f} s: {len(res.files)} files, speech {tot['speech']:.0f} s, "
+        f"music {tot['music']:.0f} s ({res.rendered} items rendered, {res.reused} reused, "
+        f"{len(res.skipped)} skipped) -> {Path(args.out) / 'SOURCES.json'}"
+    )
     return 0
 
 
