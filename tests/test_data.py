@@ -1,0 +1,220 @@
+"""``PreparedDataset``: crops, alignment, random crops, tiling, pickling and validation.
+
+The datasets here are written by hand in the documented layout with values that encode
+``(file, frame)``, so every alignment check is exact; ``tests/test_prepare.py`` checks the
+reader against real ``prepare`` output.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from whispergpt.data import PreparedDataset
+
+K, M, V = 3, 4, 1024
+# (split, shard, file lengths in frames)
+LAYOUT = [("train", "train-00000", [10, 3]), ("train", "train-00001", [25]), ("val", "val-00000", [7])]
+
+
+def code_value(file_id: int, t: int, k: int) -> int:
+    return (file_id * 100 + t * 3 + k) % V
+
+
+def mel_value(file_id: int, t: int, m: int) -> float:
+    return file_id * 1000.0 + t + m / 10
+
+
+def make_dataset(root: Path) -> Path:
+    shards, splits, file_id = [], {"train": [0, 0], "val": [0, 0]}, 0
+    for split, name, lengths in LAYOUT:
+        d = root / "shards" / name
+        d.mkdir(parents=True)
+        codes, mels, index, offset = [], [], [], 0
+        for n in lengths:
+            t = np.arange(n)
+            codes.append(np.stack([code_value(file_id, t, k) for k in range(K)]).astype(np.int16))  # (K, n)
+            mels.append(np.stack([mel_value(file_id, t, m) for m in range(M)]).astype(np.float32))  # (M, n)
+            index.append(
+                dict(path=f"/audio/f{file_id}.wav", frames=n, offset=offset, seconds=n / 75, split=split)
+            )
+            offset += n
+            file_id += 1
+        np.save(d / "codes.npy", np.concatenate(codes, axis=1))
+        np.save(d / "mel.npy", np.concatenate(mels, axis=1))
+        (d / "index.json").write_text(json.dumps(index))
+        shards.append(dict(name=name, split=split, files=len(lengths), frames=offset))
+        splits[split][0] += len(lengths)
+        splits[split][1] += offset
+    manifest = dict(
+        format_version=1, sample_rate=24000, frame_rate=75, hop_length=320, num_codebooks=K, codebook_size=V,
+        n_mels=M, codec="tiny", bandwidth=1.5, skipped=[], shards=shards,
+        splits={s: dict(files=f, frames=n, seconds=n / 75) for s, (f, n) in splits.items()},
+    )  # fmt: skip
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root
+
+
+@pytest.fixture
+def ds_dir(tmp_path) -> Path:
+    return make_dataset(tmp_path / "ds")
+
+
+def expected(file_id: int, start: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    t = np.arange(start, start + n)
+    codes = torch.tensor(np.stack([code_value(file_id, t, k) for k in range(K)]), dtype=torch.int64)
+    mel = torch.tensor(np.stack([mel_value(file_id, t, m) for m in range(M)]), dtype=torch.float32)
+    return codes, mel
+
+
+def test_files_and_properties(ds_dir):
+    ds = PreparedDataset(ds_dir, "train")
+    assert (ds.num_codebooks, ds.codebook_size, ds.n_mels, ds.frame_rate, ds.sample_rate) == (
+        K,
+        V,
+        M,
+        75,
+        24000,
+    )
+    assert [f["frames"] for f in ds.files] == [10, 3, 25]
+    assert [(f["shard"], f["offset"]) for f in ds.files] == [
+        ("train-00000", 0),
+        ("train-00000", 10),
+        ("train-00001", 0),
+    ]
+    assert [f["path"] for f in ds.files] == ["/audio/f0.wav", "/audio/f1.wav", "/audio/f2.wav"]
+    assert ds.total_frames == 38
+    val = PreparedDataset(ds_dir, "val")
+    assert [f["path"] for f in val.files] == ["/audio/f3.wav"] and val.total_frames == 7
+
+
+def test_crop_and_file_arrays_are_aligned(ds_dir):
+    ds = PreparedDataset(ds_dir, "train")
+    codes, mel = ds.crop(1, 1, 2)  # crosses nothing, second file of a shard: offset must be applied
+    assert codes.dtype == torch.int64 and mel.dtype == torch.float32
+    assert codes.shape == (K, 2) and mel.shape == (M, 2)
+    exp_c, exp_m = expected(1, 1, 2)
+    assert torch.equal(codes, exp_c) and torch.equal(mel, exp_m)
+    for i, fid in enumerate((0, 1, 2)):
+        c, m = ds.file_arrays(i)
+        exp_c, exp_m = expected(fid, 0, ds.files[i]["frames"])
+        assert torch.equal(c, exp_c) and torch.equal(m, exp_m)
+    c, m = ds.crop(2, 20, 5)
+    assert torch.equal(c, expected(2, 20, 5)[0]) and torch.equal(m, expected(2, 20, 5)[1])
+    c.add_(1)  # returned tensors are private copies, the memmapped file is untouched
+    assert torch.equal(ds.crop(2, 20, 5)[0], expected(2, 20, 5)[0])
+
+
+def test_crop_bounds(ds_dir):
+    ds = PreparedDataset(ds_dir, "train")
+    with pytest.raises(ValueError, match="outside file"):
+        ds.crop(1, 2, 2)  # file 1 has 3 frames
+    with pytest.raises(ValueError, match="outside file"):
+        ds.crop(0, -1, 2)
+    with pytest.raises(IndexError):
+        ds.crop(3, 0, 1)
+
+
+def test_random_crop(ds_dir):
+    ds = PreparedDataset(ds_dir, "train", frames=8)
+    draws = []
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(600):
+        codes, mel = ds.random_crop(gen)
+        assert codes.shape == (K, 8) and mel.shape == (M, 8)
+        # recover (file, start) from the values; codes and mel must agree
+        fid, start = int(mel[0, 0]) // 1000, int(mel[0, 0]) % 1000
+        assert torch.equal(codes, expected(fid, start, 8)[0]) and torch.equal(mel, expected(fid, start, 8)[1])
+        draws.append((fid, start))
+    files = [f for f, _ in draws]
+    assert 1 not in files  # 3 frames < 8: never picked
+    # valid starts: file 0 has 3, file 2 has 18 -> P(file 0) = 3/21
+    assert 0.08 < files.count(0) / len(files) < 0.22
+    assert {s for f, s in draws if f == 0} == {0, 1, 2}
+    assert {s for f, s in draws if f == 2} == set(range(18))  # uniform start, every start reachable
+    # deterministic given the generator
+    a = ds.random_crop(torch.Generator().manual_seed(5))
+    b = ds.random_crop(torch.Generator().manual_seed(5))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_random_crop_errors(ds_dir):
+    with pytest.raises(ValueError, match="longest has 25"):
+        PreparedDataset(ds_dir, "train", frames=26).random_crop(torch.Generator())
+    with pytest.raises(ValueError, match="frames=N"):
+        PreparedDataset(ds_dir, "train").random_crop(torch.Generator())
+    with pytest.raises(ValueError, match="frames"):
+        PreparedDataset(ds_dir, "train", frames=0)
+
+
+def test_map_style_tiling(ds_dir):
+    ds = PreparedDataset(ds_dir, "train", frames=4)
+    # file 0 (10 frames): starts 0, 4; file 1 (3): none; file 2 (25): 0, 4, ..., 20
+    want = [(0, 0), (0, 4)] + [(2, s) for s in range(0, 21, 4)]
+    assert len(ds) == len(want)
+    for j, (fid, start) in enumerate(want):
+        codes, mel = ds[j]
+        assert torch.equal(codes, expected(fid, start, 4)[0]) and torch.equal(mel, expected(fid, start, 4)[1])
+    assert torch.equal(ds[-1][0], ds[len(ds) - 1][0])
+    with pytest.raises(IndexError):
+        ds[len(ds)]
+    whole = PreparedDataset(ds_dir, "train")  # frames=None: an item is a whole file
+    assert len(whole) == 3 and whole[1][0].shape == (K, 3)
+
+
+def test_pickle_and_dataloader(ds_dir):
+    ds = PreparedDataset(ds_dir, "train", frames=4)
+    ds[0]  # opens memmaps in this process
+    clone = pickle.loads(pickle.dumps(ds))
+    assert clone._arrays == {}  # memmaps are reopened lazily, not pickled
+    assert torch.equal(clone[3][1], ds[3][1])
+    batches = list(torch.utils.data.DataLoader(ds, batch_size=3, shuffle=False))
+    assert batches[0][0].shape == (3, K, 4) and batches[0][1].shape == (3, M, 4)
+    assert sum(b[0].shape[0] for b in batches) == len(ds)
+
+
+def test_validation_errors(tmp_path, ds_dir):
+    with pytest.raises(ValueError, match="not a prepared dataset"):
+        PreparedDataset(tmp_path / "nothing")
+    with pytest.raises(ValueError, match="unknown split 'test'"):
+        PreparedDataset(ds_dir, "test")
+    manifest = json.loads((ds_dir / "manifest.json").read_text())
+
+    bad = tmp_path / "v2"
+    shutil.copytree(ds_dir, bad)
+    (bad / "manifest.json").write_text(json.dumps(dict(manifest, format_version=2)))
+    with pytest.raises(ValueError, match="format_version"):
+        PreparedDataset(bad)
+
+    short = tmp_path / "short"
+    shutil.copytree(ds_dir, short)
+    np.save(short / "shards" / "train-00001" / "mel.npy", np.zeros((M, 24), np.float32))
+    with pytest.raises(ValueError, match=r"expected codes \(3, 25\) and mel \(4, 25\)"):
+        PreparedDataset(short)
+
+    gone = tmp_path / "gone"
+    shutil.copytree(ds_dir, gone)
+    shutil.rmtree(gone / "shards" / "val-00000")
+    with pytest.raises(ValueError, match="missing or unreadable"):
+        PreparedDataset(gone, "val")
+    PreparedDataset(gone, "train")  # the other split is still readable
+
+    broken = tmp_path / "broken"
+    shutil.copytree(ds_dir, broken)
+    (broken / "shards" / "val-00000" / "codes.npy").write_bytes(b"\x93NUMPY truncated")
+    with pytest.raises(ValueError, match="cannot memory-map"):
+        PreparedDataset(broken, "val")
+
+
+def test_unlisted_and_tmp_shards_are_ignored(ds_dir):
+    # a shard dir renamed into place but not yet in the manifest, and a .tmp- dir, are invisible
+    shutil.copytree(ds_dir / "shards" / "train-00001", ds_dir / "shards" / "train-00002")
+    shutil.copytree(ds_dir / "shards" / "train-00001", ds_dir / "shards" / ".tmp-train-00003-1")
+    (ds_dir / "shards" / ".tmp-train-00003-1" / "mel.npy").write_bytes(b"half")
+    assert PreparedDataset(ds_dir, "train").total_frames == 38
