@@ -1,0 +1,186 @@
+"""``whispergpt quickstart``: the README's end-to-end demo, offline, on one CPU.
+
+Steps (each runs the same command a user would type, and each is skipped when its output is
+already complete, so a re-run resumes instead of redoing work):
+
+1. ``whispergpt data demo``      real speech + music corpus from Debian/PyPI packages
+2. ``whispergpt prepare`` x2     speech and music datasets, with the default codec (the hub's
+                                 ``facebook/encodec_24khz`` when reachable, else the shipped one)
+3. ``whispergpt train`` x2       a tiny hybrid (log-mel + tokens) and its token-only twin,
+                                 trained on speech + music for the same steps
+4. ``whispergpt eval`` x2        NLL / perplexity on the speech and the music val splits
+5. ``whispergpt sample`` x2      a music and a speech continuation (WAV + spectrogram PNG)
+
+Everything lands in ``--out`` (default ``runs/quickstart``); the last lines say where.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+STEPS = ("corpus", "prepare", "train", "eval", "sample")
+RECIPE = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
+
+
+def _recipe() -> Path:
+    """The quickstart training recipe (repo checkout or the copy shipped in the package)."""
+    if RECIPE.is_file():
+        return RECIPE
+    return Path(__file__).resolve().parent / "configs" / "quickstart.yaml"
+
+
+class Runner:
+    def __init__(self, out: Path, dry_run: bool = False) -> None:
+        self.out = out
+        self.done_dir = out / ".done"
+        self.done_dir.mkdir(parents=True, exist_ok=True)
+        self.dry_run = dry_run
+        self.timings: dict[str, float] = {}
+
+    def is_done(self, name: str) -> bool:
+        return (self.done_dir / name).is_file()
+
+    def run(self, name: str, argv: list[str], env: dict | None = None) -> None:
+        """Run one step as ``python -m whispergpt ...`` (streams its progress), then stamp it."""
+        if self.is_done(name):
+            print(f"[quickstart] {name}: done already, skipping ({self.done_dir / name})", flush=True)
+            return
+        cmd = [sys.executable, "-m", "whispergpt", *argv]
+        print(f"\n[quickstart] {name}: whispergpt {' '.join(argv)}", flush=True)
+        if self.dry_run:
+            return
+        t0 = time.time()
+        result = subprocess.run(cmd, env={**os.environ, **(env or {})})
+        if result.returncode != 0:
+            raise SystemExit(
+                f"[quickstart] step {name!r} failed (exit {result.returncode}); fix the error above and "
+                "re-run the same command: finished steps are not redone."
+            )
+        self.timings[name] = time.time() - t0
+        (self.done_dir / name).write_text(f"{self.timings[name]:.1f}\n")
+
+
+def _first_val_file(prepared: Path) -> str | None:
+    """A held-out (val) file of a prepared dataset, to prompt the sampler with."""
+    manifest = prepared / "manifest.json"
+    if not manifest.is_file():
+        return None
+    from .data import PreparedDataset
+
+    ds = PreparedDataset(prepared, "val")
+    files = sorted(ds.files, key=lambda f: -int(f["frames"]))
+    return str(files[0]["path"]) if files else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="whispergpt quickstart",
+        description="End-to-end demo: corpus -> prepare -> train hybrid + token-only -> eval -> sample.",
+    )
+    ap.add_argument("--out", default="runs/quickstart", help="where everything goes (default runs/quickstart)")
+    ap.add_argument("--minutes", type=float, default=6.0, help="demo corpus size in minutes (default 6)")
+    ap.add_argument("--sources", default=None, help="demo corpus sources (default: all of them)")
+    ap.add_argument("--corpus", default=None, help="use this folder (with speech/ and music/) instead of building one")
+    ap.add_argument("--codec", default="default", help="codec for prepare/sample (default: hub, else shipped)")
+    ap.add_argument("--bandwidth", type=float, default=1.5, help="codec kbps (1.5 -> 2 codebooks)")
+    ap.add_argument("--steps", type=int, default=None, help="training steps per model (default: the recipe's)")
+    ap.add_argument("--seconds", type=float, default=4.0, help="seconds to generate per sample")
+    ap.add_argument("--prompt-seconds", type=float, default=3.0, help="prompt length for continuations")
+    ap.add_argument("--no-install", action="store_true", help="do not install missing corpus tools")
+    ap.add_argument(
+        "--quick", action="store_true", help="CI smoke size: 1-minute corpus, a few steps, 1 s samples"
+    )
+    ap.add_argument("--dry-run", action="store_true", help="print the commands without running them")
+    args = ap.parse_args(argv)
+
+    if args.quick:
+        args.minutes = min(args.minutes, 1.0)
+        args.steps = args.steps or 6
+        args.seconds = min(args.seconds, 1.0)
+        args.prompt_seconds = min(args.prompt_seconds, 1.0)
+
+    out = Path(args.out)
+    runner = Runner(out, dry_run=args.dry_run)
+    t_start = time.time()
+    corpus = Path(args.corpus) if args.corpus else out / "corpus"
+    prepared = {m: out / "prepared" / m for m in ("speech", "music")}
+    runs = {"hybrid": out / "train" / "hybrid", "token_only": out / "train" / "token_only"}
+
+    # 1. corpus
+    if args.corpus is None:
+        demo = ["data", "demo", "--out", str(corpus), "--minutes", str(args.minutes)]
+        if args.sources:
+            demo += ["--sources", args.sources]
+        if not args.no_install:
+            demo.append("--install")
+        runner.run("corpus", demo)
+
+    # 2. prepare speech and music apart, so each can be evaluated alone
+    for m, dst in prepared.items():
+        runner.run(
+            f"prepare-{m}",
+            ["prepare", str(corpus / m), "--out", str(dst), "--codec", args.codec, "--bandwidth", str(args.bandwidth)]
+            + ["--val-fraction", "0.15"],
+        )
+
+    # 3. train the hybrid and its token-only twin on speech + music, same data, same steps
+    data_dirs = f"[{prepared['speech']}, {prepared['music']}]"
+    for name, run_dir in runs.items():
+        overrides = [f"out_dir={run_dir}", f"data.dir={data_dirs}"]
+        if name == "token_only":
+            overrides.append("model.fusion=none")
+        if args.steps:
+            overrides.append(f"train.max_steps={args.steps}")
+        runner.run(f"train-{name}", ["train", str(_recipe()), *overrides])
+
+    # 4. evaluate both on each modality's held-out split (both mel sources for the hybrid)
+    reports = {}
+    for m, dst in prepared.items():
+        reports[m] = out / "eval" / f"{m}.json"
+        runner.run(
+            f"eval-{m}",
+            ["eval", "--checkpoint", str(runs["hybrid"] / "final"), "--checkpoint", str(runs["token_only"] / "final")]
+            + ["--data", str(dst), "--split", "val", "--out", str(reports[m])],
+        )
+
+    # 5. sample a music and a speech continuation from held-out prompts
+    samples = {}
+    for m, dst in prepared.items():
+        samples[m] = out / "samples" / m
+        prompt = None if args.dry_run else _first_val_file(dst)
+        cmd = ["sample", "--checkpoint", str(runs["hybrid"] / "final"), "--codec", args.codec]
+        cmd += ["--seconds", str(args.seconds), "--out", str(samples[m]), "--seed", "0"]
+        if prompt:
+            cmd += ["--prompt", prompt, "--prompt-seconds", str(args.prompt_seconds)]
+        runner.run(f"sample-{m}", cmd)
+
+    if args.dry_run:
+        return 0
+    total = time.time() - t_start
+    print("\n" + "=" * 78)
+    print(f"whispergpt quickstart finished in {total / 60:.1f} min (this run; finished steps were skipped)")
+    print(f"  corpus          {corpus}  (speech/ and music/, licences in README.md there)")
+    for m, dst in prepared.items():
+        print(f"  prepared {m:<6} {dst}  (whispergpt inspect {dst})")
+    for name, run_dir in runs.items():
+        print(f"  model {name:<9} {run_dir / 'final'}  (metrics: {run_dir / 'metrics.jsonl'})")
+    for m, rep in reports.items():
+        print(f"  eval {m:<10} {rep}  (+ .md table, .png plot)")
+    for m, d in samples.items():
+        print(f"  samples {m:<7} {d}  (WAV + spectrogram PNG)")
+    for m, rep in reports.items():
+        md = rep.with_suffix(".md")
+        if md.is_file():
+            print(f"\n{m} (val split):\n{md.read_text().strip()}")
+    (out / "quickstart.json").write_text(json.dumps({"seconds": total, "steps": runner.timings}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
