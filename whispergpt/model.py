@@ -6,6 +6,13 @@ lagged log-mel frame passed through a small causal transformer (the "mel branch"
 ``mel_dim``). The two are fused (``concat`` | ``sum`` | ``interleave``), a pre-norm GPT decoder
 runs over the steps, and ``Ks`` heads predict the tokens placed at the current step.
 
+Fusions: ``concat`` (paper) = [token embedding (d_model - mel_dim) ; mel branch (mel_dim)];
+``sum`` = token embedding + Linear(mel_dim -> d_model)(mel branch); ``interleave`` = two decoder
+positions per step, [mel position, token position], logits taken from the token position only
+(the decoder runs over 2P positions); ``none`` = token-only baseline, no mel parameters at all.
+With RoPE, windows longer than ``context`` run (positions are not tabulated); learned positions
+cover exactly ``context`` frames (plus delay's K - 1 steps, doubled for interleave).
+
 Public API:
 
 - ``WhisperGPTConfig``: validated dataclass, saved as ``config.json``.
