@@ -170,7 +170,13 @@ def set_rng_state(state: dict[str, torch.Tensor]) -> None:
     )
     pos, has_gauss = (int(x) for x in state["numpy.meta"].tolist())
     np.random.set_state(
-        ("MT19937", state["numpy.keys"].numpy().astype(np.uint32), pos, has_gauss, float(state["numpy.gauss"][0]))
+        (
+            "MT19937",
+            state["numpy.keys"].numpy().astype(np.uint32),
+            pos,
+            has_gauss,
+            float(state["numpy.gauss"][0]),
+        )
     )
     torch.set_rng_state(state["torch.cpu"])
     cuda = [state[k] for k in sorted(state, key=_cuda_index) if k.startswith("torch.cuda.")]

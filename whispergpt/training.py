@@ -319,7 +319,10 @@ class _Loggers:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                print("warning: tensorboard is not installed (pip install whispergpt[tensorboard])", file=sys.stderr)
+                print(
+                    "warning: tensorboard is not installed (pip install whispergpt[tensorboard])",
+                    file=sys.stderr,
+                )
             else:
                 self.tb = SummaryWriter(str(out / "tensorboard"))
 
@@ -343,6 +346,29 @@ class _Loggers:
             self.tb.close()
 
 
+class _Logits(torch.nn.Module):
+    """``codes, mel -> logits`` around the model: a plain tensor output lets DeepSpeed ZeRO-3 hook
+    the backward pass (it does not look inside the model's output dataclass)."""
+
+    def __init__(self, core: WhisperGPT):
+        super().__init__()
+        self.core = core
+
+    def forward(self, codes: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
+        return self.core(codes, mel).logits
+
+
+def _register_zero3_external_params(wrapper: _Logits) -> None:
+    """ZeRO-3 gathers a parameter only around its own module's forward; the output projection
+    reads ``head.weight`` (or, tied, the embedding table) from the model's top-level forward."""
+    import deepspeed
+
+    core = wrapper.core
+    head = getattr(core, "head", None)
+    weight = head.weight if head is not None else core.tok_emb.weight
+    deepspeed.zero.register_external_parameter(wrapper, weight)
+
+
 class Trainer:
     """One training run (use :func:`train`); holds the accelerator, model and data of a process."""
 
@@ -355,16 +381,32 @@ class Trainer:
         cuda = torch.cuda.is_available()
         if tc.precision == "bf16" and not cuda:
             raise ValueError("train.precision=bf16 needs a CUDA GPU; use fp32 (or auto) on CPU")
-        mixed = "bf16" if (tc.precision == "bf16" or (tc.precision == "auto" and cuda and torch.cuda.is_bf16_supported())) else "no"
+        mixed = (
+            "bf16"
+            if (
+                tc.precision == "bf16" or (tc.precision == "auto" and cuda and torch.cuda.is_bf16_supported())
+            )
+            else "no"
+        )
         # gloo when launched multi-process without CUDA (only then: a backend makes accelerate
         # expect an initialised process group)
         distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
         handlers = []
         if distributed and not cuda:
             handlers.append(InitProcessGroupKwargs(backend="gloo", timeout=timedelta(minutes=30)))
+        # Without CUDA, plain multi-process runs must be flagged cpu=True to become MULTI_CPU (DDP
+        # over gloo) rather than N independent processes; DeepSpeed picks its CPU accelerator itself.
+        deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
         self.acc = Accelerator(
-            gradient_accumulation_steps=tc.grad_accum, mixed_precision=mixed, kwargs_handlers=handlers
+            cpu=not cuda and not deepspeed,
+            gradient_accumulation_steps=tc.grad_accum,
+            mixed_precision=mixed,
+            kwargs_handlers=handlers,
         )
+        if self.acc.num_processes > 1 and self.acc.distributed_type.value == "NO":
+            raise RuntimeError(
+                "several processes but no distributed backend: ranks would train unsynchronised"
+            )
         acc = self.acc
         self.is_ds = acc.distributed_type == DistributedType.DEEPSPEED
         self.rank, self.world = acc.process_index, acc.num_processes
@@ -378,11 +420,14 @@ class Trainer:
             ds["train_batch_size"] = tc.batch_size * tc.grad_accum * self.world
             ds["gradient_clipping"] = tc.grad_clip
             if "optimizer" in ds or "scheduler" in ds:
-                raise ValueError("the DeepSpeed config must not name an optimizer or scheduler: train.py passes AdamW")
+                raise ValueError(
+                    "the DeepSpeed config must not name an optimizer or scheduler: train.py passes AdamW"
+                )
 
         # Same initial weights on every rank (ZeRO-3 partitions each rank's own copy).
         torch.manual_seed(tc.seed)
         self.core = WhisperGPT(cfg.model)
+        self.n_params = self.core.num_parameters()  # before ZeRO-3 partitions it away
         self.train_ds = PreparedDataset(cfg.data.dir, cfg.data.train_split, frames=cfg.data.frames)
         self.train_ds.random_crop(torch.Generator())  # fails early, with the dataset's reason
         self.val_ds = None
@@ -391,9 +436,14 @@ class Trainer:
             self.val_idx = val_indices(len(val), tc.eval_batches, tc.batch_size)
             self.val_ds = val if self.val_idx else None
         if self.val_ds is None and acc.is_main_process:
-            print(f"note: no validation crops in split {cfg.data.val_split!r}; skipping evaluation", file=sys.stderr)
+            print(
+                f"note: no validation crops in split {cfg.data.val_split!r}; skipping evaluation",
+                file=sys.stderr,
+            )
 
-        model: torch.nn.Module = self.core
+        model: torch.nn.Module = _Logits(self.core)
+        if self.is_ds and acc.state.deepspeed_plugin.zero_stage == 3:
+            _register_zero3_external_params(model)
         if tc.compile:
             model = torch.compile(model)
         opt = torch.optim.AdamW(
@@ -420,7 +470,8 @@ class Trainer:
             self.core.save_pretrained(directory)
             return
         fresh = WhisperGPT(self.cfg.model)
-        fresh.load_state_dict({k: v.float().cpu() for k, v in state.items()})
+        # keys of the _Logits wrapper: "core.<name>"
+        fresh.load_state_dict({k.removeprefix("core."): v.float().cpu() for k, v in state.items()})
         fresh.save_pretrained(directory)
 
     def save_checkpoint(self) -> Path | None:
@@ -513,7 +564,7 @@ class Trainer:
             codes = torch.stack([c for c, _ in items]).to(self.acc.device)  # (B, K, T)
             mel = torch.stack([m for _, m in items]).to(self.acc.device)  # (B, M, T)
             with self.acc.autocast():
-                logits = self.model(codes, mel).logits
+                logits = self.model(codes, mel)  # (B, Ks, T, V)
             s, c = nll_per_codebook(logits, codes)
             part = torch.stack([s, c.double()])  # (2, Ks)
             if not idx:
@@ -548,6 +599,12 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             ckpt_io.remove_temp_checkpoints(self.out)
         acc.wait_for_everyone()
+        if acc.is_main_process:
+            print(
+                f"{acc.distributed_type.value}: {self.world} process(es) on {acc.device}, "
+                f"precision {self.precision}, {self.n_params:,} parameters",
+                flush=True,
+            )
         latest = ckpt_io.latest_checkpoint(self.out)
         if latest is not None:
             self.load_checkpoint(latest)
@@ -582,7 +639,7 @@ class Trainer:
                     mel = mel.to(acc.device, non_blocking=True)  # (B, M, T)
                     with acc.accumulate(self.model):
                         with acc.autocast():
-                            logits = self.model(codes, mel).logits  # (B, Ks, T, V)
+                            logits = self.model(codes, mel)  # (B, Ks, T, V)
                         nll_sum, count = nll_per_codebook(logits, codes)
                         loss_sum = nll_sum.sum()
                         if nan_step == self.step + 1:
@@ -600,7 +657,9 @@ class Trainer:
                 if self.is_ds:
                     gn = acc.clip_grad_norm_(self.model.parameters(), tc.grad_clip)  # already clipped
                 else:
-                    gn = acc.clip_grad_norm_(self.model.parameters(), tc.grad_clip if tc.grad_clip > 0 else math.inf)
+                    gn = acc.clip_grad_norm_(
+                        self.model.parameters(), tc.grad_clip if tc.grad_clip > 0 else math.inf
+                    )
                 grad_norm = float(gn) if gn is not None else float("nan")
                 if not self.is_ds and not math.isfinite(grad_norm):
                     raise NonFiniteLossError(
