@@ -25,6 +25,7 @@ import hashlib
 import json
 import math
 import os
+import secrets
 import shutil
 import struct
 import sys
@@ -305,7 +306,7 @@ class _Loggers:
             except ImportError:
                 print("warning: wandb is not installed; logging to metrics.jsonl only", file=sys.stderr)
             else:
-                self.wandb_id = wandb_id or wandb.util.generate_id()
+                self.wandb_id = wandb_id or secrets.token_hex(4)  # persisted so a resume continues the run
                 self.wandb = wandb.init(
                     project=lc.wandb_project,
                     name=lc.wandb_name or out.name,
