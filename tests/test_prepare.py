@@ -329,3 +329,27 @@ def test_inspect_warns_on_empty_val(tmp_path, tiny_codec_dir):
     run_prepare([tmp_path / "src"], tmp_path / "ds", tiny_codec_dir, val_fraction=0.5)
     text = prep.summarize(tmp_path / "ds")
     assert "WARNING" in text and "'val' is empty" in text
+
+
+def test_run_killed_in_first_shard_resumes(tmp_path, tiny_codec_dir, monkeypatch):
+    write(tmp_path / "src" / "a.wav", tone(0.4))
+    out = tmp_path / "ds"
+
+    def dying_save(path, arr):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prep.np, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        run_prepare([tmp_path / "src"], out, tiny_codec_dir, val_fraction=0.0)
+    monkeypatch.undo()
+    assert PreparedDataset(out).files == []  # a valid, empty dataset: nothing half-written is visible
+    m = run_prepare([tmp_path / "src"], out, tiny_codec_dir, val_fraction=0.0)
+    assert m["splits"]["train"]["files"] == 1
+
+
+def test_foreign_nonempty_out_is_refused(tmp_path, tiny_codec_dir):
+    write(tmp_path / "src" / "a.wav", tone(0.4))
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "thesis.tex").write_text("precious")
+    with pytest.raises(ValueError, match="not empty"):
+        run_prepare([tmp_path / "src"], tmp_path / "ds", tiny_codec_dir)

@@ -387,6 +387,7 @@ def prepare(
         if bar is not None:
             bar.write(f"skipped {reason}")
 
+    write_manifest()  # from the start, so that a run killed inside its first shard can resume
     pending = {s: [p for p in sorted(split_of) if split_of[p] == s and p not in done] for s in SPLITS}
     n_pending = sum(len(v) for v in pending.values())
     shard_frames = max(1, int(shard_seconds * cdc.frame_rate))
