@@ -1,0 +1,11 @@
+"""Generate audio with a trained WhisperGPT: ``python sample.py --checkpoint DIR --seconds S --out DIR``.
+
+Same as ``whispergpt sample``; see ``whispergpt/sampling.py`` for the options.
+"""
+
+import sys
+
+from whispergpt.sampling import main
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
