@@ -386,6 +386,7 @@ def prepare(
         skipped[path] = reason
         if bar is not None:
             bar.write(f"skipped {reason}")
+            bar.update(1)
 
     write_manifest()  # from the start, so that a run killed inside its first shard can resume
     pending = {s: [p for p in sorted(split_of) if split_of[p] == s and p not in done] for s in SPLITS}
@@ -426,7 +427,6 @@ def prepare(
                         f"{audio_seconds / elapsed:.1f} audio-s/s = {audio_seconds / elapsed:.1f}x real time"
                     )
                 writer.flush()
-                bar.update(0)
     finally:
         bar.close()
     manifest = write_manifest()
