@@ -1,0 +1,184 @@
+"""Multi-process training on CPU (gloo): DDP, DeepSpeed ZeRO-2 (save, resume, consolidate), ZeRO-3.
+
+Every run trains the same tiny model on the same data with 2 processes, so DDP is the reference:
+ZeRO only changes where optimizer state and weights live, not the maths (up to float rounding).
+The first DeepSpeed run builds its shared-memory op (about a minute, cached afterwards).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from whispergpt import checkpoint as ckpt_io
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "tiny.yaml"
+STEPS = 6
+
+pytestmark = pytest.mark.slow
+
+
+def _make_dataset(root: Path, codec_dir: Path) -> Path:
+    """6 two-second synthetic clips (4 train, 2 val) encoded with the tiny codec (K=2, V=1024)."""
+    from whispergpt.audio import save_audio
+    from whispergpt.prepare import prepare
+
+    wav = root / "wav"
+    wav.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    t = np.arange(48000) / 24000
+    for i in range(6):
+        w = 0.3 * np.sin(2 * np.pi * (150 + 70 * i) * t) + 0.05 * rng.standard_normal(t.size)
+        save_audio(wav / f"b{i}.wav", w.astype(np.float32), 24000)
+    out = root / "prepared"
+    prepare(
+        [wav],
+        out,
+        codec_dir,
+        bandwidth=1.5,
+        n_mels=80,
+        val_fraction=0.34,
+        seed=0,
+        device="cpu",
+        progress=False,
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory, tiny_codec_dir) -> Path:
+    return _make_dataset(tmp_path_factory.mktemp("dist-data"), tiny_codec_dir)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(
+    accel_config: str, data_dir: Path, out: Path, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--config_file", str(REPO / "configs" / "accelerate" / accel_config),
+        "--num_processes", "2", "--main_process_port", str(_free_port()),
+        str(REPO / "train.py"), str(TINY),
+        f"data.dir={data_dir}", f"out_dir={out}", "logging.wandb=false", "logging.progress=false",
+        f"train.max_steps={STEPS}", "train.save_every=2", "train.eval_every=3", "train.keep_last=2",
+        "train.batch_size=2", "train.grad_accum=2", "train.eval_batches=2", "model.context=32",
+    ]  # fmt: skip
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", **(env or {})}
+    # the DeepSpeed JSON path in configs/accelerate/*.yaml is relative to the repo root
+    return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=900)
+
+
+def metrics(out: Path) -> tuple[dict[int, float], dict[int, float]]:
+    losses, vals = {}, {}
+    for line in (out / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if "loss" in rec:
+            losses[rec["step"]] = rec["loss"]
+        if "val_nll" in rec:
+            vals[rec["step"]] = rec["val_nll"]
+    return losses, vals
+
+
+def assert_close_runs(out: Path, ref: Path, rtol: float = 1e-4) -> None:
+    losses, vals = metrics(out)
+    ref_losses, ref_vals = metrics(ref)
+    assert sorted(losses) == list(range(1, STEPS + 1)) and sorted(vals) == [3, 6]
+    for s in ref_losses:
+        assert losses[s] == pytest.approx(ref_losses[s], rel=rtol), s
+    for s in ref_vals:
+        assert vals[s] == pytest.approx(ref_vals[s], rel=rtol), s
+    a, b = (
+        load_file(str(out / "final" / "model.safetensors")),
+        load_file(str(ref / "final" / "model.safetensors")),
+    )
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].dtype == torch.float32
+        torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-4, msg=k)
+
+
+@pytest.fixture(scope="module")
+def ddp_run(data_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ddp") / "run"
+    done = launch("ddp_cpu.yaml", data_dir, out)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    assert "MULTI_CPU: 2 process(es)" in done.stdout
+    return out
+
+
+def test_ddp_two_processes_reduce_val_nll_and_save_once(ddp_run, data_dir):
+    from whispergpt.data import PreparedDataset
+    from whispergpt.model import WhisperGPT, nll_per_codebook
+    from whispergpt.training import val_indices
+
+    assert sorted(p.name for p in (ddp_run / "final").iterdir()) == ["config.json", "model.safetensors"]
+    assert not list(ddp_run.glob(".tmp*"))
+    assert [s for s, _ in ckpt_io.list_checkpoints(ddp_run)] == [4, 6]
+    assert sorted(p.name for p in ckpt_io.latest_checkpoint(ddp_run).glob("rng-*")) == [
+        "rng-0.safetensors",
+        "rng-1.safetensors",
+    ]
+    # The logged val NLL covers both ranks' shards: it equals one process evaluating all crops.
+    model = WhisperGPT.from_pretrained(ddp_run / "final").eval()
+    val = PreparedDataset(data_dir, "val", frames=32)
+    idx = val_indices(len(val), 2, 2)
+    assert len(idx) == 4
+    codes = torch.stack([val[i][0] for i in idx])
+    mel = torch.stack([val[i][1] for i in idx])
+    with torch.no_grad():
+        s, c = nll_per_codebook(model(codes, mel).logits, codes)
+    _, vals = metrics(ddp_run)
+    assert vals[STEPS] == pytest.approx(float(s.sum() / c.sum()), rel=1e-5)
+    # ... and not what rank 0 alone saw
+    with torch.no_grad():
+        s0, c0 = nll_per_codebook(model(codes[::2], mel[::2]).logits, codes[::2])
+    assert abs(float(s0.sum() / c0.sum()) - vals[STEPS]) > 1e-4
+
+
+def test_deepspeed_zero2_save_resume_consolidate(ddp_run, data_dir, tmp_path):
+    pytest.importorskip("deepspeed")
+    out = tmp_path / "zero2"
+    # NaN at step 5: the run stops after checkpoint 4, like a crash; then it resumes from it.
+    stopped = launch("zero2.yaml", data_dir, out, env={"WHISPERGPT_TEST_NAN_AT_STEP": "5"})
+    assert stopped.returncode != 0
+    assert "non-finite training loss" in stopped.stderr
+    assert [s for s, _ in ckpt_io.list_checkpoints(out)] == [2, 4]
+    assert not (out / "final").exists()
+    ckpt = ckpt_io.latest_checkpoint(out)
+    assert (ckpt / "deepspeed").is_dir() and (ckpt / "model.safetensors").is_file()
+
+    done = launch("zero2.yaml", data_dir, out)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    assert "DEEPSPEED: 2 process(es)" in done.stdout and "(step 4)" in done.stdout
+    assert_close_runs(out, ddp_run)
+
+
+def test_deepspeed_zero3_trains_and_consolidates(ddp_run, data_dir, tmp_path):
+    pytest.importorskip("deepspeed")
+    from whispergpt.model import WhisperGPT
+
+    out = tmp_path / "zero3"
+    done = launch("zero3.yaml", data_dir, out)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    assert "DEEPSPEED: 2 process(es)" in done.stdout
+    assert_close_runs(out, ddp_run)
+    # the gathered weights in the last checkpoint are the final model, in the same HF layout
+    last = ckpt_io.latest_checkpoint(out)
+    a, b = load_file(str(last / "model.safetensors")), load_file(str(out / "final" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    WhisperGPT.from_pretrained(out / "final")
