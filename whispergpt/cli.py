@@ -17,7 +17,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "eval": ("whispergpt.evaluate", "main", "next-token NLL / perplexity of checkpoints on a prepared split"),
     "compare": ("whispergpt.compare", "main", "train + evaluate the paper's GPT-S / GPT-L / hybrid recipes"),
     "sample": ("whispergpt.sampling", "main", "generate speech or music continuations into WAV files"),
-    "codec": ("whispergpt.codec_train.cli", "main", "train (codec train) or evaluate (codec eval) an EnCodec codec"),
+    "codec": (
+        "whispergpt.codec_train.cli",
+        "main",
+        "train (codec train) or evaluate (codec eval) an EnCodec codec",
+    ),
     "data": ("whispergpt.demo", "main", "build the demo corpus (data demo)"),
     "quickstart": ("whispergpt.quickstart", "main", "the README's end-to-end demo"),
 }
