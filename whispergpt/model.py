@@ -28,6 +28,7 @@ Parameter counts (``num_parameters()``) include every parameter: embeddings, hea
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -384,6 +385,15 @@ class WhisperGPT(nn.Module):
         ``cache.steps`` and the cache advances by P: call it once with the prompt (prefill), then
         ``step`` one position at a time; the logits equal those of one full call.
         """
+        h = self._hidden_steps(step_tokens, step_mel, cache)  # (B, P, D)
+        B, P = h.shape[:2]
+        logits = F.linear(h, self._head_weight())  # (B, P, Ks*V)
+        return logits.view(B, P, self.num_scored_codebooks, self.config.codebook_size).transpose(1, 2)
+
+    def _hidden_steps(
+        self, step_tokens: torch.Tensor, step_mel: torch.Tensor | None, cache: WhisperGPTCache | None
+    ) -> torch.Tensor:
+        """``forward_steps`` up to the final norm: hidden states ``(B, P, D)``; advances ``cache``."""
         c = self.config
         if step_tokens.dim() != 3 or step_tokens.shape[1] != self.num_input_codebooks:
             raise ValueError(
@@ -417,10 +427,25 @@ class WhisperGPT(nn.Module):
         h = self.decoder(self.drop(x), None if cache is None else cache.main, start * pps)
         if pps == 2:
             h = h[:, 1::2]  # logits only at the token position of each step
-        logits = F.linear(h, self._head_weight())  # (B, P, Ks*V)
         if cache is not None:
             cache.steps += P
-        return logits.view(B, P, self.num_scored_codebooks, c.codebook_size).transpose(1, 2)
+        return h
+
+    def _frame_logits(self, h: torch.Tensor, T: int) -> torch.Tensor:
+        """Step hidden states ``h (B, P, D)`` -> frame logits ``(B, Ks, T, V)``.
+
+        Equal to ``revert_logits(forward_steps(...))``, but the head runs only on the (codebook,
+        frame) pairs that exist: delay's padded steps get no logits, and the backward pass does
+        not write one zero-filled full-size logits gradient per codebook (as slicing the step
+        logits per codebook would: the largest cost of a CPU training step before).
+        """
+        Ks, V = self.num_scored_codebooks, self.config.codebook_size
+        W = self._head_weight()  # (Ks*V, D)
+        if self.config.pattern != "delay":
+            return F.linear(h[:, :T], W).view(h.shape[0], T, Ks, V).transpose(1, 2)
+        # codes[:, k, t] is predicted at step t + k
+        idx = torch.arange(T, device=h.device)[:, None] + torch.arange(Ks, device=h.device)  # (T, Ks)
+        return torch.einsum("btkd,kvd->bktv", h[:, idx], W.view(Ks, V, -1))
 
     def new_cache(
         self,
@@ -480,8 +505,8 @@ class WhisperGPT(nn.Module):
         else:
             mel = None  # token-only baseline: mel is ignored
         tokens, step_mel = pt.build_inputs(codes.long(), mel, c.pattern, self.pad_id)
-        step_logits = self.forward_steps(tokens, step_mel)
-        return WhisperGPTOutput(logits=pt.revert_logits(step_logits, c.pattern, T))
+        h = self._hidden_steps(tokens, step_mel, None)  # (B, P, D)
+        return WhisperGPTOutput(logits=self._frame_logits(h, T))
 
     # -- persistence --------------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike) -> None:
@@ -533,9 +558,15 @@ def nll_per_codebook(
     if mask is not None and tuple(mask.shape) != (B, T):
         raise ValueError(f"mask must be (B, T) = {(B, T)}, got {tuple(mask.shape)}")
     with torch.autocast(device_type=logits.device.type, enabled=False):
-        nll = F.cross_entropy(
-            logits.float().reshape(-1, V), codes[:, :Ks].reshape(-1).long(), reduction="none"
-        ).view(B, Ks, T)
+        lg = logits.float()  # keeps the layout of ``logits``
+        # Flatten the (B, Ks, T) rows in the order they lie in memory: the head writes (B, T, Ks, V)
+        # or (Ks, B, T, V), and reshaping a (B, Ks, T, V) view of those would copy all the logits.
+        order = next(
+            (o for o in itertools.permutations(range(3)) if lg.permute(*o, 3).is_contiguous()), (0, 1, 2)
+        )
+        target = codes[:, :Ks].long().permute(*order)
+        nll = F.cross_entropy(lg.permute(*order, 3).reshape(-1, V), target.reshape(-1), reduction="none")
+        nll = nll.view(target.shape).permute(*(order.index(i) for i in range(3)))  # (B, Ks, T)
         if mask is None:
             count = torch.full((Ks,), B * T, dtype=torch.int64, device=logits.device)
         else:
