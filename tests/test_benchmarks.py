@@ -1,0 +1,132 @@
+"""Benchmark harness smoke test (quick mode, no timing assertions) and the perf pass's invariants."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+if str(BENCH) not in sys.path:
+    sys.path.insert(0, str(BENCH))
+
+import bench_train  # noqa: E402
+import run as bench_run  # noqa: E402
+
+from whispergpt import patterns as pt  # noqa: E402
+from whispergpt.model import WhisperGPT, WhisperGPTConfig, nll_per_codebook  # noqa: E402
+
+
+@pytest.mark.slow
+def test_quick_mode_writes_json_and_markdown(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert bench_run.main(["--quick", "--device", "cpu", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    res = json.loads(out.read_text())
+    assert res["meta"]["mode"] == "quick" and res["errors"] == {}
+    train = res["sections"]["train"]
+    assert [r["model"] for r in train] == ["musicgen", "ours-token", "ours-hybrid"]
+    for r in train:
+        assert r["tokens_per_s"] > 0 and r["vs_musicgen"] > 0 and len(r["step_s_all"]) == r["repeats"]
+        assert r["mfu"] is None and r["peak_mem_MiB"] is None  # CPU: not measured, not guessed
+    assert train[0]["vs_musicgen"] == 1.0
+    assert train[1]["params_M"] > 0 and train[2]["positions"] == train[2]["frames"] + 4 - 1  # delay, K=4
+    prep = res["sections"]["prepare"]
+    assert {r["model"] for r in prep} >= {"tiny-1.5kbps", "log-mel (80 bins)"}
+    assert all(r["x_real_time"] > 0 for r in prep)
+    md = out.with_suffix(".md").read_text()
+    for text in (printed, md):
+        assert "### train" in text and "### prepare" in text and "| ours-hybrid |" in text
+    if "sampling" in res["sections"]:  # bench_sampling.py (another module) ran in quick mode too
+        assert res["sections"]["sampling"] and "### sampling" in md
+
+
+def test_bad_arguments_are_rejected(tmp_path, capsys):
+    assert bench_run.main(["--quick", "--only", "train,nope", "--out", str(tmp_path / "x.json")]) == 2
+    assert "--only" in capsys.readouterr().err
+    assert bench_run.main(["--quick", "--repeats", "0", "--out", str(tmp_path / "x.json")]) == 2
+    assert not (tmp_path / "x.json").exists()
+    with pytest.raises(ValueError, match="unknown models"):
+        bench_train.run_train_benchmark(bench_train.TRAIN_SIZES["quick"], models=("gpt5",))
+
+
+def test_markdown_table_cells():
+    rows = [dict(bench="x", model="a", n=3, r=1.23456, big=123456.7, mem=None, ok=True, all=[1, 2])]
+    rows.append(dict(bench="x", model="b", n=4, extra="e"))
+    lines = bench_run.markdown_table(rows).splitlines()
+    assert lines[0] == "| model | n | r | big | mem | ok | extra |"  # lists and `bench` are left out
+    assert lines[2] == "| a | 3 | 1.235 | 123,457 | – | yes | – |"
+    assert lines[3] == "| b | 4 | – | – | – | – | e |"
+
+
+def test_flop_formula_and_matmul_params():
+    m = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 2, bias=False))
+    assert bench_train.matmul_params(m) == 4 * 8 + 8 * 2  # embeddings, biases and norms excluded
+    # 6 N per position + 12 L W P per position for each stack, times B * P positions
+    got = bench_train.train_flops_per_step(100, [(2, 16), (1, 4)], batch=3, positions=5)
+    assert got == 3 * 5 * (6 * 100 + 12 * 2 * 16 * 5 + 12 * 1 * 4 * 5)
+
+
+def test_musicgen_inputs_follow_the_delay_pattern():
+    K, T, V = 3, 4, 10
+    codes = torch.arange(K * T).view(1, K, T) % V
+    ids, labels = bench_train.musicgen_inputs(codes, pad_id=V)
+    placed = pt.build_step_tokens(codes, "delay", V)  # (1, K, T + K - 1)
+    assert ids.shape == (K, T + K - 1) and labels.shape == (1, T + K - 1, K)
+    assert torch.equal(labels[0].T, placed[0])
+    assert torch.equal(ids[:, 0], torch.full((K,), V)) and torch.equal(ids[:, 1:], placed[0, :, :-1])
+
+
+# -- perf pass: the cheaper paths compute exactly what the plain ones did --------------------------
+@pytest.mark.parametrize("storage", [(0, 1, 2, 3), (0, 2, 1, 3), (1, 0, 2, 3)])
+def test_nll_per_codebook_is_layout_independent(storage):
+    """Logits whose memory is (B, T, Ks, V) or (Ks, B, T, V) give the same sums and gradients."""
+    g = torch.Generator().manual_seed(0)
+    B, Ks, T, V = 2, 3, 5, 7
+    ref = torch.randn(B, Ks, T, V, generator=g, dtype=torch.float64).float().requires_grad_()
+    codes = torch.randint(0, V, (B, Ks + 1, T), generator=g)
+    inv = [storage.index(i) for i in range(4)]
+    other = ref.detach().permute(*storage).contiguous().permute(*inv).requires_grad_()
+    assert other.is_contiguous() == (storage == (0, 1, 2, 3))
+    mask = torch.rand(B, T, generator=g) > 0.3
+    for m in (None, mask):
+        s1, c1 = nll_per_codebook(ref, codes, m)
+        s2, c2 = nll_per_codebook(other, codes, m)
+        torch.testing.assert_close(s1, s2)
+        assert torch.equal(c1, c2)
+        (g1,) = torch.autograd.grad(s1.sum(), ref)
+        (g2,) = torch.autograd.grad(s2.sum(), other)
+        torch.testing.assert_close(g1, g2)
+    # and it still is the plain per-codebook cross entropy
+    plain = torch.nn.functional.cross_entropy(
+        ref.detach().reshape(-1, V), codes[:, :Ks].reshape(-1), reduction="none"
+    )
+    torch.testing.assert_close(
+        s1.float(), plain.view(B, Ks, T).masked_fill(~mask[:, None], 0).sum(dim=(0, 2))
+    )
+
+
+@pytest.mark.parametrize("pattern", pt.PATTERNS)
+def test_frame_head_matches_reverted_step_logits_and_grads(pattern):
+    cfg = WhisperGPTConfig(
+        num_codebooks=3, codebook_size=16, n_mels=8, pattern=pattern, fusion="concat",
+        d_model=32, n_layers=1, n_heads=2, context=6, mel_dim=8, mel_layers=1, mel_heads=2,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = WhisperGPT(cfg)
+    g = torch.Generator().manual_seed(1)
+    codes = torch.randint(0, 16, (2, 3, 6), generator=g)
+    mel = torch.randn(2, 8, 6, generator=g)
+    fast = model(codes, mel).logits
+    tokens, step_mel = pt.build_inputs(codes, mel, pattern, model.pad_id)
+    slow = pt.revert_logits(model.forward_steps(tokens, step_mel), pattern, 6)
+    torch.testing.assert_close(fast, slow)
+    w = torch.randn(fast.shape, generator=g)
+    grads_fast = torch.autograd.grad((fast * w).sum(), list(model.parameters()))
+    grads_slow = torch.autograd.grad((slow * w).sum(), list(model.parameters()))
+    for a, b in zip(grads_fast, grads_slow):
+        torch.testing.assert_close(a, b)
