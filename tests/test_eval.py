@@ -329,3 +329,73 @@ def test_two_processes_match_one(dataset, checkpoints, tmp_path):
             assert ma[key][field] == pytest.approx(mb[key][field], rel=1e-6), (key, field)
         for pa, pb in zip(ma[key]["per_codebook"], mb[key]["per_codebook"]):
             assert pa["nll"] == pytest.approx(pb["nll"], rel=1e-6) and pa["tokens"] == pb["tokens"]
+
+
+# --- compare ---------------------------------------------------------------------------------------------
+
+
+def test_compare_runs_get_the_same_tokens(dataset):
+    from whispergpt.compare import RECIPES, run_config
+    from whispergpt.training import resolve_config
+
+    for scale in ("tiny", "paper"):
+        used = set()
+        for _, recipe in RECIPES:
+            raw = run_config(recipe, str(dataset), Path("/tmp/x"), scale, 100_000, 2, ["train.lr=1e-3"])
+            cfg = resolve_config(raw)
+            t = cfg.train
+            used.add(t.max_steps * t.batch_size * 2 * cfg.data.frames)
+            assert cfg.model.num_codebooks == 2 and t.lr == 1e-3 and t.grad_accum == 1
+            assert t.max_steps * t.batch_size * 2 * cfg.data.frames >= 100_000
+        assert len(used) == 1, (scale, used)
+    gpt_l = resolve_config(run_config("paper_gpt_l", str(dataset), Path("/tmp/x"), "paper", None, 1, []))
+    assert (gpt_l.model.d_model, gpt_l.model.n_layers, gpt_l.model.context) == (512, 12, 512)
+    tiny = resolve_config(run_config("paper_hybrid", str(dataset), Path("/tmp/x"), "tiny", None, 1, []))
+    assert (tiny.model.d_model, tiny.model.mel_dim, tiny.model.context, tiny.model.fusion) == (
+        64,
+        16,
+        64,
+        "concat",
+    )
+
+
+@pytest.mark.slow
+def test_compare_end_to_end_tiny(tmp_path, tiny_codec_dir, capsys):
+    """Two steps per run on a 4-file set (used as both 'speech' and 'music'), then resumed."""
+    from whispergpt.compare import main as compare_main
+    from whispergpt.prepare import prepare
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(4):
+        t = np.arange(int((0.3 + 0.05 * i) * SAMPLE_RATE)) / SAMPLE_RATE
+        sf.write(
+            src / f"f{i}.wav", (0.3 * np.sin(2 * np.pi * (200 + 50 * i) * t)).astype(np.float32), SAMPLE_RATE
+        )
+    prepare([str(src)], tmp_path / "ds", str(tiny_codec_dir), bandwidth=1.5, val_fraction=0.5, progress=False)
+    argv = ["--speech", str(tmp_path / "ds"), "--music", str(tmp_path / "ds"), "--out", str(tmp_path / "cmp"),
+            "--tokens", str(2 * 8 * 16), "model.context=16", "train.batch_size=4", "train.eval_every=0", "train.save_every=4"]  # fmt: skip
+    assert compare_main(argv) == 0
+    summary = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    rows = {(r["model"], r["mel_source"]): r for r in summary["rows"]}
+    assert set(rows) == {("GPT-S", "n/a"), ("GPT-L", "n/a"), ("hybrid", "truth"), ("hybrid", "decoded")}
+    for r in rows.values():
+        assert r["speech"]["nll"] == pytest.approx(r["music"]["nll"])  # same data, same seed
+    cfgs = [
+        yaml_load(tmp_path / "cmp" / "speech" / rec / "config.yaml")
+        for rec in ("paper_gpt_s", "paper_hybrid")
+    ]
+    assert [(c["train"]["max_steps"], c["train"]["batch_size"], c["data"]["frames"]) for c in cfgs] == [
+        (4, 4, 16)
+    ] * 2
+    table = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "mel=decoded (codec-decoded tokens)" in table and "| GPT-L |" in table
+    capsys.readouterr()
+    assert compare_main(argv) == 0  # resumed: nothing trained or evaluated again
+    assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["timings_s"] == {}
+
+
+def yaml_load(path: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load(path.read_text())
