@@ -493,10 +493,10 @@ class WhisperGPT(nn.Module):
             raise ValueError(f"pattern {c.pattern!r} needs codes with K={need} codebooks, got K={K}")
         if codes.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"codes must be integer (long), got {codes.dtype}")
-        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= c.codebook_size):
-            raise ValueError(
-                f"codes must lie in [0, {c.codebook_size - 1}], got [{int(codes.min())}, {int(codes.max())}]"
-            )
+        if codes.numel():
+            lo, hi = torch.stack(torch.aminmax(codes)).tolist()  # one host-device sync, not two
+            if lo < 0 or hi >= c.codebook_size:
+                raise ValueError(f"codes must lie in [0, {c.codebook_size - 1}], got [{lo}, {hi}]")
         if c.fusion != "none":
             if mel is None:
                 raise ValueError(f"fusion {c.fusion!r} needs mel (B, M, T); pass fusion=none for token-only")
