@@ -91,6 +91,15 @@ def test_config_fills_model_shape_from_dataset(data_dir, tmp_path):
     assert cfg.data.frames == cfg.model.context  # null -> model.context
 
 
+@pytest.mark.parametrize("recipe", ["tiny", "paper_gpt_s", "paper_gpt_l", "paper_hybrid", "gpt_100m"])
+def test_recipes_resolve(recipe, data_dir, tmp_path):
+    # shapes from the (K=2) test dataset: every recipe's keys and types must be valid
+    shape = ["model.num_codebooks=null", "model.codebook_size=null", "model.n_mels=null"]
+    cfg = load_run_config(REPO / "configs" / f"{recipe}.yaml", quiet(data_dir, tmp_path, *shape))
+    assert cfg.model.num_codebooks == 2 and cfg.data.frames == cfg.model.context
+    assert cfg.train.max_steps >= 1 and cfg.data.dir == str(data_dir)
+
+
 @pytest.mark.parametrize(
     "override, message",
     [
@@ -227,7 +236,8 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint_then_resumes_with_w
     assert all(torch.isfinite(v).all() for v in good.values())
 
     monkeypatch.delenv("WHISPERGPT_TEST_NAN_AT_STEP")
-    assert main(args) == 0
+    assert main([*args, "logging.tensorboard=true"]) == 0
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     assert "resuming from" in capsys.readouterr().out
     assert ckpt_io.read_trainer_state(ckpt_io.latest_checkpoint(out))["wandb_run_id"] == run_id
     losses, vals = read_metrics(out)

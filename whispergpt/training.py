@@ -14,7 +14,8 @@ any point and restarted reproduces the uninterrupted run's losses and final weig
     clip gradients, AdamW step, warmup+cosine LR step
     log / evaluate / checkpoint on their schedules
 
-Tokens per second count the codec tokens consumed (batch x frames x K, all ranks).
+Tokens per second count the codec tokens the model reads (batch x frames x input codebooks, all
+ranks; the coarse pattern reads codebook 0 only).
 """
 
 from __future__ import annotations
@@ -380,8 +381,6 @@ class Trainer:
         self.cfg = cfg
         tc = cfg.train
         cuda = torch.cuda.is_available()
-        if tc.precision == "bf16" and not cuda:
-            raise ValueError("train.precision=bf16 needs a CUDA GPU; use fp32 (or auto) on CPU")
         mixed = (
             "bf16"
             if (
@@ -447,12 +446,19 @@ class Trainer:
             _register_zero3_external_params(model)
         if tc.compile:
             model = torch.compile(model)
+        # Fused AdamW (one kernel for all parameters) on CUDA; DeepSpeed wraps the optimizer itself.
         opt = torch.optim.AdamW(
-            _param_groups(self.core, tc.weight_decay), lr=tc.lr, betas=tuple(tc.betas), eps=tc.eps
+            _param_groups(self.core, tc.weight_decay),
+            lr=tc.lr,
+            betas=tuple(tc.betas),
+            eps=tc.eps,
+            fused=cuda and not self.is_ds,
         )
         # LambdaLR on the raw optimizer: DeepSpeed's ZeRO optimizers keep its param_group dicts.
         self.sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, tc) / tc.lr)
         self.model, self.opt = acc.prepare(model, opt)
+        # DeepSpeed bf16 runs the module in bf16 without autocast: feed it bf16 mel
+        self.mel_dtype = torch.bfloat16 if (self.is_ds and mixed == "bf16") else torch.float32
         self.step = 0
         self.tokens_seen = 0
         self.best_val: float | None = None
@@ -470,6 +476,11 @@ class Trainer:
         if not self.is_ds:
             self.core.save_pretrained(directory)
             return
+        if self.precision == "bf16":
+            # The engine's module holds bf16 copies; export the fp32 master weights instead.
+            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+            state = get_fp32_state_dict_from_zero_checkpoint(str(directory / "deepspeed"))
         fresh = WhisperGPT(self.cfg.model)
         # keys of the _Logits wrapper: "core.<name>"
         fresh.load_state_dict({k.removeprefix("core."): v.float().cpu() for k, v in state.items()})
@@ -534,12 +545,16 @@ class Trainer:
         self.wandb_id = state.get("wandb_run_id")
 
     def save_final(self) -> Path:
+        """``out_dir/final``: the HF files of the last checkpoint (always written at max_steps)."""
         final = self.out / "final"
-        tmp = self.out / ".tmp-final"
-        state = self._state_dict_for_save()
         if self.acc.is_main_process:
+            last = ckpt_io.latest_checkpoint(self.out)
+            assert last is not None and ckpt_io.read_trainer_state(last)["step"] == self.step, last
+            tmp = self.out / ".tmp-final"
             shutil.rmtree(tmp, ignore_errors=True)
-            self._write_hf(tmp, state)
+            tmp.mkdir()
+            for name in ("config.json", "model.safetensors"):
+                shutil.copy2(last / name, tmp / name)
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
@@ -563,7 +578,7 @@ class Trainer:
             idx = mine[b * B : (b + 1) * B]
             items = [self.val_ds[i] for i in (idx or self.val_idx[:1])]
             codes = torch.stack([c for c, _ in items]).to(self.acc.device)  # (B, K, T)
-            mel = torch.stack([m for _, m in items]).to(self.acc.device)  # (B, M, T)
+            mel = torch.stack([m for _, m in items]).to(self.acc.device, self.mel_dtype)  # (B, M, T)
             with self.acc.autocast():
                 logits = self.model(codes, mel)  # (B, Ks, T, V)
             s, c = nll_per_codebook(logits, codes)
@@ -618,8 +633,8 @@ class Trainer:
         self.wandb_id = loggers.wandb_id
         nan_step = int(os.environ.get(_NAN_STEP_ENV, "0") or 0)
         tokens_per_step = (
-            tc.batch_size * tc.grad_accum * self.world * cfg.data.frames * cfg.model.num_codebooks
-        )
+            tc.batch_size * tc.grad_accum * self.world * cfg.data.frames * self.core.num_input_codebooks
+        )  # codec tokens the model reads (coarse: codebook 0 only)
         bar = tqdm(
             total=tc.max_steps,
             initial=self.step,
@@ -637,7 +652,7 @@ class Trainer:
                 for _ in range(tc.grad_accum):
                     codes, mel = next(batches)
                     codes = codes.to(acc.device, non_blocking=True)  # (B, K, T)
-                    mel = mel.to(acc.device, non_blocking=True)  # (B, M, T)
+                    mel = mel.to(acc.device, self.mel_dtype, non_blocking=True)  # (B, M, T)
                     with acc.accumulate(self.model):
                         with acc.autocast():
                             logits = self.model(codes, mel)  # (B, Ks, T, V)
