@@ -15,6 +15,11 @@ Layout of one run directory (``out_dir``)::
 
 A checkpoint directory is written under a temporary name and ``os.replace``d into place, so a
 directory named ``step-NNNNNNN`` is always complete; a run killed mid-save leaves only a temp dir.
+
+Everything we write ourselves loads without unpickling (safetensors, JSON, ``torch.load(...,
+weights_only=True)``). The ``deepspeed/`` subdirectory is DeepSpeed's own format, torch pickles
+that DeepSpeed loads with full unpickling: resume only from run directories you produced yourself.
+The HF files (``config.json`` + ``model.safetensors``) next to it are always safe to share.
 """
 
 from __future__ import annotations
