@@ -12,10 +12,18 @@ import yaml
 from whispergpt import patterns as pt
 from whispergpt.audio import HOP_LENGTH, SAMPLE_RATE, log_mel
 from whispergpt.model import WhisperGPT, WhisperGPTConfig
-from whispergpt.sampling import filter_logits, generate, main, measure_decode_window_error, sample_tokens
+from whispergpt.sampling import (
+    StreamingDecoder,
+    filter_logits,
+    generate,
+    main,
+    measure_decode_window_error,
+    sample_tokens,
+)
 
-# Measured max |fed mel - log_mel(full decode)| with the default 32-frame window on random tiny and
-# full-size codecs: <= 1.2e-5 (benchmarks/README.md); the bound leaves room for BLAS differences.
+# Measured max |fed mel - log_mel(full decode)|: streaming decoder ~1e-6; 32-frame window <= 1.2e-5
+# on random tiny and full-size codecs (benchmarks/README.md). The bound leaves room for BLAS
+# differences and is still 100x below a one-frame misalignment or a 4-frame window.
 MEL_ATOL = 1e-3
 
 
@@ -117,14 +125,25 @@ def test_token_only_model_needs_no_codec():
     assert torch.equal(model(r.codes).logits.argmax(-1), r.codes)
 
 
-@pytest.mark.slow
-def test_feedback_mel_equals_mel_of_final_decode(tiny_codec):
+def test_streaming_decoder_equals_full_decode(tiny_codec):
+    codes = torch.randint(0, 1024, (2, 2, 20), generator=torch.Generator().manual_seed(0))
+    assert StreamingDecoder.supported(tiny_codec)
+    sd = StreamingDecoder(tiny_codec, batch=2, num_codebooks=2)
+    chunks = [sd.push(codes[:, :, a:b]) for a, b in [(0, 3), (3, 4), (4, 11), (11, 20)]]
+    full = tiny_codec.decode(codes)
+    torch.testing.assert_close(torch.cat(chunks, -1), full, atol=1e-5, rtol=0)
+    assert full.abs().max() > 0.1  # not trivially silent
+
+
+@pytest.mark.parametrize("decoder", ["stream", pytest.param("window", marks=pytest.mark.slow)])
+def test_feedback_mel_equals_mel_of_final_decode(tiny_codec, decoder):
     """The mel fed during sampling is log_mel(codec.decode(final codes)) within MEL_ATOL, also
     past the decode window (40 frames > 32), and the tolerance is tight enough to catch a
     one-frame misalignment or a too-short window."""
     model = tiny_model("delay", context=64)  # lag 1; coarse (lag 0) is checked in the long-form test
     pc = prompt_codes(tiny_codec, frames=4)
-    r = generate(model, tiny_codec, frames=36, prompt_codes=pc, generator=torch.Generator().manual_seed(3))
+    r = generate(model, tiny_codec, frames=36, prompt_codes=pc, decoder=decoder,
+                 generator=torch.Generator().manual_seed(3))  # fmt: skip
     ref = log_mel(tiny_codec.decode(r.codes))
     torch.testing.assert_close(r.fed_mel, ref, atol=MEL_ATOL, rtol=0)
     torch.testing.assert_close(r.audio, tiny_codec.decode(r.codes))
