@@ -479,11 +479,17 @@ def plot_report(report: dict, path: str | os.PathLike) -> None:
             ax1.plot([p["codebook"] for p in per], [p["nll"] for p in per], marker="o", label=label)
         if e["val_curve"]:
             steps, vals = zip(*e["val_curve"])
-            ax2.plot(steps, vals, marker=".", label=f"{e['name']} (val crops, mel=truth)")
+            crops = "val crops, mel=truth" if e["config"]["fusion"] != "none" else "val crops"
+            ax2.plot(steps, vals, marker=".", label=f"{e['name']} ({crops})")
     ax1.set_xlabel("codebook")
     ax1.set_ylabel("NLL (nats/token)")
     ax1.set_title(f"NLL per codebook on {report['data']['split']} (whole split)")
-    ax1.xaxis.get_major_locator().set_params(integer=True)
+    ks = max(
+        (len(ev["metrics"]["per_codebook"]) for e in report["checkpoints"] for ev in e["evaluations"]),
+        default=1,
+    )
+    ax1.set_xticks(range(ks))
+    ax1.set_xlim(-0.5, ks - 0.5)
     ax1.legend(fontsize=7)
     ax2.set_xlabel("training step")
     ax2.set_ylabel("val NLL (nats/token)")
