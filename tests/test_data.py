@@ -218,3 +218,43 @@ def test_unlisted_and_tmp_shards_are_ignored(ds_dir):
     shutil.copytree(ds_dir / "shards" / "train-00001", ds_dir / "shards" / ".tmp-train-00003-1")
     (ds_dir / "shards" / ".tmp-train-00003-1" / "mel.npy").write_bytes(b"half")
     assert PreparedDataset(ds_dir, "train").total_frames == 38
+
+
+def test_several_directories_read_as_one(tmp_path, tiny_codec_dir):
+    import soundfile as sf
+
+    from whispergpt.prepare import prepare
+
+    dirs = []
+    for name, freq in (("speech", 220.0), ("music", 330.0)):
+        src = tmp_path / f"src-{name}"
+        src.mkdir()
+        for i in range(3):
+            t = np.arange(24000 + 320 * i) / 24000
+            sf.write(
+                src / f"{i}.wav", (0.3 * np.sin(2 * np.pi * freq * (i + 1) * t)).astype(np.float32), 24000
+            )
+        out = tmp_path / name
+        prepare([src], out, codec=str(tiny_codec_dir), bandwidth=1.5, val_fraction=0.0, progress=False)
+        dirs.append(out)
+    a, b = (PreparedDataset(d, "train", frames=20) for d in dirs)
+    both = PreparedDataset(dirs, "train", frames=20)
+    assert len(both.files) == len(a.files) + len(b.files)
+    assert both.total_frames == a.total_frames + b.total_frames
+    assert len(both) == len(a) + len(b)
+    for j in range(len(b.files)):  # files of the second folder read from that folder's shards
+        for x, y in zip(both.file_arrays(len(a.files) + j), b.file_arrays(j)):
+            assert torch.equal(x, y)
+    other = tmp_path / "other"
+    prepare(
+        [tmp_path / "src-music"],
+        other,
+        codec=str(tiny_codec_dir),
+        bandwidth=3.0,
+        val_fraction=0.0,
+        progress=False,
+    )
+    with pytest.raises(ValueError, match="num_codebooks"):
+        PreparedDataset([dirs[0], other], "train")
+    with pytest.raises(ValueError, match="at least one"):
+        PreparedDataset([], "train")

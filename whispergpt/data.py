@@ -32,6 +32,8 @@ import torch
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SHARDS_DIR = "shards"
+# manifest keys that must agree for several prepared folders to be read as one dataset
+_UNION_KEYS = ("num_codebooks", "codebook_size", "n_mels", "frame_rate", "sample_rate", "codec", "bandwidth")
 
 
 def read_manifest(directory: str | os.PathLike) -> dict:
@@ -61,31 +63,57 @@ def read_manifest(directory: str | os.PathLike) -> dict:
 class PreparedDataset(torch.utils.data.Dataset):
     """Aligned ``(codes (K, N) int64, mel (M, N) float32)`` crops of one split of a prepared dataset."""
 
-    def __init__(self, directory: str | os.PathLike, split: str = "train", frames: int | None = None):
-        self.directory = Path(directory)
+    def __init__(
+        self,
+        directory: str | os.PathLike | list[str | os.PathLike],
+        split: str = "train",
+        frames: int | None = None,
+    ):
+        # Several prepared folders (e.g. speech and music prepared apart) read as one dataset when
+        # they agree on the codec and the grid; files keep their order, folder by folder.
+        dirs = [directory] if isinstance(directory, (str, os.PathLike)) else list(directory)
+        if not dirs:
+            raise ValueError("PreparedDataset needs at least one dataset directory, got an empty list")
+        self.directories = [Path(d) for d in dirs]
+        self.directory = self.directories[0]
         self.manifest = read_manifest(self.directory)
-        splits = sorted(self.manifest["splits"])
-        if split not in self.manifest["splits"]:
-            raise ValueError(f"{self.directory}: unknown split {split!r}, expected one of {splits}")
+        self.manifests = [self.manifest] + [read_manifest(d) for d in self.directories[1:]]
+        for d, m in zip(self.directories[1:], self.manifests[1:]):
+            for key in _UNION_KEYS:
+                if m.get(key) != self.manifest.get(key):
+                    raise ValueError(
+                        f"{d}: {key}={m.get(key)!r} differs from {self.directory} ({key}="
+                        f"{self.manifest.get(key)!r}); datasets read together must share codec and grid"
+                    )
+        for d, m in zip(self.directories, self.manifests):
+            if split not in m["splits"]:
+                raise ValueError(f"{d}: unknown split {split!r}, expected one of {sorted(m['splits'])}")
         if frames is not None and (not isinstance(frames, int) or frames < 1):
             raise ValueError(f"frames must be a positive int or None, got {frames!r}")
         self.split = split
         self.frames = frames
-        self._arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # shard name -> memmaps (lazy)
+        self._arrays: dict[tuple[int, str], tuple[np.ndarray, np.ndarray]] = {}  # (dir, shard) -> memmaps
 
         K, M = self.num_codebooks, self.n_mels
         self.files: list[dict] = []
-        for shard in self.manifest["shards"]:
+        for root_index, (root, manifest) in enumerate(zip(self.directories, self.manifests)):
+            self._read_shards(root_index, root, manifest, split, K, M)
+        self._arrays.clear()  # opened only to validate; each process reopens lazily
+        self.total_frames = sum(f["frames"] for f in self.files)
+        self._build_tiling()
+
+    def _read_shards(self, root_index: int, root: Path, manifest: dict, split: str, K: int, M: int) -> None:
+        for shard in manifest["shards"]:
             if shard["split"] != split:
                 continue
-            sdir = self.directory / SHARDS_DIR / shard["name"]
+            sdir = root / SHARDS_DIR / shard["name"]
             try:
                 index = json.loads((sdir / "index.json").read_text())
             except (OSError, json.JSONDecodeError) as e:
                 raise ValueError(
                     f"{sdir}: shard listed in the manifest is missing or unreadable ({e})"
                 ) from e
-            codes, mel = self._open(shard["name"])
+            codes, mel = self._open(root_index, shard["name"])
             n_total = sum(int(f["frames"]) for f in index)
             if codes.shape != (K, n_total) or mel.shape != (M, n_total):
                 raise ValueError(
@@ -106,11 +134,9 @@ class PreparedDataset(torch.utils.data.Dataset):
                         shard=shard["name"],
                         offset=int(f["offset"]),
                         seconds=float(f.get("seconds", int(f["frames"]) / self.frame_rate)),
+                        root=root_index,
                     )
                 )
-        self._arrays.clear()  # opened only to validate; each process reopens lazily
-        self.total_frames = sum(f["frames"] for f in self.files)
-        self._build_tiling()
 
     # -- manifest properties ------------------------------------------------------------------
     @property
@@ -139,10 +165,10 @@ class PreparedDataset(torch.utils.data.Dataset):
         state["_arrays"] = {}
         return state
 
-    def _open(self, shard: str) -> tuple[np.ndarray, np.ndarray]:
-        arrays = self._arrays.get(shard)
+    def _open(self, root_index: int, shard: str) -> tuple[np.ndarray, np.ndarray]:
+        arrays = self._arrays.get((root_index, shard))
         if arrays is None:
-            sdir = self.directory / SHARDS_DIR / shard
+            sdir = self.directories[root_index] / SHARDS_DIR / shard
             try:
                 arrays = (
                     np.load(sdir / "codes.npy", mmap_mode="r"),
@@ -150,7 +176,7 @@ class PreparedDataset(torch.utils.data.Dataset):
                 )
             except (OSError, ValueError) as e:
                 raise ValueError(f"{sdir}: cannot memory-map shard arrays ({e})") from e
-            self._arrays[shard] = arrays
+            self._arrays[(root_index, shard)] = arrays
         return arrays
 
     # -- access -------------------------------------------------------------------------------
@@ -168,7 +194,7 @@ class PreparedDataset(torch.utils.data.Dataset):
             raise ValueError(
                 f"crop [{start}, {start + frames}) is outside file {file_index} ({f['path']}) of {f['frames']} frames"
             )
-        codes, mel = self._open(f["shard"])
+        codes, mel = self._open(f["root"], f["shard"])
         a, b = f["offset"] + start, f["offset"] + start + frames
         return (
             torch.from_numpy(np.asarray(codes[:, a:b], dtype=np.int64)),  # (K, N)
@@ -227,7 +253,8 @@ class PreparedDataset(torch.utils.data.Dataset):
         return self.crop(self._starts_file[j], tile * self.frames, self.frames)
 
     def __repr__(self) -> str:
+        where = str(self.directory) if len(self.directories) == 1 else [str(d) for d in self.directories]
         return (
-            f"PreparedDataset({str(self.directory)!r}, split={self.split!r}, frames={self.frames}, "
+            f"PreparedDataset({where!r}, split={self.split!r}, frames={self.frames}, "
             f"files={len(self.files)}, total_frames={self.total_frames}, K={self.num_codebooks}, M={self.n_mels})"
         )

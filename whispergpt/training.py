@@ -53,7 +53,8 @@ _NAN_STEP_ENV = "WHISPERGPT_TEST_NAN_AT_STEP"
 
 @dataclass
 class DataConfig:
-    dir: str = "data/demo/prepared"  # a `whispergpt prepare` output
+    # a `whispergpt prepare` output, or a list of them read as one dataset (same codec and grid)
+    dir: str | list[str] = "data/demo/prepared"
     frames: int | None = None  # crop length in frames; null -> model.context
     num_workers: int = 0  # DataLoader workers per process
     train_split: str = "train"
@@ -157,6 +158,10 @@ def resolve_config(data: dict) -> RunConfig:
     data = json.loads(json.dumps(data))
     section = data.get("data") or {}
     data_dir = section.get("dir", DataConfig.dir) if isinstance(section, dict) else DataConfig.dir
+    if isinstance(data_dir, list):  # several datasets: PreparedDataset checks that they agree
+        if not data_dir:
+            raise ConfigError("data.dir: expected a dataset directory or a non-empty list of them, got []")
+        data_dir = data_dir[0]
     manifest = read_manifest(data_dir)  # ValueError naming the directory if it is not a dataset
     model = data.get("model")
     if model is None:
