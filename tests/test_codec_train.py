@@ -1,0 +1,287 @@
+"""Codec training (issue 7): trainable RVQ, export into EncodecModel, training loop, eval metrics."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from whispergpt.audio import SAMPLE_RATE, save_audio
+from whispergpt.codec import PRIME_FRAMES, Codec
+from whispergpt.codec_train.eval import codebook_usage, mel_distance, si_snr
+from whispergpt.codec_train.rvq import ResidualVQ, export_to_encodec, nearest_code, rvq_for_encodec
+from whispergpt.codec_train.train import (
+    CodecTrainConfig,
+    TrainableCodec,
+    build_encodec,
+    latest_checkpoint,
+    train,
+)
+from whispergpt.config import ConfigError, load_config
+
+TINY = [
+    "model.num_filters=4",
+    "model.hidden_size=16",
+    "model.codebook_size=64",
+    "model.target_bandwidths=[0.9, 1.8]",  # V=64 -> 6 bits x 75 Hz = 450 bps/codebook: K = 2 / 4
+    "quantizer.kmeans_batches=2",
+    "quantizer.kmeans_iters=3",
+    "data.segment_seconds=0.2",
+    "data.batch_size=2",
+]
+
+
+def tiny_cfg(*extra: str) -> CodecTrainConfig:
+    return load_config(CodecTrainConfig, None, TINY + list(extra))
+
+
+def tones(n: int, seconds: float, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    f = 150.0 * 2 ** (torch.rand(n, 1, generator=g) * 3)
+    return 0.4 * torch.sin(2 * math.pi * f * t) + 0.02 * torch.randn(n, t.numel(), generator=g)
+
+
+def tiny_trainable(seed: int = 0) -> TrainableCodec:
+    torch.manual_seed(seed)
+    cfg = tiny_cfg()
+    model = build_encodec(cfg.model)
+    return TrainableCodec(model, rvq_for_encodec(model, dead_threshold=0.0))
+
+
+# -- RVQ -----------------------------------------------------------------------------------------
+
+
+def test_straight_through_gradient_reaches_encoder():
+    gen = tiny_trainable()
+    gen.train()
+    wave = tones(2, 0.2)
+    recon, out = gen(wave, n_q=2)
+    assert out.codes.shape == (2, 2, PRIME_FRAMES + 15)
+    # forward value of the STE output is exactly the sum of the chosen codewords
+    q = sum(gen.rvq.layers[k].embed[out.codes[:, k]] for k in range(2)).transpose(1, 2)
+    torch.testing.assert_close(out.quantized.detach(), q, atol=1e-5, rtol=1e-5)
+    ((recon - wave).abs().mean()).backward()
+    first = gen.model.encoder.layers[0].conv
+    grads = [p.grad for p in first.parameters() if p.requires_grad]
+    assert grads and all(g is not None for g in grads)
+    assert sum(float(g.abs().sum()) for g in grads) > 0
+    # the commitment loss alone also reaches the encoder
+    gen.zero_grad()
+    _, out = gen(wave, n_q=2)
+    out.commit_loss.backward()
+    assert sum(float(p.grad.abs().sum()) for p in first.parameters() if p.grad is not None) > 0
+
+
+def test_kmeans_init_and_ema_moves_codebooks_only_in_training():
+    torch.manual_seed(0)
+    rvq = ResidualVQ(1, 8, 2, decay=0.5, dead_threshold=0.0)
+    x = torch.randn(400, 2)
+    rvq.train()
+    rvq(x.T[None], n_q=1)  # (1, D, T): first call runs k-means
+    assert rvq.inited
+    before = rvq.layers[0].embed.clone()
+    shifted = (x + torch.tensor([3.0, -2.0])).T[None]
+    rvq.eval()
+    rvq(shifted)
+    torch.testing.assert_close(rvq.layers[0].embed, before)  # eval: frozen
+    err_before = (rvq.decode(rvq.encode(shifted)) - shifted).pow(2).mean()
+    rvq.train()
+    for _ in range(5):
+        rvq(shifted)
+    after = rvq.layers[0].embed
+    used = rvq.layers[0].cluster_size > 0.1  # codes never hit decayed to 0.5**5 ~ 0.03
+    assert int(used.sum()) > 0
+    # used codes moved towards the shifted data (mean shift +3 / -2) ...
+    delta = (after - before)[used].mean(0)
+    assert delta[0] > 0.5 and delta[1] < -0.3, delta
+    # ... so the shifted data is quantised much better than by the initial codebook
+    err_after = (rvq.decode(rvq.encode(shifted)) - shifted).pow(2).mean()
+    assert err_after < 0.5 * err_before, (err_before, err_after)
+
+
+def test_dead_codes_are_replaced_by_batch_vectors():
+    torch.manual_seed(0)
+    rvq = ResidualVQ(1, 16, 2, decay=0.5, dead_threshold=0.5)
+    rvq.train()
+    a = torch.randn(1, 2, 256) * 0.1  # cluster at the origin
+    rvq.init_codebooks(a)
+    # new data: two tight far clusters; the codes nearest to them are few, the rest starve and die
+    b = torch.cat([torch.randn(128, 2) * 0.01 + 10.0, torch.randn(128, 2) * 0.01 - 10.0]).T[None]
+    layer = rvq.layers[0]
+    replaced = 0
+    for _ in range(4):
+        rvq(b)
+        replaced += layer.last_replaced
+    assert replaced > 0
+    near_b = ((layer.embed.abs() - 10.0).abs() < 0.5).all(dim=1)
+    assert int(near_b.sum()) >= 8, layer.embed  # dead codes now sit on current batch vectors
+    # and their statistics were restarted above the threshold
+    assert (layer.cluster_size[near_b] >= 0.5 * 0.5).all()
+
+
+def test_export_round_trip_codes_match_encodec(tmp_path):
+    gen = tiny_trainable(seed=1)
+    gen.train()
+    wave = tones(3, 0.4, seed=2)
+    with torch.no_grad():
+        gen.rvq.init_codebooks(gen.encode_latent(wave))
+        for _ in range(3):  # a few EMA steps so the codebooks are not just the k-means result
+            gen(wave, n_q=4)
+    gen.eval()
+    model = gen.export()
+    for bw, K in ((0.9, 2), (1.8, 4)):
+        with torch.no_grad():
+            ours = gen.rvq.encode(gen.encode_latent(wave), n_q=K)[..., PRIME_FRAMES:]
+        theirs = Codec(model, bandwidth=bw).encode(wave)
+        assert theirs.shape == ours.shape == (3, K, 30)
+        assert torch.equal(ours, theirs)
+    # and through save_pretrained / Codec.from_pretrained
+    model.save_pretrained(tmp_path / "c")
+    loaded = Codec.from_pretrained(tmp_path / "c", bandwidth=1.8)
+    assert torch.equal(loaded.encode(wave), theirs)
+    assert len(set(theirs[:, 0].reshape(-1).tolist())) > 1  # codes actually vary
+
+
+def test_rvq_for_encodec_copies_trained_codebooks(tiny_codec):
+    rvq = rvq_for_encodec(tiny_codec.model)
+    assert rvq.inited
+    cb = tiny_codec.model.quantizer.layers[1].codebook
+    torch.testing.assert_close(rvq.layers[1].embed, cb.embed)
+    x = torch.randn(50, cb.embed.shape[1])
+    assert torch.equal(nearest_code(x, rvq.layers[1].embed), cb.quantize(x))
+    with pytest.raises(ValueError, match="quantizers"):
+        export_to_encodec(ResidualVQ(3, 1024, 32), tiny_codec.model)
+
+
+def test_config_rejects_wrong_hop():
+    with pytest.raises(ConfigError, match="320"):
+        load_config(CodecTrainConfig, None, ["model.upsampling_ratios=[8, 5, 4]"])
+    with pytest.raises(ConfigError, match="segment_seconds"):
+        load_config(CodecTrainConfig, None, ["data.segment_seconds=0.01"])
+
+
+# -- training loop -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def audio_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("codec_audio")
+    for i, w in enumerate(tones(4, 1.0, seed=3)):
+        save_audio(d / "music" / f"tone{i}.wav", w)
+    (d / "music" / "broken.wav").write_bytes(b"not audio")  # reported and skipped
+    return d
+
+
+@pytest.mark.slow
+def test_training_lowers_loss_checkpoints_resumes_and_exports(audio_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    cfg = tiny_cfg(
+        "train.max_steps=20",
+        "train.log_every=5",
+        "train.ckpt_every=10",
+        "train.lr=3e-3",
+        "train.progress=false",
+    )
+    last = train(cfg, [audio_dir], out)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [5, 10, 15, 20]
+    assert rows[-1]["loss"] < 0.8 * rows[0]["loss"], (rows[0]["loss"], rows[-1]["loss"])
+    assert last["step"] == 20
+    assert "skipping" in capsys.readouterr().err
+    ck = latest_checkpoint(out)
+    assert ck is not None and ck.name == "step-0000020"
+    assert not list((out / "checkpoints").glob(".tmp-*"))
+    codec = Codec.from_pretrained(out, bandwidth=1.8)
+    codes = codec.encode(tones(1, 0.4))
+    assert codes.shape == (1, 4, 30)
+    assert codec.decode(codes).shape == (1, 30 * 320)
+    # resume: continue to step 25 from the step-20 checkpoint (no repeat of earlier steps)
+    cfg2 = tiny_cfg("train.max_steps=25", "train.log_every=5", "train.ckpt_every=10", "train.progress=false")
+    train(cfg2, [audio_dir], out)
+    assert "resumed from" in capsys.readouterr().out
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows][-2:] == [20, 25]
+    assert latest_checkpoint(out).name == "step-0000025"
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "step-0000020",
+        "step-0000025",
+    ]  # keep 2
+
+
+# -- eval ----------------------------------------------------------------------------------------
+
+
+def test_identity_metrics_and_known_si_snr():
+    ref = tones(1, 0.5)[0]
+    assert si_snr(ref, ref) == math.inf
+    assert si_snr(ref, 3.0 * ref) == math.inf  # scale-invariant
+    assert mel_distance(ref, ref) == 0.0
+    # noise orthogonal to the (zero-mean) reference at 1/100 of its power -> exactly 20 dB
+    r = ref.double() - ref.double().mean()
+    n = torch.randn(r.numel(), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    n = n - n.mean()
+    n = n - (n @ r) / (r @ r) * r
+    n = n * torch.sqrt((r @ r) / (n @ n) / 100)
+    assert si_snr(r, r + n) == pytest.approx(20.0, abs=1e-6)
+    assert mel_distance(ref, ref + 0.1 * torch.randn(ref.numel())) > 0.01
+
+
+def test_codebook_usage_entropy():
+    uniform = torch.arange(64).repeat(3)[None]  # (1, N): every code equally often
+    const = torch.zeros(1, 50, dtype=torch.long)
+    ent, ppl = codebook_usage(torch.cat([uniform, uniform]), 64)
+    assert ent == pytest.approx([6.0, 6.0]) and ppl == pytest.approx([64.0, 64.0])
+    ent, ppl = codebook_usage(const, 64)
+    assert ent == [0.0] and ppl == [1.0]
+
+
+@pytest.mark.slow
+def test_eval_cli_reports_trained_and_random_floor(tiny_codec_dir, tmp_path, capsys):
+    from whispergpt.codec_train.cli import main
+
+    for i, w in enumerate(tones(2, 1.0, seed=5)):
+        save_audio(tmp_path / "speech" / f"s{i}.wav", w)
+    save_audio(tmp_path / "music" / "m.wav", tones(1, 1.0, seed=6)[0])
+    report = tmp_path / "report.json"
+    rc = main(
+        ["eval", str(tiny_codec_dir), str(tmp_path / "speech"), str(tmp_path / "music"), "--out", str(report)]
+    )
+    assert rc == 0
+    table = capsys.readouterr().out
+    assert "| 1.5 | 2 | speech | trained |" in table and "| 1.5 | 2 | music | random |" in table
+    data = json.loads(report.read_text())
+    assert data["files"] == {"speech": 2, "music": 1}
+    bws = [str(b) for b in data["bandwidths"]]
+    assert bws[0] == "1.5"
+    sp = data["results"]["trained"]["1.5"]["speech"]
+    assert sp["files"] == 2 and len(sp["codebook_entropy_bits"]) == 2
+    assert sp["stoi"] is not None and np.isfinite(sp["mel_distance"])
+    assert data["results"]["random"]["1.5"]["music"]["pesq_wb"] is None  # PESQ/STOI only for speech
+
+
+def test_eval_cli_rejects_bad_input(tiny_codec_dir, tmp_path, capsys):
+    from whispergpt.codec_train.cli import main
+
+    assert main(["eval", str(tiny_codec_dir), str(tmp_path / "missing.wav")]) == 2
+    assert "neither a file nor a directory" in capsys.readouterr().err
+    assert main(["frobnicate"]) == 2
+
+
+# -- the offline default -------------------------------------------------------------------------
+
+
+def test_default_codec_falls_back_offline(monkeypatch, tiny_codec_dir, capsys):
+    import whispergpt.codec as codec_mod
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(codec_mod, "SHIPPED_CODEC_DIR", tiny_codec_dir)
+    c = Codec.from_pretrained("default", bandwidth=1.5)
+    err = capsys.readouterr().err
+    assert "hub unreachable: using the shipped offline codec at" in err and str(tiny_codec_dir) in err
+    assert c.name == str(tiny_codec_dir) and c.num_codebooks == 2
+    with pytest.raises(OSError):  # other names keep failing loudly
+        Codec.from_pretrained("no-such-org/no-such-codec")

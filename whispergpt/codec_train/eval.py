@@ -1,0 +1,333 @@
+"""``whispergpt codec eval CODEC AUDIO...``: reconstruction quality per bandwidth vs a random floor.
+
+Metrics, per bandwidth and per set (speech / music / other), each file encoded and decoded whole:
+
+- ``mel_distance``: mean |log_mel(ref) - log_mel(decoded)| (``whispergpt.audio.log_mel`` units:
+  log10 power / 4), frames of all files pooled; 0 for a perfect codec;
+- ``si_snr_db``: scale-invariant SNR, mean over files; +inf for a perfect codec;
+- ``pesq_wb`` and ``stoi`` (speech only): ITU-T P.862.2 wide-band PESQ (``pesq`` package) and STOI
+  (``pystoi``), both on 16 kHz resampled audio, mean over files;
+- codebook usage: entropy (bits) and perplexity (2**entropy) of each codebook's code histogram,
+  pooled over the set's files (``V`` = uniform use, 1 = a single code).
+
+The floor is a random-weights codec of the same ``EncodecConfig`` (seeded), whose codebooks are
+filled with its own encoder outputs of the evaluation audio (``fill_codebooks``), so its codes
+spread over the codebooks: it is what training must beat. A file is in the speech set when it is
+passed with ``--speech`` or any directory in its path is named ``speech``; likewise for music.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..audio import HOP_LENGTH, SAMPLE_RATE, AudioLoadError, load_audio, log_mel, resample
+
+# ---------------------------------------------------------------------------------------------
+# metrics
+
+
+def si_snr(ref: torch.Tensor, est: torch.Tensor, eps: float = 1e-12) -> float:
+    """Scale-invariant SNR in dB of ``est`` against ``ref`` (both (S,)); +inf when they coincide."""
+    if ref.shape != est.shape:
+        raise ValueError(f"si_snr expects equal shapes, got {tuple(ref.shape)} and {tuple(est.shape)}")
+    ref = ref.double() - ref.double().mean()
+    est = est.double() - est.double().mean()
+    target = (est @ ref) / (ref @ ref + eps) * ref
+    noise = est - target
+    p_noise = float(noise @ noise)
+    p_target = float(target @ target)
+    if p_noise <= eps * max(p_target, 1.0):
+        return math.inf
+    if p_target <= 0.0:
+        return -math.inf
+    return 10.0 * math.log10(p_target / p_noise)
+
+
+def mel_distance_sum(ref: torch.Tensor, est: torch.Tensor) -> tuple[float, int]:
+    """Summed |log-mel difference| and the number of (bin, frame) cells, for pooling over files."""
+    a, b = log_mel(ref), log_mel(est)
+    return float((a - b).abs().sum()), int(a.numel())
+
+
+def mel_distance(ref: torch.Tensor, est: torch.Tensor) -> float:
+    """Mean |log_mel(ref) - log_mel(est)|; 0 for identical audio."""
+    s, n = mel_distance_sum(ref, est)
+    return s / max(n, 1)
+
+
+def pesq_stoi(ref: torch.Tensor, est: torch.Tensor) -> tuple[float | None, float | None]:
+    """Wide-band PESQ and STOI at 16 kHz; None where the package cannot score the file."""
+    r = resample(ref.numpy().astype(np.float32), SAMPLE_RATE, 16000)
+    e = resample(est.numpy().astype(np.float32), SAMPLE_RATE, 16000)
+    p = s = None
+    try:
+        from pesq import pesq
+
+        p = float(pesq(16000, r, e, "wb"))
+    except Exception as exc:  # NoUtterancesError etc.: silence or too short for PESQ
+        print(f"  pesq skipped: {type(exc).__name__}: {exc}", file=sys.stderr)
+    try:
+        from pystoi import stoi
+
+        s = float(stoi(r, e, 16000, extended=False))
+    except Exception as exc:
+        print(f"  stoi skipped: {type(exc).__name__}: {exc}", file=sys.stderr)
+    return p, s
+
+
+def codebook_usage(codes: torch.Tensor, codebook_size: int) -> tuple[list[float], list[float]]:
+    """Per-codebook entropy (bits) and perplexity of ``codes`` (K, N)."""
+    ent, ppl = [], []
+    for k in range(codes.shape[0]):
+        counts = torch.bincount(codes[k].reshape(-1), minlength=codebook_size).double()
+        p = counts / counts.sum().clamp_min(1)
+        h = float(-(p[p > 0] * p[p > 0].log2()).sum())
+        ent.append(h)
+        ppl.append(2.0**h)
+    return ent, ppl
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation
+
+
+def _classify(path: Path, explicit: str | None) -> str:
+    if explicit:
+        return explicit
+    parts = {p.lower() for p in path.parts[:-1]}
+    if "speech" in parts:
+        return "speech"
+    if "music" in parts:
+        return "music"
+    return "other"
+
+
+def random_floor(codec, waves: list[torch.Tensor], seed: int = 0):
+    """A random-weights codec with ``codec``'s config, codebooks filled from the evaluation audio."""
+    from transformers import EncodecModel
+
+    from ..codec import Codec, fill_codebooks
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = EncodecModel(codec.model.config).eval()
+    # up to 2 s from each file (at most 64 files) is plenty to spread V codes per layer
+    n = 2 * SAMPLE_RATE
+    probe = torch.stack([torch.nn.functional.pad(w[:n], (0, max(0, n - w[:n].numel()))) for w in waves[:64]])
+    fill_codebooks(model, probe, generator=torch.Generator().manual_seed(seed))
+    return Codec(model, bandwidth=codec.bandwidth, name=f"random floor (seed {seed})")
+
+
+@torch.inference_mode()
+def evaluate_codec(
+    codec,
+    items: list[tuple[str, str, torch.Tensor]],
+    bandwidths: list[float],
+    speech_metrics: bool = True,
+) -> dict:
+    """``items``: (path, set, wave (S,)). Returns {bandwidth: {set: metrics}} (bandwidths as str)."""
+    model = codec.model
+    q = model.quantizer
+    kmax = max(int(q.get_num_quantizers_for_bandwidth(b)) for b in bandwidths)
+    # encode once with every codebook needed; an RVQ's first K codes are the K-codebook codes
+    codes_by_item = []
+    for _, _, w in items:
+        T = w.numel() // HOP_LENGTH
+        x = w[: T * HOP_LENGTH].to(codec.device)[None, None]  # (1, 1, S)
+        emb = model.encoder(x)  # (1, D, T)
+        codes_by_item.append(q.encode(emb, None)[:kmax, 0].cpu())  # (K, T)
+    out: dict = {}
+    for b in bandwidths:
+        K = int(q.get_num_quantizers_for_bandwidth(b))
+        acc: dict[str, dict] = {}
+        for (_, group, w), codes in zip(items, codes_by_item):
+            T = codes.shape[-1]
+            ref = w[: T * HOP_LENGTH]
+            emb = q.decode(codes[:K, None].to(codec.device))  # (1, D, T)
+            est = model.decoder(emb)[0, 0, : T * HOP_LENGTH].float().cpu()
+            for g in (group, "all"):
+                a = acc.setdefault(
+                    g, {"mel_sum": 0.0, "mel_n": 0, "si_snr": [], "pesq": [], "stoi": [], "codes": []}
+                )
+                ms, mn = mel_distance_sum(ref, est)
+                a["mel_sum"] += ms
+                a["mel_n"] += mn
+                a["si_snr"].append(si_snr(ref, est))
+                a["codes"].append(codes[:K])
+            if group == "speech" and speech_metrics:
+                p, s = pesq_stoi(ref, est)
+                if p is not None:
+                    acc["speech"]["pesq"].append(p)
+                if s is not None:
+                    acc["speech"]["stoi"].append(s)
+        res = {}
+        for g, a in acc.items():
+            ent, ppl = codebook_usage(torch.cat(a["codes"], dim=1), codec.codebook_size)
+            finite = [v for v in a["si_snr"] if math.isfinite(v)]
+            res[g] = {
+                "files": len(a["si_snr"]),
+                "mel_distance": a["mel_sum"] / max(a["mel_n"], 1),
+                "si_snr_db": (float(np.mean(finite)) if len(finite) == len(a["si_snr"]) else math.inf)
+                if a["si_snr"]
+                else None,
+                "pesq_wb": float(np.mean(a["pesq"])) if a["pesq"] else None,
+                "stoi": float(np.mean(a["stoi"])) if a["stoi"] else None,
+                "codebook_entropy_bits": ent,
+                "codebook_perplexity": ppl,
+            }
+        out[str(b)] = res
+    return out
+
+
+def _fmt(v, nd: int = 3) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float) and math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    return f"{v:.{nd}f}"
+
+
+def markdown_table(report: dict) -> str:
+    """One row per (bandwidth, set, codec): the trained codec next to its random floor."""
+    lines = [
+        "| kbps | K | set | codec | mel dist ↓ | SI-SNR dB ↑ | PESQ-wb ↑ | STOI ↑ | code entropy bits (mean) | perplexity (mean) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for b in report["bandwidths"]:
+        key = str(b)
+        for g in report["sets"]:
+            for name in ("trained", "random"):
+                r = report["results"][name][key].get(g)
+                if r is None:
+                    continue
+                K = len(r["codebook_entropy_bits"])
+                lines.append(
+                    f"| {b} | {K} | {g} | {name} | {_fmt(r['mel_distance'])} | {_fmt(r['si_snr_db'], 2)} | "
+                    f"{_fmt(r['pesq_wb'], 2)} | {_fmt(r['stoi'], 3)} | "
+                    f"{_fmt(float(np.mean(r['codebook_entropy_bits'])), 2)} | "
+                    f"{_fmt(float(np.mean(r['codebook_perplexity'])), 1)} |"
+                )
+    return "\n".join(lines)
+
+
+def _jsonable(x):
+    if isinstance(x, float) and math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_jsonable(v) for v in x]
+    return x
+
+
+def run_eval(
+    codec_name: str,
+    audio: list[tuple[str, str | None]],
+    bandwidths: list[float] | None = None,
+    max_seconds: float = 30.0,
+    seed: int = 0,
+) -> dict:
+    """Evaluate ``codec_name`` and its random floor on ``audio`` [(path or dir, set or None)]."""
+    from .train import find_audio_files
+
+    codec = _load(codec_name)
+    supported = [float(b) for b in codec.model.config.target_bandwidths]
+    bandwidths = supported if not bandwidths else [float(b) for b in bandwidths]
+    bad = [b for b in bandwidths if b not in supported]
+    if bad:
+        raise ValueError(f"bandwidths {bad} are not supported by {codec_name}: pass some of {supported}")
+    items = []
+    skipped = []
+    for item, group in audio:
+        for f in find_audio_files([item]):
+            try:
+                w = load_audio(f)
+            except AudioLoadError as e:
+                print(f"skipping {e}", file=sys.stderr)
+                skipped.append({"path": str(f), "reason": str(e)})
+                continue
+            w = w[: int(max_seconds * SAMPLE_RATE)]
+            if w.numel() < HOP_LENGTH:
+                skipped.append({"path": str(f), "reason": "shorter than one 320-sample frame"})
+                continue
+            items.append((str(f), _classify(Path(f), group), w))
+    if not items:
+        raise ValueError("no usable audio to evaluate on")
+    floor = random_floor(codec, [w for _, _, w in items], seed=seed)
+    sets = [g for g in ("speech", "music", "other") if any(it[1] == g for it in items)] + ["all"]
+    report = {
+        "codec": str(codec_name),
+        "floor": f"random weights, same EncodecConfig, seed {seed}, codebooks filled from the eval audio",
+        "bandwidths": bandwidths,
+        "sets": sets,
+        "files": {g: sum(1 for it in items if it[1] == g) for g in sets[:-1]},
+        "seconds": {
+            g: round(sum(it[2].numel() for it in items if it[1] == g) / SAMPLE_RATE, 1) for g in sets[:-1]
+        },
+        "skipped": skipped,
+        "results": {
+            "trained": evaluate_codec(codec, items, bandwidths),
+            "random": evaluate_codec(floor, items, bandwidths),
+        },
+    }
+    return report
+
+
+def _load(name: str):
+    """Load a codec; evaluation picks K per bandwidth itself, so the wrapper's bandwidth is moot."""
+    from ..codec import Codec
+
+    try:
+        return Codec.from_pretrained(name, bandwidth=6.0)
+    except ValueError:  # a codec without a 6 kbps mode: open it at its own top bandwidth
+        from transformers import EncodecConfig
+
+        top = float(max(EncodecConfig.from_pretrained(name).target_bandwidths))
+        return Codec.from_pretrained(name, bandwidth=top)
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="whispergpt codec eval",
+        description="Reconstruction metrics per bandwidth of a codec vs a random-weights codec of the same config.",
+    )
+    p.add_argument("codec", help="codec directory (save_pretrained layout), hub id, or 'default'")
+    p.add_argument(
+        "audio", nargs="*", help="audio files/directories (set from a 'speech'/'music' directory name)"
+    )
+    p.add_argument(
+        "--speech", nargs="+", default=[], help="audio files/directories scored as speech (adds PESQ/STOI)"
+    )
+    p.add_argument("--music", nargs="+", default=[], help="audio files/directories scored as music")
+    p.add_argument("--bandwidths", nargs="+", type=float, default=None, help="default: all of the codec's")
+    p.add_argument("--max-seconds", type=float, default=30.0, help="evaluate at most this much of each file")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random floor")
+    p.add_argument("--out", default=None, help="write the report as JSON here")
+    args = p.parse_intermixed_args(argv)
+    audio = (
+        [(a, None) for a in args.audio]
+        + [(a, "speech") for a in args.speech]
+        + [(a, "music") for a in args.music]
+    )
+    if not audio:
+        p.error("no audio given")
+    try:
+        report = run_eval(args.codec, audio, args.bandwidths, args.max_seconds, args.seed)
+    except (ValueError, OSError) as e:
+        print(f"whispergpt codec eval: {e}", file=sys.stderr)
+        return 2
+    table = markdown_table(report)
+    report["markdown"] = table
+    print(table)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(_jsonable(report), indent=1))
+        print(f"wrote {args.out}")
+    return 0

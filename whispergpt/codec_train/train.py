@@ -1,0 +1,600 @@
+"""``whispergpt codec train``: train (or fine-tune) an EnCodec-architecture codec on your audio.
+
+The encoder and decoder are transformers' ``EncodecModel`` modules; quantisation during training is
+our ``ResidualVQ`` (EMA codebooks, straight-through estimator, quantiser dropout), exported into the
+``EncodecModel`` quantiser, so ``OUT/`` is in ``save_pretrained`` layout and loads through
+``Codec.from_pretrained(OUT)``.
+
+Output directory::
+
+    OUT/config.json, OUT/model.safetensors   # the exported EncodecModel (updated at each checkpoint)
+    OUT/codec_train.yaml                     # resolved training config
+    OUT/metrics.jsonl                        # one JSON line per logged step
+    OUT/checkpoints/step-NNNNNNN/            # generator/discriminator safetensors, optimizer.pt, state.json
+
+Runs as a single process or under ``accelerate launch`` (DDP; EMA statistics are all-reduced).
+A run whose ``OUT/checkpoints`` holds a checkpoint resumes from the newest one (``train.resume``).
+Losses: waveform L1 + multi-resolution STFT (auraloss) + causal log-mel L1 + commitment, and
+optionally a multi-scale STFT discriminator (hinge) with feature matching (``loss.adversarial``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..audio import AUDIO_EXTENSIONS, HOP_LENGTH, SAMPLE_RATE, AudioLoadError, load_audio, log_mel
+from ..codec import PRIME_FRAMES
+from ..config import dump_yaml, to_dict
+from .rvq import ResidualVQ, RVQOutput, export_to_encodec, rvq_for_encodec
+
+# ---------------------------------------------------------------------------------------------
+# config
+
+
+@dataclass
+class CodecModelConfig:
+    init: str = ""  # "" = from scratch; else a hub id or directory of a pretrained EnCodec to fine-tune
+    num_filters: int = 16
+    hidden_size: int = 128
+    num_lstm_layers: int = 1
+    num_residual_layers: int = 1
+    compress: int = 2
+    codebook_size: int = 1024
+    target_bandwidths: list[float] = field(default_factory=lambda: [1.5, 3.0, 6.0])
+    upsampling_ratios: list[int] = field(default_factory=lambda: [8, 5, 4, 2])
+
+    def __post_init__(self) -> None:
+        if math.prod(self.upsampling_ratios) != HOP_LENGTH:
+            raise ValueError(
+                f"upsampling_ratios must multiply to the {HOP_LENGTH}-sample hop (75 Hz), got "
+                f"{self.upsampling_ratios} (product {math.prod(self.upsampling_ratios)})"
+            )
+        if not self.target_bandwidths or sorted(self.target_bandwidths) != list(self.target_bandwidths):
+            raise ValueError(
+                f"target_bandwidths must be a non-empty increasing list, got {self.target_bandwidths}"
+            )
+        if self.codebook_size < 2:
+            raise ValueError(f"codebook_size must be >= 2, got {self.codebook_size}")
+
+
+@dataclass
+class QuantizerConfig:
+    decay: float = 0.99
+    eps: float = 1e-5
+    kmeans_iters: int = 10
+    kmeans_batches: int = 4  # batches of encoder outputs used for the k-means initialisation
+    # codes whose EMA cluster size (expected hits per step) falls below this are reset; scale it
+    # with batch_size * segment frames / codebook_size
+    dead_threshold: float = 0.05
+    commitment_weight: float = 1.0
+    bandwidth_dropout: bool = True  # per batch, K drawn uniformly from the target bandwidths
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.decay < 1.0:
+            raise ValueError(f"quantizer.decay must be in (0, 1), got {self.decay}")
+        if self.dead_threshold < 0:
+            raise ValueError(f"quantizer.dead_threshold must be >= 0, got {self.dead_threshold}")
+
+
+@dataclass
+class LossConfig:
+    l1: float = 1.0  # waveform L1
+    stft: float = 1.0  # auraloss multi-resolution STFT (spectral convergence + log magnitude)
+    mel: float = 1.0  # L1 between causal log-mels (whispergpt.audio.log_mel)
+    adversarial: bool = False  # multi-scale STFT discriminator (hinge) + feature matching
+    adv: float = 1.0
+    feat: float = 2.0
+    disc_start: int = 0  # step at which the discriminator starts
+    disc_filters: int = 16
+    disc_n_ffts: list[int] = field(default_factory=lambda: [1024, 512, 256])
+
+
+@dataclass
+class CodecDataConfig:
+    segment_seconds: float = 1.0
+    batch_size: int = 8
+    min_rms: float = 1e-3  # crops quieter than this are redrawn (a few times)
+
+    def __post_init__(self) -> None:
+        frames = self.segment_seconds * SAMPLE_RATE / HOP_LENGTH
+        if frames < 1 or abs(frames - round(frames)) > 1e-6:
+            raise ValueError(
+                f"data.segment_seconds must be a positive multiple of {HOP_LENGTH / SAMPLE_RATE * 1000:.3f} ms "
+                f"(whole 75 Hz frames), got {self.segment_seconds}"
+            )
+        if self.batch_size < 1:
+            raise ValueError(f"data.batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class CodecTrainLoopConfig:
+    max_steps: int = 2000
+    lr: float = 3e-4
+    betas: list[float] = field(default_factory=lambda: [0.5, 0.9])
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    log_every: int = 10
+    ckpt_every: int = 200
+    keep_checkpoints: int = 2
+    seed: int = 0
+    num_threads: int = 0  # 0 = torch default
+    resume: bool = True
+    wandb: bool = False  # off by default: a CPU codec run is short and metrics.jsonl holds everything
+    wandb_project: str = "whispergpt-codec"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_steps < 0 or self.log_every < 1 or self.ckpt_every < 1:
+            raise ValueError(
+                f"train.max_steps >= 0, log_every >= 1, ckpt_every >= 1 expected, got "
+                f"{self.max_steps}, {self.log_every}, {self.ckpt_every}"
+            )
+
+
+@dataclass
+class CodecTrainConfig:
+    model: CodecModelConfig = field(default_factory=CodecModelConfig)
+    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: CodecDataConfig = field(default_factory=CodecDataConfig)
+    train: CodecTrainLoopConfig = field(default_factory=CodecTrainLoopConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+# model
+
+
+def build_encodec(cfg: CodecModelConfig):
+    """A fresh ``EncodecModel`` (24 kHz, causal, unnormalised) or a pretrained one to fine-tune."""
+    from transformers import EncodecConfig, EncodecModel
+
+    if cfg.init:
+        from ..codec import Codec
+
+        model = Codec.from_pretrained(cfg.init, bandwidth=float(cfg.target_bandwidths[0])).model
+        model.train()
+        return model
+    ec = EncodecConfig(
+        sampling_rate=SAMPLE_RATE,
+        audio_channels=1,
+        normalize=False,
+        chunk_length_s=None,
+        overlap=None,
+        use_causal_conv=True,
+        num_filters=cfg.num_filters,
+        hidden_size=cfg.hidden_size,
+        codebook_dim=cfg.hidden_size,
+        num_lstm_layers=cfg.num_lstm_layers,
+        num_residual_layers=cfg.num_residual_layers,
+        compress=cfg.compress,
+        codebook_size=cfg.codebook_size,
+        target_bandwidths=list(cfg.target_bandwidths),
+        upsampling_ratios=list(cfg.upsampling_ratios),
+    )
+    return EncodecModel(ec)
+
+
+def quantizers_per_bandwidth(model) -> list[int]:
+    """K for each target bandwidth of ``model`` (e.g. [2, 4, 8] for 1.5 / 3 / 6 kbps at V=1024)."""
+    q = model.quantizer
+    return [int(q.get_num_quantizers_for_bandwidth(float(b))) for b in model.config.target_bandwidths]
+
+
+class TrainableCodec(nn.Module):
+    """EncodecModel encoder/decoder around a trainable ``ResidualVQ``.
+
+    Like ``Codec.encode``/``decode``, the audio is primed with ``PRIME_FRAMES`` silent frames (so
+    EnCodec's left reflect padding never reads real samples) and the decoder runs over the
+    quantised prime too, so training sees exactly what inference through ``Codec`` does.
+    """
+
+    def __init__(self, model, rvq: ResidualVQ):
+        super().__init__()
+        self.model = model
+        self.rvq = rvq
+
+    def encode_latent(self, wave: torch.Tensor) -> torch.Tensor:
+        """(B, S) -> (B, D, PRIME_FRAMES + T) encoder output (S a multiple of 320)."""
+        x = F.pad(wave, (PRIME_FRAMES * HOP_LENGTH, 0))[:, None]  # (B, 1, prime + S)
+        return self.model.encoder(x)
+
+    def forward(self, wave: torch.Tensor, n_q: int | None = None) -> tuple[torch.Tensor, RVQOutput]:
+        """(B, S) -> reconstruction (B, S) and the RVQ output (codes include the prime frames)."""
+        z = self.encode_latent(wave)  # (B, D, prime + T)
+        out = self.rvq(z, n_q)
+        start = PRIME_FRAMES * HOP_LENGTH
+        recon = self.model.decoder(out.quantized)[:, 0, start : start + wave.shape[-1]]  # (B, S)
+        return recon, out
+
+    def export(self):
+        """The ``EncodecModel`` with our codebooks written into its quantiser."""
+        export_to_encodec(self.rvq, self.model)
+        return self.model
+
+
+class STFTDiscriminator(nn.Module):
+    """One scale of the multi-scale STFT discriminator: 2-D convs over (real, imag) x (time, freq)."""
+
+    def __init__(self, n_fft: int, filters: int = 16, dilations: tuple[int, ...] = (1, 2, 4)):
+        super().__init__()
+        self.n_fft = n_fft
+        self.hop = n_fft // 4
+        self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
+        wn = nn.utils.parametrizations.weight_norm
+        convs = [wn(nn.Conv2d(2, filters, (3, 9), padding=(1, 4)))]
+        for d in dilations:  # dilate along time, stride 2 along frequency
+            convs.append(
+                wn(nn.Conv2d(filters, filters, (3, 9), stride=(1, 2), dilation=(d, 1), padding=(d, 4)))
+            )
+        convs.append(wn(nn.Conv2d(filters, filters, (3, 3), padding=(1, 1))))
+        self.convs = nn.ModuleList(convs)
+        self.post = wn(nn.Conv2d(filters, 1, (3, 3), padding=(1, 1)))
+
+    def forward(self, wave: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        spec = torch.stft(
+            wave, self.n_fft, self.hop, window=self.window, center=True, return_complex=True
+        )  # (B, F, T')
+        x = torch.stack([spec.real, spec.imag], dim=1).transpose(2, 3)  # (B, 2, T', F)
+        feats = []
+        for conv in self.convs:
+            x = F.leaky_relu(conv(x), 0.2)
+            feats.append(x)
+        return self.post(x), feats
+
+
+class MultiScaleSTFTDiscriminator(nn.Module):
+    def __init__(self, n_ffts: list[int], filters: int = 16):
+        super().__init__()
+        self.discs = nn.ModuleList(STFTDiscriminator(n, filters) for n in n_ffts)
+
+    def forward(self, wave: torch.Tensor) -> list[tuple[torch.Tensor, list[torch.Tensor]]]:
+        return [d(wave) for d in self.discs]
+
+
+def disc_hinge_loss(real: list, fake: list) -> torch.Tensor:
+    return sum(F.relu(1 - r[0]).mean() + F.relu(1 + f[0]).mean() for r, f in zip(real, fake)) / len(real)
+
+
+def gen_adv_losses(real: list, fake: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hinge generator loss and relative L1 feature matching (normalised by the real features' scale)."""
+    adv = sum(F.relu(1 - f[0]).mean() for f in fake) / len(fake)
+    feat = 0.0
+    n = 0
+    for (_, fr), (_, ff) in zip(real, fake):
+        for a, b in zip(fr, ff):
+            feat = feat + (b - a.detach()).abs().mean() / (a.detach().abs().mean() + 1e-6)
+            n += 1
+    return adv, feat / max(n, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+def find_audio_files(items: list[str | os.PathLike]) -> list[Path]:
+    """Expand files and directories (recursively, by audio extension) into a sorted file list."""
+    files: list[Path] = []
+    for item in items:
+        p = Path(item).expanduser()
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise ValueError(f"audio input {item!r} is neither a file nor a directory")
+    return files
+
+
+class CropSampler:
+    """Random fixed-length crops from audio held in memory, sampled in proportion to file length.
+
+    ``batch(step, rank)`` is a pure function of (seed, step, rank), so a resumed run sees the same
+    stream of crops as an uninterrupted one (no RNG state to checkpoint).
+    """
+
+    def __init__(self, waves: list[torch.Tensor], segment: int, seed: int = 0, min_rms: float = 1e-3):
+        if not waves:
+            raise ValueError("no usable audio: pass at least one readable audio file or directory")
+        self.waves = waves
+        self.segment = segment
+        self.seed = seed
+        self.min_rms = min_rms
+        lengths = torch.tensor([max(w.numel(), 1) for w in waves], dtype=torch.float64)
+        self.probs = lengths / lengths.sum()
+
+    @property
+    def seconds(self) -> float:
+        return sum(w.numel() for w in self.waves) / SAMPLE_RATE
+
+    def crop(self, gen: torch.Generator) -> torch.Tensor:
+        for _ in range(8):
+            w = self.waves[int(torch.multinomial(self.probs, 1, generator=gen))]
+            if w.numel() <= self.segment:
+                out = F.pad(w, (0, self.segment - w.numel()))
+            else:
+                start = int(torch.randint(0, w.numel() - self.segment + 1, (1,), generator=gen))
+                out = w[start : start + self.segment]
+            if out.pow(2).mean().sqrt() >= self.min_rms:
+                break
+        return out
+
+    def batch(self, batch_size: int, step: int, rank: int = 0) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step * 131 + rank)
+        return torch.stack([self.crop(gen) for _ in range(batch_size)])  # (B, S)
+
+
+def load_corpus(files: list[Path]) -> tuple[list[torch.Tensor], list[dict]]:
+    """Load every file at 24 kHz mono; unreadable files are reported and skipped."""
+    waves, skipped = [], []
+    for f in files:
+        try:
+            waves.append(load_audio(f))
+        except AudioLoadError as e:
+            print(f"skipping {e}", file=sys.stderr)
+            skipped.append({"path": str(f), "reason": str(e)})
+    return waves, skipped
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def _state_to_safetensors(module: nn.Module, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().cpu().clone().contiguous() for k, v in module.state_dict().items()}, str(path))
+
+
+def _load_safetensors(module: nn.Module, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    module.load_state_dict(load_file(str(path)))
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    ckpts = sorted((out / "checkpoints").glob("step-*"))
+    ckpts = [c for c in ckpts if (c / "state.json").is_file()]
+    return ckpts[-1] if ckpts else None
+
+
+def save_checkpoint(out: Path, step: int, gen: TrainableCodec, disc, opt_g, opt_d, cfg, keep: int) -> Path:
+    """Write a checkpoint into a temp dir, then rename it into place (atomic on one filesystem)."""
+    root = out / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:07d}"
+    tmp = root / f".tmp-step-{step:07d}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    _state_to_safetensors(gen, tmp / "generator.safetensors")
+    if disc is not None:
+        _state_to_safetensors(disc, tmp / "discriminator.safetensors")
+    torch.save(
+        {"opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict() if opt_d is not None else {}},
+        tmp / "optimizer.pt",
+    )
+    (tmp / "state.json").write_text(json.dumps({"step": step, "config": to_dict(cfg)}, indent=1))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in sorted(root.glob("step-*"))[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def export_codec(gen: TrainableCodec, out: Path) -> None:
+    """Write ``OUT/config.json`` + ``OUT/model.safetensors`` (EncodecModel layout) atomically."""
+    model = gen.export()
+    tmp = out / f".tmp-export-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp))
+    for f in tmp.iterdir():
+        os.replace(f, out / f.name)
+    tmp.rmdir()
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+
+
+def train(cfg: CodecTrainConfig, audio: list[str | os.PathLike], out: str | os.PathLike) -> dict:
+    """Train a codec on ``audio`` (files/directories) into ``out``; returns the last metrics row."""
+    import auraloss
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    if cfg.train.num_threads > 0:
+        torch.set_num_threads(cfg.train.num_threads)
+    acc = Accelerator(cpu=not torch.cuda.is_available())
+    main = acc.is_main_process
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        print(f"codec train: resolved config\n{dump_yaml(cfg)}", flush=True)
+        (out / "codec_train.yaml").write_text(dump_yaml(cfg))
+    files = find_audio_files(audio)
+    waves, skipped = load_corpus(files)
+    segment = round(cfg.data.segment_seconds * SAMPLE_RATE)
+    sampler = CropSampler(waves, segment, cfg.train.seed, cfg.data.min_rms)
+    if main:
+        print(
+            f"codec train: {len(waves)} files, {sampler.seconds / 60:.1f} min of audio, {len(skipped)} skipped",
+            flush=True,
+        )
+
+    torch.manual_seed(cfg.train.seed)
+    model = build_encodec(cfg.model)
+    if cfg.model.init:
+        cfg_m = model.config
+        if list(cfg_m.target_bandwidths) != list(cfg.model.target_bandwidths):
+            print(f"codec train: using the pretrained model's bandwidths {list(cfg_m.target_bandwidths)}")
+    q = cfg.quantizer
+    rvq = rvq_for_encodec(
+        model, decay=q.decay, eps=q.eps, kmeans_iters=q.kmeans_iters, dead_threshold=q.dead_threshold
+    )
+    gen = TrainableCodec(model, rvq)
+    nq_choices = quantizers_per_bandwidth(model)
+    disc = (
+        MultiScaleSTFTDiscriminator(cfg.loss.disc_n_ffts, cfg.loss.disc_filters)
+        if cfg.loss.adversarial
+        else None
+    )
+    tc = cfg.train
+    opt_g = torch.optim.AdamW(gen.parameters(), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
+    opt_d = (
+        torch.optim.AdamW(disc.parameters(), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
+        if disc is not None
+        else None
+    )
+
+    start = 0
+    ckpt = latest_checkpoint(out) if tc.resume else None
+    if ckpt is not None:
+        _load_safetensors(gen, ckpt / "generator.safetensors")
+        if disc is not None and (ckpt / "discriminator.safetensors").is_file():
+            _load_safetensors(disc, ckpt / "discriminator.safetensors")
+        opt_state = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True)
+        opt_g.load_state_dict(opt_state["opt_g"])
+        if opt_d is not None and opt_state.get("opt_d"):
+            opt_d.load_state_dict(opt_state["opt_d"])
+        start = int(json.loads((ckpt / "state.json").read_text())["step"])
+        if main:
+            print(f"codec train: resumed from {ckpt} (step {start})", flush=True)
+
+    gen.to(acc.device)
+    if not rvq.inited:  # k-means on encoder outputs of a few batches (all ranks see rank 0's result)
+        with torch.no_grad():
+            z = torch.cat(
+                [
+                    gen.encode_latent(
+                        sampler.batch(cfg.data.batch_size, -1 - i, acc.process_index).to(acc.device)
+                    )
+                    for i in range(q.kmeans_batches)
+                ]
+            )
+        rvq.init_codebooks(z)
+
+    if disc is not None:
+        gen, disc, opt_g, opt_d = acc.prepare(gen, disc, opt_g, opt_d)
+    else:
+        gen, opt_g = acc.prepare(gen, opt_g)
+    raw_gen: TrainableCodec = acc.unwrap_model(gen)
+
+    mrstft = auraloss.freq.MultiResolutionSTFTLoss(
+        fft_sizes=[1024, 512, 256], hop_sizes=[256, 128, 64], win_lengths=[1024, 512, 256]
+    ).to(acc.device)
+
+    wb = None
+    if main and tc.wandb:
+        import wandb
+
+        wb = wandb.init(
+            project=tc.wandb_project,
+            dir=str(out),
+            config=to_dict(cfg),
+            mode=os.environ.get("WANDB_MODE", "offline"),
+        )
+
+    def checkpoint(step: int) -> None:
+        acc.wait_for_everyone()
+        if main:
+            save_checkpoint(
+                out,
+                step,
+                raw_gen,
+                acc.unwrap_model(disc) if disc is not None else None,
+                opt_g,
+                opt_d,
+                cfg,
+                tc.keep_checkpoints,
+            )
+            export_codec(raw_gen, out)
+
+    gen.train()
+    last: dict = {}
+    bar = tqdm(
+        range(start, tc.max_steps),
+        initial=start,
+        total=tc.max_steps,
+        disable=not (main and tc.progress),
+        desc="codec train",
+        dynamic_ncols=True,
+    )
+    t0 = time.time()
+    acc_rows: dict[str, float] = {}
+    n_acc = 0
+    for step in bar:
+        wave = sampler.batch(cfg.data.batch_size, step, acc.process_index).to(acc.device)  # (B, S)
+        if q.bandwidth_dropout:
+            g = torch.Generator().manual_seed(tc.seed * 7919 + step)  # same K on every rank
+            n_q = nq_choices[int(torch.randint(0, len(nq_choices), (1,), generator=g))]
+        else:
+            n_q = nq_choices[-1]
+        recon, rq = gen(wave, n_q)
+        l1 = (recon - wave).abs().mean()
+        spec = mrstft(recon[:, None], wave[:, None])
+        mel = (log_mel(recon) - log_mel(wave)).abs().mean()
+        loss = (
+            cfg.loss.l1 * l1
+            + cfg.loss.stft * spec
+            + cfg.loss.mel * mel
+            + q.commitment_weight * rq.commit_loss
+        )
+        row = {"l1": l1.item(), "stft": spec.item(), "mel": mel.item(), "commit": rq.commit_loss.item()}
+        if disc is not None and step >= cfg.loss.disc_start:
+            d_loss = disc_hinge_loss(disc(wave), disc(recon.detach()))
+            opt_d.zero_grad(set_to_none=True)
+            acc.backward(d_loss)
+            if tc.grad_clip > 0:
+                acc.clip_grad_norm_(disc.parameters(), tc.grad_clip)
+            opt_d.step()
+            with torch.no_grad():
+                real = disc(wave)
+            adv, feat = gen_adv_losses(real, disc(recon))
+            loss = loss + cfg.loss.adv * adv + cfg.loss.feat * feat
+            row.update(disc=d_loss.item(), adv=adv.item(), feat=float(feat))
+        opt_g.zero_grad(set_to_none=True)
+        acc.backward(loss)
+        if tc.grad_clip > 0:
+            acc.clip_grad_norm_(gen.parameters(), tc.grad_clip)
+        opt_g.step()
+        row["loss"] = loss.item()
+        row["dead_replaced"] = float(sum(layer.last_replaced for layer in raw_gen.rvq.layers[:n_q]))
+        for k, v in row.items():
+            acc_rows[k] = acc_rows.get(k, 0.0) + v
+        n_acc += 1
+        done = step + 1
+        if done % tc.log_every == 0 or done == tc.max_steps:
+            last = {
+                "step": done,
+                **{k: v / n_acc for k, v in acc_rows.items()},
+                "n_q_last": n_q,
+                "lr": opt_g.param_groups[0]["lr"],
+                "elapsed_s": round(time.time() - t0, 2),
+            }
+            acc_rows, n_acc = {}, 0
+            if main:
+                with open(out / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(last) + "\n")
+                bar.set_postfix(loss=f"{last['loss']:.3f}", mel=f"{last['mel']:.3f}")
+                if wb is not None:
+                    wb.log(last, step=done)
+        if done % tc.ckpt_every == 0 or done == tc.max_steps:
+            checkpoint(done)
+    bar.close()
+    if start >= tc.max_steps and main and not (out / "config.json").is_file():
+        export_codec(raw_gen, out)
+    if wb is not None:
+        wb.finish()
+    acc.wait_for_everyone()
+    return last
