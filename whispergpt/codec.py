@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -25,6 +26,10 @@ import torch
 from .audio import HOP_LENGTH, SAMPLE_RATE
 
 HUB_CODEC = "facebook/encodec_24khz"
+# The small codec shipped in the package (trained with `whispergpt codec train`, see MODEL_CARD.md
+# next to it): `Codec.from_pretrained("default")` falls back to it when the hub is unreachable.
+SHIPPED_CODEC_DIR = Path(__file__).parent / "assets" / "codec" / "whispergpt-small-24khz"
+SHIPPED_CODEC_TRAINED_ON = "48 min of Debian-packaged speech (tuxpaint) and music (ufoai), CPU, 1 thread"
 # Silent frames prepended before encoding / decoding; > 6, the farthest reach of EnCodec's left
 # reflect padding (its 7-tap convolutions at the frame rate).
 PRIME_FRAMES = 8
@@ -65,10 +70,24 @@ class Codec:
     def from_pretrained(
         cls, name_or_path: str | os.PathLike, bandwidth: float = 6.0, device: str | torch.device | None = None
     ) -> Codec:
-        """Load from a hub id or a local ``save_pretrained`` directory (same code path)."""
+        """Load from a hub id or a local ``save_pretrained`` directory (same code path).
+
+        ``"default"`` means ``facebook/encodec_24khz``, or, when the hub is unreachable (offline, no
+        cache), the small codec shipped in the package (``SHIPPED_CODEC_DIR``), saying so on stderr.
+        """
         from transformers import EncodecModel
 
         name = str(name_or_path)
+        if name == "default":
+            try:
+                return cls.from_pretrained(HUB_CODEC, bandwidth=bandwidth, device=device)
+            except OSError:
+                print(
+                    f"hub unreachable: using the shipped offline codec at {SHIPPED_CODEC_DIR}, trained on "
+                    f"{SHIPPED_CODEC_TRAINED_ON}; quality is far below {HUB_CODEC}",
+                    file=sys.stderr,
+                )
+                return cls.from_pretrained(SHIPPED_CODEC_DIR, bandwidth=bandwidth, device=device)
         local = Path(name).expanduser()
         if local.exists() and not (local / "config.json").is_file():
             raise OSError(f"{name} exists but is not an EnCodec save_pretrained directory (no config.json)")
