@@ -245,7 +245,7 @@ def test_cli_codec_from_training_manifest(tmp_path, tiny_codec_dir):
     data.mkdir()
     (data / "manifest.json").write_text(json.dumps({"codec": str(tiny_codec_dir), "bandwidth": 1.5}))
     (run).mkdir()
-    (run / "config.yaml").write_text(yaml.safe_dump({"data": {"dir": str(data)}}))
+    (run / "config.yaml").write_text(yaml.safe_dump({"data": {"dir": [str(data), str(data)]}}))
     tiny_model("coarse", context=16).save_pretrained(run / "final")
     out = tmp_path / "out"
     assert main(["--checkpoint", str(run), "--seconds", "0.05", "--out", str(out), "--no-progress"]) == 0

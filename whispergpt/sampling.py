@@ -493,7 +493,8 @@ def training_codec(checkpoint: Path) -> tuple[str, float] | None:
     """``(codec, bandwidth)`` recorded in the manifest of the data the checkpoint was trained on.
 
     Reads ``config.yaml`` of the run (next to ``final/`` or two levels above a ``step-*``
-    checkpoint) -> ``data.dir`` -> ``manifest.json``; None when any link is missing.
+    checkpoint) -> ``data.dir`` (one directory or a list; all must agree) -> ``manifest.json``;
+    None when any link is missing.
     """
     import yaml
 
@@ -502,19 +503,22 @@ def training_codec(checkpoint: Path) -> tuple[str, float] | None:
         if not cfg_path.is_file():
             continue
         try:
-            cfg = yaml.safe_load(cfg_path.read_text()) or {}
-            data_dir = Path(str(cfg["data"]["dir"]))
+            dirs = (yaml.safe_load(cfg_path.read_text()) or {})["data"]["dir"]
         except (yaml.YAMLError, KeyError, TypeError):
             return None
-        for d in (data_dir, run / data_dir, run.parent / data_dir):
-            m = d / "manifest.json"
-            if m.is_file():
-                try:
-                    manifest = json.loads(m.read_text())
-                    return str(manifest["codec"]), float(manifest["bandwidth"])
-                except (ValueError, KeyError, TypeError):
-                    return None
-        return None
+        found = set()
+        for data_dir in dirs if isinstance(dirs, list) else [dirs]:
+            data_dir = Path(str(data_dir))
+            manifests = [d / "manifest.json" for d in (data_dir, run / data_dir, run.parent / data_dir)]
+            m = next((m for m in manifests if m.is_file()), None)
+            if m is None:
+                return None
+            try:
+                manifest = json.loads(m.read_text())
+                found.add((str(manifest["codec"]), float(manifest["bandwidth"])))
+            except (ValueError, KeyError, TypeError):
+                return None
+        return found.pop() if len(found) == 1 else None
     return None
 
 
