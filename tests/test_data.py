@@ -258,3 +258,38 @@ def test_several_directories_read_as_one(tmp_path, tiny_codec_dir):
         PreparedDataset([dirs[0], other], "train")
     with pytest.raises(ValueError, match="at least one"):
         PreparedDataset([], "train")
+
+
+def test_decoded_mel_is_log_mel_of_decoded_codes(tmp_path, tiny_codec, tiny_codec_dir):
+    import soundfile as sf
+
+    from whispergpt.audio import log_mel
+    from whispergpt.prepare import prepare
+
+    src = tmp_path / "src"
+    src.mkdir()
+    t = np.arange(30 * 320) / 24000
+    sf.write(src / "a.wav", (0.3 * np.sin(2 * np.pi * 300 * t)).astype(np.float32), 24000)
+    out = tmp_path / "ds"
+    prepare([src], out, codec=str(tiny_codec_dir), bandwidth=1.5, val_fraction=0.0, progress=False)
+    truth = PreparedDataset(out, "train")
+    decoded = PreparedDataset(out, "train", mel_source="decoded")
+    codes, mel_t = truth.file_arrays(0)
+    codes_d, mel_d = decoded.file_arrays(0)
+    assert torch.equal(codes, codes_d)
+    torch.testing.assert_close(mel_d, log_mel(tiny_codec.decode(codes[None]))[0], rtol=0, atol=1e-4)
+    assert (mel_d - mel_t).abs().mean() > 1e-2  # the random codec is lossy: a different mel
+    with pytest.raises(ValueError, match="mel_source"):
+        PreparedDataset(out, "train", mel_source="oracle")
+    plain = tmp_path / "plain"
+    prepare(
+        [src],
+        plain,
+        codec=str(tiny_codec_dir),
+        bandwidth=1.5,
+        val_fraction=0.0,
+        progress=False,
+        decoded_mel=False,
+    )
+    with pytest.raises(ValueError, match="no decoded mel"):
+        PreparedDataset(plain, "train", mel_source="decoded")

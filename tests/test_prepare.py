@@ -270,7 +270,7 @@ def test_interrupted_shard_is_ignored_and_resume_works(tmp_path, tiny_codec_dir,
     def dying_save(path, arr):
         saves.append(path)
         real_save(path, arr)
-        if len(saves) == 3:  # shard 1: codes, mel; shard 2: codes -> die
+        if len(saves) == 4:  # shard 1: codes, mel, mel_decoded; shard 2: codes -> die
             raise KeyboardInterrupt
 
     monkeypatch.setattr(prep.np, "save", dying_save)

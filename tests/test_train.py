@@ -91,6 +91,36 @@ def test_config_fills_model_shape_from_dataset(data_dir, tmp_path):
     assert cfg.data.frames == cfg.model.context  # null -> model.context
 
 
+@pytest.mark.parametrize(
+    "extra,expected",
+    [
+        ([], "decoded"),  # auto: the dataset stores the decoded mel and delay samples every codebook
+        (["model.pattern=coarse"], "truth"),  # coarse samples codebook 0 only: decoded mel would differ
+        (["model.fusion=none"], "truth"),
+        (["data.mel_source=truth"], "truth"),
+    ],
+)
+def test_mel_source_resolution(data_dir, tmp_path, extra, expected):
+    cfg = load_run_config(TINY, quiet(data_dir, tmp_path, *extra))
+    assert cfg.data.mel_source == expected
+
+
+def test_decoded_mel_with_coarse_is_an_error(data_dir, tmp_path):
+    with pytest.raises(ConfigError, match="mel_source=decoded needs"):
+        load_run_config(TINY, quiet(data_dir, tmp_path, "model.pattern=coarse", "data.mel_source=decoded"))
+
+
+def test_several_datasets_and_training_data_record(data_dir, tmp_path):
+    out = tmp_path / "run"
+    rc = main(
+        [str(TINY), *quiet(f"[{data_dir}, {data_dir}]", out, "train.max_steps=2", "train.save_every=2")]
+    )
+    assert rc == 0
+    rec = json.loads((out / "final" / "training_data.json").read_text())
+    assert rec["mel_source"] == "decoded" and rec["num_codebooks"] == 2 and len(rec["data_dirs"]) == 2
+    assert rec["codec"] and rec["bandwidth"] == 1.5
+
+
 @pytest.mark.parametrize("recipe", ["tiny", "paper_gpt_s", "paper_gpt_l", "paper_hybrid", "gpt_100m"])
 def test_recipes_resolve(recipe, data_dir, tmp_path):
     # shapes from the (K=2) test dataset: every recipe's keys and types must be valid

@@ -1,8 +1,10 @@
 """Reader for datasets written by ``whispergpt prepare`` (layout documented in ``whispergpt.prepare``).
 
-``PreparedDataset(dir, split="train", frames=N)`` memory-maps the completed shards of one split and
+``PreparedDataset(dir, split="train", frames=N, mel_source="truth")`` memory-maps the completed shards of one split and
 returns time-aligned ``(codes (K, N) int64, mel (M, N) float32)`` torch tensors: column ``t`` of
 both is frame ``t`` of the 75 Hz grid. Nothing is loaded into RAM beyond the requested crop.
+``mel_source="decoded"`` reads the log-mel of the codec-decoded tokens instead of the original
+audio's (``mel_decoded.npy``): the mel a sampler can actually feed back.
 
 - ``crop(i, start, frames)``: an explicit window of file ``i``;
 - ``file_arrays(i)``: a whole file (evaluation tiles these itself);
@@ -32,6 +34,8 @@ import torch
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SHARDS_DIR = "shards"
+# which array a crop's mel comes from: the original audio's, or the codec-decoded tokens' audio's
+MEL_SOURCES = {"truth": "mel.npy", "decoded": "mel_decoded.npy"}
 # manifest keys that must agree for several prepared folders to be read as one dataset
 _UNION_KEYS = ("num_codebooks", "codebook_size", "n_mels", "frame_rate", "sample_rate", "codec", "bandwidth")
 
@@ -68,6 +72,7 @@ class PreparedDataset(torch.utils.data.Dataset):
         directory: str | os.PathLike | list[str | os.PathLike],
         split: str = "train",
         frames: int | None = None,
+        mel_source: str = "truth",
     ):
         # Several prepared folders (e.g. speech and music prepared apart) read as one dataset when
         # they agree on the codec and the grid; files keep their order, folder by folder.
@@ -90,6 +95,17 @@ class PreparedDataset(torch.utils.data.Dataset):
                 raise ValueError(f"{d}: unknown split {split!r}, expected one of {sorted(m['splits'])}")
         if frames is not None and (not isinstance(frames, int) or frames < 1):
             raise ValueError(f"frames must be a positive int or None, got {frames!r}")
+        if mel_source not in MEL_SOURCES:
+            raise ValueError(f"mel_source must be one of {list(MEL_SOURCES)}, got {mel_source!r}")
+        if mel_source == "decoded":
+            for d, m in zip(self.directories, self.manifests):
+                if not m.get("decoded_mel"):
+                    raise ValueError(
+                        f"{d} has no decoded mel (prepared with --no-decoded-mel or an older version): "
+                        "prepare it again without that flag, or use mel_source truth"
+                    )
+        self.mel_source = mel_source
+        self._mel_file = MEL_SOURCES[mel_source]
         self.split = split
         self.frames = frames
         self._arrays: dict[tuple[int, str], tuple[np.ndarray, np.ndarray]] = {}  # (dir, shard) -> memmaps
@@ -172,7 +188,7 @@ class PreparedDataset(torch.utils.data.Dataset):
             try:
                 arrays = (
                     np.load(sdir / "codes.npy", mmap_mode="r"),
-                    np.load(sdir / "mel.npy", mmap_mode="r"),
+                    np.load(sdir / self._mel_file, mmap_mode="r"),
                 )
             except (OSError, ValueError) as e:
                 raise ValueError(f"{sdir}: cannot memory-map shard arrays ({e})") from e

@@ -23,6 +23,9 @@ Dataset layout (``format_version`` 1)
     DIR/shards/<split>-<NNNNN>/     one completed shard
         codes.npy                   (K, N_total) int16, files concatenated along time
         mel.npy                     (M, N_total) float32, causal log-mel (audio.log_mel), same grid
+        mel_decoded.npy             (M, N_total) float32, causal log-mel of codec.decode(codes) (all
+                                    K codebooks): what sampling feeds back (absent with
+                                    --no-decoded-mel; manifest ``decoded_mel`` says which)
         index.json                  [{path, frames, offset, seconds, split}], offset into N_total
 
 Column ``t`` of a file's codes and mel is frame ``t`` (samples ``[t*320, (t+1)*320)``); a file of
@@ -60,7 +63,10 @@ tiny random codec (10 s of noise, 1 s chunks) and 99.98% of codes on the full-si
 (random codebooks, 27 s of speech, 10 s chunks; 99.45% without the context). Batched vs one-by-one
 is bit-exact on one thread; with several threads, last-bit float differences can flip a near-tie
 code (~1% of frames seen with random tiny codebooks). The mel is computed per file on the whole waveform
-(cheap, exact). Work runs under ``torch.inference_mode`` on ``--device`` (``auto``: CUDA when
+(cheap, exact). The decoded mel decodes each file's codes (``Codec.decode`` is causal, so whole-
+file decoding equals what the sampler's feedback loop reconstructs frame by frame, up to its
+stated window error); long files are decoded in ``batch_seconds`` chunks with ``CONTEXT_SECONDS``
+of left context, like encoding. It roughly doubles the preparation time. Work runs under ``torch.inference_mode`` on ``--device`` (``auto``: CUDA when
 available).
 """
 
@@ -182,6 +188,18 @@ def encode_batch(codec, waves: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     return [codes[i, :, : num_frames(w.shape[-1])] for i, w in enumerate(waves)]
 
 
+def decode_long(codec, codes: torch.Tensor, chunk_frames: int, context_frames: int) -> torch.Tensor:
+    """Decode ``(K, T)`` codes to ``(T * 320,)`` audio in chunks with ``context_frames`` of left context."""
+    T = codes.shape[-1]
+    parts = []
+    for s in range(0, T, chunk_frames):
+        a = max(0, s - context_frames)
+        e = min(T, s + chunk_frames)
+        audio = codec.decode(codes[None, :, a:e])[0]  # (S_chunk,)
+        parts.append(audio[(s - a) * HOP_LENGTH :])
+    return torch.cat(parts) if parts else codes.new_zeros(0, dtype=torch.float32)
+
+
 class _ShardWriter:
     """Accumulates encoded files of one split and writes them as atomic shard directories."""
 
@@ -190,14 +208,25 @@ class _ShardWriter:
         self.on_shard = on_shard
         self.codes: list[np.ndarray] = []
         self.mels: list[np.ndarray] = []
+        self.mels_decoded: list[np.ndarray] = []
         self.entries: list[dict] = []
         self.frames = 0
 
-    def add(self, path: str, codes: torch.Tensor, mel: torch.Tensor, seconds: float) -> None:
+    def add(
+        self,
+        path: str,
+        codes: torch.Tensor,
+        mel: torch.Tensor,
+        seconds: float,
+        mel_decoded: torch.Tensor | None,
+    ) -> None:
         T = codes.shape[-1]
         assert mel.shape[-1] == T, (codes.shape, mel.shape)
         self.codes.append(codes.numpy().astype(np.int16))
         self.mels.append(mel.numpy().astype(np.float32, copy=False))
+        if mel_decoded is not None:
+            assert mel_decoded.shape == mel.shape, (mel_decoded.shape, mel.shape)
+            self.mels_decoded.append(mel_decoded.numpy().astype(np.float32, copy=False))
         self.entries.append(dict(path=path, frames=T, offset=self.frames, seconds=seconds, split=self.split))
         self.frames += T
         if self.frames >= self.shard_frames:
@@ -214,13 +243,16 @@ class _ShardWriter:
         tmp.mkdir(parents=True)
         np.save(tmp / "codes.npy", np.concatenate(self.codes, axis=1))  # (K, N_total)
         np.save(tmp / "mel.npy", np.concatenate(self.mels, axis=1))  # (M, N_total)
+        if self.mels_decoded:
+            assert len(self.mels_decoded) == len(self.mels)
+            np.save(tmp / "mel_decoded.npy", np.concatenate(self.mels_decoded, axis=1))  # (M, N_total)
         (tmp / "index.json").write_text(json.dumps(self.entries, indent=1))
         for f in tmp.iterdir():  # data on disk before the rename makes the shard visible
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
         os.rename(tmp, final)
         shard = dict(name=name, split=self.split, files=len(self.entries), frames=self.frames)
-        self.codes, self.mels, self.entries, self.frames = [], [], [], 0
+        self.codes, self.mels, self.mels_decoded, self.entries, self.frames = [], [], [], [], 0
         self.index += 1
         self.on_shard(shard)
 
@@ -297,6 +329,7 @@ def prepare(
     device: str | torch.device | None = "auto",
     shard_seconds: float = 1800.0,
     progress: bool = True,
+    decoded_mel: bool = True,
 ) -> dict:
     """Encode ``sources`` into the dataset at ``out`` (resuming if it exists); returns the manifest.
 
@@ -316,7 +349,7 @@ def prepare(
     out = Path(out)
     root = out / SHARDS_DIR
     settings = dict(codec=str(codec), bandwidth=float(bandwidth), n_mels=int(n_mels), seed=int(seed),
-                    val_fraction=float(val_fraction))  # fmt: skip
+                    val_fraction=float(val_fraction), decoded_mel=bool(decoded_mel))  # fmt: skip
     skipped: dict[str, str] = {}
     if (out / MANIFEST).exists():
         old = read_manifest(out)
@@ -361,6 +394,11 @@ def prepare(
             target_bandwidths=[float(b) for b in cfg.target_bandwidths],
         ),
         mel="causal log-mel, 1024-sample window ending at (t+1)*320, see whispergpt.audio",
+        mel_decoded=(
+            f"the same log-mel of codec.decode(codes) with all {cdc.num_codebooks} codebooks (mel_decoded.npy)"
+            if decoded_mel
+            else None
+        ),
     )
 
     def write_manifest() -> dict:
@@ -421,7 +459,11 @@ def prepare(
                         codes = encode_batch(cdc, waves)
                     for (p, w), c in zip(batch, codes):
                         mel = log_mel(w.to(dev), n_mels=n_mels).cpu()  # (M, T)
-                        writer.add(p, c, mel, w.shape[-1] / SAMPLE_RATE)
+                        mel_dec = None
+                        if decoded_mel:
+                            audio = decode_long(cdc, c.to(dev), chunk_frames, context_frames)  # (T*320,)
+                            mel_dec = log_mel(audio, n_mels=n_mels).cpu()  # (M, T)
+                        writer.add(p, c, mel, w.shape[-1] / SAMPLE_RATE, mel_dec)
                         audio_seconds += w.shape[-1] / SAMPLE_RATE
                     n_encoded += len(batch)
                     elapsed = max(time.perf_counter() - t0, 1e-9)
@@ -468,6 +510,11 @@ def main_prepare(argv: list[str]) -> int:
         "--shard-seconds", type=float, default=1800.0, help="audio per shard (resume granularity)"
     )
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    ap.add_argument(
+        "--no-decoded-mel",
+        action="store_true",
+        help="skip mel_decoded.npy (log-mel of the codec-decoded tokens, what sampling feeds back)",
+    )
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     try:
@@ -483,6 +530,7 @@ def main_prepare(argv: list[str]) -> int:
             device=args.device,
             shard_seconds=args.shard_seconds,
             progress=not args.no_progress,
+            decoded_mel=not args.no_decoded_mel,
         )
     except (ValueError, OSError) as e:
         print(f"whispergpt prepare: error: {e}", file=sys.stderr)
@@ -498,7 +546,8 @@ def summarize(directory: str | os.PathLike, max_skipped: int = 10) -> str:
         f"dataset      {directory}",
         f"codec        {m.get('codec')} @ {m.get('bandwidth')} kbps: K={m['num_codebooks']} codebooks, "
         f"V={m['codebook_size']}, {fr} Hz, {m['sample_rate']} Hz audio",
-        f"mel          M={m['n_mels']} bins",
+        f"mel          M={m['n_mels']} bins; decoded mel (log-mel of codec-decoded tokens) "
+        f"{'stored' if m.get('decoded_mel') else 'not stored'}",
         f"split        seed={m.get('seed')} val_fraction={m.get('val_fraction')}",
     ]
     for s, v in m["splits"].items():

@@ -48,6 +48,9 @@ from .model import WhisperGPT, WhisperGPTConfig, nll_per_codebook
 _NAN_STEP_ENV = "WHISPERGPT_TEST_NAN_AT_STEP"
 
 
+# written next to the final model: the codec, grid and mel source it was trained with
+TRAINING_DATA_FILE = "training_data.json"
+
 # --- configuration -----------------------------------------------------------------------------
 
 
@@ -59,6 +62,10 @@ class DataConfig:
     num_workers: int = 0  # DataLoader workers per process
     train_split: str = "train"
     val_split: str = "val"
+    # mel the hybrid reads: "truth" (original audio, the paper's setting), "decoded" (codec-decoded
+    # tokens: what sampling can feed back), "auto" = decoded when the dataset stores it and the
+    # pattern generates every codebook the decoded mel used (not coarse), else truth
+    mel_source: Literal["auto", "truth", "decoded"] = "auto"
 
     def __post_init__(self) -> None:
         if self.frames is not None and self.frames < 1:
@@ -178,6 +185,14 @@ def resolve_config(data: dict) -> RunConfig:
                 f"set model.{key}={want} or null to take it from the dataset"
             )
     cfg = from_dict(RunConfig, data)
+    if cfg.data.mel_source == "auto":
+        usable = manifest.get("decoded_mel") and cfg.model.pattern != "coarse" and cfg.model.fusion != "none"
+        cfg.data.mel_source = "decoded" if usable else "truth"
+    if cfg.data.mel_source == "decoded" and cfg.model.pattern == "coarse":
+        raise ConfigError(
+            "data.mel_source=decoded needs a pattern that generates all codebooks (delay or parallel): "
+            "the stored decoded mel uses every codebook, a coarse model only samples codebook 0"
+        )
     if cfg.data.frames is None:
         cfg.data.frames = cfg.model.context
     elif cfg.data.frames > cfg.model.context:
@@ -433,11 +448,15 @@ class Trainer:
         torch.manual_seed(tc.seed)
         self.core = WhisperGPT(cfg.model)
         self.n_params = self.core.num_parameters()  # before ZeRO-3 partitions it away
-        self.train_ds = PreparedDataset(cfg.data.dir, cfg.data.train_split, frames=cfg.data.frames)
+        self.train_ds = PreparedDataset(
+            cfg.data.dir, cfg.data.train_split, frames=cfg.data.frames, mel_source=cfg.data.mel_source
+        )
         self.train_ds.random_crop(torch.Generator())  # fails early, with the dataset's reason
         self.val_ds = None
         if cfg.data.val_split in self.train_ds.manifest["splits"]:
-            val = PreparedDataset(cfg.data.dir, cfg.data.val_split, frames=cfg.data.frames)
+            val = PreparedDataset(
+                cfg.data.dir, cfg.data.val_split, frames=cfg.data.frames, mel_source=cfg.data.mel_source
+            )
             self.val_idx = val_indices(len(val), tc.eval_batches, tc.batch_size)
             self.val_ds = val if self.val_idx else None
         if self.val_ds is None and acc.is_main_process:
@@ -560,6 +579,22 @@ class Trainer:
             tmp.mkdir()
             for name in ("config.json", "model.safetensors"):
                 shutil.copy2(last / name, tmp / name)
+            # what the model was trained on, so eval and sampling can pick the same codec and mel
+            m = self.train_ds.manifest
+            ckpt_io.write_json_atomic(
+                tmp / TRAINING_DATA_FILE,
+                dict(
+                    codec=m.get("codec"),
+                    bandwidth=m.get("bandwidth"),
+                    num_codebooks=m["num_codebooks"],
+                    codebook_size=m["codebook_size"],
+                    n_mels=m["n_mels"],
+                    sample_rate=m["sample_rate"],
+                    mel_source=self.cfg.data.mel_source,
+                    data_dirs=[str(d) for d in self.train_ds.directories],
+                    steps=self.step,
+                ),
+            )
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
