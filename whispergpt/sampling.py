@@ -492,12 +492,22 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 def training_codec(checkpoint: Path) -> tuple[str, float] | None:
     """``(codec, bandwidth)`` recorded in the manifest of the data the checkpoint was trained on.
 
-    Reads ``config.yaml`` of the run (next to ``final/`` or two levels above a ``step-*``
+    First ``training_data.json`` in the model folder (written by training next to ``final/``'s
+    weights); else ``config.yaml`` of the run (next to ``final/`` or two levels above a ``step-*``
     checkpoint) -> ``data.dir`` (one directory or a list; all must agree) -> ``manifest.json``;
     None when any link is missing.
     """
     import yaml
 
+    from .training import TRAINING_DATA_FILE
+
+    record = checkpoint / TRAINING_DATA_FILE
+    if record.is_file():
+        try:
+            rec = json.loads(record.read_text())
+            return str(rec["codec"]), float(rec["bandwidth"])
+        except (ValueError, KeyError, TypeError):
+            pass
     for run in (checkpoint, checkpoint.parent, checkpoint.parent.parent):
         cfg_path = run / "config.yaml"
         if not cfg_path.is_file():
