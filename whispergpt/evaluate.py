@@ -159,6 +159,20 @@ def config_summary(model: WhisperGPT) -> dict:
     )
 
 
+def trained_mel_source(checkpoint: str | os.PathLike, model: WhisperGPT) -> str:
+    """The mel the model was trained on ("truth"/"decoded"; "n/a" for token-only), from the
+    ``training_data.json`` training writes next to the final weights ("unknown" if absent)."""
+    from .training import TRAINING_DATA_FILE
+
+    if model.config.fusion == "none":
+        return "n/a"
+    record = Path(checkpoint) / TRAINING_DATA_FILE
+    try:
+        return str(json.loads(record.read_text())["mel_source"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "unknown"
+
+
 def decoded_codebooks(model: WhisperGPT) -> int:
     """Codebooks the model generates, i.e. what a sampler can decode: 1 for coarse, else K."""
     return 1 if model.config.pattern == "coarse" else model.config.num_codebooks
@@ -409,6 +423,7 @@ def evaluate(
                 name=name,
                 checkpoint=str(Path(checkpoints[mi]).resolve()),
                 config=config_summary(model),
+                trained_mel_source=trained_mel_source(checkpoints[mi], model),
                 tiling=dict(context=ctx, overlap=ov, stride=ctx - ov),
                 evaluations=evals,
                 metrics_file=None if metrics_file is None else str(metrics_file),
@@ -448,8 +463,8 @@ def markdown_table(report: dict) -> str:
         f"Split `{d['split']}` of `{d['dir']}`: {d['files']} files, {d['frames']} frames "
         f"({d['seconds']:.1f} s); next-token metrics, teacher-forced, every frame scored once.",
         "",
-        "| checkpoint | fusion | pattern | params | mel source | NLL (nats/token) | PPL | top-1 acc | bits/s | tokens | NLL per codebook |",
-        "|---|---|---|---:|---|---:|---:|---:|---:|---:|---|",
+        "| checkpoint | fusion | pattern | params | trained on | mel source (eval) | NLL (nats/token) | PPL | top-1 acc | bits/s | tokens | NLL per codebook |",
+        "|---|---|---|---:|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for e in report["checkpoints"]:
         c = e["config"]
@@ -457,7 +472,8 @@ def markdown_table(report: dict) -> str:
             m = ev["metrics"]
             per = ", ".join(f"{p['nll']:.3f}" for p in m["per_codebook"])
             lines.append(
-                f"| {e['name']} | {c['fusion']} | {c['pattern']} | {c['num_parameters']:,} | {ev['mel_label']} | "
+                f"| {e['name']} | {c['fusion']} | {c['pattern']} | {c['num_parameters']:,} | "
+                f"mel={e.get('trained_mel_source', 'unknown')} | {ev['mel_label']} | "
                 f"{m['nll']:.4f} | {m['ppl']:.2f} | {m['acc']:.4f} | {m['bits_per_second']:.1f} | "
                 f"{m['tokens']:,} | {per} |"
             )
@@ -479,7 +495,8 @@ def plot_report(report: dict, path: str | os.PathLike) -> None:
             ax1.plot([p["codebook"] for p in per], [p["nll"] for p in per], marker="o", label=label)
         if e["val_curve"]:
             steps, vals = zip(*e["val_curve"])
-            crops = "val crops, mel=truth" if e["config"]["fusion"] != "none" else "val crops"
+            trained = e.get("trained_mel_source", "unknown")
+            crops = f"val crops, mel={trained}" if e["config"]["fusion"] != "none" else "val crops"
             ax2.plot(steps, vals, marker=".", label=f"{e['name']} ({crops})")
     ax1.set_xlabel("codebook")
     ax1.set_ylabel("NLL (nats/token)")
