@@ -126,7 +126,7 @@ def test_ddp_two_processes_reduce_val_nll_and_save_once(ddp_run, data_dir):
     from whispergpt.model import WhisperGPT, nll_per_codebook
     from whispergpt.training import val_indices
 
-    assert sorted(p.name for p in (ddp_run / "final").iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in (ddp_run / "final").iterdir()) == ["config.json", "model.safetensors", "training_data.json"]
     assert not list(ddp_run.glob(".tmp*"))
     assert [s for s, _ in ckpt_io.list_checkpoints(ddp_run)] == [4, 6]
     assert sorted(p.name for p in ckpt_io.latest_checkpoint(ddp_run).glob("rng-*")) == [
