@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--codec", default="default", help="codec for prepare/sample (default: hub, else shipped)")
     ap.add_argument("--bandwidth", type=float, default=1.5, help="codec kbps (1.5 -> 2 codebooks)")
     ap.add_argument("--steps", type=int, default=None, help="training steps per model (default: the recipe's)")
-    ap.add_argument("--seconds", type=float, default=4.0, help="seconds to generate per sample")
+    ap.add_argument("--seconds", type=float, default=3.0, help="seconds to generate per sample")
     ap.add_argument("--prompt-seconds", type=float, default=3.0, help="prompt length for continuations")
     ap.add_argument("--no-install", action="store_true", help="do not install missing corpus tools")
     ap.add_argument(
