@@ -25,3 +25,34 @@ def tiny_codec_dir(tmp_path_factory, tiny_codec):
     d = tmp_path_factory.mktemp("codec") / "tiny-codec"
     tiny_codec.save_pretrained(d)
     return d
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory, tiny_codec_dir):
+    """6 two-second synthetic clips (4 train, 2 val) prepared with the tiny codec (K=2, V=1024)."""
+    import numpy as np
+
+    from whispergpt.audio import save_audio
+    from whispergpt.prepare import prepare
+
+    root = tmp_path_factory.mktemp("tiny-dataset")
+    wav = root / "wav"
+    wav.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    t = np.arange(48000) / 24000
+    for i in range(6):
+        w = 0.3 * np.sin(2 * np.pi * (200 + 50 * i) * t) + 0.05 * rng.standard_normal(t.size)
+        save_audio(wav / f"a{i}.wav", w.astype(np.float32), 24000)
+    out = root / "prepared"
+    prepare(
+        [wav],
+        out,
+        tiny_codec_dir,
+        bandwidth=1.5,
+        n_mels=80,
+        val_fraction=0.34,
+        seed=0,
+        device="cpu",
+        progress=False,
+    )
+    return out

@@ -31,36 +31,9 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny.yaml"
 
 
-def make_dataset(root: Path, codec_dir: Path) -> Path:
-    """6 two-second synthetic clips (4 train, 2 val) encoded with the tiny codec (K=2, V=1024)."""
-    from whispergpt.audio import save_audio
-    from whispergpt.prepare import prepare
-
-    wav = root / "wav"
-    wav.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    t = np.arange(48000) / 24000
-    for i in range(6):
-        w = 0.3 * np.sin(2 * np.pi * (200 + 50 * i) * t) + 0.05 * rng.standard_normal(t.size)
-        save_audio(wav / f"a{i}.wav", w.astype(np.float32), 24000)
-    out = root / "prepared"
-    prepare(
-        [wav],
-        out,
-        codec_dir,
-        bandwidth=1.5,
-        n_mels=80,
-        val_fraction=0.34,
-        seed=0,
-        device="cpu",
-        progress=False,
-    )
-    return out
-
-
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory, tiny_codec_dir) -> Path:
-    return make_dataset(tmp_path_factory.mktemp("train-data"), tiny_codec_dir)
+def data_dir(tiny_dataset) -> Path:
+    return tiny_dataset
 
 
 def quiet(data_dir: Path, out: Path, *extra: str) -> list[str]:

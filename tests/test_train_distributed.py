@@ -14,7 +14,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -28,36 +27,9 @@ STEPS = 6
 pytestmark = pytest.mark.slow
 
 
-def _make_dataset(root: Path, codec_dir: Path) -> Path:
-    """6 two-second synthetic clips (4 train, 2 val) encoded with the tiny codec (K=2, V=1024)."""
-    from whispergpt.audio import save_audio
-    from whispergpt.prepare import prepare
-
-    wav = root / "wav"
-    wav.mkdir(parents=True)
-    rng = np.random.default_rng(1)
-    t = np.arange(48000) / 24000
-    for i in range(6):
-        w = 0.3 * np.sin(2 * np.pi * (150 + 70 * i) * t) + 0.05 * rng.standard_normal(t.size)
-        save_audio(wav / f"b{i}.wav", w.astype(np.float32), 24000)
-    out = root / "prepared"
-    prepare(
-        [wav],
-        out,
-        codec_dir,
-        bandwidth=1.5,
-        n_mels=80,
-        val_fraction=0.34,
-        seed=0,
-        device="cpu",
-        progress=False,
-    )
-    return out
-
-
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory, tiny_codec_dir) -> Path:
-    return _make_dataset(tmp_path_factory.mktemp("dist-data"), tiny_codec_dir)
+def data_dir(tiny_dataset) -> Path:
+    return tiny_dataset
 
 
 def _free_port() -> int:
@@ -126,7 +98,11 @@ def test_ddp_two_processes_reduce_val_nll_and_save_once(ddp_run, data_dir):
     from whispergpt.model import WhisperGPT, nll_per_codebook
     from whispergpt.training import val_indices
 
-    assert sorted(p.name for p in (ddp_run / "final").iterdir()) == ["config.json", "model.safetensors", "training_data.json"]
+    assert sorted(p.name for p in (ddp_run / "final").iterdir()) == [
+        "config.json",
+        "model.safetensors",
+        "training_data.json",
+    ]
     assert not list(ddp_run.glob(".tmp*"))
     assert [s for s, _ in ckpt_io.list_checkpoints(ddp_run)] == [4, 6]
     assert sorted(p.name for p in ckpt_io.latest_checkpoint(ddp_run).glob("rng-*")) == [
