@@ -111,7 +111,9 @@ def test_ddp_two_processes_reduce_val_nll_and_save_once(ddp_run, data_dir):
     ]
     # The logged val NLL covers both ranks' shards: it equals one process evaluating all crops.
     model = WhisperGPT.from_pretrained(ddp_run / "final").eval()
-    val = PreparedDataset(data_dir, "val", frames=32)
+    mel_source = json.loads((ddp_run / "final" / "training_data.json").read_text())["mel_source"]
+    assert mel_source == "decoded"  # auto: the tiny dataset stores the decoded mel, pattern delay
+    val = PreparedDataset(data_dir, "val", frames=32, mel_source=mel_source)
     idx = val_indices(len(val), 2, 2)
     assert len(idx) == 4
     codes = torch.stack([val[i][0] for i in idx])
