@@ -103,6 +103,21 @@ def test_kmeans_init_and_ema_moves_codebooks_only_in_training():
     assert err_after < 0.5 * err_before, (err_before, err_after)
 
 
+def test_mean_tracking_translates_all_codes_with_the_input_drift():
+    torch.manual_seed(0)
+    x = torch.randn(1, 4, 512) * 0.1
+    shift = torch.tensor([1.0, -2.0, 0.5, 0.0])
+    for mean_decay, expected in ((0.0, 0.0), (0.5, 0.5)):
+        rvq = ResidualVQ(1, 32, 4, decay=0.99, dead_threshold=0.0, mean_decay=mean_decay)
+        rvq.train()
+        rvq.init_codebooks(x)
+        before = rvq.layers[0].embed.clone()
+        rvq(x + shift[None, :, None])
+        moved = (rvq.layers[0].embed - before).median(dim=0).values  # typical code displacement
+        # the batch mean moved by `shift`; tracked codes follow by (1 - mean_decay) of it
+        torch.testing.assert_close(moved, expected * shift, atol=0.05, rtol=0.0)
+
+
 def test_dead_codes_are_replaced_by_batch_vectors():
     torch.manual_seed(0)
     rvq = ResidualVQ(1, 16, 2, decay=0.5, dead_threshold=0.5)
@@ -195,7 +210,15 @@ def test_training_lowers_loss_checkpoints_resumes_and_exports(audio_dir, tmp_pat
     ck = latest_checkpoint(out)
     assert ck is not None and ck.name == "step-0000020"
     assert not list((out / "checkpoints").glob(".tmp-*"))
+    from safetensors.torch import load_file
+
+    stored = load_file(out / "model.safetensors")
+    assert stored["quantizer.layers.0.codebook.embed_avg"].dtype == torch.float16  # compacted
+    assert stored["quantizer.layers.0.codebook.embed"].dtype == torch.float32
     codec = Codec.from_pretrained(out, bandwidth=1.8)
+    torch.testing.assert_close(
+        codec.model.quantizer.layers[0].codebook.embed, stored["quantizer.layers.0.codebook.embed"]
+    )
     codes = codec.encode(tones(1, 0.4))
     assert codes.shape == (1, 4, 30)
     assert codec.decode(codes).shape == (1, 30 * 320)
@@ -210,6 +233,28 @@ def test_training_lowers_loss_checkpoints_resumes_and_exports(audio_dir, tmp_pat
         "step-0000020",
         "step-0000025",
     ]  # keep 2
+
+
+def test_warmup_then_frozen_encoder(audio_dir, tmp_path):
+    """Warm-up trains a plain autoencoder (no codes); afterwards only decoder + codebooks move."""
+    out = tmp_path / "run"
+    common = ["quantizer.warmup_steps=2", "quantizer.freeze_encoder=true", "train.log_every=1"]
+    train(tiny_cfg(*common, "train.max_steps=2", "train.progress=false"), [audio_dir], out)
+    from safetensors.torch import load_file
+
+    s2 = load_file(latest_checkpoint(out) / "generator.safetensors")
+    assert float(s2["rvq.layers.0.inited"]) == 0.0  # no quantiser during warm-up
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all("ppl_q0" not in r for r in rows)
+    train(tiny_cfg(*common, "train.max_steps=4", "train.progress=false"), [audio_dir], out)
+    s4 = load_file(latest_checkpoint(out) / "generator.safetensors")
+    assert float(s4["rvq.layers.0.inited"]) == 1.0
+    enc = [k for k in s2 if k.startswith("model.encoder.")]
+    dec = [k for k in s2 if k.startswith("model.decoder.") and s2[k].is_floating_point()]
+    assert enc and all(torch.equal(s2[k], s4[k]) for k in enc)
+    assert any(not torch.equal(s2[k], s4[k]) for k in dec)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["ppl_q0"] > 1.0
 
 
 # -- eval ----------------------------------------------------------------------------------------

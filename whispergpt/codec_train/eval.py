@@ -133,16 +133,13 @@ def evaluate_codec(
     speech_metrics: bool = True,
 ) -> dict:
     """``items``: (path, set, wave (S,)). Returns {bandwidth: {set: metrics}} (bandwidths as str)."""
-    model = codec.model
-    q = model.quantizer
-    kmax = max(int(q.get_num_quantizers_for_bandwidth(b)) for b in bandwidths)
-    # encode once with every codebook needed; an RVQ's first K codes are the K-codebook codes
-    codes_by_item = []
-    for _, _, w in items:
-        T = w.numel() // HOP_LENGTH
-        x = w[: T * HOP_LENGTH].to(codec.device)[None, None]  # (1, 1, S)
-        emb = model.encoder(x)  # (1, D, T)
-        codes_by_item.append(q.encode(emb, None)[:kmax, 0].cpu())  # (K, T)
+    from ..codec import Codec
+
+    q = codec.model.quantizer
+    # encode once at the top bandwidth through Codec (silence priming and all, as users run it);
+    # an RVQ's first K codes are the K-codebook codes, so each bandwidth decodes a prefix
+    top = Codec(codec.model, bandwidth=max(bandwidths), name=codec.name)
+    codes_by_item = [top.encode(w[None])[0].cpu() for _, _, w in items]  # (K, T) each
     out: dict = {}
     for b in bandwidths:
         K = int(q.get_num_quantizers_for_bandwidth(b))
@@ -150,8 +147,7 @@ def evaluate_codec(
         for (_, group, w), codes in zip(items, codes_by_item):
             T = codes.shape[-1]
             ref = w[: T * HOP_LENGTH]
-            emb = q.decode(codes[:K, None].to(codec.device))  # (1, D, T)
-            est = model.decoder(emb)[0, 0, : T * HOP_LENGTH].float().cpu()
+            est = top.decode(codes[None, :K])[0].cpu()  # (T * 320,)
             for g in (group, "all"):
                 a = acc.setdefault(
                     g, {"mel_sum": 0.0, "mel_n": 0, "si_snr": [], "pesq": [], "stoi": [], "codes": []}

@@ -89,10 +89,12 @@ class EMACodebook(nn.Module):
         eps: float = 1e-5,
         kmeans_iters: int = 10,
         dead_threshold: float = 2.0,
+        mean_decay: float = 0.0,
     ):
         super().__init__()
         self.codebook_size = codebook_size
         self.dim = dim
+        self.mean_decay = mean_decay
         self.decay = decay
         self.eps = eps
         self.kmeans_iters = kmeans_iters
@@ -101,6 +103,8 @@ class EMACodebook(nn.Module):
         self.register_buffer("cluster_size", torch.zeros(codebook_size))
         self.register_buffer("embed", torch.zeros(codebook_size, dim))
         self.register_buffer("embed_avg", torch.zeros(codebook_size, dim))
+        # running mean of this layer's input, for mean tracking (not exported: training only)
+        self.register_buffer("input_mean", torch.zeros(dim))
         self.last_replaced = 0  # dead codes reset in the last update (for metrics)
 
     @property
@@ -115,6 +119,7 @@ class EMACodebook(nn.Module):
         centres = kmeans(x.float(), self.codebook_size, self.kmeans_iters)
         _broadcast(centres)
         self.embed.copy_(centres)
+        self.input_mean.copy_(_all_reduce(x.float().mean(0)) / (dist.get_world_size() if _dist_on() else 1))
         size = self.reset_size
         self.embed_avg.copy_(centres * size)
         self.cluster_size.fill_(size)
@@ -122,7 +127,20 @@ class EMACodebook(nn.Module):
 
     @torch.no_grad()
     def ema_update(self, x: torch.Tensor, codes: torch.Tensor) -> None:
-        """EMA of cluster sizes and sums, Laplace smoothing, then dead-code replacement."""
+        """Mean tracking, EMA of cluster sizes and sums, Laplace smoothing, dead-code replacement.
+
+        Mean tracking (``mean_decay > 0``): early in training the encoder output is a large constant
+        plus a small signal-dependent spread, and the constant drifts with every optimiser step
+        faster than EMA codebooks follow, so all vectors end up nearest one code (collapse). All
+        codes are therefore translated by the change of a running mean of the input.
+        """
+        if self.mean_decay > 0:
+            m = _all_reduce(x.mean(0)) / (dist.get_world_size() if _dist_on() else 1)
+            new_mean = self.mean_decay * self.input_mean + (1 - self.mean_decay) * m
+            shift = new_mean - self.input_mean
+            self.input_mean.copy_(new_mean)
+            self.embed.add_(shift)
+            self.embed_avg.add_(self.cluster_size[:, None] * shift)
         onehot_counts = torch.bincount(codes, minlength=self.codebook_size).to(x.dtype)  # (V,)
         sums = torch.zeros_like(self.embed).index_add_(0, codes, x)  # (V, D)
         _all_reduce(onehot_counts)
@@ -180,6 +198,7 @@ class ResidualVQ(nn.Module):
         eps: float = 1e-5,
         kmeans_iters: int = 10,
         dead_threshold: float = 2.0,
+        mean_decay: float = 0.0,
     ):
         super().__init__()
         if num_quantizers < 1 or codebook_size < 2 or dim < 1:
@@ -193,7 +212,7 @@ class ResidualVQ(nn.Module):
         self.codebook_size = codebook_size
         self.dim = dim
         self.layers = nn.ModuleList(
-            EMACodebook(codebook_size, dim, decay, eps, kmeans_iters, dead_threshold)
+            EMACodebook(codebook_size, dim, decay, eps, kmeans_iters, dead_threshold, mean_decay)
             for _ in range(num_quantizers)
         )
 
@@ -273,11 +292,11 @@ def rvq_for_encodec(model, **kwargs) -> ResidualVQ:
             cb = theirs.codebook
             if cb.embed.abs().sum() > 0:
                 ours.embed.copy_(cb.embed)
-                ours.embed_avg.copy_(cb.embed_avg if cb.embed_avg.abs().sum() > 0 else cb.embed)
                 ours.cluster_size.copy_(
                     cb.cluster_size if cb.cluster_size.sum() > 0 else torch.ones_like(cb.cluster_size)
                 )
-                # keep embed == embed_avg / smoothed size consistent for the first EMA step
+                # rebuilt rather than copied (shipped files store it in float16), so that
+                # embed == embed_avg / cluster size holds at the first EMA step
                 ours.embed_avg.copy_(ours.embed * ours.cluster_size[:, None])
                 ours.inited.fill_(1.0)
     return rvq

@@ -77,12 +77,24 @@ class QuantizerConfig:
     # codes whose EMA cluster size (expected hits per step) falls below this are reset; scale it
     # with batch_size * segment frames / codebook_size
     dead_threshold: float = 0.05
+    # translate all codes with a running mean of the layer input (0 = off); see EMACodebook.ema_update
+    mean_decay: float = 0.0
     commitment_weight: float = 1.0
     bandwidth_dropout: bool = True  # per batch, K drawn uniformly from the target bandwidths
+    # steps trained as a plain autoencoder before k-means initialises the codebooks: a random
+    # encoder's outputs barely vary between frames, so codebooks fitted to them collapse to one
+    # code as soon as the encoder starts to move; after warm-up the latents carry the signal
+    warmup_steps: int = 0
+    # after the warm-up, stop training the encoder: codebooks then quantise a fixed latent
+    # distribution (EMA-tracking a moving one collapsed at our batch size); decoder and codebooks
+    # keep training. Single-process only (DDP needs every parameter to get a gradient).
+    freeze_encoder: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 < self.decay < 1.0:
             raise ValueError(f"quantizer.decay must be in (0, 1), got {self.decay}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"quantizer.warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.dead_threshold < 0:
             raise ValueError(f"quantizer.dead_threshold must be >= 0, got {self.dead_threshold}")
 
@@ -203,16 +215,26 @@ class TrainableCodec(nn.Module):
         super().__init__()
         self.model = model
         self.rvq = rvq
+        self.freeze_encoder = False
 
     def encode_latent(self, wave: torch.Tensor) -> torch.Tensor:
         """(B, S) -> (B, D, PRIME_FRAMES + T) encoder output (S a multiple of 320)."""
         x = F.pad(wave, (PRIME_FRAMES * HOP_LENGTH, 0))[:, None]  # (B, 1, prime + S)
         return self.model.encoder(x)
 
-    def forward(self, wave: torch.Tensor, n_q: int | None = None) -> tuple[torch.Tensor, RVQOutput]:
-        """(B, S) -> reconstruction (B, S) and the RVQ output (codes include the prime frames)."""
-        z = self.encode_latent(wave)  # (B, D, prime + T)
-        out = self.rvq(z, n_q)
+    def forward(
+        self, wave: torch.Tensor, n_q: int | None = None, bypass: bool = False
+    ) -> tuple[torch.Tensor, RVQOutput]:
+        """(B, S) -> reconstruction (B, S) and the RVQ output (codes include the prime frames).
+
+        ``bypass=True`` (quantiser warm-up) decodes the continuous latents: no codes (K = 0).
+        """
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoder):
+            z = self.encode_latent(wave)  # (B, D, prime + T)
+        if bypass:
+            out = RVQOutput(z, z.new_zeros(z.shape[0], 0, z.shape[-1], dtype=torch.long), z.new_zeros(()))
+        else:
+            out = self.rvq(z, n_q)
         start = PRIME_FRAMES * HOP_LENGTH
         recon = self.model.decoder(out.quantized)[:, 0, start : start + wave.shape[-1]]  # (B, S)
         return recon, out
@@ -392,12 +414,32 @@ def save_checkpoint(out: Path, step: int, gen: TrainableCodec, disc, opt_g, opt_
     return final
 
 
+def compact_safetensors(path: str | os.PathLike) -> None:
+    """Store the quantiser's ``embed_avg`` (a training-only EMA statistic) in float16, in place.
+
+    It is ~20% of a small codec's file; ``Codec``/``EncodecModel`` load it back into float32
+    buffers and never read it, and ``rvq_for_encodec`` rebuilds it from ``embed * cluster_size``
+    when fine-tuning, so codes and audio are unchanged.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {"format": "pt"}
+    sd = load_file(str(path))
+    sd = {k: v.half() if k.endswith("codebook.embed_avg") else v for k, v in sd.items()}
+    tmp = Path(str(path) + f".tmp-{os.getpid()}")
+    save_file(sd, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+
+
 def export_codec(gen: TrainableCodec, out: Path) -> None:
     """Write ``OUT/config.json`` + ``OUT/model.safetensors`` (EncodecModel layout) atomically."""
     model = gen.export()
     tmp = out / f".tmp-export-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(str(tmp))
+    compact_safetensors(tmp / "model.safetensors")
     for f in tmp.iterdir():
         os.replace(f, out / f.name)
     tmp.rmdir()
@@ -440,7 +482,12 @@ def train(cfg: CodecTrainConfig, audio: list[str | os.PathLike], out: str | os.P
             print(f"codec train: using the pretrained model's bandwidths {list(cfg_m.target_bandwidths)}")
     q = cfg.quantizer
     rvq = rvq_for_encodec(
-        model, decay=q.decay, eps=q.eps, kmeans_iters=q.kmeans_iters, dead_threshold=q.dead_threshold
+        model,
+        decay=q.decay,
+        eps=q.eps,
+        kmeans_iters=q.kmeans_iters,
+        dead_threshold=q.dead_threshold,
+        mean_decay=q.mean_decay,
     )
     gen = TrainableCodec(model, rvq)
     nq_choices = quantizers_per_bandwidth(model)
@@ -472,18 +519,6 @@ def train(cfg: CodecTrainConfig, audio: list[str | os.PathLike], out: str | os.P
             print(f"codec train: resumed from {ckpt} (step {start})", flush=True)
 
     gen.to(acc.device)
-    if not rvq.inited:  # k-means on encoder outputs of a few batches (all ranks see rank 0's result)
-        with torch.no_grad():
-            z = torch.cat(
-                [
-                    gen.encode_latent(
-                        sampler.batch(cfg.data.batch_size, -1 - i, acc.process_index).to(acc.device)
-                    )
-                    for i in range(q.kmeans_batches)
-                ]
-            )
-        rvq.init_codebooks(z)
-
     if disc is not None:
         gen, disc, opt_g, opt_d = acc.prepare(gen, disc, opt_g, opt_d)
     else:
@@ -533,14 +568,32 @@ def train(cfg: CodecTrainConfig, audio: list[str | os.PathLike], out: str | os.P
     t0 = time.time()
     acc_rows: dict[str, float] = {}
     n_acc = 0
+
+    def kmeans_init() -> None:
+        # k-means on encoder outputs of a few batches (all ranks get rank 0's centroids)
+        with torch.no_grad():
+            z = torch.cat(
+                [
+                    raw_gen.encode_latent(
+                        sampler.batch(cfg.data.batch_size, -1 - i, acc.process_index).to(acc.device)
+                    )
+                    for i in range(q.kmeans_batches)
+                ]
+            )
+        raw_gen.rvq.init_codebooks(z)
+
     for step in bar:
         wave = sampler.batch(cfg.data.batch_size, step, acc.process_index).to(acc.device)  # (B, S)
+        warm = step < q.warmup_steps
+        raw_gen.freeze_encoder = q.freeze_encoder and not warm
+        if not warm and not raw_gen.rvq.inited:
+            kmeans_init()
         if q.bandwidth_dropout:
             g = torch.Generator().manual_seed(tc.seed * 7919 + step)  # same K on every rank
             n_q = nq_choices[int(torch.randint(0, len(nq_choices), (1,), generator=g))]
         else:
             n_q = nq_choices[-1]
-        recon, rq = gen(wave, n_q)
+        recon, rq = gen(wave, n_q, bypass=warm)
         l1 = (recon - wave).abs().mean()
         spec = mrstft(recon[:, None], wave[:, None])
         mel = (log_mel(recon) - log_mel(wave)).abs().mean()
@@ -570,6 +623,11 @@ def train(cfg: CodecTrainConfig, audio: list[str | os.PathLike], out: str | os.P
         opt_g.step()
         row["loss"] = loss.item()
         row["dead_replaced"] = float(sum(layer.last_replaced for layer in raw_gen.rvq.layers[:n_q]))
+        # perplexity of the first codebook's codes in this batch: collapse shows up here first
+        if rq.codes.shape[1] > 0:
+            counts = torch.bincount(rq.codes[:, 0].reshape(-1), minlength=raw_gen.rvq.codebook_size).double()
+            p0 = counts[counts > 0] / counts.sum()
+            row["ppl_q0"] = float(torch.exp(-(p0 * p0.log()).sum()))
         for k, v in row.items():
             acc_rows[k] = acc_rows.get(k, 0.0) + v
         n_acc += 1
