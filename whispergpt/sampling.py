@@ -458,17 +458,26 @@ class StreamingDecoder:
     def _op(self, m) -> tuple:
         from transformers.models.encodec import modeling_encodec as me
 
+        # Activations run time-major, (B, n, C), so that every conv is one F.linear (addmm): on
+        # CPU a conv1d call on a handful of samples costs ~3x the matmul it performs.
         if isinstance(m, me.EncodecConv1d):
             conv = m.conv
             assert conv.stride[0] == 1 and conv.padding[0] == 0, "decoder convs are stride 1, unpadded"
-            w = conv.weight.detach().clone()  # weight-norm weight, computed once (cached)
+            w = conv.weight.detach()  # (Cout, Cin, k) weight-norm weight, computed once (cached)
             b = None if conv.bias is None else conv.bias.detach().clone()
-            return ("conv", w, b, conv.dilation[0], int(m.padding_total), self._slot(), m)
+            # columns of a window are laid out (Cin, k), as unfold gives them
+            return ("conv", w.reshape(w.shape[0], -1).clone(), b, w.shape[-1], conv.dilation[0],
+                    int(m.padding_total), self._slot(), m)  # fmt: skip
         if isinstance(m, me.EncodecConvTranspose1d):
             conv = m.conv
-            w = conv.weight.detach().clone()
+            w = conv.weight.detach()  # (Cin, Cout, k)
+            r, k = conv.stride[0], w.shape[-1]
             b = conv.bias.detach().clone()
-            return ("convT", w, b, conv.stride[0], self._slot())
+            if k != 2 * r:  # EnCodec uses k = 2r; anything else takes the generic path
+                return ("convT", w.clone(), b, r, self._slot())
+            # out[i*r + j] = x[i] @ w[:, :, j]: one matmul gives both halves of each input's span
+            w2 = w.permute(1, 2, 0).reshape(-1, w.shape[0]).clone()  # (Cout*k, Cin), rows (o, j)
+            return ("convT2", w2, b, r, w.shape[1], self._slot())
         if isinstance(m, me.EncodecLSTM):
             lstm = m.lstm
             cells = []
@@ -492,35 +501,53 @@ class StreamingDecoder:
         return self._run(codes.to(self.codec.device).transpose(0, 1))
 
     def _run(self, codes_kbt: torch.Tensor) -> torch.Tensor:
-        # one lookup in the stacked codebooks, summed over K: (K, B, n, D) -> (B, D, n)
-        x = F.embedding(codes_kbt + self.offsets, self.table).sum(0).transpose(1, 2)
+        # one lookup in the stacked codebooks, summed over K: (K, B, n, D) -> (B, n, D)
+        x = F.embedding(codes_kbt + self.offsets, self.table).sum(0)
         for op in self.ops:
             x = self._apply(op, x)
-        return x[:, 0].float()
+        return x[..., 0].float()  # (B, n*320, 1) -> (B, n*320)
 
     def _apply(self, op: tuple, x: torch.Tensor) -> torch.Tensor:
+        # x: (B, n, C), time-major
         st = self.state
         kind = op[0]
         if kind == "elu":
             return F.elu(x, op[1])
         if kind == "conv":
-            _, w, b, dil, pad, i, m = op
+            _, w, b, k, dil, pad, i, m = op
             if pad:
                 prev = st[i]
-                # first chunk: the module's own (reflect) padding, as Codec.decode pads
-                xx = m._pad1d(x, (pad, 0), mode=m.pad_mode) if prev is None else torch.cat([prev, x], -1)
-                st[i] = xx[..., -pad:]
+                if prev is None:  # first chunk: the module's own (reflect) padding, as Codec.decode pads
+                    xx = m._pad1d(x.transpose(1, 2), (pad, 0), mode=m.pad_mode).transpose(1, 2)
+                else:
+                    xx = torch.cat([prev, x], 1)
+                st[i] = xx[:, -pad:]
                 x = xx
-            return F.conv1d(x, w, b, 1, 0, dil)
+            if k > 1:  # (B, n, Cin, span) windows -> (B, n, Cin*k) columns
+                cols = x.unfold(1, dil * (k - 1) + 1, 1)
+                x = (cols[..., ::dil] if dil > 1 else cols).reshape(cols.shape[0], cols.shape[1], -1)
+            return F.linear(x, w, b)
+        if kind == "convT2":
+            _, w2, b, r, c_out, i = op
+            B, n, _ = x.shape
+            z = F.linear(x, w2).view(B, n, c_out, 2, r)  # (B, n, Cout, half, j)
+            head = z[:, :, :, 0].transpose(2, 3).reshape(B, n * r, c_out)  # out[i*r + j]
+            spill = z[:, :, :, 1].transpose(2, 3).reshape(B, n * r, c_out)  # out[(i+1)*r + j]
+            tail = st[i]
+            if tail is None:
+                tail = spill.new_zeros(B, r, c_out)
+            st[i] = spill[:, -r:]
+            return head + b + torch.cat([tail, spill[:, :-r]], 1)
         if kind == "convT":
             _, w, b, r, i = op
-            y = F.conv_transpose1d(x, w, b, r)  # (B, C, n*r + k - r)
-            n = x.shape[-1] * r
+            y = F.conv_transpose1d(x.transpose(1, 2), w, b, r).transpose(1, 2)  # (B, n*r + k - r, C)
+            n = x.shape[1] * r
             tail = st[i]
             if tail is not None:  # overlap-add the previous chunk's trimmed tail (bias counted once)
-                y[..., : tail.shape[-1]] += tail
-            st[i] = y[..., n:] - b[:, None]
-            return y[..., :n]
+                y = y.clone()
+                y[:, : tail.shape[1]] += tail
+            st[i] = y[:, n:] - b
+            return y[:, :n]
         if kind == "res":
             _, block, short = op
             h = x
@@ -528,10 +555,10 @@ class StreamingDecoder:
                 h = self._apply(sub, h)
             return (x if short is None else self._apply(short, x)) + h
         _, lstm, cells, i = op  # lstm
-        if x.shape[-1] == 1 and st[i] is not None:
+        if x.shape[1] == 1 and st[i] is not None:
             # one step: explicit cell updates, gates in torch's (i, f, g, o) order
             hs, cs = st[i]
-            inp = x[..., 0]  # (B, C)
+            inp = x[:, 0]  # (B, C)
             new_h, new_c = [], []
             for (w_ih, w_hh, bias), h, c in zip(cells, hs, cs):
                 gates = torch.addmm(bias, inp, w_ih).addmm_(h, w_hh)
@@ -541,12 +568,12 @@ class StreamingDecoder:
                 new_h.append(inp)
                 new_c.append(c)
             st[i] = (new_h, new_c)
-            return (inp + x[..., 0]).unsqueeze(-1)
-        seq = x.permute(2, 0, 1)  # (n, B, C)
+            return (inp + x[:, 0]).unsqueeze(1)
+        seq = x.transpose(0, 1)  # (n, B, C)
         hc = None if st[i] is None else (torch.stack(st[i][0]), torch.stack(st[i][1]))
         out, (h, c) = lstm(seq, hc)
         st[i] = (list(h.unbind(0)), list(c.unbind(0)))
-        return (out + seq).permute(1, 2, 0)
+        return (out + seq).transpose(0, 1)
 
 
 # ---------------------------------------------------------------------------------------------
