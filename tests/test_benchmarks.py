@@ -41,8 +41,17 @@ def test_quick_mode_writes_json_and_markdown(tmp_path, capsys):
     md = out.with_suffix(".md").read_text()
     for text in (printed, md):
         assert "### train" in text and "### prepare" in text and "| ours-hybrid |" in text
-    if "sampling" in res["sections"]:  # bench_sampling.py (another module) ran in quick mode too
-        assert res["sections"]["sampling"] and "### sampling" in md
+    sampling = res["sections"]["sampling"]
+    assert "### sampling" in md
+    assert [(r["model"], r["batch"]) for r in sampling] == [
+        (m, b) for b in (1, 8) for m in ("musicgen", "ours-token", "ours-hybrid")
+    ]
+    for r in sampling:
+        assert r["frames_per_s"] > 0 and r["vs_musicgen"] > 0 and len(r["times_s"]) == r["repeats"]
+        assert (r["overhead_pct"] is None) == (r["model"] != "ours-hybrid")
+        assert r["rtf"] == pytest.approx(r["frames"] * r["batch"] / 75 / r["seconds"], rel=1e-2)
+    assert [r["vs_musicgen"] for r in sampling if r["model"] == "musicgen"] == [1.0, 1.0]
+    assert "Codec.random(tiny=True), stream" in sampling[2]["codec"]
 
 
 def test_bad_arguments_are_rejected(tmp_path, capsys):
@@ -130,3 +139,37 @@ def test_frame_head_matches_reverted_step_logits_and_grads(pattern):
     grads_slow = torch.autograd.grad((slow * w).sum(), list(model.parameters()))
     for a, b in zip(grads_fast, grads_slow):
         torch.testing.assert_close(a, b)
+
+
+# -- sampling perf pass: the fast feedback-loop paths equal the plain ones ---------------------------
+@pytest.mark.parametrize("S", [320, 640, 960, 1280, 3200])
+def test_mel_frame_equals_last_log_mel_frame(S):
+    from whispergpt.audio import log_mel
+    from whispergpt.sampling import mel_frame
+
+    wave = torch.randn(3, S, generator=torch.Generator().manual_seed(S))
+    torch.testing.assert_close(mel_frame(wave, 80), log_mel(wave, 80)[..., -1], atol=1e-5, rtol=0)
+
+
+def test_streaming_decoder_frame_by_frame_equals_full_decode():
+    """2 LSTM layers (explicit-cell path), dilated residual convs, transposed convs: every op kind."""
+    from whispergpt.codec import Codec
+    from whispergpt.sampling import StreamingDecoder
+
+    codec = Codec.random(seed=1, config_overrides=dict(num_lstm_layers=2, num_residual_layers=2))
+    codes = torch.randint(0, 1024, (2, 2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        full = codec.decode(codes)
+        sd = StreamingDecoder(codec, batch=2, num_codebooks=2)
+        ops, todo = [], list(sd.ops)
+        while todo:
+            op = todo.pop()
+            ops.append(op)
+            if op[0] == "res":
+                todo += op[1] + ([op[2]] if op[2] else [])
+        assert {op[0] for op in ops} >= {"conv", "convT2", "lstm", "elu", "res"}
+        assert any(op[0] == "conv" and op[4] > 1 for op in ops)  # a dilated conv
+        assert any(op[0] == "lstm" and len(op[2]) == 2 for op in ops)
+        parts = [sd.push(codes[:, :, :3])] + [sd.push(codes[:, :, f : f + 1]) for f in range(3, 12)]
+    assert full.abs().max() > 0.1
+    torch.testing.assert_close(torch.cat(parts, -1), full, atol=1e-5, rtol=0)
