@@ -173,3 +173,15 @@ def test_streaming_decoder_frame_by_frame_equals_full_decode():
         parts = [sd.push(codes[:, :, :3])] + [sd.push(codes[:, :, f : f + 1]) for f in range(3, 12)]
     assert full.abs().max() > 0.1
     torch.testing.assert_close(torch.cat(parts, -1), full, atol=1e-5, rtol=0)
+
+
+def test_top_k_fast_path_draws_the_filtered_distribution():
+    """sample_tokens' top-k-only path: frequencies match softmax over the top-k (fixed seed)."""
+    from whispergpt.sampling import filter_logits, sample_tokens
+
+    logits = torch.tensor([0.3, 2.0, -1.0, 1.5, 1.0, 0.0, 1.2, -0.5]).expand(20000, 8)
+    draws = sample_tokens(logits, 0.7, top_k=3, generator=torch.Generator().manual_seed(0))
+    freq = torch.bincount(draws, minlength=8).float() / draws.numel()
+    want = filter_logits(logits[:1] / 0.7, top_k=3).softmax(-1)[0]
+    assert set(draws.unique().tolist()) == {1, 3, 6}
+    torch.testing.assert_close(freq, want, atol=0.015, rtol=0)

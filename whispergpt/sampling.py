@@ -126,6 +126,14 @@ def sample_tokens(
     if temperature == 0:
         return logits.argmax(dim=-1)
     lead, V = logits.shape[:-1], logits.shape[-1]
+    if 0 < top_k < V and top_p == 0.0:
+        # the same distribution, drawn among the top-k only: no full-vocabulary mask or softmax
+        # and a k-way multinomial (the sampler's most frequent case: top-k 250 of V=1024)
+        vals, idx = logits.float().topk(top_k, dim=-1)
+        draw = torch.multinomial(
+            (vals / temperature).softmax(dim=-1).reshape(-1, top_k), 1, generator=generator
+        )
+        return idx.gather(-1, draw.view(*lead, 1)).squeeze(-1)
     probs = filter_logits(logits.float() / temperature, top_k, top_p).softmax(dim=-1)
     draw = torch.multinomial(probs.reshape(-1, V), 1, generator=generator)
     return draw.view(lead)
