@@ -330,3 +330,23 @@ def test_default_codec_falls_back_offline(monkeypatch, tiny_codec_dir, capsys):
     assert c.name == str(tiny_codec_dir) and c.num_codebooks == 2
     with pytest.raises(OSError):  # other names keep failing loudly
         Codec.from_pretrained("no-such-org/no-such-codec")
+
+
+def test_shipped_offline_codec_loads_and_is_the_offline_default(monkeypatch, capsys):
+    from whispergpt.codec import SHIPPED_CODEC_DIR
+
+    assert (SHIPPED_CODEC_DIR / "config.json").is_file() and (SHIPPED_CODEC_DIR / "MODEL_CARD.md").is_file()
+    size = sum(
+        f.stat().st_size
+        for f in SHIPPED_CODEC_DIR.iterdir()
+        if f.name in ("config.json", "model.safetensors")
+    )
+    assert size <= 20_000_000
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    c = Codec.from_pretrained("default", bandwidth=3.0)
+    assert "hub unreachable" in capsys.readouterr().err
+    assert (c.sample_rate, c.frame_rate, c.codebook_size, c.num_codebooks) == (24000, 75, 1024, 4)
+    assert [float(b) for b in c.model.config.target_bandwidths] == [1.5, 3.0, 6.0]
+    assert c.model.config.use_causal_conv and not c.model.config.normalize
+    codes = c.encode(tones(1, 0.2))
+    assert codes.shape == (1, 4, 15) and c.decode(codes).shape == (1, 15 * 320)

@@ -197,6 +197,27 @@ def build_encodec(cfg: CodecModelConfig):
     return EncodecModel(ec)
 
 
+@torch.no_grad()
+def standardize_latent(gen: TrainableCodec, wave: torch.Tensor) -> tuple[float, float]:
+    """Data-dependent init of the encoder's last conv: per-channel zero mean, unit std on ``wave``.
+
+    A freshly initialised EnCodec encoder maps real audio to a large constant (its biases) plus a
+    tiny signal-dependent part (frame std ~1% of the norm): the decoder then learns to ignore its
+    input and codebooks fitted to it collapse as soon as the constant drifts. Rescaling the last
+    conv's weight-norm gain and bias per output channel (as in weight normalisation's data-dependent
+    init) makes the latents signal-driven from step 0. Returns (spread before, spread after).
+    """
+    conv = gen.model.encoder.layers[-1].conv
+    z = gen.encode_latent(wave)  # (B, D, T)
+    mu = z.mean(dim=(0, 2))  # (D,)
+    sd = z.std(dim=(0, 2)).clamp_min(1e-6)  # (D,)
+    before = float(sd.norm() / (mu.norm() + 1e-12))
+    conv.parametrizations.weight.original0.div_(sd[:, None, None])
+    conv.bias.sub_(mu).div_(sd)
+    z = gen.encode_latent(wave)
+    return before, float(z.std(dim=(0, 2)).norm() / (z.mean(dim=(0, 2)).norm() + 1e-12))
+
+
 def quantizers_per_bandwidth(model) -> list[int]:
     """K for each target bandwidth of ``model`` (e.g. [2, 4, 8] for 1.5 / 3 / 6 kbps at V=1024)."""
     q = model.quantizer
@@ -506,6 +527,14 @@ def train(cfg: CodecTrainConfig, audio: list[str | os.PathLike], out: str | os.P
 
     start = 0
     ckpt = latest_checkpoint(out) if tc.resume else None
+    if ckpt is None and not cfg.model.init:
+        with torch.no_grad():
+            before, after = standardize_latent(gen, sampler.batch(cfg.data.batch_size, -100))
+        if main:
+            print(
+                f"codec train: latent spread/mean {before:.3g} -> {after:.3g} (data-dependent init)",
+                flush=True,
+            )
     if ckpt is not None:
         _load_safetensors(gen, ckpt / "generator.safetensors")
         if disc is not None and (ckpt / "discriminator.safetensors").is_file():
