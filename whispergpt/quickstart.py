@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bandwidth", type=float, default=1.5, help="codec kbps (1.5 -> 2 codebooks)")
     ap.add_argument("--steps", type=int, default=None, help="training steps per model (default: the recipe's)")
     ap.add_argument("--seconds", type=float, default=3.0, help="seconds to generate per sample")
-    ap.add_argument("--prompt-seconds", type=float, default=3.0, help="prompt length for continuations")
+    ap.add_argument("--prompt-seconds", type=float, default=2.0, help="prompt length (< the 3 s context)")
     ap.add_argument("--no-install", action="store_true", help="do not install missing corpus tools")
     ap.add_argument(
         "--quick", action="store_true", help="CI smoke size: 1-minute corpus, a few steps, 1 s samples"
