@@ -83,13 +83,21 @@ def main(argv: list[str] | None = None) -> int:
         prog="whispergpt quickstart",
         description="End-to-end demo: corpus -> prepare -> train hybrid + token-only -> eval -> sample.",
     )
-    ap.add_argument("--out", default="runs/quickstart", help="where everything goes (default runs/quickstart)")
+    ap.add_argument(
+        "--out", default="runs/quickstart", help="where everything goes (default runs/quickstart)"
+    )
     ap.add_argument("--minutes", type=float, default=6.0, help="demo corpus size in minutes (default 6)")
     ap.add_argument("--sources", default=None, help="demo corpus sources (default: all of them)")
-    ap.add_argument("--corpus", default=None, help="use this folder (with speech/ and music/) instead of building one")
-    ap.add_argument("--codec", default="default", help="codec for prepare/sample (default: hub, else shipped)")
+    ap.add_argument(
+        "--corpus", default=None, help="use this folder (with speech/ and music/) instead of building one"
+    )
+    ap.add_argument(
+        "--codec", default="default", help="codec for prepare/sample (default: hub, else shipped)"
+    )
     ap.add_argument("--bandwidth", type=float, default=1.5, help="codec kbps (1.5 -> 2 codebooks)")
-    ap.add_argument("--steps", type=int, default=None, help="training steps per model (default: the recipe's)")
+    ap.add_argument(
+        "--steps", type=int, default=None, help="training steps per model (default: the recipe's)"
+    )
     ap.add_argument("--seconds", type=float, default=3.0, help="seconds to generate per sample")
     ap.add_argument("--prompt-seconds", type=float, default=2.0, help="prompt length (< the 3 s context)")
     ap.add_argument("--no-install", action="store_true", help="do not install missing corpus tools")
@@ -125,7 +133,16 @@ def main(argv: list[str] | None = None) -> int:
     for m, dst in prepared.items():
         runner.run(
             f"prepare-{m}",
-            ["prepare", str(corpus / m), "--out", str(dst), "--codec", args.codec, "--bandwidth", str(args.bandwidth)]
+            [
+                "prepare",
+                str(corpus / m),
+                "--out",
+                str(dst),
+                "--codec",
+                args.codec,
+                "--bandwidth",
+                str(args.bandwidth),
+            ]
             + ["--val-fraction", "0.15"],
         )
 
@@ -145,7 +162,13 @@ def main(argv: list[str] | None = None) -> int:
         reports[m] = out / "eval" / f"{m}.json"
         runner.run(
             f"eval-{m}",
-            ["eval", "--checkpoint", str(runs["hybrid"] / "final"), "--checkpoint", str(runs["token_only"] / "final")]
+            [
+                "eval",
+                "--checkpoint",
+                str(runs["hybrid"] / "final"),
+                "--checkpoint",
+                str(runs["token_only"] / "final"),
+            ]
             + ["--data", str(dst), "--split", "val", "--out", str(reports[m])],
         )
 
