@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_train import read_metrics  # the same metrics.jsonl reader as the single-process tests
 
 from whispergpt import checkpoint as ckpt_io
 
@@ -55,20 +56,9 @@ def launch(
     return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=900)
 
 
-def metrics(out: Path) -> tuple[dict[int, float], dict[int, float]]:
-    losses, vals = {}, {}
-    for line in (out / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if "loss" in rec:
-            losses[rec["step"]] = rec["loss"]
-        if "val_nll" in rec:
-            vals[rec["step"]] = rec["val_nll"]
-    return losses, vals
-
-
 def assert_close_runs(out: Path, ref: Path, rtol: float = 1e-4) -> None:
-    losses, vals = metrics(out)
-    ref_losses, ref_vals = metrics(ref)
+    losses, vals = read_metrics(out)
+    ref_losses, ref_vals = read_metrics(ref)
     assert sorted(losses) == list(range(1, STEPS + 1)) and sorted(vals) == [3, 6]
     for s in ref_losses:
         assert losses[s] == pytest.approx(ref_losses[s], rel=rtol), s
@@ -120,7 +110,7 @@ def test_ddp_two_processes_reduce_val_nll_and_save_once(ddp_run, data_dir):
     mel = torch.stack([val[i][1] for i in idx])
     with torch.no_grad():
         s, c = nll_per_codebook(model(codes, mel).logits, codes)
-    _, vals = metrics(ddp_run)
+    _, vals = read_metrics(ddp_run)
     assert vals[STEPS] == pytest.approx(float(s.sum() / c.sum()), rel=1e-5)
     # ... and not what rank 0 alone saw
     with torch.no_grad():
