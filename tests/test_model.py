@@ -223,19 +223,25 @@ def test_kv_cache_steps_equal_full_forward(pattern, fusion, pos_emb):
     P = tokens.shape[-1]
     lag = pt.mel_lag(pattern, K)
 
-    cache = model.new_cache(2, P)
-    stepped = []
-    for p in range(P):
-        # the sampler passes None while the mel frame index is negative
-        m = step_mel[:, :, p] if pt.mel_frame_at_step(pattern, K, p) >= 0 else None
-        stepped.append(model.step(tokens[:, :, p], m, cache))
-    assert cache.steps == P
-    torch.testing.assert_close(torch.stack(stepped, dim=2), full)
+    # with autograd on, step goes through forward_steps; under inference_mode through the
+    # flattened decode plan (the sampler's path): both equal the full forward
+    for mode in (torch.enable_grad, torch.inference_mode):
+        cache = model.new_cache(2, P)
+        stepped = []
+        with mode():
+            for p in range(P):
+                # the sampler passes None while the mel frame index is negative
+                m = step_mel[:, :, p] if pt.mel_frame_at_step(pattern, K, p) >= 0 else None
+                stepped.append(model.step(tokens[:, :, p], m, cache))
+        assert cache.steps == P
+        assert (cache.plan is not None) == (mode is torch.inference_mode)
+        torch.testing.assert_close(torch.stack(stepped, dim=2), full.detach())
 
     cache = model.new_cache(2, P + 2)
     n = lag + 3  # prefill past the mel pad steps, then one step at a time
     pre = model.forward_steps(tokens[:, :, :n], step_mel[:, :, :n], cache)
-    rest = [model.step(tokens[:, :, p], step_mel[:, :, p], cache) for p in range(n, P)]
+    with torch.no_grad():  # prefill by forward_steps, then the decode plan
+        rest = [model.step(tokens[:, :, p], step_mel[:, :, p], cache) for p in range(n, P)]
     torch.testing.assert_close(torch.cat([pre, torch.stack(rest, dim=2)], dim=2), full)
 
     cache = model.new_cache(2, P)  # two chunks: the second needs a causal mask with an offset

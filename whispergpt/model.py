@@ -305,6 +305,120 @@ class WhisperGPTCache:
     def __init__(self, main: list[LayerKV], mel: list[LayerKV] | None, max_steps: int) -> None:
         self.main, self.mel, self.max_steps = main, mel, max_steps
         self.steps = 0
+        self.plan: _DecodePlan | None = None  # built by the first fast ``step`` (see ``_DecodePlan``)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fast one-position decode (the sampler's hot loop)
+# ---------------------------------------------------------------------------------------------
+def _decode_weight(w: torch.Tensor) -> torch.Tensor:
+    """``w (out, in)`` as the ``(in, out)`` right operand of ``addmm``.
+
+    On CPU a contiguous copy: MKL's sgemm with a transposed right operand (what ``F.linear`` passes)
+    is ~1.1-1.5x slower at batch 1 and ~2x slower at batch 8 for these small-row products
+    (measured, docs/PERFORMANCE.md). Elsewhere a view (cuBLAS takes either layout at full speed).
+    """
+    w = w.detach()
+    return w.t().contiguous() if w.device.type == "cpu" else w.t()
+
+
+def _lin(x: torch.Tensor, wt: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    return torch.mm(x, wt) if b is None else torch.addmm(b, x, wt)
+
+
+class _StackPlan:
+    """One ``Stack``'s weights flattened for ``_step``: one position ``(B, W)`` through all blocks.
+
+    RoPE tables cover the cache's positions once (``rope_cos_sin`` gives each position the same
+    values whatever the call's start, so the tables equal the per-call ones); the sine is stored
+    with the rotate-half sign folded in, so rotating is flip + 2 mul + add instead of 2 slices,
+    a neg, a cat, 2 mul and an add.
+    """
+
+    def __init__(self, stack: Stack, length: int) -> None:
+        ln = stack.ln_f
+        self.width, self.heads, self.eps = ln.normalized_shape[0], stack.heads, ln.eps
+        self.head_dim = self.width // self.heads
+        d = lambda t: None if t is None else t.detach()  # noqa: E731
+        self.layers = [
+            (d(b.ln1.weight), d(b.ln1.bias), _decode_weight(b.attn.qkv.weight), d(b.attn.qkv.bias),
+             _decode_weight(b.attn.proj.weight), d(b.attn.proj.bias), d(b.ln2.weight), d(b.ln2.bias),
+             _decode_weight(b.fc.weight), d(b.fc.bias), _decode_weight(b.out.weight), d(b.out.bias),
+             b.ln1.eps, b.ln2.eps)
+            for b in stack.blocks
+        ]  # fmt: skip
+        self.ln_f = (d(ln.weight), d(ln.bias))
+        self.pos = None if stack.pos is None else stack.pos.weight.detach()
+        self.cos = self.sin = None
+        if stack.pos is None and self.layers:
+            ref = stack.ln_f.weight
+            cos, sin = rope_cos_sin(0, length, self.head_dim, stack.rope_base, ref.device)
+            half = self.head_dim // 2
+            sin = torch.cat([-sin[:, :half], sin[:, half:]], dim=-1)
+            # (L, 1, 1, hd): broadcast over (B, q|k, H, hd)
+            self.cos, self.sin = cos[:, None, None].contiguous(), sin[:, None, None].contiguous()
+
+    def step(self, x: torch.Tensor, kvs: list[LayerKV], pos: int) -> torch.Tensor:
+        """``x (B, W)`` at absolute position ``pos`` -> final-norm output ``(B, W)``; writes the KV."""
+        B, W, H, hd = x.shape[0], self.width, self.heads, self.head_dim
+        if self.pos is not None:
+            x = x + self.pos[pos]
+        end = pos + 1
+        for (
+            ln1w,
+            ln1b,
+            qkv_w,
+            qkv_b,
+            proj_w,
+            proj_b,
+            ln2w,
+            ln2b,
+            fc_w,
+            fc_b,
+            out_w,
+            out_b,
+            e1,
+            e2,
+        ), kv in zip(self.layers, kvs):
+            qkv = _lin(F.layer_norm(x, (W,), ln1w, ln1b, e1), qkv_w, qkv_b).view(B, 3, H, hd)
+            qk, v = qkv[:, :2], qkv[:, 2]  # (B, 2, H, hd): q and k rotated together
+            if self.cos is not None:
+                swapped = qk.view(B, 2, H, 2, hd // 2).flip(-2).view(B, 2, H, hd)
+                qk = qk * self.cos[pos] + swapped * self.sin[pos]
+            kv.k[:, :, pos] = qk[:, 1]
+            kv.v[:, :, pos] = v
+            y = F.scaled_dot_product_attention(qk[:, 0, :, None], kv.k[:, :, :end], kv.v[:, :, :end])
+            x = x + _lin(y.reshape(B, W), proj_w, proj_b)  # (B, H, 1, hd) -> (B, W)
+            h = _lin(F.layer_norm(x, (W,), ln2w, ln2b, e2), fc_w, fc_b)
+            x = x + _lin(F.gelu(h), out_w, out_b)
+        return F.layer_norm(x, (W,), *self.ln_f, self.eps)
+
+
+class _DecodePlan:
+    """Everything ``WhisperGPT._step`` reads, fixed once per cache: detached weights (right-operand
+    layout, see ``_decode_weight``), RoPE tables for the cache's positions. Built from the weights
+    as they are when the cache is first stepped: a cache must not outlive a weight update.
+    """
+
+    def __init__(self, model: WhisperGPT, cache: WhisperGPTCache) -> None:
+        c = model.config
+        pps = c.positions_per_step
+        self.dtype = model.tok_emb.weight.dtype
+        self.tok_table = model.tok_emb.weight.detach()
+        self.decoder = _StackPlan(model.decoder, cache.max_steps * pps)
+        self.head = _decode_weight(model._head_weight())  # (D, Ks*V)
+        self.mel = self.mel_inp = self.mel_pad = self.mel_proj = None
+        if model.mel_branch is not None:
+            mb = model.mel_branch
+            self.mel = _StackPlan(mb.stack, cache.max_steps)
+            self.mel_inp = (
+                _decode_weight(mb.inp.weight),
+                None if mb.inp.bias is None else mb.inp.bias.detach(),
+            )
+            self.mel_pad = mb.pad.detach()
+            if model.mel_proj is not None:
+                p = model.mel_proj
+                self.mel_proj = (_decode_weight(p.weight), None if p.bias is None else p.bias.detach())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -478,8 +592,66 @@ class WhisperGPT(nn.Module):
         ``patterns.mel_frame_at_step``). The returned logits predict the tokens placed at step
         ``p`` (``patterns.predicted_at_step``); the cache advances by one.
         """
-        mel = None if step_mel is None else step_mel[:, :, None]
-        return self.forward_steps(step_tokens[:, :, None], mel, cache)[:, :, 0]
+        c = self.config
+        if step_tokens.dim() != 2 or step_tokens.shape[1] != self.num_input_codebooks:
+            raise ValueError(
+                f"step_tokens must be (B, {self.num_input_codebooks}), got shape {tuple(step_tokens.shape)}"
+            )
+        B = step_tokens.shape[0]
+        if cache.steps + 1 > cache.max_steps:
+            raise ValueError(f"cache holds {cache.max_steps} steps, this call needs {cache.steps + 1}")
+        if cache.main and cache.main[0].k.shape[0] != B:
+            raise ValueError(
+                f"the cache was made for batch {cache.main[0].k.shape[0]}, got step_tokens of batch {B}"
+            )
+        if self.mel_branch is not None:
+            if step_mel is None and cache.steps + 1 > 1 + c.mel_lag:
+                raise ValueError(f"fusion {c.fusion!r} needs step_mel for steps >= {1 + c.mel_lag}")
+            if step_mel is not None and step_mel.shape != (B, c.n_mels):
+                raise ValueError(f"step_mel must be (B, M) = {(B, c.n_mels)}, got {tuple(step_mel.shape)}")
+        return self._step(step_tokens, step_mel, cache)
+
+    def _step(
+        self, step_tokens: torch.Tensor, step_mel: torch.Tensor | None, cache: WhisperGPTCache
+    ) -> torch.Tensor:
+        """``step`` without its argument checks (the sampler's hot loop; the caller guarantees them).
+
+        Inference (eval mode, no autograd, cache in the weights' dtype) runs ``_DecodePlan``: one
+        position through flattened ops, ~half the ops of ``forward_steps`` and the same values up
+        to float rounding (``tests/test_model.py``); anything else goes through ``forward_steps``.
+        """
+        plan = cache.plan
+        fast = not (self.training or torch.is_grad_enabled())
+        if fast and plan is None:
+            kv = cache.main[0].k if cache.main else None
+            if kv is None or kv.dtype == self.tok_emb.weight.dtype:
+                with torch.no_grad():
+                    plan = cache.plan = _DecodePlan(self, cache)
+        if not fast or plan is None:
+            mel = None if step_mel is None else step_mel[:, :, None]
+            return self.forward_steps(step_tokens[:, :, None], mel, cache)[:, :, 0]
+        c, start = self.config, cache.steps
+        B = step_tokens.shape[0]
+        # token embedding summed over the Kin codebooks: (B, Kin) -> (B, E)
+        x = F.embedding(step_tokens + self.tok_offsets, plan.tok_table).sum(dim=1)
+        pos = start
+        if plan.mel is not None:
+            if start < 1 + c.mel_lag or step_mel is None:  # mel frame index < 0: the learned pad
+                m = plan.mel_pad.expand(B, -1)
+            else:
+                m = _lin(step_mel.to(plan.dtype), *plan.mel_inp)
+            m = plan.mel.step(m, cache.mel, start)  # (B, mel_dim)
+            if c.fusion == "concat":
+                x = torch.cat([x, m], dim=-1)
+            elif c.fusion == "sum":
+                x = x + _lin(m, *plan.mel_proj)
+            else:  # interleave: the mel position first (its output is not scored), then the tokens
+                pos = 2 * start
+                plan.decoder.step(_lin(m, *plan.mel_proj), cache.main, pos)
+                pos += 1
+        h = plan.decoder.step(x, cache.main, pos)
+        cache.steps = start + 1
+        return torch.mm(h, plan.head).view(B, self.num_scored_codebooks, c.codebook_size)
 
     # -- frame space --------------------------------------------------------------------------
     def forward(self, codes: torch.Tensor, mel: torch.Tensor | None = None) -> WhisperGPTOutput:

@@ -355,7 +355,7 @@ def generate(
             step_mel = None
             if hybrid:
                 step_mel = fed_mel[:, :, f] if f >= 0 else zero_mel
-            logits = model.step(tok, step_mel, cache)
+            logits = model._step(tok, step_mel, cache)  # arguments are right by construction
     _device_sync(dev)
     t_loop = time.perf_counter()
     audio = codec.decode(codes) if decode_audio else None
