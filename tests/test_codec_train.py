@@ -18,6 +18,7 @@ from whispergpt.codec_train.train import (
     TrainableCodec,
     build_encodec,
     latest_checkpoint,
+    lsuv_init,
     train,
 )
 from whispergpt.config import ConfigError, load_config
@@ -170,6 +171,37 @@ def test_rvq_for_encodec_copies_trained_codebooks(tiny_codec):
     assert torch.equal(nearest_code(x, rvq.layers[1].embed), cb.quantize(x))
     with pytest.raises(ValueError, match="quantizers"):
         export_to_encodec(ResidualVQ(3, 1024, 32), tiny_codec.model)
+
+
+def test_lsuv_init_keeps_the_signal_alive_through_the_stack():
+    """Default init: the latent is its biases plus a ~1e-3 signal; after lsuv_init every conv
+    outputs unit std on real audio, the latent varies with the input and the reconstruction has
+    the input's RMS."""
+
+    def latent_signal_ratio(gen: TrainableCodec, x: torch.Tensor) -> float:
+        z = gen.encode_latent(x)  # (B, D, T)
+        return float(z.std(dim=-1).mean() / z.mean(dim=-1).abs().mean())
+
+    x = tones(4, 0.4, seed=3) * 0.3
+    with torch.no_grad():
+        gen = tiny_trainable()
+        assert latent_signal_ratio(gen, x) < 0.2
+        before = lsuv_init(gen, x)
+        assert min(before) < 0.3  # the default init shrinks the signal somewhere in the stack
+        assert latent_signal_ratio(gen, x) > 0.5
+        stds: list[float] = []
+        convs = [m for m in gen.model.modules() if isinstance(m, (torch.nn.Conv1d, torch.nn.ConvTranspose1d))]
+        hooks = [c.register_forward_hook(lambda m, a, o: stds.append(float(o.std()))) for c in convs]
+        recon, _ = gen(x, bypass=True)
+        for h in hooks:
+            h.remove()
+    assert len(stds) == len(before)
+    # the last conv targets the input RMS; the others unit std (the second pass corrects each
+    # layer for the layers after it only approximately, hence the tolerance)
+    rms = float(x.pow(2).mean().sqrt())
+    assert stds[-1] == pytest.approx(rms, rel=0.05)
+    assert all(0.7 < s < 1.4 for s in stds[:-1]), stds
+    assert float(recon.pow(2).mean().sqrt()) == pytest.approx(rms, rel=0.3)
 
 
 def test_config_rejects_wrong_hop():

@@ -53,6 +53,8 @@ class CodecModelConfig:
     codebook_size: int = 1024
     target_bandwidths: list[float] = field(default_factory=lambda: [1.5, 3.0, 6.0])
     upsampling_ratios: list[int] = field(default_factory=lambda: [8, 5, 4, 2])
+    # from scratch: rescale every conv so the signal survives the stack at init (see lsuv_init)
+    lsuv_init: bool = True
 
     def __post_init__(self) -> None:
         if math.prod(self.upsampling_ratios) != HOP_LENGTH:
@@ -104,6 +106,7 @@ class LossConfig:
     l1: float = 1.0  # waveform L1
     stft: float = 1.0  # auraloss multi-resolution STFT (spectral convergence + log magnitude)
     mel: float = 1.0  # L1 between causal log-mels (whispergpt.audio.log_mel)
+    stft_n_ffts: list[int] = field(default_factory=lambda: [2048, 1024, 512, 256, 128, 64])  # hop n/4
     adversarial: bool = False  # multi-scale STFT discriminator (hinge) + feature matching
     adv: float = 1.0
     feat: float = 2.0
@@ -195,6 +198,37 @@ def build_encodec(cfg: CodecModelConfig):
         upsampling_ratios=list(cfg.upsampling_ratios),
     )
     return EncodecModel(ec)
+
+
+@torch.no_grad()
+def lsuv_init(gen: TrainableCodec, wave: torch.Tensor, out_rms: float | None = None) -> list[float]:
+    """Data-dependent init of every conv (layer-sequential unit variance): output std 1, bias 0.
+
+    PyTorch's default conv init shrinks the signal ~3x per layer, so through EnCodec's ~15 convs a
+    fresh encoder maps audio to its biases plus a signal part ~1e-3 of them, and the decoder
+    learns to ignore its input: trained like that, a codec outputs steady noise with the corpus'
+    average spectrum. Rescaling each conv's weight-norm gain, in forward order, so its output on
+    real audio has unit std (the decoder's last conv: the input's RMS) keeps the signal alive
+    end to end; the log-mel distance then falls from the first steps. Returns the stds before.
+    """
+    convs = [m for m in gen.model.modules() if isinstance(m, (nn.Conv1d, nn.ConvTranspose1d))]
+    out_rms = float(wave.pow(2).mean().sqrt()) if out_rms is None else out_rms
+    seen: dict[str, torch.Tensor] = {}
+    before = []
+    for conv in convs:
+        if conv.bias is not None:
+            conv.bias.zero_()
+    for i, conv in enumerate(convs):
+        hook = conv.register_forward_hook(lambda mod, args, out: seen.__setitem__("out", out))
+        target = out_rms if i == len(convs) - 1 else 1.0
+        for it in range(2):  # the second pass corrects for the (nonlinear) rest of the layer
+            gen(wave, bypass=True)
+            sd = float(seen["out"].std())
+            if it == 0:
+                before.append(sd)
+            conv.parametrizations.weight.original0.mul_(target / max(sd, 1e-8))
+        hook.remove()
+    return before
 
 
 @torch.no_grad()
@@ -529,7 +563,10 @@ def train(cfg: CodecTrainConfig, audio: list[str | os.PathLike], out: str | os.P
     ckpt = latest_checkpoint(out) if tc.resume else None
     if ckpt is None and not cfg.model.init:
         with torch.no_grad():
-            before, after = standardize_latent(gen, sampler.batch(cfg.data.batch_size, -100))
+            init_wave = sampler.batch(cfg.data.batch_size, -100)
+            if cfg.model.lsuv_init:
+                lsuv_init(gen, init_wave)
+            before, after = standardize_latent(gen, init_wave)
         if main:
             print(
                 f"codec train: latent spread/mean {before:.3g} -> {after:.3g} (data-dependent init)",
@@ -554,8 +591,9 @@ def train(cfg: CodecTrainConfig, audio: list[str | os.PathLike], out: str | os.P
         gen, opt_g = acc.prepare(gen, opt_g)
     raw_gen: TrainableCodec = acc.unwrap_model(gen)
 
+    n_ffts = list(cfg.loss.stft_n_ffts)
     mrstft = auraloss.freq.MultiResolutionSTFTLoss(
-        fft_sizes=[1024, 512, 256], hop_sizes=[256, 128, 64], win_lengths=[1024, 512, 256]
+        fft_sizes=n_ffts, hop_sizes=[n // 4 for n in n_ffts], win_lengths=n_ffts
     ).to(acc.device)
 
     wb = None
