@@ -87,6 +87,19 @@ def test_sampling_respects_filters():
     assert len(full.unique()) == 8
 
 
+def test_top_k_draw_keeps_lead_dims_and_skips_zero_mass():
+    """The top-k inverse-CDF draw: (B, K, V) -> (B, K); a kept token of zero probability (its
+    logit far below the others) is never drawn; the others at their softmax frequencies."""
+    logits = torch.tensor([-1e4, 1.0, -2.0, 0.0, -3.0, 0.5, -1e5]).expand(3000, 2, 7)
+    draws = sample_tokens(logits, 1.0, top_k=6, generator=torch.Generator().manual_seed(0))
+    assert draws.shape == (3000, 2)
+    freq = torch.bincount(draws.flatten(), minlength=7).float() / draws.numel()
+    inf = float("inf")
+    want = torch.tensor([-inf, 1.0, -2.0, 0.0, -3.0, 0.5, -inf]).softmax(-1)
+    torch.testing.assert_close(freq, want, atol=0.015, rtol=0)
+    assert freq[0] == 0 and freq[6] == 0  # index 0 is kept by top-6 but has zero mass
+
+
 # --- generation ------------------------------------------------------------------------------
 def test_same_seed_same_audio(tiny_codec):
     model = tiny_model("delay")

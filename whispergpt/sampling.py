@@ -127,13 +127,17 @@ def sample_tokens(
         return logits.argmax(dim=-1)
     lead, V = logits.shape[:-1], logits.shape[-1]
     if 0 < top_k < V and top_p == 0.0:
-        # the same distribution, drawn among the top-k only: no full-vocabulary mask or softmax
-        # and a k-way multinomial (the sampler's most frequent case: top-k 250 of V=1024)
-        vals, idx = logits.float().topk(top_k, dim=-1)
-        draw = torch.multinomial(
-            (vals / temperature).softmax(dim=-1).reshape(-1, top_k), 1, generator=generator
-        )
-        return idx.gather(-1, draw.view(*lead, 1)).squeeze(-1)
+        # the same distribution, drawn among the top-k only (the sampler's most frequent case:
+        # top-k 250 of V=1024): an unsorted top-k (the set is what matters; ~2x cheaper than sorted
+        # at batch 8) and an inverse-CDF draw, one uniform per row searched in the cumulative
+        # probabilities (~10x cheaper than torch.multinomial at batch 8 on CPU)
+        vals, idx = logits.float().topk(top_k, dim=-1, sorted=False)
+        cdf = (vals / temperature if temperature != 1 else vals).softmax(dim=-1).cumsum_(dim=-1)
+        u = torch.rand((*lead, 1), generator=generator, device=cdf.device).mul_(cdf[..., -1:])
+        # first index whose cumulative mass exceeds u: token i with probability p_i (clamped
+        # against u rounding up to the total)
+        draw = torch.searchsorted(cdf, u, right=True).clamp_max_(top_k - 1)
+        return idx.gather(-1, draw).squeeze(-1)
     probs = filter_logits(logits.float() / temperature, top_k, top_p).softmax(dim=-1)
     draw = torch.multinomial(probs.reshape(-1, V), 1, generator=generator)
     return draw.view(lead)
@@ -265,11 +269,18 @@ def generate(
     codes = torch.full((B, Kin, T), V, dtype=torch.long, device=dev)  # frame space (B, Kin, T)
     if Tp:
         codes[:, :, :Tp] = prompt_codes[:, :Kin].to(dev)
-    placed = pt.build_step_tokens(codes, c.pattern, V)  # step space (B, Kin, P); V where unknown
+    placed = pt.build_step_tokens(codes, c.pattern, V).contiguous()  # step space (B, Kin, P); V where unknown
+    # frame space as a view of step space, so each sampled token is written once: coarse/parallel
+    # place frame s at step s; delay places codebook k of frame f at step f + k (a diagonal view)
+    codes = (
+        placed.as_strided((B, Kin, T), (placed.stride(0), placed.stride(1) + 1, 1))
+        if delay
+        else placed[:, :, :T]
+    )
     # step tokens fixed in advance: prompt tokens and pattern pads (frame < 0 or >= T)
     frame_of = torch.arange(P, device=dev)[None, :] - (torch.arange(Kin, device=dev)[:, None] if delay else 0)
     fixed = (frame_of < Tp) | (frame_of >= T)  # (Kin, P)
-    kk = torch.arange(Kin, device=dev)
+    fixed_any = fixed.any(dim=0).tolist()  # steps where some token is fixed (no per-step test on the device)
 
     fed_mel = stream = streamer = None
     W = int(decode_window)
@@ -280,7 +291,8 @@ def generate(
             raise ValueError(
                 f"codec {codec.name} has decoder layers StreamingDecoder does not know: use window"
             )
-        fed_mel = torch.zeros(B, M, T, device=dev)
+        # stored time-major (B, T, M): the frame fed at each step is then one contiguous row
+        fed_mel = torch.zeros(B, T, M, device=dev).transpose(1, 2)  # (B, M, T) view
         stream = torch.zeros(B, T * HOP_LENGTH, device=dev)
         if decoder == "stream":
             streamer = StreamingDecoder(codec, B, Kin)
@@ -337,14 +349,13 @@ def generate(
         steps = tqdm(steps, desc="sampling", unit="step")
     with parametrize.cached():  # the codec's weight-norm weights, computed once
         for s in steps:
-            sampled = sample_tokens(logits, temperature, top_k, top_p, generator)  # (B, Kin)
-            tok = torch.where(fixed[:, s], placed[:, :, s], sampled)
-            placed[:, :, s] = tok
+            tok = sample_tokens(logits, temperature, top_k, top_p, generator)  # (B, Kin)
+            if fixed_any[s]:
+                tok = torch.where(fixed[:, s], placed[:, :, s], tok)
+            placed[:, :, s] = tok  # also fills frame space (``codes`` is a view of ``placed``)
             f = s - lag  # the frame completed by this step
-            if f >= Tp:
-                codes[:, :, f] = placed[:, kk, f + kk] if delay else tok
-                if hybrid:
-                    feed_frame(f)
+            if f >= Tp and hybrid:
+                feed_frame(f)
             if s == P - 1:
                 break
             if s + 1 - s0 >= capacity:  # cache full: rebuild it from the last `keep` positions
@@ -358,6 +369,9 @@ def generate(
             logits = model._step(tok, step_mel, cache)  # arguments are right by construction
     _device_sync(dev)
     t_loop = time.perf_counter()
+    codes = codes.contiguous()
+    if fed_mel is not None:
+        fed_mel = fed_mel.contiguous()
     audio = codec.decode(codes) if decode_audio else None
     _device_sync(dev)
     t_end = time.perf_counter()
@@ -473,9 +487,10 @@ class StreamingDecoder:
             assert conv.stride[0] == 1 and conv.padding[0] == 0, "decoder convs are stride 1, unpadded"
             w = conv.weight.detach()  # (Cout, Cin, k) weight-norm weight, computed once (cached)
             b = None if conv.bias is None else conv.bias.detach().clone()
-            # columns of a window are laid out (Cin, k), as unfold gives them
-            return ("conv", w.reshape(w.shape[0], -1).clone(), b, w.shape[-1], conv.dilation[0],
-                    int(m.padding_total), self._slot(), m)  # fmt: skip
+            # columns of a window laid out (k, Cin): a one-frame push's window (B, k, Cin) is then
+            # its own column matrix; stored (k*Cin, Cout), the right-operand layout of addmm
+            wt = w.permute(2, 1, 0).reshape(-1, w.shape[0]).contiguous()
+            return ("conv", wt, b, w.shape[-1], conv.dilation[0], int(m.padding_total), self._slot(), m)
         if isinstance(m, me.EncodecConvTranspose1d):
             conv = m.conv
             w = conv.weight.detach()  # (Cin, Cout, k)
@@ -483,8 +498,9 @@ class StreamingDecoder:
             b = conv.bias.detach().clone()
             if k != 2 * r:  # EnCodec uses k = 2r; anything else takes the generic path
                 return ("convT", w.clone(), b, r, self._slot())
-            # out[i*r + j] = x[i] @ w[:, :, j]: one matmul gives both halves of each input's span
-            w2 = w.permute(1, 2, 0).reshape(-1, w.shape[0]).clone()  # (Cout*k, Cin), rows (o, j)
+            # out[i*r + j] = x[i] @ w[:, :, j]: one matmul gives both halves of each input's span;
+            # columns (half, j, o), so that for one input frame each half is a (r, Cout) view
+            w2 = w.permute(0, 2, 1).reshape(w.shape[0], -1).contiguous()  # (Cin, k*Cout)
             return ("convT2", w2, b, r, w.shape[1], self._slot())
         if isinstance(m, me.EncodecLSTM):
             lstm = m.lstm
@@ -522,7 +538,8 @@ class StreamingDecoder:
         if kind == "elu":
             return F.elu(x, op[1])
         if kind == "conv":
-            _, w, b, k, dil, pad, i, m = op
+            _, wt, b, k, dil, pad, i, m = op
+            B, n = x.shape[:2]
             if pad:
                 prev = st[i]
                 if prev is None:  # first chunk: the module's own (reflect) padding, as Codec.decode pads
@@ -531,20 +548,26 @@ class StreamingDecoder:
                     xx = torch.cat([prev, x], 1)
                 st[i] = xx[:, -pad:]
                 x = xx
-            if k > 1:  # (B, n, Cin, span) windows -> (B, n, Cin*k) columns
-                cols = x.unfold(1, dil * (k - 1) + 1, 1)
-                x = (cols[..., ::dil] if dil > 1 else cols).reshape(cols.shape[0], cols.shape[1], -1)
-            return F.linear(x, w, b)
+            if k > 1:
+                if n == 1 and pad == dil * (k - 1):  # the window (B, span, Cin) is the only one
+                    x = x[:, ::dil] if dil > 1 else x  # (B, k, Cin)
+                else:  # (B, n, Cin, span) windows -> (B, n, k, Cin) columns
+                    cols = x.unfold(1, dil * (k - 1) + 1, 1)
+                    x = (cols[..., ::dil] if dil > 1 else cols).transpose(2, 3)
+            x = x.reshape(B * n, -1)
+            return (torch.mm(x, wt) if b is None else torch.addmm(b, x, wt)).view(B, n, -1)
         if kind == "convT2":
             _, w2, b, r, c_out, i = op
             B, n, _ = x.shape
-            z = F.linear(x, w2).view(B, n, c_out, 2, r)  # (B, n, Cout, half, j)
-            head = z[:, :, :, 0].transpose(2, 3).reshape(B, n * r, c_out)  # out[i*r + j]
-            spill = z[:, :, :, 1].transpose(2, 3).reshape(B, n * r, c_out)  # out[(i+1)*r + j]
+            z = torch.mm(x.reshape(B * n, -1), w2).view(B, n, 2, r, c_out)  # (B, n, half, j, Cout)
+            head = z[:, :, 0].reshape(B, n * r, c_out)  # out[i*r + j] (a view when n == 1)
+            spill = z[:, :, 1].reshape(B, n * r, c_out)  # out[(i+1)*r + j]
             tail = st[i]
+            st[i] = spill[:, -r:]
             if tail is None:
                 tail = spill.new_zeros(B, r, c_out)
-            st[i] = spill[:, -r:]
+            if n == 1:
+                return head + b + tail
             return head + b + torch.cat([tail, spill[:, :-r]], 1)
         if kind == "convT":
             _, w, b, r, i = op
