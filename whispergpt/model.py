@@ -380,7 +380,7 @@ class _StackPlan:
             e1,
             e2,
         ), kv in zip(self.layers, kvs):
-            qkv = _lin(F.layer_norm(x, (W,), ln1w, ln1b, e1), qkv_w, qkv_b).view(B, 3, H, hd)
+            qkv = _lin(torch.layer_norm(x, (W,), ln1w, ln1b, e1), qkv_w, qkv_b).view(B, 3, H, hd)
             qk, v = qkv[:, :2], qkv[:, 2]  # (B, 2, H, hd): q and k rotated together
             if self.cos is not None:
                 swapped = qk.view(B, 2, H, 2, hd // 2).flip(-2).view(B, 2, H, hd)
@@ -389,9 +389,9 @@ class _StackPlan:
             kv.v[:, :, pos] = v
             y = F.scaled_dot_product_attention(qk[:, 0, :, None], kv.k[:, :, :end], kv.v[:, :, :end])
             x = x + _lin(y.reshape(B, W), proj_w, proj_b)  # (B, H, 1, hd) -> (B, W)
-            h = _lin(F.layer_norm(x, (W,), ln2w, ln2b, e2), fc_w, fc_b)
+            h = _lin(torch.layer_norm(x, (W,), ln2w, ln2b, e2), fc_w, fc_b)
             x = x + _lin(F.gelu(h), out_w, out_b)
-        return F.layer_norm(x, (W,), *self.ln_f, self.eps)
+        return torch.layer_norm(x, (W,), *self.ln_f, self.eps)
 
 
 class _DecodePlan:
@@ -633,7 +633,7 @@ class WhisperGPT(nn.Module):
         c, start = self.config, cache.steps
         B = step_tokens.shape[0]
         # token embedding summed over the Kin codebooks: (B, Kin) -> (B, E)
-        x = F.embedding(step_tokens + self.tok_offsets, plan.tok_table).sum(dim=1)
+        x = torch.embedding(plan.tok_table, step_tokens + self.tok_offsets).sum(dim=1)
         pos = start
         if plan.mel is not None:
             if start < 1 + c.mel_lag or step_mel is None:  # mel frame index < 0: the learned pad
