@@ -252,6 +252,23 @@ def test_kv_cache_steps_equal_full_forward(pattern, fusion, pos_emb):
         model.step(tokens[:, :, 0], step_mel[:, :, 0], cache)
 
 
+@pytest.mark.parametrize("fusion", ["sum", "none"])
+def test_decode_plan_without_biases_and_with_tied_heads(fusion):
+    """The inference step path reads tied heads and bias-free linears/norms like the full forward."""
+    model = small_model("delay", fusion, bias=False, tie_weights=True)
+    codes, mel = inputs(T=5)
+    tokens, step_mel = pt.build_inputs(codes, mel, "delay", model.pad_id)
+    with torch.inference_mode():
+        full = model.forward_steps(tokens, step_mel)
+        cache = model.new_cache(2, tokens.shape[-1])
+        stepped = [
+            model.step(tokens[:, :, p], step_mel[:, :, p] if p >= K else None, cache)
+            for p in range(tokens.shape[-1])
+        ]
+    assert cache.plan is not None
+    torch.testing.assert_close(torch.stack(stepped, dim=2), full)
+
+
 def test_step_requires_mel_once_frames_exist():
     model = small_model("coarse", "concat")
     cache = model.new_cache(1, 4)
