@@ -19,7 +19,10 @@ Public API:
 - ``WhisperGPT(config)``: ``model(codes (B,K,T), mel (B,M,T) | None) -> WhisperGPTOutput`` with
   ``logits (B, Ks, T, V)`` where ``logits[:, k, t]`` scores ``codes[:, k, t]``.
 - ``nll_per_codebook(logits, codes, mask=None) -> (nll_sum (Ks,) float64, count (Ks,) int64)``.
-- Incremental decoding in step space: ``new_cache``, ``forward_steps`` (prefill), ``step``.
+- Incremental decoding in step space: ``new_cache``, ``forward_steps`` (prefill), ``step``. In
+  inference (eval, no autograd) ``step`` runs a per-cache ``_DecodePlan`` (flattened blocks,
+  CPU weights in ``addmm``'s right-operand layout, RoPE tables per cache): same values as
+  ``forward_steps`` up to float rounding, about half the ops.
 - ``save_pretrained(dir)`` / ``WhisperGPT.from_pretrained(dir)``: ``config.json`` + ``model.safetensors``.
 
 Parameter counts (``num_parameters()``) include every parameter: embeddings, heads, mel branch.
