@@ -360,7 +360,9 @@ def generate(
                 break
             if s + 1 - s0 >= capacity:  # cache full: rebuild it from the last `keep` positions
                 s0 = s + 2 - keep
+                plan = cache.plan
                 cache, logits = prefill(s0, s + 1)
+                cache.plan = plan  # same model, same capacity: the decode plan is reused, not rebuilt
                 reprefills += 1
                 continue
             step_mel = None
