@@ -204,6 +204,15 @@ def test_lsuv_init_keeps_the_signal_alive_through_the_stack():
     assert float(recon.pow(2).mean().sqrt()) == pytest.approx(rms, rel=0.3)
 
 
+def test_lr_decay_is_linear_from_a_fixed_step():
+    cfg = tiny_cfg("train.max_steps=110", "train.lr=1e-3", "train.lr_decay_start=10", "train.min_lr_ratio=0.1")
+    lr = [cfg.train.lr_at(s) for s in (0, 9, 10, 60, 110, 500)]
+    assert lr == pytest.approx([1e-3, 1e-3, 1e-3, 5.5e-4, 1e-4, 1e-4])
+    assert tiny_cfg("train.lr=1e-3").train.lr_at(10**6) == 1e-3  # default: constant
+    with pytest.raises(ConfigError, match="min_lr_ratio"):
+        tiny_cfg("train.min_lr_ratio=2")
+
+
 def test_config_rejects_wrong_hop():
     with pytest.raises(ConfigError, match="320"):
         load_config(CodecTrainConfig, None, ["model.upsampling_ratios=[8, 5, 4]"])
@@ -382,3 +391,24 @@ def test_shipped_offline_codec_loads_and_is_the_offline_default(monkeypatch, cap
     assert c.model.config.use_causal_conv and not c.model.config.normalize
     codes = c.encode(tones(1, 0.2))
     assert codes.shape == (1, 4, 15) and c.decode(codes).shape == (1, 15 * 320)
+
+
+def test_shipped_codec_reconstruction_follows_its_input():
+    """The shipped codec's decoder uses the codes: each reconstruction is nearer (log-mel) to its
+    own input than to the other input, at 1.5 and 6 kbps, and far nearer than the random floor."""
+    from whispergpt.codec import SHIPPED_CODEC_DIR
+
+    t = torch.arange(int(0.8 * SAMPLE_RATE)) / SAMPLE_RATE
+    low = sum(0.3 / h * torch.sin(2 * math.pi * 196.0 * h * t) for h in range(1, 6))  # G3, 5 harmonics
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(t.numel(), generator=g)
+    high = 0.2 * (noise - torch.roll(noise, 1))  # bright, high-passed noise
+    for bw in (1.5, 6.0):
+        c = Codec.from_pretrained(SHIPPED_CODEC_DIR, bandwidth=bw)
+        rec = {name: c.decode(c.encode(x[None]))[0] for name, x in (("low", low), ("high", high))}
+        own = mel_distance(low, rec["low"]) + mel_distance(high, rec["high"])
+        swapped = mel_distance(low, rec["high"]) + mel_distance(high, rec["low"])
+        assert own < 0.5 * swapped, (bw, own, swapped)
+    floor = Codec.random(seed=0)
+    floor_own = mel_distance(low, floor.decode(floor.encode(low[None]))[0])
+    assert mel_distance(low, rec["low"]) < 0.5 * floor_own

@@ -136,6 +136,10 @@ class CodecDataConfig:
 class CodecTrainLoopConfig:
     max_steps: int = 2000
     lr: float = 3e-4
+    # -1 = constant lr; else linear decay from lr (at this step) to lr * min_lr_ratio (at max_steps).
+    # A fixed step rather than a fraction, so a run can be extended without changing its past.
+    lr_decay_start: int = -1
+    min_lr_ratio: float = 0.1
     betas: list[float] = field(default_factory=lambda: [0.5, 0.9])
     weight_decay: float = 0.0
     grad_clip: float = 1.0
@@ -149,7 +153,16 @@ class CodecTrainLoopConfig:
     wandb_project: str = "whispergpt-codec"
     progress: bool = True
 
+    def lr_at(self, step: int) -> float:
+        """Learning rate of optimiser step ``step`` (0-based)."""
+        if self.lr_decay_start < 0 or step < self.lr_decay_start:
+            return self.lr
+        frac = min(1.0, (step - self.lr_decay_start) / max(1, self.max_steps - self.lr_decay_start))
+        return self.lr * (1.0 - (1.0 - self.min_lr_ratio) * frac)
+
     def __post_init__(self) -> None:
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.max_steps < 0 or self.log_every < 1 or self.ckpt_every < 1:
             raise ValueError(
                 f"train.max_steps >= 0, log_every >= 1, ckpt_every >= 1 expected, got "
@@ -660,6 +673,9 @@ def train(cfg: CodecTrainConfig, audio: list[str | os.PathLike], out: str | os.P
             n_q = nq_choices[int(torch.randint(0, len(nq_choices), (1,), generator=g))]
         else:
             n_q = nq_choices[-1]
+        for opt in (opt_g, opt_d):
+            for group in opt.param_groups if opt is not None else []:
+                group["lr"] = tc.lr_at(step)
         recon, rq = gen(wave, n_q, bypass=warm)
         l1 = (recon - wave).abs().mean()
         spec = mrstft(recon[:, None], wave[:, None])
