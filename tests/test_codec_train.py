@@ -205,7 +205,9 @@ def test_lsuv_init_keeps_the_signal_alive_through_the_stack():
 
 
 def test_lr_decay_is_linear_from_a_fixed_step():
-    cfg = tiny_cfg("train.max_steps=110", "train.lr=1e-3", "train.lr_decay_start=10", "train.min_lr_ratio=0.1")
+    cfg = tiny_cfg(
+        "train.max_steps=110", "train.lr=1e-3", "train.lr_decay_start=10", "train.min_lr_ratio=0.1"
+    )
     lr = [cfg.train.lr_at(s) for s in (0, 9, 10, 60, 110, 500)]
     assert lr == pytest.approx([1e-3, 1e-3, 1e-3, 5.5e-4, 1e-4, 1e-4])
     assert tiny_cfg("train.lr=1e-3").train.lr_at(10**6) == 1e-3  # default: constant
