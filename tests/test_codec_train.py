@@ -401,8 +401,10 @@ def test_shipped_codec_reconstruction_follows_its_input():
     from whispergpt.codec import SHIPPED_CODEC_DIR
 
     t = torch.arange(int(0.8 * SAMPLE_RATE)) / SAMPLE_RATE
-    low = sum(0.3 / h * torch.sin(2 * math.pi * 196.0 * h * t) for h in range(1, 6))  # G3, 5 harmonics
     g = torch.Generator().manual_seed(0)
+    syllables = torch.sin(2 * math.pi * 3 * t).clamp_min(0)  # 3 Hz bursts with gaps
+    low = syllables * sum(0.3 / h * torch.sin(2 * math.pi * 196.0 * h * t) for h in range(1, 6))  # G3
+    low = low + 0.003 * torch.randn(t.numel(), generator=g)  # a noise floor, as in recordings
     noise = torch.randn(t.numel(), generator=g)
     high = 0.2 * (noise - torch.roll(noise, 1))  # bright, high-passed noise
     for bw in (1.5, 6.0):
