@@ -158,6 +158,11 @@ def _window(device: torch.device) -> torch.Tensor:
     return _WIN_CACHE[key]
 
 
+def _normalise(mel: torch.Tensor) -> torch.Tensor:
+    """Mel power -> the normalised log-mel: ``(log10(max(mel, LOG_FLOOR)) + 4) / 4``."""
+    return (torch.log10(mel.clamp_min(LOG_FLOOR)) + 4.0) / 4.0
+
+
 def log_mel(wave: torch.Tensor, n_mels: int = N_MELS) -> torch.Tensor:
     """Causal log-mel spectrogram on the 75 Hz codec grid.
 
@@ -190,9 +195,25 @@ def log_mel(wave: torch.Tensor, n_mels: int = N_MELS) -> torch.Tensor:
     )  # (B', F, T)
     power = spec.real.square() + spec.imag.square()
     mel = torch.matmul(_fb(n_mels, x.device).T, power)  # (n_mels, F) @ (B', F, T) -> (B', n_mels, T)
-    out = (torch.log10(mel.clamp_min(LOG_FLOOR)) + 4.0) / 4.0
+    out = _normalise(mel)
     assert out.shape[-1] == T
     return out.reshape(*lead, n_mels, T)
+
+
+def log_mel_frame(seg: torch.Tensor, n_mels: int = N_MELS) -> torch.Tensor:
+    """The causal log-mel frame of the window ending at the last sample of ``seg (B, S)`` -> ``(B, n_mels)``.
+
+    Equals ``log_mel(seg, n_mels)[..., -1]`` when ``S`` is a multiple of 320 (samples before
+    ``seg`` count as zeros, as ``log_mel`` pads), computed with one ``rfft`` of the last
+    ``WIN_LENGTH`` samples instead of a full STFT: the sampler's feedback loop needs one frame per step.
+    """
+    S = seg.shape[-1]
+    x = seg[:, -WIN_LENGTH:].float()
+    if S < WIN_LENGTH:
+        x = torch.nn.functional.pad(x, (WIN_LENGTH - S, 0))
+    spec = torch.fft.rfft(x * _window(x.device))  # (B, F)
+    power = spec.real.square() + spec.imag.square()
+    return _normalise(power @ _fb(n_mels, x.device))  # (B, F) @ (F, M) -> (B, M)
 
 
 def silence_log_mel_value() -> float:

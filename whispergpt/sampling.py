@@ -67,12 +67,10 @@ import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
 from . import patterns as pt
-from .audio import FRAME_RATE, HOP_LENGTH, LOG_FLOOR, SAMPLE_RATE, WIN_LENGTH, log_mel
+from .audio import FRAME_RATE, HOP_LENGTH, SAMPLE_RATE, WIN_LENGTH, log_mel, log_mel_frame
 
 DEFAULT_DECODE_WINDOW = 32
 DEFAULT_CONTEXT_KEEP = 0.75
-# samples of decoded audio needed for one mel frame: whole frames covering WIN_LENGTH
-MEL_SPAN = math.ceil(WIN_LENGTH / HOP_LENGTH) * HOP_LENGTH
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,25 +139,6 @@ def sample_tokens(
     probs = filter_logits(logits.float() / temperature, top_k, top_p).softmax(dim=-1)
     draw = torch.multinomial(probs.reshape(-1, V), 1, generator=generator)
     return draw.view(lead)
-
-
-def mel_frame(seg: torch.Tensor, n_mels: int) -> torch.Tensor:
-    """The causal log-mel frame of the window ending at the last sample of ``seg (B, S)`` -> ``(B, n_mels)``.
-
-    Equals ``log_mel(seg, n_mels)[..., -1]`` when ``S`` is a multiple of 320 (samples before
-    ``seg`` count as zeros, as ``log_mel`` pads), computed with one ``rfft`` of the last
-    ``WIN_LENGTH`` samples instead of a full STFT: the feedback loop needs one frame per step.
-    """
-    from .audio import _fb, _window
-
-    S = seg.shape[-1]
-    x = seg[:, -WIN_LENGTH:].float()
-    if S < WIN_LENGTH:
-        x = F.pad(x, (WIN_LENGTH - S, 0))
-    spec = torch.fft.rfft(x * _window(x.device))  # (B, F)
-    power = spec.real.square() + spec.imag.square()
-    mel = power @ _fb(n_mels, x.device)  # (B, F) @ (F, M) -> (B, M)
-    return (torch.log10(mel.clamp_min(LOG_FLOOR)) + 4.0) / 4.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,7 +292,7 @@ def generate(
             new = codec.decode(codes[:, :, lo : f + 1])[:, -HOP_LENGTH:]  # (B, 320)
         end = (f + 1) * HOP_LENGTH
         stream[:, end - HOP_LENGTH : end] = new.to(dev)
-        fed_mel[:, :, f] = mel_frame(stream[:, max(0, end - WIN_LENGTH) : end], M)
+        fed_mel[:, :, f] = log_mel_frame(stream[:, max(0, end - WIN_LENGTH) : end], M)
 
     def prefill(s0: int, s_last: int):
         """A new cache holding global steps s0 .. s_last as positions 0 .. n-1; logits of s_last."""
