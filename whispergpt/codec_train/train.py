@@ -214,7 +214,7 @@ def build_encodec(cfg: CodecModelConfig):
 
 
 @torch.no_grad()
-def lsuv_init(gen: TrainableCodec, wave: torch.Tensor, out_rms: float | None = None) -> list[float]:
+def lsuv_init(gen: TrainableCodec, wave: torch.Tensor) -> list[float]:
     """Data-dependent init of every conv (layer-sequential unit variance): output std 1, bias 0.
 
     PyTorch's default conv init shrinks the signal ~3x per layer, so through EnCodec's ~15 convs a
@@ -225,7 +225,7 @@ def lsuv_init(gen: TrainableCodec, wave: torch.Tensor, out_rms: float | None = N
     end to end; the log-mel distance then falls from the first steps. Returns the stds before.
     """
     convs = [m for m in gen.model.modules() if isinstance(m, (nn.Conv1d, nn.ConvTranspose1d))]
-    out_rms = float(wave.pow(2).mean().sqrt()) if out_rms is None else out_rms
+    out_rms = float(wave.pow(2).mean().sqrt())
     seen: dict[str, torch.Tensor] = {}
     before = []
     for conv in convs:
@@ -673,9 +673,10 @@ def train(cfg: CodecTrainConfig, audio: list[str | os.PathLike], out: str | os.P
             n_q = nq_choices[int(torch.randint(0, len(nq_choices), (1,), generator=g))]
         else:
             n_q = nq_choices[-1]
-        for opt in (opt_g, opt_d):
-            for group in opt.param_groups if opt is not None else []:
-                group["lr"] = tc.lr_at(step)
+        lr = tc.lr_at(step)
+        for opt in filter(None, (opt_g, opt_d)):
+            for group in opt.param_groups:
+                group["lr"] = lr
         recon, rq = gen(wave, n_q, bypass=warm)
         l1 = (recon - wave).abs().mean()
         spec = mrstft(recon[:, None], wave[:, None])
