@@ -5,7 +5,7 @@ Same as ``whispergpt sample``; see ``whispergpt/sampling.py`` for the options.
 
 import sys
 
-from whispergpt.sampling import main
+from whispergpt.generate import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -7,7 +7,7 @@ Same as ``whispergpt train``; see ``whispergpt/training.py``.
 
 import sys
 
-from whispergpt.training import main
+from whispergpt.training.trainer import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -6,7 +6,7 @@
     python benchmarks/bench_sampling.py --device cuda            # GPU sizes, full-size codec
     python benchmarks/bench_sampling.py --out runs/benchmarks/sampling.json
 
-Both models have the same dims and the ``delay`` pattern; both run ``whispergpt.sampling.generate``
+Both models have the same dims and the ``delay`` pattern; both run ``whispergpt.generate.generate``
 (KV cache, top-k 250, same seed) without the final full decode, so the hybrid's extra time is the
 mel branch plus the feedback loop (window decode + one mel frame per step). See benchmarks/README.md.
 """
@@ -94,8 +94,8 @@ def run_sampling_benchmark(
 
     from whispergpt.audio import FRAME_RATE
     from whispergpt.codec import Codec
-    from whispergpt.model import WhisperGPT, WhisperGPTConfig
-    from whispergpt.sampling import generate
+    from whispergpt.generate import generate
+    from whispergpt.models import WhisperGPT, WhisperGPTConfig
 
     dev = _device(device)
     mode = "quick" if quick else (mode or ("gpu" if dev.type == "cuda" else "cpu"))

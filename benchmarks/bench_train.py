@@ -161,7 +161,7 @@ TRAIN_SIZES: dict[str, Size] = {
 # --------------------------------------------------------------------------------------------
 def build_ours(size: Size, fusion: str) -> nn.Module:
     """WhisperGPT with MusicGen's delay pattern; ``fusion="none"`` is token-only, ``concat`` hybrid."""
-    from whispergpt.model import WhisperGPT, WhisperGPTConfig
+    from whispergpt.models import WhisperGPT, WhisperGPTConfig
 
     cfg = WhisperGPTConfig(
         num_codebooks=size.num_codebooks,
@@ -215,7 +215,7 @@ def musicgen_inputs(codes: torch.Tensor, pad_id: int) -> tuple[torch.Tensor, tor
     Labels are the tokens placed at each step (pad where the pattern places nothing: ignored by
     its loss), inputs the same shifted right by one with BOS first.
     """
-    from whispergpt import patterns as pt
+    from whispergpt.models import patterns as pt
 
     B, K, _ = codes.shape
     placed = pt.build_step_tokens(codes, "delay", pad_id)  # (B, K, P)
@@ -229,7 +229,7 @@ def make_optimizer(model: nn.Module, device: torch.device) -> torch.optim.Optimi
 
 
 def ours_step(model: nn.Module, opt, codes, mel, amp: bool) -> Callable[[], None]:
-    from whispergpt.model import nll_per_codebook
+    from whispergpt.models import nll_per_codebook
 
     def step() -> None:
         with torch.autocast(codes.device.type, dtype=torch.bfloat16, enabled=amp):

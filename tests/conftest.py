@@ -33,7 +33,7 @@ def tiny_dataset(tmp_path_factory, tiny_codec_dir):
     import numpy as np
 
     from whispergpt.audio import save_audio
-    from whispergpt.prepare import prepare
+    from whispergpt.data.prepare import prepare
 
     root = tmp_path_factory.mktemp("tiny-dataset")
     wav = root / "wav"

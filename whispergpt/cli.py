@@ -11,19 +11,31 @@ import sys
 
 # command -> (module, function, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "prepare": ("whispergpt.prepare", "main_prepare", "encode a folder of audio into a training dataset"),
-    "inspect": ("whispergpt.prepare", "main_inspect", "summarise a prepared dataset"),
-    "train": ("whispergpt.training", "main", "train a model (python train.py / accelerate launch train.py)"),
+    "prepare": (
+        "whispergpt.data.prepare",
+        "main_prepare",
+        "encode a folder of audio into a training dataset",
+    ),
+    "inspect": ("whispergpt.data.prepare", "main_inspect", "summarise a prepared dataset"),
+    "train": (
+        "whispergpt.training.trainer",
+        "main",
+        "train a model (python train.py / accelerate launch train.py)",
+    ),
     "eval": ("whispergpt.evaluate", "main", "next-token NLL / perplexity of checkpoints on a prepared split"),
-    "compare": ("whispergpt.compare", "main", "train + evaluate the paper's GPT-S / GPT-L / hybrid recipes"),
-    "sample": ("whispergpt.sampling", "main", "generate speech or music continuations into WAV files"),
+    "compare": (
+        "whispergpt.tools.compare",
+        "main",
+        "train + evaluate the paper's GPT-S / GPT-L / hybrid recipes",
+    ),
+    "sample": ("whispergpt.generate", "main", "generate speech or music continuations into WAV files"),
     "codec": (
-        "whispergpt.codec_train.cli",
+        "whispergpt.codec.cli",
         "main",
         "train (codec train) or evaluate (codec eval) an EnCodec codec",
     ),
-    "data": ("whispergpt.demo", "main", "build the demo corpus (data demo)"),
-    "quickstart": ("whispergpt.quickstart", "main", "the README's end-to-end demo"),
+    "data": ("whispergpt.tools.demo", "main", "build the demo corpus (data demo)"),
+    "quickstart": ("whispergpt.tools.quickstart", "main", "the README's end-to-end demo"),
 }
 
 

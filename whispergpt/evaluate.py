@@ -50,7 +50,7 @@ from pathlib import Path
 import torch
 
 from .data import PreparedDataset
-from .model import WhisperGPT, nll_per_codebook
+from .models import WhisperGPT, nll_per_codebook
 
 MEL_LABELS = {
     "truth": "mel=truth (ground-truth audio)",

@@ -66,8 +66,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
-from . import patterns as pt
 from .audio import FRAME_RATE, HOP_LENGTH, SAMPLE_RATE, WIN_LENGTH, log_mel, log_mel_frame
+from .models import patterns as pt
 
 DEFAULT_DECODE_WINDOW = 32
 DEFAULT_CONTEXT_KEEP = 0.75
@@ -603,7 +603,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
         return p
     if (p / "final" / "config.json").is_file():
         return p / "final"
-    from .checkpoint import list_checkpoints
+    from .training.checkpoint import list_checkpoints
 
     found = list_checkpoints(p)
     if found:
@@ -810,7 +810,7 @@ def run(args: argparse.Namespace) -> dict:
     from .audio import load_audio, save_audio
     from .codec import Codec
     from .config import from_dict
-    from .model import WhisperGPT, WhisperGPTConfig
+    from .models import WhisperGPT, WhisperGPTConfig
 
     t0 = time.perf_counter()
     _check_args(args)

@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 import torch
 
-import whispergpt.prepare as prep
+import whispergpt.data.prepare as prep
 from whispergpt.audio import HOP_LENGTH, SAMPLE_RATE, load_audio, log_mel
 from whispergpt.cli import main as cli_main
 from whispergpt.data import PreparedDataset

@@ -701,7 +701,7 @@ class WhisperGPT(nn.Module):
         """Load a ``save_pretrained`` directory (no pickle)."""
         from safetensors.torch import load_file
 
-        from .config import from_dict
+        from ..config import from_dict
 
         d = Path(directory)
         for name in ("config.json", "model.safetensors"):

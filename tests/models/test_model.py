@@ -11,12 +11,12 @@ import yaml
 from torch import nn
 
 from whispergpt import WhisperGPT, WhisperGPTConfig
-from whispergpt import patterns as pt
-from whispergpt.model import nll_per_codebook
+from whispergpt.models import nll_per_codebook
+from whispergpt.models import patterns as pt
 
 FUSIONS = ("concat", "sum", "interleave", "none")
 CASES = list(itertools.product(pt.PATTERNS, FUSIONS))
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 K, V, M = 3, 16, 8
 
 

@@ -2,7 +2,7 @@
 
 Also runnable as a module, e.g. under accelerate::
 
-    accelerate launch -m whispergpt.codec_train.cli train AUDIO... --out DIR
+    accelerate launch -m whispergpt.codec.cli train AUDIO... --out DIR
 """
 
 from __future__ import annotations

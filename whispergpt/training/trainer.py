@@ -39,10 +39,10 @@ from typing import Any, Literal
 import torch
 import yaml
 
+from ..config import ConfigError, apply_overrides, dump_yaml, from_dict, to_dict
+from ..data import PreparedDataset, read_manifest
+from ..models import WhisperGPT, WhisperGPTConfig, nll_per_codebook
 from . import checkpoint as ckpt_io
-from .config import ConfigError, apply_overrides, dump_yaml, from_dict, to_dict
-from .data import PreparedDataset, read_manifest
-from .model import WhisperGPT, WhisperGPTConfig, nll_per_codebook
 
 # Test hook: make the loss of this (1-based) step NaN, to exercise the non-finite stop.
 _NAN_STEP_ENV = "WHISPERGPT_TEST_NAN_AT_STEP"

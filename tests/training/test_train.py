@@ -15,7 +15,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from whispergpt import checkpoint as ckpt_io
 from whispergpt.config import ConfigError
 from whispergpt.training import (
     TrainConfig,
@@ -26,8 +25,9 @@ from whispergpt.training import (
     sample_seed,
     val_indices,
 )
+from whispergpt.training import checkpoint as ckpt_io
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs" / "tiny.yaml"
 
 
@@ -249,7 +249,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint_then_resumes_with_w
     assert {"step", "loss", "lr", "tokens_per_s", "grad_norm", "elapsed_s"} <= set(lines[0])
     assert all(len(x["val_nll_per_codebook"]) == 2 for x in lines if "val_nll" in x)
     assert (out / "config.yaml").is_file()
-    from whispergpt.model import WhisperGPT
+    from whispergpt.models import WhisperGPT
 
     WhisperGPT.from_pretrained(out / "final")
 

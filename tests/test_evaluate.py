@@ -18,7 +18,7 @@ from torch import nn
 from whispergpt import evaluate as ev
 from whispergpt.audio import SAMPLE_RATE, load_audio
 from whispergpt.data import PreparedDataset
-from whispergpt.model import WhisperGPT, WhisperGPTConfig
+from whispergpt.models import WhisperGPT, WhisperGPTConfig
 
 REPO = Path(__file__).resolve().parents[1]
 FILE_SECONDS = (0.61, 0.43, 0.29)  # 45, 32, 21 frames: distinct lengths, several windows each at context 16
@@ -30,7 +30,7 @@ FILE_SECONDS = (0.61, 0.43, 0.29)  # 45, 32, 21 frames: distinct lengths, severa
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory, tiny_codec_dir) -> Path:
     """A prepared set (tiny random codec, K=2) of three tone+noise files, all in split 'train'."""
-    from whispergpt.prepare import prepare
+    from whispergpt.data.prepare import prepare
 
     root = tmp_path_factory.mktemp("evalset")
     src = root / "src"
@@ -335,7 +335,7 @@ def test_two_processes_match_one(dataset, checkpoints, tmp_path):
 
 
 def test_compare_runs_get_the_same_tokens(dataset):
-    from whispergpt.compare import RECIPES, run_config
+    from whispergpt.tools.compare import RECIPES, run_config
     from whispergpt.training import resolve_config
 
     for scale in ("tiny", "paper"):
@@ -362,8 +362,8 @@ def test_compare_runs_get_the_same_tokens(dataset):
 @pytest.mark.slow
 def test_compare_end_to_end_tiny(tmp_path, tiny_codec_dir, capsys):
     """Two steps per run on a 4-file set (used as both 'speech' and 'music'), then resumed."""
-    from whispergpt.compare import main as compare_main
-    from whispergpt.prepare import prepare
+    from whispergpt.data.prepare import prepare
+    from whispergpt.tools.compare import main as compare_main
 
     src = tmp_path / "src"
     src.mkdir()

@@ -19,9 +19,9 @@ import torch
 from safetensors.torch import load_file
 from test_train import read_metrics  # the same metrics.jsonl reader as the single-process tests
 
-from whispergpt import checkpoint as ckpt_io
+from whispergpt.training import checkpoint as ckpt_io
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs" / "tiny.yaml"
 STEPS = 6
 
@@ -85,7 +85,7 @@ def ddp_run(data_dir, tmp_path_factory) -> Path:
 
 def test_ddp_two_processes_reduce_val_nll_and_save_once(ddp_run, data_dir):
     from whispergpt.data import PreparedDataset
-    from whispergpt.model import WhisperGPT, nll_per_codebook
+    from whispergpt.models import WhisperGPT, nll_per_codebook
     from whispergpt.training import val_indices
 
     assert sorted(p.name for p in (ddp_run / "final").iterdir()) == [
@@ -138,7 +138,7 @@ def test_deepspeed_zero2_save_resume_consolidate(ddp_run, data_dir, tmp_path):
 
 def test_deepspeed_zero3_trains_and_consolidates(ddp_run, data_dir, tmp_path):
     pytest.importorskip("deepspeed")
-    from whispergpt.model import WhisperGPT
+    from whispergpt.models import WhisperGPT
 
     out = tmp_path / "zero3"
     done = launch("zero3.yaml", data_dir, out)

@@ -51,11 +51,11 @@ from pathlib import Path
 
 import yaml
 
-from .config import apply_overrides
+from ..config import apply_overrides
 
 RECIPES = (("GPT-S", "paper_gpt_s"), ("GPT-L", "paper_gpt_l"), ("hybrid", "paper_hybrid"))
 SETS = ("speech", "music")
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 SCALES: dict[str, dict] = {
     "paper": dict(
@@ -130,7 +130,7 @@ def _step(launcher: list[str] | None, command: str, args: list[str], log: Path) 
     if launcher:
         _run([*launcher, "-m", "whispergpt.cli", command, *args], log)
         return
-    from . import evaluate, training
+    from .. import evaluate, training
 
     print(f"$ whispergpt {command} {shlex.join(args)}", flush=True)
     rc = (training.main if command == "train" else evaluate.main)(args)
@@ -149,8 +149,8 @@ def compare(
     configs: str | os.PathLike = CONFIGS,
 ) -> dict:
     """Train + evaluate every recipe on every set; returns (and writes) the comparison dict."""
-    from .data import read_manifest
-    from .training import resolve_config
+    from ..data import read_manifest
+    from ..training import resolve_config
 
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {list(SCALES)}, got {scale!r}")

@@ -11,9 +11,9 @@ import torch
 
 from whispergpt.audio import SAMPLE_RATE, save_audio
 from whispergpt.codec import PRIME_FRAMES, Codec
-from whispergpt.codec_train.eval import codebook_usage, mel_distance, si_snr
-from whispergpt.codec_train.rvq import ResidualVQ, export_to_encodec, nearest_code, rvq_for_encodec
-from whispergpt.codec_train.train import (
+from whispergpt.codec.eval import codebook_usage, mel_distance, si_snr
+from whispergpt.codec.rvq import ResidualVQ, export_to_encodec, nearest_code, rvq_for_encodec
+from whispergpt.codec.train import (
     CodecTrainConfig,
     TrainableCodec,
     build_encodec,
@@ -329,7 +329,7 @@ def test_codebook_usage_entropy():
 
 @pytest.mark.slow
 def test_eval_cli_reports_trained_and_random_floor(tiny_codec_dir, tmp_path, capsys):
-    from whispergpt.codec_train.cli import main
+    from whispergpt.codec.cli import main
 
     for i, w in enumerate(tones(2, 1.0, seed=5)):
         save_audio(tmp_path / "speech" / f"s{i}.wav", w)
@@ -352,7 +352,7 @@ def test_eval_cli_reports_trained_and_random_floor(tiny_codec_dir, tmp_path, cap
 
 
 def test_eval_cli_rejects_bad_input(tiny_codec_dir, tmp_path, capsys):
-    from whispergpt.codec_train.cli import main
+    from whispergpt.codec.cli import main
 
     assert main(["eval", str(tiny_codec_dir), str(tmp_path / "missing.wav")]) == 2
     assert "neither a file nor a directory" in capsys.readouterr().err
@@ -363,7 +363,7 @@ def test_eval_cli_rejects_bad_input(tiny_codec_dir, tmp_path, capsys):
 
 
 def test_default_codec_falls_back_offline(monkeypatch, tiny_codec_dir, capsys):
-    import whispergpt.codec as codec_mod
+    import whispergpt.codec.codec as codec_mod
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(codec_mod, "SHIPPED_CODEC_DIR", tiny_codec_dir)

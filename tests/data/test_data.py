@@ -223,7 +223,7 @@ def test_unlisted_and_tmp_shards_are_ignored(ds_dir):
 def test_several_directories_read_as_one(tmp_path, tiny_codec_dir):
     import soundfile as sf
 
-    from whispergpt.prepare import prepare
+    from whispergpt.data.prepare import prepare
 
     dirs = []
     for name, freq in (("speech", 220.0), ("music", 330.0)):
@@ -264,7 +264,7 @@ def test_decoded_mel_is_log_mel_of_decoded_codes(tmp_path, tiny_codec, tiny_code
     import soundfile as sf
 
     from whispergpt.audio import log_mel
-    from whispergpt.prepare import prepare
+    from whispergpt.data.prepare import prepare
 
     src = tmp_path / "src"
     src.mkdir()

@@ -23,12 +23,12 @@ from pathlib import Path
 
 import torch
 
-from .audio import HOP_LENGTH, SAMPLE_RATE
+from ..audio import HOP_LENGTH, SAMPLE_RATE
 
 HUB_CODEC = "facebook/encodec_24khz"
 # The small codec shipped in the package (trained with `whispergpt codec train`, see MODEL_CARD.md
 # next to it): `Codec.from_pretrained("default")` falls back to it when the hub is unreachable.
-SHIPPED_CODEC_DIR = Path(__file__).parent / "assets" / "codec" / "whispergpt-small-24khz"
+SHIPPED_CODEC_DIR = Path(__file__).parents[1] / "assets" / "codec" / "whispergpt-small-24khz"
 SHIPPED_CODEC_TRAINED_ON = (
     "48 min of Debian-packaged speech (tuxpaint) and music (ufoai), 7,800 steps on a 2-core CPU"
 )

@@ -84,8 +84,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .audio import AUDIO_EXTENSIONS, HOP_LENGTH, SAMPLE_RATE, AudioLoadError, load_audio, log_mel, num_frames
-from .data import FORMAT_VERSION, MANIFEST, SHARDS_DIR, read_manifest
+from ..audio import AUDIO_EXTENSIONS, HOP_LENGTH, SAMPLE_RATE, AudioLoadError, load_audio, log_mel, num_frames
+from .dataset import FORMAT_VERSION, MANIFEST, SHARDS_DIR, read_manifest
 
 CONTEXT_SECONDS = 2.0
 SPLITS = ("train", "val")
@@ -338,7 +338,7 @@ def prepare(
     """
     from tqdm.auto import tqdm
 
-    from .codec import Codec
+    from ..codec import Codec
 
     if n_mels < 1:
         raise ValueError(f"n_mels must be >= 1, got {n_mels}")

@@ -9,10 +9,8 @@ import soundfile as sf
 import torch
 import yaml
 
-from whispergpt import patterns as pt
 from whispergpt.audio import HOP_LENGTH, SAMPLE_RATE, log_mel
-from whispergpt.model import WhisperGPT, WhisperGPTConfig
-from whispergpt.sampling import (
+from whispergpt.generate import (
     StreamingDecoder,
     filter_logits,
     generate,
@@ -20,6 +18,8 @@ from whispergpt.sampling import (
     measure_decode_window_error,
     sample_tokens,
 )
+from whispergpt.models import WhisperGPT, WhisperGPTConfig
+from whispergpt.models import patterns as pt
 
 # Measured max |fed mel - log_mel(full decode)|: streaming decoder ~1e-6; 32-frame window <= 1.2e-5
 # on random tiny and full-size codecs (benchmarks/README.md). The bound leaves room for BLAS

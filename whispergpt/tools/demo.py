@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import HOP_LENGTH, SAMPLE_RATE, load_audio, save_audio
+from ..audio import HOP_LENGTH, SAMPLE_RATE, load_audio, save_audio
 
 FORMAT_VERSION = 1
 MODALITIES = ("speech", "music")
@@ -123,7 +123,7 @@ def install_hint(missing: Sequence[Requirement]) -> str:
 
 def to_mono_24k(wave: np.ndarray, sample_rate: int) -> np.ndarray:
     """``(S,)`` or ``(S, C)`` float audio at any rate -> ``(S',)`` float32 mono at 24 kHz."""
-    from .audio import resample
+    from ..audio import resample
 
     x = np.asarray(wave, dtype=np.float32)
     if x.ndim == 2:

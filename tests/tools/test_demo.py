@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from whispergpt import demo
 from whispergpt.audio import HOP_LENGTH, SAMPLE_RATE
+from whispergpt.tools import demo
 
 
 class FakeSource(demo.Source):

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 STEPS = ("corpus", "prepare", "train", "eval", "sample")
-RECIPE = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
+RECIPE = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
 
 
 def _recipe() -> Path:
@@ -71,7 +71,7 @@ def _first_val_file(prepared: Path) -> str | None:
     manifest = prepared / "manifest.json"
     if not manifest.is_file():
         return None
-    from .data import PreparedDataset
+    from ..data import PreparedDataset
 
     ds = PreparedDataset(prepared, "val")
     files = sorted(ds.files, key=lambda f: -int(f["frames"]))

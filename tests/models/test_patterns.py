@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from whispergpt import patterns as pt
+from whispergpt.models import patterns as pt
 
 PAD = 99
 

@@ -1,0 +1,5 @@
+"""The neural audio codec: loading (``Codec``), exact streaming decode, and codec training/eval."""
+
+from .codec import HUB_CODEC, PRIME_FRAMES, SHIPPED_CODEC_DIR, Codec, fill_codebooks
+
+__all__ = ["HUB_CODEC", "PRIME_FRAMES", "SHIPPED_CODEC_DIR", "Codec", "fill_codebooks"]
