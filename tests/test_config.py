@@ -156,6 +156,10 @@ def test_recipes_found_by_name_from_any_directory(tmp_path, monkeypatch):
     for name in ("tiny.yaml", "tiny", "configs/tiny.yaml"):
         assert recipe_path(name) == shipped
     assert recipe_path("compare/tiny/paper_hybrid.yaml") == recipes_dir() / "compare/tiny/paper_hybrid.yaml"
+    from whispergpt.tools import compare, quickstart
+
+    assert quickstart._recipe() == recipes_dir() / "quickstart.yaml"
+    assert compare.scales() == ["paper", "tiny"]
     local = write(tmp_path / "tiny.yaml", "out_dir: mine\n")  # a path that exists wins
     assert recipe_path("tiny.yaml") == Path("tiny.yaml") and load_recipe("tiny.yaml") == {"out_dir": "mine"}
     local.unlink()
