@@ -399,6 +399,9 @@ def prepare(
     shards, done = _scan_shards(root)
     for p in done:
         skipped.pop(p, None)
+    for p in list(skipped):  # a folder or a link was skipped by the scan, which this run redoes
+        if Path(p).is_dir() or Path(p).is_symlink():
+            skipped.pop(p)
     skipped.update(unreadable)
 
     dev = _resolve_device(device)
