@@ -1,11 +1,12 @@
-"""Generate audio with a trained WhisperGPT: ``python sample.py --checkpoint DIR --seconds S --out DIR``.
+"""Generate audio with a trained WhisperGPT: ``python sample.py [--debug] --checkpoint DIR --seconds S --out DIR``.
 
-Same as ``whispergpt sample``; see ``whispergpt/sampling.py`` for the options.
+Same as ``whispergpt sample`` (errors and exit codes: ``whispergpt/cli.py``); see
+``whispergpt/generate.py`` for the options.
 """
 
 import sys
 
-from whispergpt.generate import main
+from whispergpt.cli import run_script
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run_script("sample"))

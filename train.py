@@ -1,13 +1,14 @@
-"""Train a WhisperGPT model: ``python train.py CONFIG.yaml [key=value ...]``.
+"""Train a WhisperGPT model: ``python train.py [--debug] CONFIG.yaml [key=value ...]``.
 
 Multi-process / multi-GPU / DeepSpeed ZeRO:
 ``accelerate launch --config_file configs/accelerate/zero2.yaml train.py CONFIG.yaml ...``.
-Same as ``whispergpt train``; see ``whispergpt/training.py``.
+Same as ``whispergpt train`` (errors and exit codes: ``whispergpt/cli.py``); see
+``whispergpt/training/trainer.py``.
 """
 
 import sys
 
-from whispergpt.training.trainer import main
+from whispergpt.cli import run_script
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run_script("train"))

@@ -37,7 +37,6 @@ each run's ``metrics.jsonl``, found in the checkpoint directory or its parents).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -535,60 +534,16 @@ def write_outputs(report: dict, out: str | os.PathLike) -> tuple[Path, Path, Pat
     return out, md, png
 
 
-def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(
-        prog="whispergpt eval",
-        description="Teacher-forced NLL / perplexity / accuracy / bits per second of checkpoints on a "
-        "whole prepared split. Multi-process: accelerate launch -m whispergpt.evaluate ...",
-    )
-    ap.add_argument("--checkpoint", action="append", required=True, help="save_pretrained dir (repeatable)")
-    ap.add_argument("--data", required=True, help="a `whispergpt prepare` output")
-    ap.add_argument("--split", default="val")
-    ap.add_argument("--out", help="report JSON path (also writes .md and .png next to it)")
-    ap.add_argument(
-        "--mel",
-        choices=("both", "truth", "decoded"),
-        default="both",
-        help="mel source(s) for hybrid models (token-only models: n/a)",
-    )
-    ap.add_argument(
-        "--overlap",
-        type=int,
-        default=None,
-        help="frames shared by consecutive windows (default context // 2)",
-    )
-    ap.add_argument("--batch-size", type=int, default=16, help="windows per forward")
-    ap.add_argument("--codec", default=None, help="codec for mel=decoded (default: the manifest's)")
-    ap.add_argument(
-        "--precision", choices=("auto", "fp32", "bf16"), default="auto", help="auto: bf16 on CUDA"
-    )
-    args = ap.parse_args(argv)
-    try:
-        acc = make_accelerator()
-        report = evaluate(
-            args.checkpoint,
-            args.data,
-            split=args.split,
-            mel=args.mel,
-            overlap=args.overlap,
-            batch_size=args.batch_size,
-            codec=args.codec,
-            precision=args.precision,
-            accelerator=acc,
-        )
-    except ValueError as e:
-        print(f"whispergpt eval: error: {e}", file=sys.stderr)
-        return 2
-    if acc.is_main_process:
-        print(markdown_table(report), flush=True)
-        if args.out:
-            paths = write_outputs(report, args.out)
-            print("wrote " + ", ".join(str(p) for p in paths), flush=True)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        acc.wait_for_everyone()
-        torch.distributed.destroy_process_group()
-    return 0
+def __getattr__(name: str):
+    # the CLI lives in whispergpt.tools.eval (it imports this module, hence lazily)
+    if name == "main":
+        from .tools.eval import main
+
+        return main
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # accelerate launch -m whispergpt.evaluate ...
+    from .tools.eval import main
+
     sys.exit(main(sys.argv[1:]))

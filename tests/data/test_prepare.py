@@ -353,3 +353,51 @@ def test_foreign_nonempty_out_is_refused(tmp_path, tiny_codec_dir):
     (tmp_path / "ds" / "thesis.tex").write_text("precious")
     with pytest.raises(ValueError, match="not empty"):
         run_prepare([tmp_path / "src"], tmp_path / "ds", tiny_codec_dir)
+
+
+def test_every_candidate_is_prepared_or_skipped_with_a_reason(tmp_path, tiny_codec_dir, monkeypatch, capsys):
+    src = tmp_path / "src"
+    write(src / "good.wav", tone(0.3))
+    write(src / "sub" / "good2.wav", tone(0.3, seed=1))
+    (src / "bad.wav").write_bytes(b"not audio")
+    (src / "gone.wav").symlink_to(tmp_path / "elsewhere" / "gone.wav")  # dangling
+    (src / "gone.txt").symlink_to(tmp_path / "elsewhere" / "gone.txt")  # dangling, not audio: no candidate
+    write(src / "locked" / "hidden.wav", tone(0.3, seed=2))
+    lst = tmp_path / "list.txt"
+    (tmp_path / "listed.flac").symlink_to(tmp_path / "elsewhere" / "listed.flac")
+    lst.write_text("listed.flac\n")
+    locked = src / "locked"
+    real_scandir = os.scandir
+
+    def scandir(path="."):  # an unreadable folder, also when the tests run as root
+        if Path(path) == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    m = run_prepare([src, lst], tmp_path / "ds", tiny_codec_dir, val_fraction=0.0, decoded_mel=False)
+    skipped = {Path(s["path"]).name: s["reason"] for s in m["skipped"]}
+    assert set(skipped) == {"bad.wav", "gone.wav", "locked", "listed.flac"}
+    assert "dangling symlink" in skipped["gone.wav"] and str(src / "gone.wav") in skipped["gone.wav"]
+    assert "dangling symlink" in skipped["listed.flac"] and f"{lst}:1" in skipped["listed.flac"]
+    assert "cannot list folder" in skipped["locked"] and str(locked) in skipped["locked"]
+    assert m["splits"]["train"]["files"] == 2
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert (
+        last
+        == "prepare: 2 prepared, 4 skipped, of 6 candidates"
+        + f" (reasons: whispergpt inspect {tmp_path / 'ds'})"
+    )
+
+    # the link's target appears and the folder becomes readable: resume prepares both, the counts still add up
+    write(tmp_path / "elsewhere" / "gone.wav", tone(0.3, seed=3))
+    monkeypatch.setattr(os, "scandir", real_scandir)
+    m = run_prepare([src, lst], tmp_path / "ds", tiny_codec_dir, val_fraction=0.0, decoded_mel=False)
+    assert sorted(Path(s["path"]).name for s in m["skipped"]) == ["bad.wav", "listed.flac"]
+    assert m["splits"]["train"]["files"] == 4
+    assert (
+        capsys.readouterr()
+        .out.strip()
+        .splitlines()[-1]
+        .startswith("prepare: 4 prepared, 2 skipped, of 6 candidates")
+    )

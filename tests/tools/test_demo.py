@@ -187,7 +187,7 @@ def test_missing_tools_give_exact_install_command(monkeypatch, tmp_path, capsys)
     _missing_everything(monkeypatch, tmp_path)
     rc = demo.main(["demo", "--out", str(tmp_path / "o"), "--cache", str(tmp_path / "c")])
     err = capsys.readouterr().err
-    assert rc == 1
+    assert rc == 2 and len(err.strip().splitlines()) == 1  # a missing tool is an input error: one line
     assert (
         "no speech source is available; install with: sudo apt-get install -y espeak-ng tuxpaint-stamps-default"
         in err
@@ -200,7 +200,7 @@ def test_missing_tools_give_exact_install_command(monkeypatch, tmp_path, capsys)
 
     rc = demo.main(["demo", "--check", "--cache", str(tmp_path / "c")])
     out = capsys.readouterr().out
-    assert rc == 1 and "espeak-ng" in out and "MISSING: sudo apt-get install -y espeak-ng" in out
+    assert rc == 2 and "espeak-ng" in out and "MISSING: sudo apt-get install -y espeak-ng" in out
     assert "MISSING: pip install music21" in out
 
 

@@ -18,8 +18,6 @@ passed with ``--speech`` or any directory in its path is named ``speech``; likew
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -289,41 +287,10 @@ def _load(name: str):
         return Codec.from_pretrained(name, bandwidth=top)
 
 
-def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(
-        prog="whispergpt codec eval",
-        description="Reconstruction metrics per bandwidth of a codec vs a random-weights codec of the same config.",
-    )
-    p.add_argument("codec", help="codec directory (save_pretrained layout), hub id, or 'default'")
-    p.add_argument(
-        "audio", nargs="*", help="audio files/directories (set from a 'speech'/'music' directory name)"
-    )
-    p.add_argument(
-        "--speech", nargs="+", default=[], help="audio files/directories scored as speech (adds PESQ/STOI)"
-    )
-    p.add_argument("--music", nargs="+", default=[], help="audio files/directories scored as music")
-    p.add_argument("--bandwidths", nargs="+", type=float, default=None, help="default: all of the codec's")
-    p.add_argument("--max-seconds", type=float, default=30.0, help="evaluate at most this much of each file")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random floor")
-    p.add_argument("--out", default=None, help="write the report as JSON here")
-    args = p.parse_intermixed_args(argv)
-    audio = (
-        [(a, None) for a in args.audio]
-        + [(a, "speech") for a in args.speech]
-        + [(a, "music") for a in args.music]
-    )
-    if not audio:
-        p.error("no audio given")
-    try:
-        report = run_eval(args.codec, audio, args.bandwidths, args.max_seconds, args.seed)
-    except (ValueError, OSError) as e:
-        print(f"whispergpt codec eval: {e}", file=sys.stderr)
-        return 2
-    table = markdown_table(report)
-    report["markdown"] = table
-    print(table)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(_jsonable(report), indent=1))
-        print(f"wrote {args.out}")
-    return 0
+def __getattr__(name: str):
+    # the CLI lives in whispergpt.codec.cli (it imports this module, hence lazily)
+    if name == "main":
+        from .cli import main_eval
+
+        return main_eval
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

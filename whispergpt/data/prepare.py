@@ -49,6 +49,9 @@ By file, decided before decoding anything: candidate paths (resolved, deduplicat
 permuted with ``numpy.random.default_rng(seed)``, and the first ``round(n * val_fraction)`` go to
 ``val`` (at least 1 when ``val_fraction > 0`` and ``n >= 2``). Files that then fail to load just
 drop out, so the split never depends on which files are readable.
+Every candidate path ends up in a completed shard or in ``skipped`` with its reason: dangling
+symlinks and folders that cannot be listed when the sources are scanned, undecodable files while
+encoding. The last line printed is ``prepare: N prepared, M skipped, of N+M candidates``.
 
 Encoding
 --------
@@ -72,7 +75,6 @@ available).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -101,29 +103,55 @@ def _is_audio(path: Path) -> bool:
 
 
 def collect_sources(sources: Sequence[str | os.PathLike]) -> list[Path]:
-    """Expand files / folders (recursive) / text lists into sorted, deduplicated resolved paths.
+    """The candidate audio paths of ``sources`` (see ``scan_sources``), without the skipped ones."""
+    return scan_sources(sources)[0]
 
-    A missing SRC (or a path named in a list that does not exist) is a ``ValueError``; listed files
-    that exist but do not decode are left for the encoder to skip and report.
+
+def scan_sources(sources: Sequence[str | os.PathLike]) -> tuple[list[Path], dict[str, str]]:
+    """Expand files / folders (recursive) / text lists into ``(candidates, skipped)``.
+
+    ``candidates``: sorted, deduplicated resolved paths to encode. ``skipped``: ``{path: reason}``
+    for paths that can never be read: a dangling symlink with an audio suffix, a folder that
+    cannot be listed. A missing SRC (or a path named in a list that does not exist) is a
+    ``ValueError``; files that exist but do not decode are left for the encoder to skip and report.
     """
     if not sources:
         raise ValueError("prepare needs at least one SRC (audio file, folder or text list of paths)")
     found: set[Path] = set()
+    skipped: dict[str, str] = {}
     for src in sources:
         p = Path(src).expanduser()
         if p.is_dir():
-            found.update(q.resolve() for q in p.rglob("*") if q.is_file() and _is_audio(q))
+            _walk(p, found, skipped)
         elif p.is_file() and (_is_audio(p) or p.suffix.lower() not in (".txt", ".lst", ".list", ".scp")):
             found.add(p.resolve())  # audio, or a file with an unknown suffix: let the decoder judge
         elif p.is_file():
-            found.update(_read_list(p))
+            _read_list(p, found, skipped)
+        elif p.is_symlink():
+            skipped[str(p.absolute())] = f"{p}: dangling symlink to {os.readlink(p)}"
         else:
             raise ValueError(f"SRC {src}: no such file or folder")
-    return sorted(found, key=str)
+    return sorted(found, key=str), {k: v for k, v in skipped.items() if Path(k) not in found}
 
 
-def _read_list(list_path: Path) -> list[Path]:
-    out = []
+def _walk(folder: Path, found: set[Path], skipped: dict[str, str]) -> None:
+    """Audio files under ``folder`` (symlinked folders are not followed, as ``Path.rglob``)."""
+
+    def unreadable(e: OSError) -> None:
+        skipped[str(Path(e.filename).absolute())] = f"{e.filename}: cannot list folder ({e.strerror})"
+
+    for dirpath, _, filenames in os.walk(folder, onerror=unreadable):
+        for name in filenames:
+            q = Path(dirpath) / name
+            if not _is_audio(q):
+                continue
+            if q.is_file():
+                found.add(q.resolve())
+            elif q.is_symlink():
+                skipped[str(q.absolute())] = f"{q}: dangling symlink to {os.readlink(q)}"
+
+
+def _read_list(list_path: Path, found: set[Path], skipped: dict[str, str]) -> None:
     for n, line in enumerate(list_path.read_text().splitlines(), 1):
         line = line.split("#", 1)[0].strip()
         if not line:
@@ -131,13 +159,14 @@ def _read_list(list_path: Path) -> list[Path]:
         p = Path(line).expanduser()
         if not p.is_absolute():
             p = list_path.parent / p
-        if not p.exists():
+        if p.is_symlink() and not p.exists():
+            skipped[str(p.absolute())] = f"{list_path}:{n}: {p}: dangling symlink to {os.readlink(p)}"
+        elif not p.exists():
             raise ValueError(f"{list_path}:{n}: listed path {line!r} does not exist")
-        if p.is_dir():
-            out.extend(q.resolve() for q in p.rglob("*") if q.is_file() and _is_audio(q))
+        elif p.is_dir():
+            _walk(p, found, skipped)
         else:
-            out.append(p.resolve())
-    return out
+            found.add(p.resolve())
 
 
 def assign_splits(paths: Sequence[Path], val_fraction: float, seed: int) -> dict[str, str]:
@@ -344,7 +373,7 @@ def prepare(
         raise ValueError(f"n_mels must be >= 1, got {n_mels}")
     if batch_seconds <= 0 or shard_seconds <= 0:
         raise ValueError(f"batch_seconds and shard_seconds must be > 0, got {batch_seconds}, {shard_seconds}")
-    candidates = collect_sources(sources)  # errors on a missing SRC before any work
+    candidates, unreadable = scan_sources(sources)  # errors on a missing SRC before any work
     split_of = assign_splits(candidates, val_fraction, seed)
     out = Path(out)
     root = out / SHARDS_DIR
@@ -370,6 +399,10 @@ def prepare(
     shards, done = _scan_shards(root)
     for p in done:
         skipped.pop(p, None)
+    for p in list(skipped):  # a folder or a link was skipped by the scan, which this run redoes
+        if Path(p).is_dir() or Path(p).is_symlink():
+            skipped.pop(p)
+    skipped.update(unreadable)
 
     dev = _resolve_device(device)
     cdc = Codec.from_pretrained(codec, bandwidth=bandwidth, device=dev)
@@ -444,6 +477,7 @@ def prepare(
     t0 = time.perf_counter()
     audio_seconds = 0.0
     n_encoded = 0
+    written: set[str] = set()
     bar = tqdm(total=n_pending, unit="file", disable=not progress or n_pending == 0, dynamic_ncols=True)
     try:
         with torch.inference_mode():
@@ -464,6 +498,8 @@ def prepare(
                             audio = decode_long(cdc, c.to(dev), chunk_frames, context_frames)  # (T*320,)
                             mel_dec = log_mel(audio, n_mels=n_mels).cpu()  # (M, T)
                         writer.add(p, c, mel, w.shape[-1] / SAMPLE_RATE, mel_dec)
+                        written.add(p)
+                        skipped.pop(p, None)  # skipped by an earlier run, readable now
                         audio_seconds += w.shape[-1] / SAMPLE_RATE
                     n_encoded += len(batch)
                     elapsed = max(time.perf_counter() - t0, 1e-9)
@@ -476,66 +512,27 @@ def prepare(
         bar.close()
     manifest = write_manifest()
     elapsed = time.perf_counter() - t0
-    n_skipped_now = sum(1 for p in skipped if p in split_of)
+    # every candidate path is accounted for: in a completed shard, or skipped with a reason
+    n_prepared = sum(1 for p in split_of if p in done or p in written)
+    n_skipped = sum(1 for p in split_of if p in skipped) + len(unreadable)
+    n_candidates = len(candidates) + len(unreadable)
+    assert n_prepared + n_skipped == n_candidates, (n_prepared, n_skipped, n_candidates)
     print(
         f"prepare: encoded {n_encoded} files, {audio_seconds:.1f} s of audio in {elapsed:.1f} s "
         f"({n_encoded / max(elapsed, 1e-9):.2f} files/s, {audio_seconds / max(elapsed, 1e-9):.1f}x real time); "
-        f"train {manifest['splits']['train']['files']} files, val {manifest['splits']['val']['files']} files, "
-        f"{n_skipped_now} skipped",
+        f"train {manifest['splits']['train']['files']} files, val {manifest['splits']['val']['files']} files",
+        flush=True,
+    )
+    print(
+        f"prepare: {n_prepared} prepared, {n_skipped} skipped, of {n_candidates} candidates"
+        + (f" (reasons: whispergpt inspect {out})" if n_skipped else ""),
         flush=True,
     )
     if manifest["splits"]["train"]["files"] + manifest["splits"]["val"]["files"] == 0:
         raise NoUsableAudioError(
-            f"no usable audio: all {len(candidates)} candidate files were skipped (reasons in {out / MANIFEST})"
+            f"no usable audio: all {n_candidates} candidate files were skipped (reasons in {out / MANIFEST})"
         )
     return manifest
-
-
-# -- CLI ----------------------------------------------------------------------------------------
-def main_prepare(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(
-        prog="whispergpt prepare", description="Encode audio into a whispergpt dataset."
-    )
-    ap.add_argument(
-        "sources", nargs="+", metavar="SRC", help="audio files, folders (recursive), or text lists"
-    )
-    ap.add_argument("--out", required=True, help="dataset folder (resumed if it exists)")
-    ap.add_argument("--codec", required=True, help="EnCodec hub id (facebook/encodec_24khz) or local folder")
-    ap.add_argument("--bandwidth", type=float, default=6.0, help="kbps (6 -> 8 codebooks)")
-    ap.add_argument("--n-mels", type=int, default=80)
-    ap.add_argument("--val-fraction", type=float, default=0.05)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--batch-seconds", type=float, default=60.0, help="audio per codec call")
-    ap.add_argument(
-        "--shard-seconds", type=float, default=1800.0, help="audio per shard (resume granularity)"
-    )
-    ap.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
-    ap.add_argument(
-        "--no-decoded-mel",
-        action="store_true",
-        help="skip mel_decoded.npy (log-mel of the codec-decoded tokens, what sampling feeds back)",
-    )
-    ap.add_argument("--no-progress", action="store_true")
-    args = ap.parse_args(argv)
-    try:
-        prepare(
-            args.sources,
-            args.out,
-            args.codec,
-            bandwidth=args.bandwidth,
-            n_mels=args.n_mels,
-            val_fraction=args.val_fraction,
-            seed=args.seed,
-            batch_seconds=args.batch_seconds,
-            device=args.device,
-            shard_seconds=args.shard_seconds,
-            progress=not args.no_progress,
-            decoded_mel=not args.no_decoded_mel,
-        )
-    except (ValueError, OSError) as e:
-        print(f"whispergpt prepare: error: {e}", file=sys.stderr)
-        return 1
-    return 0
 
 
 def summarize(directory: str | os.PathLike, max_skipped: int = 10) -> str:
@@ -574,18 +571,16 @@ def summarize(directory: str | os.PathLike, max_skipped: int = 10) -> str:
     return "\n".join(lines)
 
 
-def main_inspect(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="whispergpt inspect", description="Summarise a prepared dataset.")
-    ap.add_argument("dir", help="dataset folder written by whispergpt prepare")
-    ap.add_argument("--max-skipped", type=int, default=10, help="skipped files to list")
-    args = ap.parse_args(argv)
-    try:
-        print(summarize(args.dir, args.max_skipped))
-    except ValueError as e:
-        print(f"whispergpt inspect: error: {e}", file=sys.stderr)
-        return 1
-    return 0
+def __getattr__(name: str):
+    # the CLI moved to whispergpt.data.cli; imported lazily (it imports this module)
+    if name in ("main_prepare", "main_inspect"):
+        from . import cli
+
+        return getattr(cli, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 if __name__ == "__main__":
+    from .cli import main_prepare
+
     sys.exit(main_prepare(sys.argv[1:]))

