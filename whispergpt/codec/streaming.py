@@ -81,6 +81,11 @@ class StreamingDecoder:
             and cfg.norm_type == "weight_norm"
             and float(cfg.trim_right_ratio) == 1.0
             and all(isinstance(m, known) for m in codec.model.decoder.layers)
+            and all(
+                m.conv.stride[0] == 1  # the carried-context rule below is for stride-1 convs
+                for m in codec.model.decoder.modules()
+                if isinstance(m, me.EncodecConv1d)
+            )
         )
 
     # -- build: modules -> flat op list -------------------------------------------------------
