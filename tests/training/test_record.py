@@ -96,3 +96,23 @@ def test_legacy_config_with_disagreeing_data_dirs_gives_none(tmp_path):
         yaml.safe_dump({"data": {"dir": [str(tmp_path / "a"), str(tmp_path / "b")]}})
     )
     assert training_codec(run / "final") is None
+
+
+def test_training_writes_the_record_into_every_checkpoint(tiny_dataset, tmp_path):
+    from pathlib import Path
+
+    from whispergpt.training import checkpoint as ckpt_io
+    from whispergpt.training import main
+
+    tiny = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"
+    out = tmp_path / "run"
+    argv = [f"data.dir={tiny_dataset}", f"out_dir={out}", "logging.wandb=false", "logging.progress=false"]
+    assert main([str(tiny), *argv, "train.max_steps=2", "train.save_every=1", "train.keep_last=5"]) == 0
+    steps = ckpt_io.list_checkpoints(out)
+    assert [s for s, _ in steps] == [1, 2]
+    final = read_training_record(out / "final")
+    for s, path in steps:
+        rec = json.loads((path / TRAINING_DATA_FILE).read_text())  # its own file, not final's
+        assert rec == dict(final, steps=s)
+    assert final["steps"] == 2 and final["bandwidth"] == 1.5
+    assert training_codec(steps[0][1]) == (final["codec"], 1.5)
