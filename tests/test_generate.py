@@ -1,23 +1,12 @@
 """Sampling: token filters, determinism, greedy == full-forward argmax, the mel feedback loop's
-fidelity, long-form sliding context, CLI outputs and error paths."""
+fidelity, long-form sliding context. (Streaming decode: tests/codec/test_streaming.py; the CLI:
+tests/tools/test_sample.py.)"""
 
-import json
-
-import numpy as np
 import pytest
-import soundfile as sf
 import torch
-import yaml
 
 from whispergpt.audio import HOP_LENGTH, SAMPLE_RATE, log_mel
-from whispergpt.generate import (
-    StreamingDecoder,
-    filter_logits,
-    generate,
-    main,
-    measure_decode_window_error,
-    sample_tokens,
-)
+from whispergpt.generate import filter_logits, generate, measure_decode_window_error, sample_tokens
 from whispergpt.models import WhisperGPT, WhisperGPTConfig
 from whispergpt.models import patterns as pt
 
@@ -138,16 +127,6 @@ def test_token_only_model_needs_no_codec():
     assert torch.equal(model(r.codes).logits.argmax(-1), r.codes)
 
 
-def test_streaming_decoder_equals_full_decode(tiny_codec):
-    codes = torch.randint(0, 1024, (2, 2, 20), generator=torch.Generator().manual_seed(0))
-    assert StreamingDecoder.supported(tiny_codec)
-    sd = StreamingDecoder(tiny_codec, batch=2, num_codebooks=2)
-    chunks = [sd.push(codes[:, :, a:b]) for a, b in [(0, 3), (3, 4), (4, 11), (11, 20)]]
-    full = tiny_codec.decode(codes)
-    torch.testing.assert_close(torch.cat(chunks, -1), full, atol=1e-5, rtol=0)
-    assert full.abs().max() > 0.1  # not trivially silent
-
-
 @pytest.mark.parametrize("decoder", ["stream", pytest.param("window", marks=pytest.mark.slow)])
 def test_feedback_mel_equals_mel_of_final_decode(tiny_codec, decoder):
     """The mel fed during sampling is log_mel(codec.decode(final codes)) within MEL_ATOL, also
@@ -212,103 +191,6 @@ def test_generate_rejects_bad_arguments(tiny_codec):
         generate(model, tiny_codec, frames=2, prompt_codes=torch.zeros(1, 2, 16, dtype=torch.long))
     with pytest.raises(ValueError, match="codec"):
         generate(model, None, frames=2)
-
-
-# --- CLI -------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def ckpt_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("ckpt") / "model"
-    tiny_model("delay", context=32).save_pretrained(d)
-    return d
-
-
-@pytest.fixture(scope="module")
-def prompt_wav(tmp_path_factory):
-    p = tmp_path_factory.mktemp("wav") / "prompt.wav"
-    t = np.arange(int(0.2 * 16000)) / 16000  # 0.2 s at 16 kHz: resampled on load
-    sf.write(p, (0.3 * np.sin(2 * np.pi * 330 * t)).astype(np.float32), 16000)
-    return p
-
-
-def test_cli_writes_wavs_png_json(tmp_path, ckpt_dir, tiny_codec_dir, prompt_wav):
-    out = tmp_path / "out"
-    rc = main([
-        "--checkpoint", str(ckpt_dir), "--codec", str(tiny_codec_dir), "--prompt", str(prompt_wav),
-        "--prompt-seconds", "0.1", "--seconds", "0.1", "--out", str(out), "--num-samples", "2",
-        "--seed", "7", "--no-progress",
-    ])  # fmt: skip
-    assert rc == 0
-    rec = json.loads((out / "generation.json").read_text())
-    Tp, N = 7, 8  # 0.1 s -> 2400 samples -> 7 whole frames; 0.1 s -> round(7.5) = 8 frames
-    assert rec["prompt_frames"] == Tp and rec["generated_frames"] == N and rec["seed"] == 7
-    assert rec["codec"]["num_codebooks"] == 2 and rec["mel_source"]["prompt"] == "decoded"
-    assert rec["timing"]["frames_per_s"] > 0 and rec["timing"]["real_time_factor"] > 0
-    for i in range(2):
-        full, sr = sf.read(out / f"sample_{i}.wav")
-        cont, _ = sf.read(out / f"sample_{i}_continuation.wav")
-        assert sr == SAMPLE_RATE and len(full) == (Tp + N) * HOP_LENGTH and len(cont) == N * HOP_LENGTH
-        np.testing.assert_allclose(full[Tp * HOP_LENGTH :], cont)
-        assert (out / f"sample_{i}.png").read_bytes()[:4] == b"\x89PNG"
-
-
-def test_cli_codec_from_training_manifest(tmp_path, tiny_codec_dir):
-    """No --codec: the codec + bandwidth recorded by `prepare` (via out_dir/config.yaml -> data.dir)."""
-    run = tmp_path / "run"
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "manifest.json").write_text(json.dumps({"codec": str(tiny_codec_dir), "bandwidth": 1.5}))
-    (run).mkdir()
-    (run / "config.yaml").write_text(yaml.safe_dump({"data": {"dir": [str(data), str(data)]}}))
-    tiny_model("coarse", context=16).save_pretrained(run / "final")
-    out = tmp_path / "out"
-    assert main(["--checkpoint", str(run), "--seconds", "0.05", "--out", str(out), "--no-progress"]) == 0
-    rec = json.loads((out / "generation.json").read_text())
-    assert rec["codec"]["source"] == "training data manifest" and rec["codec"]["bandwidth"] == 1.5
-    assert rec["checkpoint"].endswith("final") and rec["prompt_frames"] == 0
-
-
-def test_cli_picks_codec_bandwidth_for_model_k(tmp_path, tiny_codec_dir, capsys):
-    ckpt = tmp_path / "k4"
-    tiny_model("parallel", K=4, context=16).save_pretrained(ckpt)
-    out = tmp_path / "out"
-    args = ["--checkpoint", str(ckpt), "--codec", str(tiny_codec_dir), "--seconds", "0.03", "--out", str(out)]
-    assert main([*args, "--no-progress"]) == 0
-    assert "3.0 kbps" in capsys.readouterr().err
-    assert json.loads((out / "generation.json").read_text())["codec"]["bandwidth"] == 3.0
-
-
-@pytest.mark.parametrize(
-    "extra, message",
-    [
-        (["--temperature", "-1"], "temperature"),
-        (["--top-k", "-1"], "top_k"),
-        (["--top-p", "2"], "top_p"),
-        (["--num-samples", "0"], "num-samples"),
-        (["--seconds", "0"], "seconds"),
-        (["--prompt", "MISSING.wav"], "no such audio file"),
-        (["--prompt", "BAD.wav"], "cannot decode"),
-        (["--prompt", "LONG.wav"], "context"),
-        (["--prompt-seconds", "1"], "needs --prompt"),
-        (["--checkpoint", "NOPE"], "no such directory"),
-        (["--checkpoint", "V512"], "codebook_size"),
-        (["--checkpoint", "K3"], "K=3"),
-    ],
-)
-def test_cli_errors_before_any_work(tmp_path, ckpt_dir, tiny_codec_dir, capsys, extra, message):
-    (tmp_path / "BAD.wav").write_text("not audio")
-    sf.write(tmp_path / "LONG.wav", np.zeros(SAMPLE_RATE, dtype=np.float32), SAMPLE_RATE)  # 75 > 32 frames
-    if "V512" in extra:
-        tiny_model("coarse", V=512, context=16).save_pretrained(tmp_path / "V512")
-    if "K3" in extra:
-        tiny_model("coarse", K=3, context=16).save_pretrained(tmp_path / "K3")
-    local = ("MISSING.wav", "BAD.wav", "LONG.wav", "NOPE", "V512", "K3")
-    extra = [str(tmp_path / a) if a in local else a for a in extra]
-    out = tmp_path / "out"
-    argv = ["--checkpoint", str(ckpt_dir), "--codec", str(tiny_codec_dir), "--seconds", "0.1", "--out", str(out)]  # fmt: skip
-    assert main(argv + extra) == 2
-    err = capsys.readouterr().err
-    assert "error" in err and message in err
-    assert not out.exists()  # nothing written
 
 
 def test_step_helpers_agree_with_lag():

@@ -71,7 +71,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "main",
         "train + evaluate the paper's GPT-S / GPT-L / hybrid recipes",
     ),
-    "sample": ("whispergpt.generate", "main", "generate speech or music continuations into WAV files"),
+    "sample": ("whispergpt.tools.sample", "main", "generate speech or music continuations into WAV files"),
     "codec": (
         "whispergpt.codec.cli",
         "main",

@@ -160,16 +160,13 @@ def config_summary(model: WhisperGPT) -> dict:
 
 def trained_mel_source(checkpoint: str | os.PathLike, model: WhisperGPT) -> str:
     """The mel the model was trained on ("truth"/"decoded"; "n/a" for token-only), from the
-    ``training_data.json`` training writes next to the final weights ("unknown" if absent)."""
-    from .training import TRAINING_DATA_FILE
+    training record next to its weights (``whispergpt.training.record``; "unknown" if absent)."""
+    from .training.record import read_training_record
 
     if model.config.fusion == "none":
         return "n/a"
-    record = Path(checkpoint) / TRAINING_DATA_FILE
-    try:
-        return str(json.loads(record.read_text())["mel_source"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return "unknown"
+    record = read_training_record(checkpoint) or {}
+    return str(record.get("mel_source", "unknown"))
 
 
 def decoded_codebooks(model: WhisperGPT) -> int:
@@ -356,22 +353,25 @@ def evaluate(
     need_decoded = sorted({decoded_codebooks(m) for _, m, srcs in models if "decoded" in srcs})
     cdc = None
     if need_decoded:
-        from .codec import Codec
+        from .codec import open_codec
 
         name = codec or ds.manifest.get("codec")
-        bandwidth = float(ds.manifest.get("bandwidth", 6.0))
         if not name:
             raise ValueError(f"{data}: the manifest names no codec; pass --codec (or --mel truth)")
         try:
-            cdc = Codec.from_pretrained(name, bandwidth=bandwidth, device=device)
+            cdc, note = open_codec(
+                name,
+                num_codebooks=ds.num_codebooks,
+                codebook_size=ds.codebook_size,
+                bandwidth=float(ds.manifest.get("bandwidth", 6.0)),
+                device=device,
+            )
         except (OSError, ValueError) as e:
             raise ValueError(
                 f"mel=decoded needs the dataset's codec: {e}\nPass --codec DIR, or --mel truth to skip it."
             ) from e
-        if cdc.num_codebooks < max(need_decoded):
-            raise ValueError(
-                f"codec {name} at {bandwidth} kbps has {cdc.num_codebooks} codebooks, need {max(need_decoded)}"
-            )
+        if note and acc.is_main_process:
+            print(f"note: {note}", file=sys.stderr)
 
     rank, world = acc.process_index, acc.num_processes
     # longest files first, dealt round-robin: balanced ranks; the sums do not depend on the order

@@ -1,20 +1,15 @@
 """Sampling: prompt continuation and unconditional generation, with the hybrid mel feedback loop.
 
-``whispergpt sample`` / ``python sample.py``::
-
-    python sample.py --checkpoint DIR [--codec NAME_OR_PATH] [--prompt WAV] [--prompt-seconds S]
-        --seconds S --out DIR [--num-samples N] [--temperature 1.0] [--top-k 250] [--top-p 0.0]
-        [--seed 0] [--device auto] [--prompt-mel decoded|truth] [--decoder auto|stream|window]
-        [--decode-window 32]
-        [--context-keep 0.75]
-
 Python API: ``generate(model, codec, frames=N, ...) -> GenerationResult`` and the token filters
-``filter_logits`` / ``sample_tokens``.
+``filter_logits`` / ``sample_tokens``. The ``whispergpt sample`` CLI (``python sample.py``) is
+``whispergpt.tools.sample``; the exact incremental codec decode is
+``whispergpt.codec.streaming.StreamingDecoder``; checkpoint and training-codec lookup is
+``whispergpt.training.record``. Those names used to live here and still import from here.
 
 The feedback loop (hybrid models, ``fusion != "none"``)
 -------------------------------------------------------
 After pattern step ``s`` the frame ``f = s - lag`` becomes complete (all its codebooks are placed,
-see ``whispergpt.patterns``). It is decoded by the codec and its causal log-mel frame computed,
+see ``whispergpt.models.patterns``). It is decoded by the codec and its causal log-mel frame computed,
 which the model reads at input position ``s + 1`` (``mel_frame_at_step(s + 1) == f``): exactly
 what training fed it. Decoding is incremental, one frame per step for the whole batch at once:
 
@@ -29,7 +24,7 @@ what training fed it. Decoding is incremental, one frame per step for the whole 
   W = 4, ~4e-2 at W = 8, ~2e-3 at W = 16, ~1e-5 at W = 32 (the default).
 
 The new frame's samples go into a rolling audio buffer from which its mel frame (a 1024-sample
-window ending at ``(f+1)*320``) is computed. ``tests/test_sampling.py`` checks that the fed mel
+window ending at ``(f+1)*320``) is computed. ``tests/test_generate.py`` checks that the fed mel
 equals ``log_mel(codec.decode(final codes))`` within 1e-3 for both decoders.
 
 Coarse models generate codebook 0 only and decode it alone (``Codec.decode`` with K' = 1).
@@ -53,20 +48,16 @@ every ``(1 - context_keep) * max_steps`` steps.
 
 from __future__ import annotations
 
-import argparse
-import json
+import importlib
 import math
-import os
-import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
-from .audio import FRAME_RATE, HOP_LENGTH, SAMPLE_RATE, WIN_LENGTH, log_mel, log_mel_frame
+from .audio import FRAME_RATE, HOP_LENGTH, WIN_LENGTH, log_mel, log_mel_frame
+from .codec.streaming import StreamingDecoder
 from .models import patterns as pt
 
 DEFAULT_DECODE_WINDOW = 32
@@ -339,15 +330,13 @@ def generate(
                 break
             if s + 1 - s0 >= capacity:  # cache full: rebuild it from the last `keep` positions
                 s0 = s + 2 - keep
-                plan = cache.plan
                 cache, logits = prefill(s0, s + 1)
-                cache.plan = plan  # same model, same capacity: the decode plan is reused, not rebuilt
                 reprefills += 1
                 continue
             step_mel = None
             if hybrid:
                 step_mel = fed_mel[:, :, f] if f >= 0 else zero_mel
-            logits = model._step(tok, step_mel, cache)  # arguments are right by construction
+            logits = model.step(tok, step_mel, cache)
     _device_sync(dev)
     t_loop = time.perf_counter()
     codes = codes.contiguous()
@@ -397,578 +386,20 @@ def measure_decode_window_error(
     )
 
 
-# ---------------------------------------------------------------------------------------------
-# Streaming codec decoder (exact incremental decode)
-# ---------------------------------------------------------------------------------------------
-class StreamingDecoder:
-    """Decode codes frame by frame with the EnCodec decoder's conv / LSTM state carried over.
-
-    Each causal conv keeps its last ``kernel - 1`` (dilated) input samples, each transposed conv
-    the overlap-add tail it trimmed, each LSTM its ``(h, c)``; the first call primes with the codes
-    of silence (``PRIME_FRAMES``), as ``Codec.decode`` does, so reflect padding only ever sees
-    that prefix. Output equals ``codec.decode`` of all codes pushed so far up to float rounding.
-    ``StreamingDecoder.supported(codec)`` says whether the codec's layers are known here.
-
-    Speed (one push per generated frame is the hybrid sampler's feedback-loop cost): the decoder is
-    flattened once into a list of ops with the weight-norm weights materialised (no
-    parametrization per call), codebooks are looked up in one stacked table, and a one-frame
-    push runs the LSTM one ``lstm_cell`` per layer (the fused LSTM kernel costs ~0.7 ms per call on
-    CPU whatever the length). Activations are time-major ``(B, n, C)`` and every conv is one
-    ``addmm`` over ``(k, Cin)`` columns with the weight stored as the right operand (for a one-frame
-    push the carried window is its own column matrix, no unfold). The codec must not be trained
-    while a decoder built on it is used.
-    """
-
-    def __init__(self, codec, batch: int, num_codebooks: int) -> None:
-        from .codec import PRIME_FRAMES
-
-        self.codec = codec
-        with torch.no_grad(), parametrize.cached():
-            self._build(codec, num_codebooks)
-        prime = codec.silence_codes()[:num_codebooks].expand(num_codebooks, batch, PRIME_FRAMES)
-        self._run(prime.to(codec.device))  # fills the state; audio of the prefix is dropped
-
-    @staticmethod
-    def supported(codec) -> bool:
-        from transformers.models.encodec import modeling_encodec as me
-
-        known = (
-            me.EncodecConv1d,
-            me.EncodecConvTranspose1d,
-            me.EncodecLSTM,
-            me.EncodecResnetBlock,
-            torch.nn.ELU,
-        )
-        cfg = codec.model.config
-        return (
-            cfg.use_causal_conv
-            and cfg.norm_type == "weight_norm"
-            and float(cfg.trim_right_ratio) == 1.0
-            and all(isinstance(m, known) for m in codec.model.decoder.layers)
-        )
-
-    # -- build: modules -> flat op list -------------------------------------------------------
-    def _build(self, codec, num_codebooks: int) -> None:
-        layers = codec.model.quantizer.layers[:num_codebooks]
-        table = torch.stack([q.codebook.embed for q in layers])  # (K, V, D)
-        self.V = table.shape[1]
-        self.table = table.reshape(-1, table.shape[-1]).detach().clone()  # (K*V, D)
-        self.offsets = (torch.arange(num_codebooks, device=table.device) * self.V)[:, None, None]
-        self.state: list = []
-        self.ops = [self._op(m) for m in codec.model.decoder.layers]
-
-    def _slot(self) -> int:
-        self.state.append(None)
-        return len(self.state) - 1
-
-    def _op(self, m) -> tuple:
-        from transformers.models.encodec import modeling_encodec as me
-
-        # Activations run time-major, (B, n, C), so that every conv is one F.linear (addmm): on
-        # CPU a conv1d call on a handful of samples costs ~3x the matmul it performs.
-        if isinstance(m, me.EncodecConv1d):
-            conv = m.conv
-            assert conv.stride[0] == 1 and conv.padding[0] == 0, "decoder convs are stride 1, unpadded"
-            w = conv.weight.detach()  # (Cout, Cin, k) weight-norm weight, computed once (cached)
-            b = None if conv.bias is None else conv.bias.detach().clone()
-            # columns of a window laid out (k, Cin): a one-frame push's window (B, k, Cin) is then
-            # its own column matrix; stored (k*Cin, Cout), the right-operand layout of addmm
-            wt = w.permute(2, 1, 0).reshape(-1, w.shape[0]).contiguous()
-            return ("conv", wt, b, w.shape[-1], conv.dilation[0], int(m.padding_total), self._slot(), m)
-        if isinstance(m, me.EncodecConvTranspose1d):
-            conv = m.conv
-            w = conv.weight.detach()  # (Cin, Cout, k)
-            r, k = conv.stride[0], w.shape[-1]
-            b = conv.bias.detach().clone()
-            if k != 2 * r:  # EnCodec uses k = 2r; anything else takes the generic path
-                return ("convT", w.clone(), b, r, self._slot())
-            # out[i*r + j] = x[i] @ w[:, :, j]: one matmul gives both halves of each input's span;
-            # columns (half, j, o), so that for one input frame each half is a (r, Cout) view
-            w2 = w.permute(0, 2, 1).reshape(w.shape[0], -1).contiguous()  # (Cin, k*Cout)
-            return ("convT2", w2, b, r, w.shape[1], self._slot())
-        if isinstance(m, me.EncodecLSTM):
-            lstm = m.lstm
-            cells = [
-                tuple(
-                    getattr(lstm, f"{name}_l{i}").detach()
-                    for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-                )
-                for i in range(lstm.num_layers)
-            ]
-            return ("lstm", lstm, cells, self._slot())
-        if isinstance(m, me.EncodecResnetBlock):
-            block = [self._op(sub) for sub in m.block]
-            short = None if isinstance(m.shortcut, torch.nn.Identity) else self._op(m.shortcut)
-            return ("res", block, short)
-        if isinstance(m, torch.nn.ELU):
-            return ("elu", float(m.alpha))
-        raise AssertionError(f"unsupported decoder layer {type(m).__name__} (check supported() first)")
-
-    # -- run ----------------------------------------------------------------------------------
-    @torch.inference_mode()
-    def push(self, codes: torch.Tensor) -> torch.Tensor:
-        """``codes (B, K, n)`` of the next n frames -> their audio ``(B, n * 320)``."""
-        return self._run(codes.to(self.table.device).transpose(0, 1))  # (K, B, n)
-
-    def _run(self, codes_kbt: torch.Tensor) -> torch.Tensor:
-        # one lookup in the stacked codebooks, summed over K: (K, B, n, D) -> (B, n, D)
-        x = torch.embedding(self.table, codes_kbt + self.offsets).sum(0)
-        for op in self.ops:
-            x = self._apply(op, x)
-        return x[..., 0].float()  # (B, n*320, 1) -> (B, n*320)
-
-    def _apply(self, op: tuple, x: torch.Tensor) -> torch.Tensor:
-        # x: (B, n, C), time-major
-        st = self.state
-        kind = op[0]
-        if kind == "elu":
-            return F.elu(x, op[1])
-        if kind == "conv":
-            _, wt, b, k, dil, pad, i, m = op
-            B, n = x.shape[:2]
-            if pad:
-                prev = st[i]
-                if prev is None:  # first chunk: the module's own (reflect) padding, as Codec.decode pads
-                    xx = m._pad1d(x.transpose(1, 2), (pad, 0), mode=m.pad_mode).transpose(1, 2)
-                else:
-                    xx = torch.cat([prev, x], 1)
-                st[i] = xx[:, -pad:]
-                x = xx
-            if k > 1:
-                if n == 1 and pad == dil * (k - 1):  # the window (B, span, Cin) is the only one
-                    x = x[:, ::dil] if dil > 1 else x  # (B, k, Cin)
-                else:  # (B, n, Cin, span) windows -> (B, n, k, Cin) columns
-                    cols = x.unfold(1, dil * (k - 1) + 1, 1)
-                    x = (cols[..., ::dil] if dil > 1 else cols).transpose(2, 3)
-            x = x.reshape(B * n, -1)
-            return (torch.mm(x, wt) if b is None else torch.addmm(b, x, wt)).view(B, n, -1)
-        if kind == "convT2":
-            _, w2, b, r, c_out, i = op
-            B, n, _ = x.shape
-            z = torch.mm(x.reshape(B * n, -1), w2).view(B, n, 2, r, c_out)  # (B, n, half, j, Cout)
-            head = z[:, :, 0].reshape(B, n * r, c_out)  # out[i*r + j] (a view when n == 1)
-            spill = z[:, :, 1].reshape(B, n * r, c_out)  # out[(i+1)*r + j]
-            tail = st[i]
-            st[i] = spill[:, -r:]
-            if tail is None:
-                tail = spill.new_zeros(B, r, c_out)
-            if n == 1:
-                return head + b + tail
-            return head + b + torch.cat([tail, spill[:, :-r]], 1)
-        if kind == "convT":
-            _, w, b, r, i = op
-            y = F.conv_transpose1d(x.transpose(1, 2), w, b, r).transpose(1, 2)  # (B, n*r + k - r, C)
-            n = x.shape[1] * r
-            tail = st[i]
-            if tail is not None:  # overlap-add the previous chunk's trimmed tail (bias counted once)
-                y = y.clone()
-                y[:, : tail.shape[1]] += tail
-            st[i] = y[:, n:] - b
-            return y[:, :n]
-        if kind == "res":
-            _, block, short = op
-            h = x
-            for sub in block:
-                h = self._apply(sub, h)
-            return (x if short is None else self._apply(short, x)) + h
-        _, lstm, cells, i = op  # lstm
-        if x.shape[1] == 1 and st[i] is not None:
-            # one step: one lstm_cell per layer (the fused sequence kernel costs ~0.7 ms per call
-            # on CPU whatever the length; lstm_cell ~30 us less than the cell written out in Python)
-            hs, cs = st[i]
-            inp = x[:, 0]  # (B, C)
-            new_h, new_c = [], []
-            for (w_ih, w_hh, b_ih, b_hh), h, c in zip(cells, hs, cs):
-                inp, c = torch.lstm_cell(inp, (h, c), w_ih, w_hh, b_ih, b_hh)
-                new_h.append(inp)
-                new_c.append(c)
-            st[i] = (new_h, new_c)
-            return (inp + x[:, 0]).unsqueeze(1)
-        seq = x.transpose(0, 1)  # (n, B, C)
-        hc = None if st[i] is None else (torch.stack(st[i][0]), torch.stack(st[i][1]))
-        out, (h, c) = lstm(seq, hc)
-        st[i] = (list(h.unbind(0)), list(c.unbind(0)))
-        return (out + seq).transpose(0, 1)
+# Names that moved out of this module (it was ``whispergpt/sampling.py``); old imports keep working,
+# resolved on first use so that importing ``generate`` never loads the CLI or the trainer.
+_MOVED = {
+    "resolve_checkpoint": "whispergpt.training.record",
+    "training_codec": "whispergpt.training.record",
+    "match_codec": "whispergpt.tools.sample",
+    "build_parser": "whispergpt.tools.sample",
+    "run": "whispergpt.tools.sample",
+    "main": "whispergpt.tools.sample",
+    "save_spectrogram": "whispergpt.tools.plots",
+}
 
 
-# ---------------------------------------------------------------------------------------------
-# Checkpoint / codec resolution
-# ---------------------------------------------------------------------------------------------
-def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A ``save_pretrained`` dir, or a training ``out_dir`` (-> its ``final``, else newest checkpoint)."""
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise ValueError(f"--checkpoint {p}: no such directory")
-    if (p / "config.json").is_file() and (p / "model.safetensors").is_file():
-        return p
-    if (p / "final" / "config.json").is_file():
-        return p / "final"
-    from .training.checkpoint import list_checkpoints
-
-    found = list_checkpoints(p)
-    if found:
-        return found[-1][1]
-    raise ValueError(
-        f"--checkpoint {p}: expected a model directory (config.json + model.safetensors) or a training "
-        "out_dir with final/ or checkpoints/step-*"
-    )
-
-
-def training_codec(checkpoint: Path) -> tuple[str, float] | None:
-    """``(codec, bandwidth)`` recorded in the manifest of the data the checkpoint was trained on.
-
-    First ``training_data.json`` in the model folder (written by training next to ``final/``'s
-    weights); else ``config.yaml`` of the run (next to ``final/`` or two levels above a ``step-*``
-    checkpoint) -> ``data.dir`` (one directory or a list; all must agree) -> ``manifest.json``;
-    None when any link is missing.
-    """
-    import yaml
-
-    from .training import TRAINING_DATA_FILE
-
-    record = checkpoint / TRAINING_DATA_FILE
-    if record.is_file():
-        try:
-            rec = json.loads(record.read_text())
-            return str(rec["codec"]), float(rec["bandwidth"])
-        except (ValueError, KeyError, TypeError):
-            pass
-    for run in (checkpoint, checkpoint.parent, checkpoint.parent.parent):
-        cfg_path = run / "config.yaml"
-        if not cfg_path.is_file():
-            continue
-        try:
-            dirs = (yaml.safe_load(cfg_path.read_text()) or {})["data"]["dir"]
-        except (yaml.YAMLError, KeyError, TypeError):
-            return None
-        found = set()
-        for data_dir in dirs if isinstance(dirs, list) else [dirs]:
-            data_dir = Path(str(data_dir))
-            manifests = [d / "manifest.json" for d in (data_dir, run / data_dir, run.parent / data_dir)]
-            m = next((m for m in manifests if m.is_file()), None)
-            if m is None:
-                return None
-            try:
-                manifest = json.loads(m.read_text())
-                found.add((str(manifest["codec"]), float(manifest["bandwidth"])))
-            except (ValueError, KeyError, TypeError):
-                return None
-        return found.pop() if len(found) == 1 else None
-    return None
-
-
-def match_codec(codec, model_config):
-    """Check ``codec`` against the model (K, V); pick the bandwidth giving the model's K if needed.
-
-    Returns the codec to use (possibly re-wrapped at another bandwidth) and a note (or None).
-    """
-    from .codec import Codec
-
-    c = model_config
-    note = None
-    if codec.sample_rate != SAMPLE_RATE:
-        raise ValueError(f"codec sample rate must be {SAMPLE_RATE} Hz, got {codec.sample_rate}")
-    if codec.codebook_size != c.codebook_size:
-        raise ValueError(
-            f"codec/checkpoint mismatch: the model has codebook_size V={c.codebook_size}, the codec "
-            f"{codec.name} has {codec.codebook_size}"
-        )
-    if codec.num_codebooks != c.num_codebooks:
-        quantizer = codec.model.quantizer
-        options = [float(b) for b in codec.model.config.target_bandwidths]
-        fits = [b for b in options if quantizer.get_num_quantizers_for_bandwidth(b) == c.num_codebooks]
-        if not fits:
-            ks = {b: int(quantizer.get_num_quantizers_for_bandwidth(b)) for b in options}
-            raise ValueError(
-                f"codec/checkpoint mismatch: the model reads K={c.num_codebooks} codebooks, the codec "
-                f"{codec.name} offers K per bandwidth {ks}"
-            )
-        note = (
-            f"codec bandwidth {codec.bandwidth} kbps gives K={codec.num_codebooks}; using {fits[0]} kbps "
-            f"(K={c.num_codebooks}) to match the model"
-        )
-        codec = Codec(codec.model, bandwidth=fits[0], name=codec.name)
-    return codec, note
-
-
-# ---------------------------------------------------------------------------------------------
-# Outputs
-# ---------------------------------------------------------------------------------------------
-def save_spectrogram(
-    path: str | os.PathLike, wave: torch.Tensor, boundary_s: float | None, title: str
-) -> None:
-    """Log-mel PNG of ``wave (S,)`` with a vertical line at the prompt boundary (seconds)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    mel = log_mel(wave.float().cpu()).numpy()  # (M, T)
-    seconds = mel.shape[-1] / FRAME_RATE
-    fig, ax = plt.subplots(figsize=(max(4.0, min(16.0, 2.0 + seconds)), 3.2), dpi=100)
-    im = ax.imshow(mel, origin="lower", aspect="auto", extent=(0, seconds, 0, mel.shape[0]), cmap="magma")
-    if boundary_s:
-        ax.axvline(boundary_s, color="cyan", linewidth=1.5, linestyle="--", label="prompt | continuation")
-        ax.legend(loc="upper right", fontsize=7)
-    ax.set_xlabel("time (s)")
-    ax.set_ylabel("mel bin")
-    ax.set_title(title, fontsize=9)
-    fig.colorbar(im, ax=ax, pad=0.01)
-    fig.tight_layout()
-    fig.savefig(str(path))
-    plt.close(fig)
-
-
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError as e:
-        raise ValueError(f"--device: not a device: {name!r}") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine")
-    return dev
-
-
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="whispergpt sample",
-        description="Generate continuations of a prompt (or unconditional audio) into WAV + PNG files.",
-    )
-    ap.add_argument(
-        "--checkpoint", required=True, help="model dir (config.json + model.safetensors) or a run out_dir"
-    )
-    ap.add_argument(
-        "--codec",
-        default=None,
-        help="codec name or path; default: the codec the training data was prepared with, else 'default'",
-    )
-    ap.add_argument("--prompt", default=None, help="audio file to continue (any soundfile format, resampled)")
-    ap.add_argument(
-        "--prompt-seconds", type=float, default=None, help="use the first S seconds of the prompt"
-    )
-    ap.add_argument(
-        "--prompt-mel",
-        choices=("decoded", "truth"),
-        default="decoded",
-        help="mel fed for the prompt: of the codec-decoded prompt (default) or of the prompt audio",
-    )
-    ap.add_argument("--seconds", type=float, required=True, help="seconds to generate (after the prompt)")
-    ap.add_argument("--out", required=True, help="output directory")
-    ap.add_argument("--num-samples", type=int, default=1)
-    ap.add_argument("--temperature", type=float, default=1.0, help="0 = argmax")
-    ap.add_argument("--top-k", type=int, default=250, help="0 = off")
-    ap.add_argument("--top-p", type=float, default=0.0, help="0 = off")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    ap.add_argument(
-        "--decode-window",
-        type=int,
-        default=DEFAULT_DECODE_WINDOW,
-        help="frames re-decoded per step with --decoder window",
-    )
-    ap.add_argument(
-        "--decoder",
-        choices=("auto", "stream", "window"),
-        default="auto",
-        help="incremental decode of the mel feedback loop (auto: stream when the codec supports it)",
-    )
-    ap.add_argument(
-        "--context-keep",
-        type=float,
-        default=DEFAULT_CONTEXT_KEEP,
-        help="fraction of the context kept when long-form sampling slides the window",
-    )
-    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return ap
-
-
-def _check_args(args: argparse.Namespace) -> None:
-    check_sampling_args(args.temperature, args.top_k, args.top_p)
-    if not (math.isfinite(args.seconds) and args.seconds > 0):
-        raise ValueError(f"--seconds must be > 0, got {args.seconds}")
-    if round(args.seconds * FRAME_RATE) < 1:
-        raise ValueError(f"--seconds {args.seconds} is less than one frame (1/{FRAME_RATE} s)")
-    if args.num_samples < 1:
-        raise ValueError(f"--num-samples must be >= 1, got {args.num_samples}")
-    if args.prompt_seconds is not None:
-        if args.prompt is None:
-            raise ValueError("--prompt-seconds needs --prompt")
-        if not args.prompt_seconds > 0:
-            raise ValueError(f"--prompt-seconds must be > 0, got {args.prompt_seconds}")
-    if args.prompt_mel == "truth" and args.prompt is None:
-        raise ValueError("--prompt-mel truth needs --prompt")
-    if args.decode_window < 1:
-        raise ValueError(f"--decode-window must be >= 1, got {args.decode_window}")
-    if not 0.0 < args.context_keep < 1.0:
-        raise ValueError(f"--context-keep must be in (0, 1), got {args.context_keep}")
-
-
-def run(args: argparse.Namespace) -> dict:
-    """Everything after parsing: checks (before any work), generation, outputs. Returns the JSON record."""
-    from .audio import load_audio, save_audio
-    from .codec import Codec
-    from .config import from_dict
-    from .models import WhisperGPT, WhisperGPTConfig
-
-    t0 = time.perf_counter()
-    _check_args(args)
-    device = _resolve_device(args.device)
-    ckpt = resolve_checkpoint(args.checkpoint)
-    try:
-        config = from_dict(WhisperGPTConfig, json.loads((ckpt / "config.json").read_text()), "model")
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"{ckpt / 'config.json'}: not a valid WhisperGPT config ({e})") from e
-
-    wave = None
-    if args.prompt is not None:
-        wave = load_audio(args.prompt)  # AudioLoadError (a ValueError) names the file
-        if args.prompt_seconds is not None:
-            wave = wave[: int(round(args.prompt_seconds * SAMPLE_RATE))]
-        tp = wave.shape[-1] // HOP_LENGTH
-        if tp < 1:
-            raise ValueError(f"--prompt {args.prompt}: shorter than one frame ({HOP_LENGTH} samples)")
-        if tp >= config.context:
-            raise ValueError(
-                f"--prompt {args.prompt}: {tp} frames ({tp / FRAME_RATE:.2f} s) do not fit the model context "
-                f"of {config.context} frames; pass --prompt-seconds < {config.context / FRAME_RATE:.2f}"
-            )
-        wave = wave[: tp * HOP_LENGTH]
-
-    codec_name, bandwidth, codec_source = args.codec, None, "--codec"
-    if codec_name is None:
-        recorded = training_codec(ckpt)
-        if recorded is not None:
-            (codec_name, bandwidth), codec_source = recorded, "training data manifest"
-        else:
-            codec_name, codec_source = "default", "default (no training manifest found)"
-    codec = _load_codec(Codec, codec_name, bandwidth)
-    codec, note = match_codec(codec, config)
-    if note:
-        print(f"note: {note}", file=sys.stderr)
-    codec.to(device)
-    model = WhisperGPT.from_pretrained(ckpt, device=device).eval()
-    t_load = time.perf_counter()
-
-    frames = int(round(args.seconds * FRAME_RATE))
-    prompt_codes = prompt_mel = None
-    if wave is not None:
-        prompt_codes = codec.encode(wave[None].to(device))
-        if args.prompt_mel == "truth":
-            prompt_mel = log_mel(wave[None].to(device), config.n_mels)
-    gen = torch.Generator(device=device).manual_seed(args.seed)
-    t_prompt = time.perf_counter()
-    result = generate(
-        model,
-        codec,
-        frames=frames,
-        prompt_codes=prompt_codes,
-        prompt_mel=prompt_mel,
-        num_samples=args.num_samples,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        generator=gen,
-        decoder=args.decoder,
-        decode_window=args.decode_window,
-        context_keep=args.context_keep,
-        progress=not args.no_progress,
-    )
-    t_gen = time.perf_counter()
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    Tp = result.prompt_frames
-    boundary = Tp * HOP_LENGTH
-    audio = result.audio.cpu()
-    files = []
-    for i in range(args.num_samples):
-        save_audio(out / f"sample_{i}.wav", audio[i])
-        save_audio(out / f"sample_{i}_continuation.wav", audio[i, boundary:])
-        save_spectrogram(
-            out / f"sample_{i}.png",
-            audio[i],
-            Tp / FRAME_RATE if Tp else None,
-            f"sample {i}: {Tp / FRAME_RATE:.2f} s prompt + {frames / FRAME_RATE:.2f} s generated "
-            f"(T={args.temperature}, top-k {args.top_k}, top-p {args.top_p}, seed {args.seed})",
-        )
-        files += [f"sample_{i}.wav", f"sample_{i}_continuation.wav", f"sample_{i}.png"]
-    t_write = time.perf_counter()
-
-    loop_s = result.timings["generate_s"]
-    record = dict(
-        args={k: v for k, v in vars(args).items()},
-        seed=args.seed,
-        device=str(device),
-        checkpoint=str(ckpt),
-        model=dict(
-            pattern=config.pattern,
-            fusion=config.fusion,
-            num_codebooks=config.num_codebooks,
-            context=config.context,
-            parameters=model.num_parameters(),
-        ),
-        codec=dict(
-            name=codec.name,
-            bandwidth=codec.bandwidth,
-            num_codebooks=codec.num_codebooks,
-            source=codec_source,
-            note=note,
-        ),
-        mel_source=(
-            None
-            if config.fusion == "none"
-            else dict(
-                prompt=args.prompt_mel if Tp else None,
-                continuation="decoded (incremental)",
-                decoder=result.timings["decoder"],
-                decode_window=args.decode_window if result.timings["decoder"] == "window" else None,
-            )
-        ),
-        prompt_frames=Tp,
-        generated_frames=frames,
-        num_samples=args.num_samples,
-        reprefills=result.reprefills,
-        timing=dict(
-            load_s=t_load - t0,
-            prompt_s=t_prompt - t_load,
-            generate_s=loop_s,
-            final_decode_s=result.timings["final_decode_s"],
-            write_s=t_write - t_gen,
-            frames_per_s=frames / loop_s,
-            frames_per_s_batch=frames * args.num_samples / loop_s,
-            real_time_factor=frames * args.num_samples / FRAME_RATE / loop_s,
-        ),
-        files=files,
-    )
-    (out / "generation.json").write_text(json.dumps(record, indent=2) + "\n")
-    return record
-
-
-def _load_codec(Codec, name: str, bandwidth: float | None):
-    """Load at the recorded bandwidth, else at any bandwidth the codec offers (``match_codec`` picks K)."""
-    tried = [bandwidth] if bandwidth is not None else []
-    tried += [b for b in (6.0, 1.5, 3.0, 12.0, 24.0) if b not in tried]
-    for i, b in enumerate(tried):
-        try:
-            return Codec.from_pretrained(name, bandwidth=b)
-        except ValueError:  # bandwidth not offered by this codec
-            if i == len(tried) - 1:
-                raise
-    raise AssertionError("unreachable")
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        record = run(args)
-    except (ValueError, OSError) as e:
-        print(f"whispergpt sample: error: {e}", file=sys.stderr)
-        return 2
-    t = record["timing"]
-    print(
-        f"wrote {record['num_samples']} sample(s) to {args.out}: {record['generated_frames']} frames each, "
-        f"{t['frames_per_s']:.1f} frames/s per sample, real-time factor {t['real_time_factor']:.2f}"
-    )
-    return 0
+def __getattr__(name: str):
+    if name in _MOVED:
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,5 +1,23 @@
 """The neural audio codec: loading (``Codec``), exact streaming decode, and codec training/eval."""
 
-from .codec import HUB_CODEC, PRIME_FRAMES, SHIPPED_CODEC_DIR, Codec, fill_codebooks
+from .codec import (
+    HUB_CODEC,
+    PRIME_FRAMES,
+    SHIPPED_CODEC_DIR,
+    Codec,
+    fill_codebooks,
+    open_codec,
+    pick_bandwidth,
+)
+from .streaming import StreamingDecoder
 
-__all__ = ["HUB_CODEC", "PRIME_FRAMES", "SHIPPED_CODEC_DIR", "Codec", "fill_codebooks"]
+__all__ = [
+    "HUB_CODEC",
+    "PRIME_FRAMES",
+    "SHIPPED_CODEC_DIR",
+    "Codec",
+    "StreamingDecoder",
+    "fill_codebooks",
+    "open_codec",
+    "pick_bandwidth",
+]

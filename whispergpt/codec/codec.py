@@ -77,30 +77,7 @@ class Codec:
         ``"default"`` means ``facebook/encodec_24khz``, or, when the hub is unreachable (offline, no
         cache), the small codec shipped in the package (``SHIPPED_CODEC_DIR``), saying so on stderr.
         """
-        from transformers import EncodecModel
-
-        name = str(name_or_path)
-        if name == "default":
-            try:
-                return cls.from_pretrained(HUB_CODEC, bandwidth=bandwidth, device=device)
-            except OSError:
-                print(
-                    f"hub unreachable: using the shipped offline codec at {SHIPPED_CODEC_DIR}, trained on "
-                    f"{SHIPPED_CODEC_TRAINED_ON}; quality is far below {HUB_CODEC}",
-                    file=sys.stderr,
-                )
-                return cls.from_pretrained(SHIPPED_CODEC_DIR, bandwidth=bandwidth, device=device)
-        local = Path(name).expanduser()
-        if local.exists() and not (local / "config.json").is_file():
-            raise OSError(f"{name} exists but is not an EnCodec save_pretrained directory (no config.json)")
-        try:
-            model = EncodecModel.from_pretrained(str(local) if local.exists() else name)
-        except (OSError, ValueError) as e:
-            raise OSError(
-                f"could not load codec {name!r} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
-                f"Pass a local directory in EncodecModel save_pretrained layout, or the hub id {HUB_CODEC!r} "
-                "on a machine that can reach the hub (or has it in the HF cache)."
-            ) from e
+        model, name = _load_encodec(name_or_path)
         codec = cls(model, bandwidth=bandwidth, name=name)
         if device is not None:
             codec.to(device)
@@ -227,6 +204,96 @@ class Codec:
             f"Codec({self.name!r}, bandwidth={self.bandwidth} kbps, K={self.num_codebooks}, "
             f"V={self.codebook_size}, {self.frame_rate} Hz)"
         )
+
+
+def _load_encodec(name_or_path: str | os.PathLike):
+    """``(EncodecModel, name)`` from a hub id or a ``save_pretrained`` dir; ``"default"`` as documented
+    in ``Codec.from_pretrained`` (the returned name is then the one actually loaded)."""
+    from transformers import EncodecModel
+
+    name = str(name_or_path)
+    if name == "default":
+        try:
+            return _load_encodec(HUB_CODEC)
+        except OSError:
+            print(
+                f"hub unreachable: using the shipped offline codec at {SHIPPED_CODEC_DIR}, trained on "
+                f"{SHIPPED_CODEC_TRAINED_ON}; quality is far below {HUB_CODEC}",
+                file=sys.stderr,
+            )
+            return _load_encodec(SHIPPED_CODEC_DIR)
+    local = Path(name).expanduser()
+    if local.exists() and not (local / "config.json").is_file():
+        raise OSError(f"{name} exists but is not an EnCodec save_pretrained directory (no config.json)")
+    try:
+        model = EncodecModel.from_pretrained(str(local) if local.exists() else name)
+    except (OSError, ValueError) as e:
+        raise OSError(
+            f"could not load codec {name!r} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
+            f"Pass a local directory in EncodecModel save_pretrained layout, or the hub id {HUB_CODEC!r} "
+            "on a machine that can reach the hub (or has it in the HF cache)."
+        ) from e
+    return model, name
+
+
+def pick_bandwidth(
+    model,
+    num_codebooks: int | None = None,
+    codebook_size: int | None = None,
+    bandwidth: float | None = None,
+    name: str = "codec",
+) -> tuple[float, str | None]:
+    """The bandwidth to open EnCodec ``model`` at, and a note when it is not the one asked for.
+
+    Preferred: ``bandwidth`` (e.g. the one the data was prepared at), else 6 kbps, else the
+    codec's highest. With ``num_codebooks`` (K) the bandwidth must give K codebooks: when the
+    preferred one does not, the first of the codec's bandwidths that does is taken (with a note).
+    ``ValueError`` when ``codebook_size`` (V) differs or no bandwidth gives K.
+    """
+    options = [float(b) for b in model.config.target_bandwidths]
+    if codebook_size is not None and int(model.config.codebook_size) != codebook_size:
+        raise ValueError(
+            f"codec/model mismatch: codebook_size V={codebook_size} is needed, the codec {name} has "
+            f"{model.config.codebook_size}"
+        )
+    k_of = {b: int(model.quantizer.get_num_quantizers_for_bandwidth(b)) for b in options}
+    wanted = float(bandwidth) if bandwidth is not None else 6.0 if 6.0 in options else max(options)
+    if num_codebooks is None:
+        if wanted not in options:
+            raise ValueError(f"bandwidth {wanted} kbps is not supported by {name}: pass one of {options}")
+        return wanted, None
+    if k_of.get(wanted) == num_codebooks:
+        return wanted, None
+    fits = [b for b in options if k_of[b] == num_codebooks]
+    if not fits:
+        raise ValueError(
+            f"codec/model mismatch: K={num_codebooks} codebooks are needed, the codec {name} offers K per "
+            f"bandwidth {k_of}"
+        )
+    have = f"gives K={k_of[wanted]}" if wanted in k_of else "is not offered"
+    return fits[0], f"codec bandwidth {wanted} kbps {have}; using {fits[0]} kbps (K={num_codebooks}) to match"
+
+
+def open_codec(
+    name_or_path: str | os.PathLike,
+    *,
+    num_codebooks: int | None = None,
+    codebook_size: int | None = None,
+    bandwidth: float | None = None,
+    device: str | torch.device | None = None,
+) -> tuple[Codec, str | None]:
+    """Open a codec for tokens of K codebooks x V entries, with the bandwidth fallback of
+    ``pick_bandwidth``; returns the codec and its note (None when the preferred bandwidth fit).
+
+    The one place that maps (codec, K, V, recorded bandwidth) to a ``Codec``: sampling, evaluation
+    and codec evaluation all open codecs through it. ``OSError`` when the codec cannot be loaded.
+    """
+    model, name = _load_encodec(name_or_path)
+    chosen, note = pick_bandwidth(model, num_codebooks, codebook_size, bandwidth, name)
+    codec = Codec(model, bandwidth=chosen, name=name)
+    if device is not None:
+        codec.to(device)
+    return codec, note
 
 
 @torch.no_grad()

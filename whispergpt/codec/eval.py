@@ -276,15 +276,9 @@ def run_eval(
 
 def _load(name: str):
     """Load a codec; evaluation picks K per bandwidth itself, so the wrapper's bandwidth is moot."""
-    from ..codec import Codec
+    from ..codec import open_codec
 
-    try:
-        return Codec.from_pretrained(name, bandwidth=6.0)
-    except ValueError:  # a codec without a 6 kbps mode: open it at its own top bandwidth
-        from transformers import EncodecConfig
-
-        top = float(max(EncodecConfig.from_pretrained(name).target_bandwidths))
-        return Codec.from_pretrained(name, bandwidth=top)
+    return open_codec(name)[0]  # 6 kbps, else the codec's highest
 
 
 def __getattr__(name: str):

@@ -48,13 +48,11 @@ from ..config import (  # the run config lives in config.py; re-exported here fo
 from ..data import PreparedDataset
 from ..models import WhisperGPT, nll_per_codebook
 from . import checkpoint as ckpt_io
+from .record import TRAINING_DATA_FILE, write_training_record  # noqa: F401 (re-export)
 
 # Test hook: make the loss of this (1-based) step NaN, to exercise the non-finite stop.
 _NAN_STEP_ENV = "WHISPERGPT_TEST_NAN_AT_STEP"
 
-
-# written next to the final model: the codec, grid and mel source it was trained with
-TRAINING_DATA_FILE = "training_data.json"
 
 # --- schedule and data ---------------------------------------------------------------------------
 
@@ -371,6 +369,7 @@ class Trainer:
             if not self.is_ds:
                 torch.save(self.opt.state_dict(), tmp / "optimizer.pt")
             torch.save(self.sched.state_dict(), tmp / "scheduler.pt")
+            self._write_record(tmp)
             ckpt_io.write_json_atomic(
                 tmp / ckpt_io.TRAINER_STATE,
                 dict(
@@ -411,6 +410,12 @@ class Trainer:
         self.elapsed_before = float(state.get("elapsed_s", 0.0))
         self.wandb_id = state.get("wandb_run_id")
 
+    def _write_record(self, directory: Path) -> None:
+        d = self.cfg.data
+        write_training_record(
+            directory, self.train_ds.manifest, d.mel_source, self.train_ds.directories, self.step
+        )
+
     def save_final(self) -> Path:
         """``out_dir/final``: the HF files of the last checkpoint (always written at max_steps)."""
         final = self.out / "final"
@@ -423,21 +428,7 @@ class Trainer:
             for name in ("config.json", "model.safetensors"):
                 shutil.copy2(last / name, tmp / name)
             # what the model was trained on, so eval and sampling can pick the same codec and mel
-            m = self.train_ds.manifest
-            ckpt_io.write_json_atomic(
-                tmp / TRAINING_DATA_FILE,
-                dict(
-                    codec=m.get("codec"),
-                    bandwidth=m.get("bandwidth"),
-                    num_codebooks=m["num_codebooks"],
-                    codebook_size=m["codebook_size"],
-                    n_mels=m["n_mels"],
-                    sample_rate=m["sample_rate"],
-                    mel_source=self.cfg.data.mel_source,
-                    data_dirs=[str(d) for d in self.train_ds.directories],
-                    steps=self.step,
-                ),
-            )
+            self._write_record(tmp)
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)

@@ -1,0 +1,305 @@
+"""``whispergpt sample`` / ``python sample.py``: generate audio with a trained WhisperGPT.
+
+::
+
+    python sample.py --checkpoint DIR [--codec NAME_OR_PATH] [--prompt WAV] [--prompt-seconds S]
+        --seconds S --out DIR [--num-samples N] [--temperature 1.0] [--top-k 250] [--top-p 0.0]
+        [--seed 0] [--device auto] [--prompt-mel decoded|truth] [--decoder auto|stream|window]
+        [--decode-window 32] [--context-keep 0.75] [--no-progress]
+
+Writes ``sample_<i>.wav`` (prompt + continuation), ``sample_<i>_continuation.wav``,
+``sample_<i>.png`` (log-mel, prompt boundary marked) and ``generation.json`` (arguments, model,
+codec, mel source, timings) into ``--out``. Every argument is checked before any work. The
+generation itself is ``whispergpt.generate.generate``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ..audio import FRAME_RATE, HOP_LENGTH, SAMPLE_RATE, log_mel
+from ..generate import DEFAULT_CONTEXT_KEEP, DEFAULT_DECODE_WINDOW, check_sampling_args, generate
+from ..training.record import resolve_checkpoint, training_codec
+from .plots import save_spectrogram
+
+EPILOG = """example:
+  whispergpt sample --checkpoint runs/hybrid --prompt speech.wav --prompt-seconds 3 \\
+      --seconds 5 --num-samples 4 --temperature 0.9 --top-k 250 --out runs/hybrid/samples
+
+  --checkpoint takes a model directory or a training out_dir (its final/, else its newest
+  checkpoint); without --codec, the codec the training data was prepared with is used.
+"""
+
+
+def match_codec(codec, model_config):
+    """Legacy helper: ``codec`` re-opened at the bandwidth giving the model's K (``pick_bandwidth``).
+
+    Returns the codec to use and a note (or None). New code opens codecs with
+    ``whispergpt.codec.open_codec``, which does the same from a name.
+    """
+    from ..codec import Codec, pick_bandwidth
+
+    c = model_config
+    if codec.sample_rate != SAMPLE_RATE:
+        raise ValueError(f"codec sample rate must be {SAMPLE_RATE} Hz, got {codec.sample_rate}")
+    bandwidth, note = pick_bandwidth(
+        codec.model, c.num_codebooks, c.codebook_size, codec.bandwidth, codec.name
+    )
+    if bandwidth != codec.bandwidth:
+        codec = Codec(codec.model, bandwidth=bandwidth, name=codec.name)
+    return codec, note
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"--device: not a device: {name!r}") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+    return dev
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="whispergpt sample",
+        description="Generate continuations of a prompt (or unconditional audio) into WAV + PNG files.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument(
+        "--checkpoint", required=True, help="model dir (config.json + model.safetensors) or a run out_dir"
+    )
+    ap.add_argument(
+        "--codec",
+        default=None,
+        help="codec name or path; default: the codec the training data was prepared with, else 'default'",
+    )
+    ap.add_argument("--prompt", default=None, help="audio file to continue (any soundfile format, resampled)")
+    ap.add_argument(
+        "--prompt-seconds", type=float, default=None, help="use the first S seconds of the prompt"
+    )
+    ap.add_argument(
+        "--prompt-mel",
+        choices=("decoded", "truth"),
+        default="decoded",
+        help="mel fed for the prompt: of the codec-decoded prompt (default) or of the prompt audio",
+    )
+    ap.add_argument("--seconds", type=float, required=True, help="seconds to generate (after the prompt)")
+    ap.add_argument("--out", required=True, help="output directory")
+    ap.add_argument("--num-samples", type=int, default=1)
+    ap.add_argument("--temperature", type=float, default=1.0, help="0 = argmax")
+    ap.add_argument("--top-k", type=int, default=250, help="0 = off")
+    ap.add_argument("--top-p", type=float, default=0.0, help="0 = off")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    ap.add_argument(
+        "--decode-window",
+        type=int,
+        default=DEFAULT_DECODE_WINDOW,
+        help="frames re-decoded per step with --decoder window",
+    )
+    ap.add_argument(
+        "--decoder",
+        choices=("auto", "stream", "window"),
+        default="auto",
+        help="incremental decode of the mel feedback loop (auto: stream when the codec supports it)",
+    )
+    ap.add_argument(
+        "--context-keep",
+        type=float,
+        default=DEFAULT_CONTEXT_KEEP,
+        help="fraction of the context kept when long-form sampling slides the window",
+    )
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return ap
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    check_sampling_args(args.temperature, args.top_k, args.top_p)
+    if not (math.isfinite(args.seconds) and args.seconds > 0):
+        raise ValueError(f"--seconds must be > 0, got {args.seconds}")
+    if round(args.seconds * FRAME_RATE) < 1:
+        raise ValueError(f"--seconds {args.seconds} is less than one frame (1/{FRAME_RATE} s)")
+    if args.num_samples < 1:
+        raise ValueError(f"--num-samples must be >= 1, got {args.num_samples}")
+    if args.prompt_seconds is not None:
+        if args.prompt is None:
+            raise ValueError("--prompt-seconds needs --prompt")
+        if not args.prompt_seconds > 0:
+            raise ValueError(f"--prompt-seconds must be > 0, got {args.prompt_seconds}")
+    if args.prompt_mel == "truth" and args.prompt is None:
+        raise ValueError("--prompt-mel truth needs --prompt")
+    if args.decode_window < 1:
+        raise ValueError(f"--decode-window must be >= 1, got {args.decode_window}")
+    if not 0.0 < args.context_keep < 1.0:
+        raise ValueError(f"--context-keep must be in (0, 1), got {args.context_keep}")
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Everything after parsing: checks (before any work), generation, outputs. Returns the JSON record."""
+    from ..audio import load_audio, save_audio
+    from ..codec import open_codec
+    from ..config import from_dict
+    from ..models import WhisperGPT, WhisperGPTConfig
+
+    t0 = time.perf_counter()
+    _check_args(args)
+    device = _resolve_device(args.device)
+    ckpt = resolve_checkpoint(args.checkpoint)
+    try:
+        config = from_dict(WhisperGPTConfig, json.loads((ckpt / "config.json").read_text()), "model")
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{ckpt / 'config.json'}: not a valid WhisperGPT config ({e})") from e
+
+    wave = None
+    if args.prompt is not None:
+        wave = load_audio(args.prompt)  # AudioLoadError (a ValueError) names the file
+        if args.prompt_seconds is not None:
+            wave = wave[: int(round(args.prompt_seconds * SAMPLE_RATE))]
+        tp = wave.shape[-1] // HOP_LENGTH
+        if tp < 1:
+            raise ValueError(f"--prompt {args.prompt}: shorter than one frame ({HOP_LENGTH} samples)")
+        if tp >= config.context:
+            raise ValueError(
+                f"--prompt {args.prompt}: {tp} frames ({tp / FRAME_RATE:.2f} s) do not fit the model context "
+                f"of {config.context} frames; pass --prompt-seconds < {config.context / FRAME_RATE:.2f}"
+            )
+        wave = wave[: tp * HOP_LENGTH]
+
+    codec_name, bandwidth, codec_source = args.codec, None, "--codec"
+    if codec_name is None:
+        recorded = training_codec(ckpt)
+        if recorded is not None:
+            (codec_name, bandwidth), codec_source = recorded, "training data manifest"
+        else:
+            codec_name, codec_source = "default", "default (no training manifest found)"
+    codec, note = open_codec(
+        codec_name,
+        num_codebooks=config.num_codebooks,
+        codebook_size=config.codebook_size,
+        bandwidth=bandwidth,
+    )
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    codec.to(device)
+    model = WhisperGPT.from_pretrained(ckpt, device=device).eval()
+    t_load = time.perf_counter()
+
+    frames = int(round(args.seconds * FRAME_RATE))
+    prompt_codes = prompt_mel = None
+    if wave is not None:
+        prompt_codes = codec.encode(wave[None].to(device))
+        if args.prompt_mel == "truth":
+            prompt_mel = log_mel(wave[None].to(device), config.n_mels)
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    t_prompt = time.perf_counter()
+    result = generate(
+        model,
+        codec,
+        frames=frames,
+        prompt_codes=prompt_codes,
+        prompt_mel=prompt_mel,
+        num_samples=args.num_samples,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        generator=gen,
+        decoder=args.decoder,
+        decode_window=args.decode_window,
+        context_keep=args.context_keep,
+        progress=not args.no_progress,
+    )
+    t_gen = time.perf_counter()
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    Tp = result.prompt_frames
+    boundary = Tp * HOP_LENGTH
+    audio = result.audio.cpu()
+    files = []
+    for i in range(args.num_samples):
+        save_audio(out / f"sample_{i}.wav", audio[i])
+        save_audio(out / f"sample_{i}_continuation.wav", audio[i, boundary:])
+        save_spectrogram(
+            out / f"sample_{i}.png",
+            audio[i],
+            Tp / FRAME_RATE if Tp else None,
+            f"sample {i}: {Tp / FRAME_RATE:.2f} s prompt + {frames / FRAME_RATE:.2f} s generated "
+            f"(T={args.temperature}, top-k {args.top_k}, top-p {args.top_p}, seed {args.seed})",
+        )
+        files += [f"sample_{i}.wav", f"sample_{i}_continuation.wav", f"sample_{i}.png"]
+    t_write = time.perf_counter()
+
+    loop_s = result.timings["generate_s"]
+    record = dict(
+        args={k: v for k, v in vars(args).items()},
+        seed=args.seed,
+        device=str(device),
+        checkpoint=str(ckpt),
+        model=dict(
+            pattern=config.pattern,
+            fusion=config.fusion,
+            num_codebooks=config.num_codebooks,
+            context=config.context,
+            parameters=model.num_parameters(),
+        ),
+        codec=dict(
+            name=codec.name,
+            bandwidth=codec.bandwidth,
+            num_codebooks=codec.num_codebooks,
+            source=codec_source,
+            note=note,
+        ),
+        mel_source=(
+            None
+            if config.fusion == "none"
+            else dict(
+                prompt=args.prompt_mel if Tp else None,
+                continuation="decoded (incremental)",
+                decoder=result.timings["decoder"],
+                decode_window=args.decode_window if result.timings["decoder"] == "window" else None,
+            )
+        ),
+        prompt_frames=Tp,
+        generated_frames=frames,
+        num_samples=args.num_samples,
+        reprefills=result.reprefills,
+        timing=dict(
+            load_s=t_load - t0,
+            prompt_s=t_prompt - t_load,
+            generate_s=loop_s,
+            final_decode_s=result.timings["final_decode_s"],
+            write_s=t_write - t_gen,
+            frames_per_s=frames / loop_s,
+            frames_per_s_batch=frames * args.num_samples / loop_s,
+            real_time_factor=frames * args.num_samples / FRAME_RATE / loop_s,
+        ),
+        files=files,
+    )
+    (out / "generation.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        record = run(args)
+    except (ValueError, OSError) as e:
+        print(f"whispergpt sample: error: {e}", file=sys.stderr)
+        return 2
+    t = record["timing"]
+    print(
+        f"wrote {record['num_samples']} sample(s) to {args.out}: {record['generated_frames']} frames each, "
+        f"{t['frames_per_s']:.1f} frames/s per sample, real-time factor {t['real_time_factor']:.2f}"
+    )
+    return 0

@@ -1,0 +1,133 @@
+"""The training record: what a model was trained on, written next to its weights.
+
+Every checkpoint training writes (``checkpoints/step-*`` and ``final/``) holds
+``training_data.json`` (``TRAINING_DATA_FILE``): the codec and bandwidth the data was prepared
+with, K, V, M, sample rate, the mel source, the data directories and the step. Sampling picks the
+same codec from it and evaluation reports the mel source; neither needs the trainer.
+
+Legacy runs wrote the record into ``final/`` only: for their step checkpoints the record of the
+run's ``final/`` is used, else the codec is traced through the run's ``config.yaml`` ->
+``data.dir`` -> ``manifest.json`` (``training_codec``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+TRAINING_DATA_FILE = "training_data.json"
+
+
+def write_training_record(
+    directory: str | os.PathLike,
+    manifest: dict[str, Any],
+    mel_source: str,
+    data_dirs: Iterable[str | os.PathLike],
+    steps: int,
+) -> Path:
+    """Write ``directory/training_data.json`` atomically from the training data's ``manifest``."""
+    from .checkpoint import write_json_atomic
+
+    path = Path(directory) / TRAINING_DATA_FILE
+    write_json_atomic(
+        path,
+        dict(
+            codec=manifest.get("codec"),
+            bandwidth=manifest.get("bandwidth"),
+            num_codebooks=manifest["num_codebooks"],
+            codebook_size=manifest["codebook_size"],
+            n_mels=manifest["n_mels"],
+            sample_rate=manifest["sample_rate"],
+            mel_source=mel_source,
+            data_dirs=[str(d) for d in data_dirs],
+            steps=int(steps),
+        ),
+    )
+    return path
+
+
+def _run_dir(checkpoint: Path) -> Path:
+    """The training ``out_dir`` a checkpoint lies in (``out/final`` or ``out/checkpoints/step-*``)."""
+    from .checkpoint import CHECKPOINTS
+
+    return checkpoint.parent.parent if checkpoint.parent.name == CHECKPOINTS else checkpoint.parent
+
+
+def read_training_record(directory: str | os.PathLike) -> dict[str, Any] | None:
+    """The record of the checkpoint ``directory``, else (legacy runs) of its run's ``final/``;
+    None when neither exists or parses."""
+    checkpoint = Path(directory)
+    for path in (checkpoint / TRAINING_DATA_FILE, _run_dir(checkpoint) / "final" / TRAINING_DATA_FILE):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict):
+            return record
+    return None
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A ``save_pretrained`` dir, or a training ``out_dir`` (-> its ``final``, else newest checkpoint)."""
+    from .checkpoint import list_checkpoints
+
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ValueError(f"--checkpoint {p}: no such directory")
+    if (p / "config.json").is_file() and (p / "model.safetensors").is_file():
+        return p
+    if (p / "final" / "config.json").is_file():
+        return p / "final"
+    found = list_checkpoints(p)
+    if found:
+        return found[-1][1]
+    raise ValueError(
+        f"--checkpoint {p}: expected a model directory (config.json + model.safetensors) or a training "
+        "out_dir with final/ or checkpoints/step-*"
+    )
+
+
+def training_codec(checkpoint: str | os.PathLike) -> tuple[str, float] | None:
+    """``(codec, bandwidth)`` the checkpoint's training data was prepared with, or None.
+
+    From the training record (``read_training_record``); for legacy runs without one, from the
+    run's ``config.yaml`` -> ``data.dir`` (one directory or a list; all must agree) ->
+    ``manifest.json``. None when any link is missing.
+    """
+    checkpoint = Path(checkpoint)
+    record = read_training_record(checkpoint)
+    if record is not None:
+        try:
+            return str(record["codec"]), float(record["bandwidth"])
+        except (KeyError, TypeError, ValueError):
+            pass
+    return _codec_from_run_config(_run_dir(checkpoint))
+
+
+def _codec_from_run_config(run: Path) -> tuple[str, float] | None:
+    """Legacy: the codec of the manifests of the run config's ``data.dir``."""
+    import yaml
+
+    cfg_path = run / "config.yaml"
+    if not cfg_path.is_file():
+        return None
+    try:
+        dirs = (yaml.safe_load(cfg_path.read_text()) or {})["data"]["dir"]
+    except (yaml.YAMLError, KeyError, TypeError):
+        return None
+    found = set()
+    for data_dir in dirs if isinstance(dirs, list) else [dirs]:
+        data_dir = Path(str(data_dir))
+        manifests = [d / "manifest.json" for d in (data_dir, run / data_dir, run.parent / data_dir)]
+        m = next((m for m in manifests if m.is_file()), None)
+        if m is None:
+            return None
+        try:
+            manifest = json.loads(m.read_text())
+            found.add((str(manifest["codec"]), float(manifest["bandwidth"])))
+        except (ValueError, KeyError, TypeError):
+            return None
+    return found.pop() if len(found) == 1 else None
