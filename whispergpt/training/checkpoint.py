@@ -30,11 +30,12 @@ import random
 import re
 import shutil
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+from ..runtime import write_json_atomic  # noqa: F401  (re-exported: the old home of this helper)
 
 CHECKPOINTS = "checkpoints"
 TRAINER_STATE = "trainer_state.json"
@@ -84,19 +85,24 @@ def remove_temp_checkpoints(out_dir: str | os.PathLike) -> None:
                 shutil.rmtree(p, ignore_errors=True)
 
 
-def publish_checkpoint(tmp: Path, step: int) -> Path:
-    """Atomically rename a fully written temp dir to its final ``step-NNNNNNN`` name."""
-    final = tmp.parent / checkpoint_name(step)
-    if final.exists():  # re-saving a step after a resume: replace the old copy
-        old = tmp.parent / f"{_TMP_PREFIX}old-{final.name}"
+def replace_dir(tmp: Path, final: Path) -> Path:
+    """Rename the fully written directory ``tmp`` to ``final``, replacing an existing ``final``
+    (moved aside first, then deleted: at every instant ``final`` is absent or complete)."""
+    if final.exists():  # e.g. re-saving a step after a resume
+        old = final.parent / f"{_TMP_PREFIX}old-{final.name}"
         shutil.rmtree(old, ignore_errors=True)
         os.replace(final, old)
         os.replace(tmp, final)
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
-    _fsync_dir(tmp.parent)
+    _fsync_dir(final.parent)
     return final
+
+
+def publish_checkpoint(tmp: Path, step: int) -> Path:
+    """Atomically rename a fully written temp dir to its final ``step-NNNNNNN`` name."""
+    return replace_dir(tmp, tmp.parent / checkpoint_name(step))
 
 
 def prune_checkpoints(out_dir: str | os.PathLike, keep_last: int) -> list[Path]:
@@ -111,16 +117,6 @@ def prune_checkpoints(out_dir: str | os.PathLike, keep_last: int) -> list[Path]:
         os.replace(p, tmp)
         shutil.rmtree(tmp, ignore_errors=True)
     return doomed
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def read_trainer_state(ckpt: str | os.PathLike) -> dict:
