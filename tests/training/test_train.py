@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from nan_fault import nan_from_step  # a sibling module: pytest puts tests/training on sys.path
 from safetensors.torch import load_file
 
 from whispergpt.config import ConfigError
@@ -23,6 +24,7 @@ from whispergpt.training import (
     lr_at,
     main,
     sample_seed,
+    trainer,
     val_indices,
 )
 from whispergpt.training import checkpoint as ckpt_io
@@ -226,8 +228,9 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint_then_resumes_with_w
         "train.eval_batches=1",
         "model.context=32",
     ]
-    monkeypatch.setenv("WHISPERGPT_TEST_NAN_AT_STEP", "3")
-    assert main(args) == 3
+    with monkeypatch.context() as m:
+        m.setattr(trainer, "nll_per_codebook", nan_from_step(3))
+        assert main(args) == 3
     err = capsys.readouterr().err
     assert "non-finite training loss" in err and "step 3" in err
     assert [s for s, _ in ckpt_io.list_checkpoints(out)] == [2]
@@ -238,7 +241,6 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint_then_resumes_with_w
     good = load_file(str(ckpt_io.latest_checkpoint(out) / "model.safetensors"))
     assert all(torch.isfinite(v).all() for v in good.values())
 
-    monkeypatch.delenv("WHISPERGPT_TEST_NAN_AT_STEP")
     assert main([*args, "logging.tensorboard=true"]) == 0
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     assert "resuming from" in capsys.readouterr().out
