@@ -275,7 +275,9 @@ def _train_cmd(data_dir: Path, out: Path) -> list[str]:
 
 @pytest.mark.slow
 def test_resume_after_sigkill_is_bit_exact(data_dir, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    # 2 threads: intra-op parallel kernels are deterministic at a fixed thread count (the
+    # condition the run prints); two runs, one of them killed and resumed, end bit-identical
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "WANDB_MODE": "offline"}
     ref, cut = tmp_path / "ref", tmp_path / "cut"
     subprocess.run(_train_cmd(data_dir, ref), env=env, cwd=REPO, check=True, capture_output=True)
 
@@ -295,6 +297,7 @@ def test_resume_after_sigkill_is_bit_exact(data_dir, tmp_path):
     done = subprocess.run(_train_cmd(data_dir, cut), env=env, cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"(step {killed_at})" in done.stdout
+    assert "bit-exact reruns/resumes need the same thread count: 2 threads" in done.stdout
 
     ref_losses, ref_vals = read_metrics(ref)
     cut_losses, cut_vals = read_metrics(cut)

@@ -119,6 +119,20 @@ def prune_checkpoints(out_dir: str | os.PathLike, keep_last: int) -> list[Path]:
     return doomed
 
 
+def training_data_record(manifest: dict, mel_source: str, data_dirs: list, steps: int) -> dict:
+    """What a final model was trained on (codec, grid, mel source), so eval and sampling can pick
+    the same codec and mel."""
+    keys = ("num_codebooks", "codebook_size", "n_mels", "sample_rate")
+    return dict(
+        codec=manifest.get("codec"),
+        bandwidth=manifest.get("bandwidth"),
+        **{k: manifest[k] for k in keys},
+        mel_source=mel_source,
+        data_dirs=[str(d) for d in data_dirs],
+        steps=steps,
+    )
+
+
 def read_trainer_state(ckpt: str | os.PathLike) -> dict:
     with open(Path(ckpt) / TRAINER_STATE) as f:
         return json.load(f)

@@ -47,6 +47,22 @@ class TrainCrops(torch.utils.data.Dataset):
         return self.dataset.random_crop(g)
 
 
+def train_loader(
+    dataset: PreparedDataset, tc: TrainConfig, num_workers: int, rank: int, start_step: int
+) -> torch.utils.data.DataLoader:
+    """The rest of ``rank``'s training batches from optimizer step ``start_step`` to ``max_steps``."""
+    per_step = tc.grad_accum * tc.batch_size
+    return torch.utils.data.DataLoader(
+        TrainCrops(dataset, tc.seed, rank),
+        batch_size=tc.batch_size,
+        sampler=range(start_step * per_step, tc.max_steps * per_step),
+        num_workers=num_workers,
+        # its own generator: creating the iterator must not consume the global RNG (resume)
+        generator=torch.Generator().manual_seed(tc.seed),
+        pin_memory=torch.cuda.is_available(),
+    )
+
+
 def val_indices(num_items: int, eval_batches: int | str, batch_size: int) -> list[int]:
     """The fixed validation set: all tiles ("full") or ``eval_batches * batch_size`` tiles spread
     evenly over the split (so that every file region is represented, independent of world size)."""

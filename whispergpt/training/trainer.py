@@ -7,7 +7,7 @@ Determinism and resume: every training crop is drawn with a fresh generator seed
 ``(train.seed, rank, sample index)``, so the data position is just the step counter; a checkpoint
 holds model, optimizer, scheduler and every rank's RNG states. On CPU, one process, a run killed at
 any point and restarted reproduces the uninterrupted run's losses and final weights bit for bit
-(given the same thread count). The step loop:
+given the same thread count (see ``runtime.reproducibility_note``). The step loop:
 
     for each of train.grad_accum micro-batches: forward, NLL sum/count reduced across ranks
         (a non-finite value stops the run before anything is updated), backward
@@ -37,10 +37,16 @@ import yaml
 from ..config import ConfigError, apply_overrides, dump_yaml, from_dict, to_dict
 from ..data import PreparedDataset, read_manifest
 from ..models import WhisperGPT, WhisperGPTConfig, nll_per_codebook
-from ..runtime import choose_precision, make_accelerator, write_atomic, write_json_atomic
+from ..runtime import (
+    choose_precision,
+    make_accelerator,
+    reproducibility_note,
+    write_atomic,
+    write_json_atomic,
+)
 from . import checkpoint as ckpt_io
 from .loggers import Loggers
-from .schedule import TrainCrops, lr_at, param_groups, sample_seed, val_indices  # noqa: F401  (public here too)
+from .schedule import TrainCrops, lr_at, param_groups, sample_seed, train_loader, val_indices  # noqa: F401  (public here too)
 
 # written next to the final model: the codec, grid and mel source it was trained with
 TRAINING_DATA_FILE = "training_data.json"
@@ -359,6 +365,7 @@ class Trainer:
                     wandb_run_id=self.wandb_id,
                     world_size=self.world,
                     deepspeed=self.is_ds,
+                    num_threads=torch.get_num_threads(),
                 ),
             )
             final = ckpt_io.publish_checkpoint(tmp, step)
@@ -384,6 +391,11 @@ class Trainer:
         if not ckpt_io.load_rng_state(path, self.rank) and self.acc.is_main_process:
             print(f"warning: {path} has no RNG state for rank {self.rank}", file=sys.stderr)
         self.step = int(state["step"])
+        threads = state.get("num_threads", torch.get_num_threads())
+        if threads != torch.get_num_threads() and self.acc.is_main_process:
+            print(
+                f"note: {path} was written with {threads} threads; {reproducibility_note()}", file=sys.stderr
+            )
         self.tokens_seen = int(state.get("tokens_seen", 0))
         self.best_val = state.get("best_val_nll")
         self.elapsed_before = float(state.get("elapsed_s", 0.0))
@@ -401,21 +413,10 @@ class Trainer:
             for name in ("config.json", "model.safetensors"):
                 shutil.copy2(last / name, tmp / name)
             # what the model was trained on, so eval and sampling can pick the same codec and mel
-            m = self.train_ds.manifest
-            write_json_atomic(
-                tmp / TRAINING_DATA_FILE,
-                dict(
-                    codec=m.get("codec"),
-                    bandwidth=m.get("bandwidth"),
-                    num_codebooks=m["num_codebooks"],
-                    codebook_size=m["codebook_size"],
-                    n_mels=m["n_mels"],
-                    sample_rate=m["sample_rate"],
-                    mel_source=self.cfg.data.mel_source,
-                    data_dirs=[str(d) for d in self.train_ds.directories],
-                    steps=self.step,
-                ),
+            record = ckpt_io.training_data_record(
+                self.train_ds.manifest, self.cfg.data.mel_source, self.train_ds.directories, self.step
             )
+            write_json_atomic(tmp / TRAINING_DATA_FILE, record)
             ckpt_io.replace_dir(tmp, final)
         self.acc.wait_for_everyone()
         return final
@@ -452,19 +453,6 @@ class Trainer:
         return dict(val_nll=val, val_ppl=math.exp(min(val, 700.0)), val_nll_per_codebook=nll)
 
     # -- training ---------------------------------------------------------------------------------
-    def _loader(self, start_step: int) -> torch.utils.data.DataLoader:
-        tc = self.cfg.train
-        per_step = tc.grad_accum * tc.batch_size
-        return torch.utils.data.DataLoader(
-            TrainCrops(self.train_ds, tc.seed, self.rank),
-            batch_size=tc.batch_size,
-            sampler=range(start_step * per_step, tc.max_steps * per_step),
-            num_workers=self.cfg.data.num_workers,
-            # its own generator: creating the iterator must not consume the global RNG (resume)
-            generator=torch.Generator().manual_seed(tc.seed),
-            pin_memory=torch.cuda.is_available(),
-        )
-
     def run(self) -> Path:
         from tqdm.auto import tqdm
 
@@ -477,7 +465,8 @@ class Trainer:
         if acc.is_main_process:
             print(
                 f"{acc.distributed_type.value}: {self.world} process(es) on {acc.device}, "
-                f"precision {self.precision}, {self.n_params:,} parameters",
+                f"precision {self.precision}, {self.n_params:,} parameters"
+                + (f"; {reproducibility_note()}" if acc.device.type == "cpu" else ""),
                 flush=True,
             )
         latest = ckpt_io.latest_checkpoint(self.out)
@@ -500,7 +489,7 @@ class Trainer:
             dynamic_ncols=True,
             desc="train",
         )
-        batches = iter(self._loader(self.step))
+        batches = iter(train_loader(self.train_ds, tc, self.cfg.data.num_workers, self.rank, self.step))
         self.model.train()
         window_tokens, window_time = 0, 0.0
         try:
@@ -597,8 +586,5 @@ def train(cfg: RunConfig) -> Path:
             torch.distributed.destroy_process_group()
 
 
-def main(argv: list[str]) -> int:
-    """``whispergpt train`` (see :mod:`whispergpt.training.cli`)."""
-    from .cli import main as cli_main
-
-    return cli_main(argv)
+# the CLI, importable from here as before (cli.py imports the names above, so it comes last)
+from .cli import main as main  # noqa: E402
