@@ -1,5 +1,5 @@
 """Process-level set-up shared by every entry point: device, precision, accelerator, atomic
-writes, seeding and determinism. Written once here; trainers, prepare and the tools import it."""
+writes, seeding and the reproducibility condition. Written once here; trainers, prepare and the tools import it."""
 
 from __future__ import annotations
 
@@ -108,7 +108,7 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int = 2) -> Pat
     return write_atomic(path, json.dumps(obj, indent=indent) + "\n")
 
 
-# --- seeding and determinism -----------------------------------------------------------------------
+# --- seeding and reproducibility -----------------------------------------------------------------------
 
 
 def seed_everything(seed: int) -> None:

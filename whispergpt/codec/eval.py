@@ -19,7 +19,6 @@ passed with ``--speech`` or any directory in its path is named ``speech``; likew
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 
 from ..audio import HOP_LENGTH, SAMPLE_RATE, AudioLoadError, load_audio, log_mel, resample
+from ..runtime import write_json_atomic
 
 # ---------------------------------------------------------------------------------------------
 # metrics
@@ -324,6 +324,6 @@ def main(argv: list[str]) -> int:
     print(table)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(_jsonable(report), indent=1))
+        write_json_atomic(args.out, _jsonable(report), indent=1)
         print(f"wrote {args.out}")
     return 0

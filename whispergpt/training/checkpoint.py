@@ -51,8 +51,9 @@ def checkpoints_dir(out_dir: str | os.PathLike) -> Path:
     return Path(out_dir) / CHECKPOINTS
 
 
-def list_checkpoints(out_dir: str | os.PathLike) -> list[tuple[int, Path]]:
-    """Complete checkpoints of a run, oldest first, as ``(step, path)``."""
+def list_checkpoints(out_dir: str | os.PathLike, marker: str = TRAINER_STATE) -> list[tuple[int, Path]]:
+    """Complete checkpoints of a run, oldest first, as ``(step, path)``; ``marker`` is the state
+    file every complete checkpoint holds (the codec trainer's is ``state.json``)."""
     root = checkpoints_dir(out_dir)
     if not root.is_dir():
         return []
@@ -61,13 +62,13 @@ def list_checkpoints(out_dir: str | os.PathLike) -> list[tuple[int, Path]]:
         m = _STEP_RE.match(p.name)
         # The rename makes a step-* directory complete; the state file is a second guard against
         # directories copied by hand.
-        if m and p.is_dir() and (p / TRAINER_STATE).is_file():
+        if m and p.is_dir() and (p / marker).is_file():
             found.append((int(m.group(1)), p))
     return sorted(found)
 
 
-def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
-    ckpts = list_checkpoints(out_dir)
+def latest_checkpoint(out_dir: str | os.PathLike, marker: str = TRAINER_STATE) -> Path | None:
+    ckpts = list_checkpoints(out_dir, marker)
     return ckpts[-1][1] if ckpts else None
 
 
@@ -105,11 +106,11 @@ def publish_checkpoint(tmp: Path, step: int) -> Path:
     return replace_dir(tmp, tmp.parent / checkpoint_name(step))
 
 
-def prune_checkpoints(out_dir: str | os.PathLike, keep_last: int) -> list[Path]:
+def prune_checkpoints(out_dir: str | os.PathLike, keep_last: int, marker: str = TRAINER_STATE) -> list[Path]:
     """Delete all but the newest ``keep_last`` complete checkpoints; returns what was deleted."""
     if keep_last <= 0:
         return []
-    ckpts = list_checkpoints(out_dir)
+    ckpts = list_checkpoints(out_dir, marker)
     doomed = [p for _, p in ckpts[:-keep_last]]
     for p in doomed:
         # Rename first so that a crash mid-delete never leaves a half-deleted step-* directory.

@@ -41,6 +41,7 @@ from ..runtime import (
     choose_precision,
     make_accelerator,
     reproducibility_note,
+    seed_everything,
     write_atomic,
     write_json_atomic,
 )
@@ -272,7 +273,7 @@ class Trainer:
                 )
 
         # Same initial weights on every rank (ZeRO-3 partitions each rank's own copy).
-        torch.manual_seed(tc.seed)
+        seed_everything(tc.seed)
         self.core = WhisperGPT(cfg.model)
         self.n_params = self.core.num_parameters()  # before ZeRO-3 partitions it away
         self.train_ds = PreparedDataset(
