@@ -1,8 +1,12 @@
-"""YAML recipes + dotted ``key=value`` overrides onto nested dataclasses.
+"""YAML recipes + dotted ``key=value`` overrides onto nested dataclasses, and the run config.
 
 One ``@dataclass`` per concern; a run config is a dataclass whose fields are other dataclasses.
-``load_config(RunConfig, "configs/tiny.yaml", ["train.max_steps=10", "model.d_model=64"])``:
+``load_config(CodecTrainConfig, "codec/small-cpu.yaml", ["train.max_steps=10"])``:
 
+- a recipe is a path, or the name of a recipe shipped with the package (``tiny.yaml``; found from
+  any working directory, see :func:`recipe_path`);
+- ``extends: base.yaml`` (or a list of them) deep-merges the named recipes under this one, the
+  child winning; a name is looked up next to the recipe first, then among the shipped recipes;
 - YAML is read with ``yaml.safe_load``; unknown keys (in the file or an override) are errors that
   list the valid keys;
 - override values are parsed as YAML scalars (``10`` -> int, ``1e-3`` -> float, ``true`` -> bool,
@@ -17,10 +21,13 @@ import json
 import os
 import types
 import typing
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
+
+from .models.whispergpt import WhisperGPTConfig
 
 C = TypeVar("C")
 
@@ -98,20 +105,31 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def from_dict(cls: type[C], data: dict | None, where: str = "") -> C:
-    """Build dataclass ``cls`` from a (nested) mapping, rejecting unknown keys."""
-    data = dict(data or {})
+def check_keys(cls: type, data: Any, where: str = "") -> None:
+    """Unknown keys anywhere in the (nested) mapping -> ConfigError listing the valid keys."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{where or 'config'}: expected a mapping, got {data!r}")
+        return
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - set(fields))
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - fields)
     if unknown:
         prefix = f"{where}." if where else ""
         raise ConfigError(
             f"unknown config key(s) {[prefix + k for k in unknown]}; valid keys under "
             f"{where or 'the top level'}: {sorted(fields)}"
         )
+    for name, value in data.items():
+        if _is_dataclass_type(hints[name]):
+            check_keys(hints[name], value, f"{where}.{name}" if where else name)
+
+
+def from_dict(cls: type[C], data: dict | None, where: str = "") -> C:
+    """Build dataclass ``cls`` from a (nested) mapping, rejecting unknown keys."""
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {data!r}")
+    data = dict(data or {})
+    check_keys(cls, data, where)
+    hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in data.items():
         tp = hints[name]
@@ -149,19 +167,222 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+# --- recipes ------------------------------------------------------------------------------------
+
+
+def recipes_dir() -> Path:
+    """The shipped recipes: ``whispergpt/configs`` in an installed wheel, else ``<repo>/configs``."""
+    pkg = Path(__file__).resolve().parent
+    installed = pkg / "configs"  # the wheel maps the top-level configs/ here (pyproject package-dir)
+    return installed if installed.is_dir() else pkg.parent / "configs"
+
+
+def _shipped(name: str | os.PathLike) -> Path | None:
+    p = Path(name)
+    if p.is_absolute():
+        return None
+    if p.parts[:1] == ("configs",):  # "configs/tiny.yaml" from outside the checkout
+        p = Path(*p.parts[1:])
+    root = recipes_dir()
+    for cand in (root / p, root / p.with_name(p.name + ".yaml")):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def recipe_path(name_or_path: str | os.PathLike) -> Path:
+    """A recipe file: the path if it exists, else the shipped recipe of that name (``tiny.yaml``,
+    ``tiny``, ``configs/tiny.yaml``, ``compare/tiny/paper_hybrid.yaml``)."""
+    p = Path(name_or_path).expanduser()
+    if p.is_file():
+        return p
+    found = _shipped(p)
+    if found is None:
+        names = sorted(str(q.relative_to(recipes_dir())) for q in recipes_dir().glob("*.yaml"))
+        raise ConfigError(f"config file {p} not found (not a file, nor a shipped recipe; shipped: {names})")
+    return found
+
+
+def deep_merge(base: dict, child: dict) -> dict:
+    """``child`` over ``base`` (copies): mappings merge key by key, anything else is replaced."""
+    out = dict(base)
+    for key, value in child.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_recipe(name_or_path: str | os.PathLike, _chain: tuple[Path, ...] = ()) -> dict:
+    """A recipe as a mapping, its ``extends`` chain merged in (child wins)."""
+    path = recipe_path(name_or_path).resolve()
+    if path in _chain:
+        cycle = " -> ".join(str(p) for p in (*_chain[_chain.index(path) :], path))
+        raise ConfigError(f"recipe extends form a cycle: {cycle}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    parents = data.pop("extends", None)
+    if parents is None:
+        return data
+    if isinstance(parents, str):
+        parents = [parents]
+    if not isinstance(parents, list) or not all(isinstance(x, str) for x in parents):
+        raise ConfigError(f"{path}: extends must be a recipe name or a list of them, got {parents!r}")
+    merged: dict = {}
+    for parent in parents:
+        local = path.parent / parent
+        target = local if local.is_file() else _shipped(parent)
+        if target is None:
+            raise ConfigError(f"{path}: extends {parent!r}: no such recipe next to it nor shipped")
+        merged = deep_merge(merged, load_recipe(target, (*_chain, path)))
+    return deep_merge(merged, data)
+
+
 def load_config(cls: type[C], path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> C:
-    """YAML file (optional) + overrides -> validated dataclass ``cls``."""
-    data: dict = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} not found")
-        with open(p) as f:
-            data = yaml.safe_load(f) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p}: top level must be a mapping, got {type(data).__name__}")
-    data = apply_overrides(data, overrides or [])
-    return from_dict(cls, data)
+    """Recipe (optional; path or shipped name) + overrides -> validated dataclass ``cls``."""
+    data = load_recipe(path) if path is not None else {}
+    return from_dict(cls, apply_overrides(data, overrides or []))
+
+
+# --- the run config (train.py / whispergpt train) ---------------------------------------------
+
+
+@dataclass
+class DataConfig:
+    # a `whispergpt prepare` output, or a list of them read as one dataset (same codec and grid)
+    dir: str | list[str] = "data/demo/prepared"
+    frames: int | None = None  # crop length in frames; null -> model.context
+    num_workers: int = 0  # DataLoader workers per process
+    train_split: str = "train"
+    val_split: str = "val"
+    # mel the hybrid reads: "truth" (original audio, the paper's setting), "decoded" (codec-decoded
+    # tokens: what sampling can feed back), "auto" = decoded when the dataset stores it and the
+    # pattern generates every codebook the decoded mel used (not coarse), else truth
+    mel_source: Literal["auto", "truth", "decoded"] = "auto"
+
+    def __post_init__(self) -> None:
+        if self.frames is not None and self.frames < 1:
+            raise ValueError(f"data.frames must be >= 1 or null, got {self.frames}")
+        if self.num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 1000  # optimizer steps
+    batch_size: int = 8  # crops per micro-batch per process
+    grad_accum: int = 1  # micro-batches per optimizer step
+    lr: float = 3e-4  # peak learning rate
+    min_lr: float = 3e-5  # end of the cosine
+    warmup_steps: int = 100  # linear warmup from lr/warmup_steps
+    weight_decay: float = 0.1  # decoupled (AdamW); matrices only, not biases / norms
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
+    save_every: int = 500  # checkpoint period in steps (a checkpoint is also written at the end)
+    eval_every: int = 500  # validation period in steps (0: only at the end)
+    eval_batches: int | str = 20  # validation crops = eval_batches * batch_size, or "full"
+    keep_last: int = 3  # checkpoints kept (0 keeps all)
+    seed: int = 0
+    log_every: int = 10  # metrics.jsonl / wandb period in steps
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    compile: bool = False  # torch.compile the model
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "batch_size", "grad_accum", "save_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "eval_every", "keep_last"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if not (self.lr > 0 and 0 <= self.min_lr <= self.lr):
+            raise ValueError(f"need lr > 0 and 0 <= min_lr <= lr, got lr={self.lr}, min_lr={self.min_lr}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"train.betas must be two numbers in [0, 1), got {self.betas}")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError(
+                f"train.weight_decay and train.grad_clip must be >= 0, got {self.weight_decay}, {self.grad_clip}"
+            )
+        if isinstance(self.eval_batches, str) and self.eval_batches != "full":
+            raise ValueError(f"train.eval_batches must be an integer or 'full', got {self.eval_batches!r}")
+        if isinstance(self.eval_batches, int) and self.eval_batches < 0:
+            raise ValueError(f"train.eval_batches must be >= 0, got {self.eval_batches}")
+
+
+@dataclass
+class LoggingConfig:
+    wandb: bool = True
+    wandb_project: str = "whispergpt"
+    wandb_name: str | None = None  # default: the out_dir name
+    # null: $WANDB_MODE if set, "online" if you ran `wandb login`, else "offline" (no account needed)
+    wandb_mode: Literal["online", "offline", "disabled"] | None = None
+    tensorboard: bool = False  # out_dir/tensorboard (needs the `tensorboard` extra)
+    progress: bool = True  # tqdm bar on the main process
+
+
+@dataclass
+class RunConfig:
+    out_dir: str = "runs/default"
+    model: WhisperGPTConfig = field(default_factory=WhisperGPTConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+# model fields that must agree with the prepared dataset (manifest key == field name); null in a
+# recipe = take them from the dataset
+DATA_SHAPE_KEYS = ("num_codebooks", "codebook_size", "n_mels")
+
+
+def resolve_config(data: dict) -> RunConfig:
+    """Raw (YAML + overrides) mapping -> validated RunConfig, model shape filled from the dataset."""
+    check_keys(RunConfig, data)  # before the dataset is even opened
+    data = json.loads(json.dumps(data))
+    section = data.get("data") or {}
+    data_dir = section.get("dir", DataConfig.dir) if isinstance(section, dict) else DataConfig.dir
+    if isinstance(data_dir, list):  # several datasets: PreparedDataset checks that they agree
+        if not data_dir:
+            raise ConfigError("data.dir: expected a dataset directory or a non-empty list of them, got []")
+        data_dir = data_dir[0]
+    from .data import read_manifest  # lazy: the data package needs the codec
+
+    manifest = read_manifest(data_dir)  # ValueError naming the directory if it is not a dataset
+    model = data.get("model")
+    if model is None:
+        model = data["model"] = {}
+    if not isinstance(model, dict):
+        raise ConfigError(f"model: expected a mapping, got {model!r}")
+    for key in DATA_SHAPE_KEYS:
+        have, want = model.get(key), int(manifest[key])
+        if have is None:
+            model[key] = want
+        elif have != want:
+            raise ConfigError(
+                f"model.{key}={have!r} does not match the dataset {data_dir} ({key}={want}); "
+                f"set model.{key}={want} or null to take it from the dataset"
+            )
+    cfg = from_dict(RunConfig, data)
+    if cfg.data.mel_source == "auto":
+        usable = manifest.get("decoded_mel") and cfg.model.pattern != "coarse" and cfg.model.fusion != "none"
+        cfg.data.mel_source = "decoded" if usable else "truth"
+    if cfg.data.mel_source == "decoded" and cfg.model.pattern == "coarse":
+        raise ConfigError(
+            "data.mel_source=decoded needs a pattern that generates all codebooks (delay or parallel): "
+            "the stored decoded mel uses every codebook, a coarse model only samples codebook 0"
+        )
+    if cfg.data.frames is None:
+        cfg.data.frames = cfg.model.context
+    elif cfg.data.frames > cfg.model.context:
+        raise ConfigError(f"data.frames={cfg.data.frames} exceeds model.context={cfg.model.context}")
+    return cfg
+
+
+def load_run_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> RunConfig:
+    """Recipe (path or shipped name) + ``key=value`` overrides -> RunConfig (:func:`resolve_config`)."""
+    data = load_recipe(path) if path is not None else {}
+    return resolve_config(apply_overrides(data, overrides or []))
 
 
 def to_dict(cfg: Any) -> dict:

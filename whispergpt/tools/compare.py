@@ -6,26 +6,22 @@ Usage::
                        [--launcher CMD] [--processes N] [key=value ...]
 
 For each prepared set (``--speech``, ``--music``: ``whispergpt prepare`` outputs with a ``val``
-split) it trains the three recipes ``configs/paper_gpt_s.yaml``, ``paper_gpt_l.yaml`` and
-``paper_hybrid.yaml`` for the same number of training tokens, then runs ``whispergpt eval`` on the
-set's val split (the hybrid with both mel sources) and writes the paper-style table.
+split) it trains the three paper recipes (``paper_gpt_s``, ``paper_gpt_l``, ``paper_hybrid``) for
+the same number of training tokens, then runs ``whispergpt eval`` on the set's val split (the
+hybrid with both mel sources) and writes the paper-style table.
+
+Scales are recipes: ``configs/compare/<scale>/<recipe>.yaml`` extends the shipped recipe and the
+scale's ``scale.yaml`` (what changes, e.g. ``tiny``: context 64, small widths, batch 8, lr 3e-3;
+``paper``: the recipes as they are, batch 32, lr 3e-4). ``num_codebooks``, ``codebook_size`` and
+``n_mels`` come from each dataset; wandb is off (``logging.wandb=true`` turns it on).
+``key=value`` overrides apply to every run after the scale (e.g. ``train.lr=1e-3``).
 
 Same tokens: every run gets the same ``batch_size``, ``frames`` (= context) and ``max_steps``, so
 it consumes ``max_steps x batch_size x processes x frames`` frames (x K codec tokens per frame).
-``--tokens N`` (frames) sets ``max_steps = ceil(N / (batch_size x processes x frames))``.
-
-Scales (exactly what changes; everything else is the recipe):
-
-- ``paper``: the recipes as they are (d_model 256/512/256, 4/12/4 layers, context 512), batch 32,
-  lr 3e-4 -> 3e-5 cosine, warmup 500, default ``--tokens`` 32 x 512 x 20000 = 327,680,000 frames.
-- ``tiny`` (CPU minutes): context 64; GPT-S d_model 64, 2 layers, 4 heads; GPT-L d_model 128,
-  6 layers, 4 heads; hybrid d_model 64, 2 layers, 4 heads, mel_dim 16, 1 mel layer (2 heads);
-  dropout 0; batch 8, lr 3e-3 -> 3e-4, warmup 30, default ``--tokens`` 8 x 64 x 300 = 153,600
-  frames.
-
-In both, ``num_codebooks``, ``codebook_size`` and ``n_mels`` come from each dataset, wandb is off
-(``logging.wandb=true`` turns it on), and the trainer's own periodic val uses 8 batches.
-``key=value`` overrides apply to every run after the scale (e.g. ``train.lr=1e-3``).
+The budget is ``--tokens N`` (frames), by default the scale's own ``max_steps x batch_size x
+context`` (tiny: 8 x 64 x 300 = 153,600; paper: 32 x 512 x 20000 = 327,680,000); it becomes
+``max_steps = ceil(N / (batch_size x processes x frames))`` after the overrides, and the save /
+eval / log periods follow from it (unless overridden).
 
 Layout: ``OUT/<set>/<recipe>/`` is a training run (``config.yaml``, ``metrics.jsonl``,
 ``final/``); ``OUT/<set>/eval.{json,md,png}`` its evaluation; ``OUT/compare.{json,md}`` the table.
@@ -51,64 +47,47 @@ from pathlib import Path
 
 import yaml
 
-from ..config import apply_overrides
+from ..config import apply_overrides, deep_merge, load_recipe, recipes_dir
 
 RECIPES = (("GPT-S", "paper_gpt_s"), ("GPT-L", "paper_gpt_l"), ("hybrid", "paper_hybrid"))
 SETS = ("speech", "music")
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+CONFIGS = recipes_dir()
 
-SCALES: dict[str, dict] = {
-    "paper": dict(
-        batch_size=32,
-        steps_tokens=32 * 512 * 20000,
-        model={},
-        train=dict(lr=3e-4, min_lr=3e-5, warmup_steps=500),
-    ),
-    "tiny": dict(
-        batch_size=8,
-        steps_tokens=8 * 64 * 300,
-        model={
-            "*": dict(context=64, dropout=0.0),
-            "paper_gpt_s": dict(d_model=64, n_layers=2, n_heads=4),
-            "paper_gpt_l": dict(d_model=128, n_layers=6, n_heads=4),
-            "paper_hybrid": dict(d_model=64, n_layers=2, n_heads=4, mel_dim=16, mel_layers=1, mel_heads=2),
-        },
-        train=dict(lr=3e-3, min_lr=3e-4, warmup_steps=30),
-    ),
-}
+
+def scales(configs: str | os.PathLike = CONFIGS) -> list[str]:
+    """The scales ``configs/compare/<scale>/`` defines."""
+    root = Path(configs) / "compare"
+    return sorted(d.name for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
+
+
+def _set_by(overrides: list[str], key: str) -> bool:
+    return any(o.split("=", 1)[0].strip() == key for o in overrides)
 
 
 def run_config(recipe: str, data_dir: str, out_dir: Path, scale: str, tokens: int | None, processes: int,
-               overrides: list[str], configs: Path = CONFIGS) -> dict:  # fmt: skip
-    """The raw run config (a dict for ``training.resolve_config``) of one recipe on one set."""
-    path = configs / f"{recipe}.yaml"
+               overrides: list[str], configs: str | os.PathLike = CONFIGS) -> dict:  # fmt: skip
+    """The raw run config (a dict for ``training.resolve_config``) of one recipe on one set:
+    ``configs/compare/<scale>/<recipe>.yaml``, then the overrides, then the token arithmetic."""
+    path = Path(configs) / "compare" / scale / f"{recipe}.yaml"
     if not path.is_file():
-        raise ValueError(f"recipe {path} not found (pass --configs DIR holding the paper_*.yaml recipes)")
-    base = yaml.safe_load(path.read_text()) or {}
-    model = dict(base.get("model") or {})
-    sc = SCALES[scale]
-    model.update(sc["model"].get("*", {}))
-    model.update(sc["model"].get(recipe, {}))
-    for key in ("num_codebooks", "codebook_size", "n_mels"):
-        model[key] = None  # from the dataset
-    cfg = dict(
-        out_dir=str(out_dir),
-        model=model,
-        data=dict(dir=str(data_dir), frames=None),
-        train=dict(batch_size=sc["batch_size"], grad_accum=1, eval_batches=8, **sc["train"]),
-        logging=dict(wandb=False, progress=False),
-    )
+        raise ValueError(
+            f"recipe {path} not found (scales under {configs}: {scales(configs)}; "
+            "--configs DIR must hold compare/<scale>/paper_*.yaml)"
+        )
+    cfg = load_recipe(path)
+    # The scale's default budget is its own max_steps x batch x frames (one process).
+    t, frames = cfg["train"], cfg["data"].get("frames") or cfg["model"]["context"]
+    budget = t["max_steps"] * t["batch_size"] * t["grad_accum"] * frames if tokens is None else tokens
+    cfg = deep_merge(cfg, dict(out_dir=str(out_dir), data=dict(dir=str(data_dir))))
     cfg = apply_overrides(cfg, overrides)
-    # The token budget after the overrides, so a changed batch or context keeps runs comparable.
-    t = cfg["train"]
-    frames = cfg["data"].get("frames") or cfg["model"].get("context") or 512
-    budget = sc["steps_tokens"] if tokens is None else tokens
-    steps = t.setdefault(
-        "max_steps", max(1, math.ceil(budget / (t["batch_size"] * t["grad_accum"] * processes * frames)))
-    )
-    t.setdefault("save_every", max(1, steps // 4))
-    t.setdefault("eval_every", max(1, steps // 10))
-    t.setdefault("log_every", max(1, steps // 100))
+    # Steps from the budget after the overrides, so a changed batch or context keeps runs comparable.
+    t, frames = cfg["train"], cfg["data"].get("frames") or cfg["model"]["context"]
+    if not _set_by(overrides, "train.max_steps"):
+        t["max_steps"] = max(1, math.ceil(budget / (t["batch_size"] * t["grad_accum"] * processes * frames)))
+    steps = t["max_steps"]
+    for key, every in (("save_every", steps // 4), ("eval_every", steps // 10), ("log_every", steps // 100)):
+        if not _set_by(overrides, f"train.{key}"):
+            t[key] = max(1, every)
     return cfg
 
 
@@ -152,8 +131,10 @@ def compare(
     from ..data import read_manifest
     from ..training import resolve_config
 
-    if scale not in SCALES:
-        raise ValueError(f"scale must be one of {list(SCALES)}, got {scale!r}")
+    if scale not in scales(configs):
+        raise ValueError(
+            f"scale must be one of {scales(configs)} (folders of {configs}/compare), got {scale!r}"
+        )
     if processes < 1:
         raise ValueError(f"processes must be >= 1, got {processes}")
     if tokens is not None and tokens < 1:
@@ -170,9 +151,7 @@ def compare(
         finals = []
         for _label, recipe in RECIPES:
             run_dir = out / set_name / recipe
-            raw = run_config(
-                recipe, data_dir, run_dir, scale, tokens, processes, overrides or [], Path(configs)
-            )
+            raw = run_config(recipe, data_dir, run_dir, scale, tokens, processes, overrides or [], configs)
             resolve_config(json.loads(json.dumps(raw)))  # validate now, before hours of training
             final = run_dir / "final"
             if not (final / "model.safetensors").is_file():
@@ -252,7 +231,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--speech", required=True, help="prepared speech dataset (with a val split)")
     ap.add_argument("--music", required=True, help="prepared music dataset (with a val split)")
     ap.add_argument("--out", required=True, help="output folder (resumed if it exists)")
-    ap.add_argument("--scale", choices=tuple(SCALES), default="tiny")
+    ap.add_argument("--scale", default="tiny", help=f"a folder of CONFIGS/compare: {', '.join(scales())}")
     ap.add_argument("--tokens", type=int, default=None, help="training frames per run (default: per scale)")
     ap.add_argument(
         "--launcher", default=None, help='command prefix for train/eval, e.g. "accelerate launch"'
@@ -260,7 +239,11 @@ def main(argv: list[str]) -> int:
     ap.add_argument(
         "--processes", type=int, default=1, help="processes the launcher starts (token arithmetic)"
     )
-    ap.add_argument("--configs", default=str(CONFIGS), help="folder holding configs/paper_*.yaml")
+    ap.add_argument(
+        "--configs",
+        default=str(CONFIGS),
+        help="recipe folder holding compare/<scale>/paper_*.yaml (default: shipped)",
+    )
     ap.add_argument("overrides", nargs="*", help="key=value overrides for every run, e.g. train.lr=1e-3")
     args = ap.parse_args(argv)
     try:

@@ -25,14 +25,13 @@ import time
 from pathlib import Path
 
 STEPS = ("corpus", "prepare", "train", "eval", "sample")
-RECIPE = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
 
 
 def _recipe() -> Path:
-    """The quickstart training recipe (repo checkout or the copy shipped in the package)."""
-    if RECIPE.is_file():
-        return RECIPE
-    return Path(__file__).resolve().parent / "configs" / "quickstart.yaml"
+    """The quickstart training recipe (repo checkout or the copy shipped in the wheel)."""
+    from ..config import recipe_path
+
+    return recipe_path("quickstart.yaml")
 
 
 class Runner:

@@ -7,8 +7,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..config import load_run_config
 from . import checkpoint as ckpt_io
-from .trainer import NonFiniteLossError, load_run_config, train
+from .trainer import NonFiniteLossError, train
 
 
 def main(argv: list[str]) -> int:
@@ -17,7 +18,9 @@ def main(argv: list[str]) -> int:
         description="Train a WhisperGPT model; resumes automatically from the newest checkpoint in out_dir. "
         "Multi-process: accelerate launch [--config_file configs/accelerate/...] train.py CONFIG.yaml ...",
     )
-    parser.add_argument("config", help="YAML recipe, e.g. configs/tiny.yaml")
+    parser.add_argument(
+        "config", help="YAML recipe: a path, or a shipped recipe's name (tiny.yaml, paper_hybrid.yaml, ...)"
+    )
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.max_steps=100")
     args = parser.parse_args(argv)
     try:

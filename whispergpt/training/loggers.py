@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ..runtime import write_atomic
 
 if TYPE_CHECKING:
-    from .trainer import LoggingConfig
+    from ..config import LoggingConfig
 
 
 def resolve_wandb_mode(cfg: LoggingConfig) -> str:

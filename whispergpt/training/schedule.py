@@ -14,7 +14,7 @@ import torch
 from ..data import PreparedDataset
 
 if TYPE_CHECKING:
-    from .trainer import TrainConfig
+    from ..config import TrainConfig
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:

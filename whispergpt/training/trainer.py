@@ -20,23 +20,26 @@ ranks; the coarse pattern reads codebook 0 only).
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
-import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
 
 import torch
-import yaml
 
-from ..config import ConfigError, apply_overrides, dump_yaml, from_dict, to_dict
-from ..data import PreparedDataset, read_manifest
-from ..models import WhisperGPT, WhisperGPTConfig, nll_per_codebook
+from ..config import (  # the run config lives in config.py; re-exported here for old imports
+    DataConfig,  # noqa: F401
+    LoggingConfig,  # noqa: F401
+    RunConfig,
+    TrainConfig,  # noqa: F401
+    dump_yaml,
+    load_run_config,  # noqa: F401
+    resolve_config,  # noqa: F401
+    to_dict,
+)
+from ..data import PreparedDataset
+from ..models import WhisperGPT, nll_per_codebook
 from ..runtime import (
     choose_precision,
     make_accelerator,
@@ -51,167 +54,6 @@ from .schedule import TrainCrops, lr_at, param_groups, sample_seed, train_loader
 
 # written next to the final model: the codec, grid and mel source it was trained with
 TRAINING_DATA_FILE = "training_data.json"
-
-# --- configuration -----------------------------------------------------------------------------
-
-
-@dataclass
-class DataConfig:
-    # a `whispergpt prepare` output, or a list of them read as one dataset (same codec and grid)
-    dir: str | list[str] = "data/demo/prepared"
-    frames: int | None = None  # crop length in frames; null -> model.context
-    num_workers: int = 0  # DataLoader workers per process
-    train_split: str = "train"
-    val_split: str = "val"
-    # mel the hybrid reads: "truth" (original audio, the paper's setting), "decoded" (codec-decoded
-    # tokens: what sampling can feed back), "auto" = decoded when the dataset stores it and the
-    # pattern generates every codebook the decoded mel used (not coarse), else truth
-    mel_source: Literal["auto", "truth", "decoded"] = "auto"
-
-    def __post_init__(self) -> None:
-        if self.frames is not None and self.frames < 1:
-            raise ValueError(f"data.frames must be >= 1 or null, got {self.frames}")
-        if self.num_workers < 0:
-            raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
-
-
-@dataclass
-class TrainConfig:
-    max_steps: int = 1000  # optimizer steps
-    batch_size: int = 8  # crops per micro-batch per process
-    grad_accum: int = 1  # micro-batches per optimizer step
-    lr: float = 3e-4  # peak learning rate
-    min_lr: float = 3e-5  # end of the cosine
-    warmup_steps: int = 100  # linear warmup from lr/warmup_steps
-    weight_decay: float = 0.1  # decoupled (AdamW); matrices only, not biases / norms
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    eps: float = 1e-8
-    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
-    save_every: int = 500  # checkpoint period in steps (a checkpoint is also written at the end)
-    eval_every: int = 500  # validation period in steps (0: only at the end)
-    eval_batches: int | str = 20  # validation crops = eval_batches * batch_size, or "full"
-    keep_last: int = 3  # checkpoints kept (0 keeps all)
-    seed: int = 0
-    log_every: int = 10  # metrics.jsonl / wandb period in steps
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
-    compile: bool = False  # torch.compile the model
-
-    def __post_init__(self) -> None:
-        for name in ("max_steps", "batch_size", "grad_accum", "save_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "eval_every", "keep_last"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
-        if not (self.lr > 0 and 0 <= self.min_lr <= self.lr):
-            raise ValueError(f"need lr > 0 and 0 <= min_lr <= lr, got lr={self.lr}, min_lr={self.min_lr}")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise ValueError(f"train.betas must be two numbers in [0, 1), got {self.betas}")
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            raise ValueError(
-                f"train.weight_decay and train.grad_clip must be >= 0, got {self.weight_decay}, {self.grad_clip}"
-            )
-        if isinstance(self.eval_batches, str) and self.eval_batches != "full":
-            raise ValueError(f"train.eval_batches must be an integer or 'full', got {self.eval_batches!r}")
-        if isinstance(self.eval_batches, int) and self.eval_batches < 0:
-            raise ValueError(f"train.eval_batches must be >= 0, got {self.eval_batches}")
-
-
-@dataclass
-class LoggingConfig:
-    wandb: bool = True
-    wandb_project: str = "whispergpt"
-    wandb_name: str | None = None  # default: the out_dir name
-    # null: $WANDB_MODE if set, "online" if you ran `wandb login`, else "offline" (no account needed)
-    wandb_mode: Literal["online", "offline", "disabled"] | None = None
-    tensorboard: bool = False  # out_dir/tensorboard (needs the `tensorboard` extra)
-    progress: bool = True  # tqdm bar on the main process
-
-
-@dataclass
-class RunConfig:
-    out_dir: str = "runs/default"
-    model: WhisperGPTConfig = field(default_factory=WhisperGPTConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
-
-
-# model fields that must agree with the prepared dataset (manifest key == field name)
-_DATA_SHAPE_KEYS = ("num_codebooks", "codebook_size", "n_mels")
-
-
-def _check_keys(cls: type, data: Any, where: str = "") -> None:
-    """Unknown keys anywhere in the tree -> ConfigError, before the dataset is even opened."""
-    if not isinstance(data, dict):
-        return
-    hints = __import__("typing").get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - fields)
-    if unknown:
-        prefix = f"{where}." if where else ""
-        raise ConfigError(
-            f"unknown config key(s) {[prefix + k for k in unknown]}; valid keys under "
-            f"{where or 'the top level'}: {sorted(fields)}"
-        )
-    for name, value in data.items():
-        tp = hints[name]
-        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-            _check_keys(tp, value, f"{where}.{name}" if where else name)
-
-
-def resolve_config(data: dict) -> RunConfig:
-    """Raw (YAML + overrides) mapping -> validated RunConfig, model shape filled from the dataset."""
-    _check_keys(RunConfig, data)
-    data = json.loads(json.dumps(data))
-    section = data.get("data") or {}
-    data_dir = section.get("dir", DataConfig.dir) if isinstance(section, dict) else DataConfig.dir
-    if isinstance(data_dir, list):  # several datasets: PreparedDataset checks that they agree
-        if not data_dir:
-            raise ConfigError("data.dir: expected a dataset directory or a non-empty list of them, got []")
-        data_dir = data_dir[0]
-    manifest = read_manifest(data_dir)  # ValueError naming the directory if it is not a dataset
-    model = data.get("model")
-    if model is None:
-        model = data["model"] = {}
-    if not isinstance(model, dict):
-        raise ConfigError(f"model: expected a mapping, got {model!r}")
-    for key in _DATA_SHAPE_KEYS:
-        have, want = model.get(key), int(manifest[key])
-        if have is None:
-            model[key] = want
-        elif have != want:
-            raise ConfigError(
-                f"model.{key}={have!r} does not match the dataset {data_dir} ({key}={want}); "
-                f"set model.{key}={want} or null to take it from the dataset"
-            )
-    cfg = from_dict(RunConfig, data)
-    if cfg.data.mel_source == "auto":
-        usable = manifest.get("decoded_mel") and cfg.model.pattern != "coarse" and cfg.model.fusion != "none"
-        cfg.data.mel_source = "decoded" if usable else "truth"
-    if cfg.data.mel_source == "decoded" and cfg.model.pattern == "coarse":
-        raise ConfigError(
-            "data.mel_source=decoded needs a pattern that generates all codebooks (delay or parallel): "
-            "the stored decoded mel uses every codebook, a coarse model only samples codebook 0"
-        )
-    if cfg.data.frames is None:
-        cfg.data.frames = cfg.model.context
-    elif cfg.data.frames > cfg.model.context:
-        raise ConfigError(f"data.frames={cfg.data.frames} exceeds model.context={cfg.model.context}")
-    return cfg
-
-
-def load_run_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> RunConfig:
-    """YAML recipe + ``key=value`` overrides -> RunConfig (see :func:`resolve_config`)."""
-    data: dict = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} not found")
-        data = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p}: top level must be a mapping, got {type(data).__name__}")
-    return resolve_config(apply_overrides(data, overrides or []))
 
 
 # --- the run ------------------------------------------------------------------------------------
