@@ -43,13 +43,13 @@ import math
 import os
 import sys
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 
 import torch
 
 from .data import PreparedDataset
 from .models import WhisperGPT, nll_per_codebook
+from .runtime import choose_precision
 
 MEL_LABELS = {
     "truth": "mel=truth (ground-truth audio)",
@@ -330,7 +330,7 @@ def evaluate(
         raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
     if precision == "bf16" and not cuda:
         raise ValueError("precision bf16 needs a CUDA device; use fp32 (or auto) on CPU")
-    use_bf16 = precision == "bf16" or (precision == "auto" and cuda and torch.cuda.is_bf16_supported())
+    use_bf16 = choose_precision(precision, device) == "bf16"
     autocast_dtype = torch.bfloat16 if use_bf16 else None
 
     ds = PreparedDataset(data, split)
@@ -439,18 +439,10 @@ def evaluate(
 
 
 def make_accelerator():
-    """An Accelerator for evaluation: gloo across CPU processes, NCCL on GPUs."""
-    from accelerate import Accelerator
-    from accelerate.utils import InitProcessGroupKwargs
+    """An Accelerator for evaluation: gloo across CPU processes, NCCL on GPUs (``runtime``'s rule)."""
+    from .runtime import make_accelerator as runtime_accelerator
 
-    cuda = torch.cuda.is_available()
-    handlers = []
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not cuda:
-        handlers.append(InitProcessGroupKwargs(backend="gloo", timeout=timedelta(minutes=30)))
-    acc = Accelerator(cpu=not cuda, kwargs_handlers=handlers)
-    if acc.num_processes > 1 and acc.distributed_type.value == "NO":
-        raise RuntimeError("several processes but no distributed backend: results would not be reduced")
-    return acc
+    return runtime_accelerator()
 
 
 # --- reporting --------------------------------------------------------------------------------------

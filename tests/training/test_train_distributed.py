@@ -39,19 +39,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(
-    accel_config: str, data_dir: Path, out: Path, env: dict | None = None
-) -> subprocess.CompletedProcess:
+def launch(accel_config: str, data_dir: Path, out: Path, nan_step: int = 0) -> subprocess.CompletedProcess:
+    # nan_step: run through tests/training/nan_fault.py, whose loss is NaN from that step on
+    script = [str(REPO / "train.py")]
+    if nan_step:
+        script = [str(Path(__file__).with_name("nan_fault.py")), str(nan_step), "2"]  # grad_accum 2
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch",
         "--config_file", str(REPO / "configs" / "accelerate" / accel_config),
         "--num_processes", "2", "--main_process_port", str(_free_port()),
-        str(REPO / "train.py"), str(TINY),
+        *script, str(TINY),
         f"data.dir={data_dir}", f"out_dir={out}", "logging.wandb=false", "logging.progress=false",
         f"train.max_steps={STEPS}", "train.save_every=2", "train.eval_every=3", "train.keep_last=2",
         "train.batch_size=2", "train.grad_accum=2", "train.eval_batches=2", "model.context=32",
     ]  # fmt: skip
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", **(env or {})}
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
     # the DeepSpeed JSON path in configs/accelerate/*.yaml is relative to the repo root
     return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=900)
 
@@ -122,7 +124,7 @@ def test_deepspeed_zero2_save_resume_consolidate(ddp_run, data_dir, tmp_path):
     pytest.importorskip("deepspeed")
     out = tmp_path / "zero2"
     # NaN at step 5: the run stops after checkpoint 4, like a crash; then it resumes from it.
-    stopped = launch("zero2.yaml", data_dir, out, env={"WHISPERGPT_TEST_NAN_AT_STEP": "5"})
+    stopped = launch("zero2.yaml", data_dir, out, nan_step=5)
     assert stopped.returncode != 0
     assert "non-finite training loss" in stopped.stderr
     assert [s for s, _ in ckpt_io.list_checkpoints(out)] == [2, 4]

@@ -7,7 +7,6 @@ Also runnable as a module, e.g. under accelerate::
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -72,6 +71,7 @@ def main_train(argv: list[str]) -> int:
 
 @command("codec eval")
 def main_eval(argv: list[str]) -> int:
+    from ..runtime import write_json_atomic
     from .eval import _jsonable, markdown_table, run_eval
 
     p = make_parser(
@@ -108,7 +108,7 @@ def main_eval(argv: list[str]) -> int:
     print(table)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(_jsonable(report), indent=1))
+        write_json_atomic(args.out, _jsonable(report), indent=1)
         print(f"wrote {args.out}")
     return 0
 

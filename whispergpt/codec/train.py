@@ -36,6 +36,8 @@ from torch import nn
 from ..audio import AUDIO_EXTENSIONS, HOP_LENGTH, SAMPLE_RATE, AudioLoadError, load_audio, log_mel
 from ..codec import PRIME_FRAMES
 from ..config import dump_yaml, to_dict
+from ..runtime import make_accelerator, seed_everything, write_atomic, write_json_atomic
+from ..training import checkpoint as ckpt_io
 from .rvq import ResidualVQ, RVQOutput, export_to_encodec, rvq_for_encodec
 
 # ---------------------------------------------------------------------------------------------
@@ -452,20 +454,18 @@ def _load_safetensors(module: nn.Module, path: Path) -> None:
     module.load_state_dict(load_file(str(path)))
 
 
+CODEC_STATE = "state.json"  # step + resolved config; marks a complete codec checkpoint
+
+
 def latest_checkpoint(out: Path) -> Path | None:
-    ckpts = sorted((out / "checkpoints").glob("step-*"))
-    ckpts = [c for c in ckpts if (c / "state.json").is_file()]
-    return ckpts[-1] if ckpts else None
+    return ckpt_io.latest_checkpoint(out, CODEC_STATE)
 
 
 def save_checkpoint(out: Path, step: int, gen: TrainableCodec, disc, opt_g, opt_d, cfg, keep: int) -> Path:
     """Write a checkpoint into a temp dir, then rename it into place (atomic on one filesystem)."""
-    root = out / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step:07d}"
-    tmp = root / f".tmp-step-{step:07d}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    ckpt_io.remove_temp_checkpoints(out)
+    tmp = ckpt_io.temp_checkpoint_dir(out, step)
+    tmp.mkdir(parents=True)
     _state_to_safetensors(gen, tmp / "generator.safetensors")
     if disc is not None:
         _state_to_safetensors(disc, tmp / "discriminator.safetensors")
@@ -473,12 +473,9 @@ def save_checkpoint(out: Path, step: int, gen: TrainableCodec, disc, opt_g, opt_
         {"opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict() if opt_d is not None else {}},
         tmp / "optimizer.pt",
     )
-    (tmp / "state.json").write_text(json.dumps({"step": step, "config": to_dict(cfg)}, indent=1))
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    for old in sorted(root.glob("step-*"))[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+    write_json_atomic(tmp / CODEC_STATE, {"step": step, "config": to_dict(cfg)}, indent=1)
+    final = ckpt_io.publish_checkpoint(tmp, step)
+    ckpt_io.prune_checkpoints(out, keep, CODEC_STATE)
     return final
 
 
@@ -490,15 +487,13 @@ def compact_safetensors(path: str | os.PathLike) -> None:
     when fine-tuning, so codes and audio are unchanged.
     """
     from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file, save
 
     with safe_open(str(path), "pt") as f:
         meta = f.metadata() or {"format": "pt"}
     sd = load_file(str(path))
     sd = {k: v.half() if k.endswith("codebook.embed_avg") else v for k, v in sd.items()}
-    tmp = Path(str(path) + f".tmp-{os.getpid()}")
-    save_file(sd, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    write_atomic(path, save(sd, metadata=meta))
 
 
 def export_codec(gen: TrainableCodec, out: Path) -> None:
@@ -520,18 +515,17 @@ def export_codec(gen: TrainableCodec, out: Path) -> None:
 def train(cfg: CodecTrainConfig, audio: list[str | os.PathLike], out: str | os.PathLike) -> dict:
     """Train a codec on ``audio`` (files/directories) into ``out``; returns the last metrics row."""
     import auraloss
-    from accelerate import Accelerator
     from tqdm.auto import tqdm
 
     out = Path(out)
     if cfg.train.num_threads > 0:
         torch.set_num_threads(cfg.train.num_threads)
-    acc = Accelerator(cpu=not torch.cuda.is_available())
+    acc = make_accelerator()
     main = acc.is_main_process
     if main:
         out.mkdir(parents=True, exist_ok=True)
         print(f"codec train: resolved config\n{dump_yaml(cfg)}", flush=True)
-        (out / "codec_train.yaml").write_text(dump_yaml(cfg))
+        write_atomic(out / "codec_train.yaml", dump_yaml(cfg))
     files = find_audio_files(audio)
     waves, skipped = load_corpus(files)
     segment = round(cfg.data.segment_seconds * SAMPLE_RATE)
@@ -542,7 +536,7 @@ def train(cfg: CodecTrainConfig, audio: list[str | os.PathLike], out: str | os.P
             flush=True,
         )
 
-    torch.manual_seed(cfg.train.seed)
+    seed_everything(cfg.train.seed)
     model = build_encodec(cfg.model)
     if cfg.model.init:
         cfg_m = model.config
@@ -593,7 +587,7 @@ def train(cfg: CodecTrainConfig, audio: list[str | os.PathLike], out: str | os.P
         opt_g.load_state_dict(opt_state["opt_g"])
         if opt_d is not None and opt_state.get("opt_d"):
             opt_d.load_state_dict(opt_state["opt_d"])
-        start = int(json.loads((ckpt / "state.json").read_text())["step"])
+        start = int(json.loads((ckpt / CODEC_STATE).read_text())["step"])
         if main:
             print(f"codec train: resumed from {ckpt} (step {start})", flush=True)
 

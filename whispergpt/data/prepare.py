@@ -87,6 +87,7 @@ import numpy as np
 import torch
 
 from ..audio import AUDIO_EXTENSIONS, HOP_LENGTH, SAMPLE_RATE, AudioLoadError, load_audio, log_mel, num_frames
+from ..runtime import resolve_device, write_json_atomic
 from .dataset import FORMAT_VERSION, MANIFEST, SHARDS_DIR, read_manifest
 
 CONTEXT_SECONDS = 2.0
@@ -305,21 +306,6 @@ def _scan_shards(root: Path) -> tuple[list[dict], set[str]]:
     return shards, done
 
 
-def _write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
-
-
-def _resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device} requested but CUDA is not available (use auto or cpu)")
-    return dev
-
-
 def _batches(paths: list[str], batch_seconds: float, skip) -> Iterator[list[tuple[str, torch.Tensor]]]:
     """Load files in order and group them into batches of <= batch_seconds (a long file alone)."""
     batch: list[tuple[str, torch.Tensor]] = []
@@ -404,7 +390,7 @@ def prepare(
             skipped.pop(p)
     skipped.update(unreadable)
 
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     cdc = Codec.from_pretrained(codec, bandwidth=bandwidth, device=dev)
     if cdc.codebook_size > 32768:
         raise ValueError(
@@ -447,7 +433,7 @@ def prepare(
             v["seconds"] = v["frames"] / cdc.frame_rate
         manifest["shards"] = sorted(shards, key=lambda sh: sh["name"])
         manifest["skipped"] = [dict(path=p, reason=r) for p, r in sorted(skipped.items())]
-        _write_json_atomic(out / MANIFEST, manifest)
+        write_json_atomic(out / MANIFEST, manifest, indent=1)
         return manifest
 
     def on_shard(shard: dict) -> None:

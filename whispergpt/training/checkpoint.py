@@ -30,11 +30,12 @@ import random
 import re
 import shutil
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+from ..runtime import write_json_atomic  # noqa: F401  (re-exported: the old home of this helper)
 
 CHECKPOINTS = "checkpoints"
 TRAINER_STATE = "trainer_state.json"
@@ -50,8 +51,9 @@ def checkpoints_dir(out_dir: str | os.PathLike) -> Path:
     return Path(out_dir) / CHECKPOINTS
 
 
-def list_checkpoints(out_dir: str | os.PathLike) -> list[tuple[int, Path]]:
-    """Complete checkpoints of a run, oldest first, as ``(step, path)``."""
+def list_checkpoints(out_dir: str | os.PathLike, marker: str = TRAINER_STATE) -> list[tuple[int, Path]]:
+    """Complete checkpoints of a run, oldest first, as ``(step, path)``; ``marker`` is the state
+    file every complete checkpoint holds (the codec trainer's is ``state.json``)."""
     root = checkpoints_dir(out_dir)
     if not root.is_dir():
         return []
@@ -60,13 +62,13 @@ def list_checkpoints(out_dir: str | os.PathLike) -> list[tuple[int, Path]]:
         m = _STEP_RE.match(p.name)
         # The rename makes a step-* directory complete; the state file is a second guard against
         # directories copied by hand.
-        if m and p.is_dir() and (p / TRAINER_STATE).is_file():
+        if m and p.is_dir() and (p / marker).is_file():
             found.append((int(m.group(1)), p))
     return sorted(found)
 
 
-def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
-    ckpts = list_checkpoints(out_dir)
+def latest_checkpoint(out_dir: str | os.PathLike, marker: str = TRAINER_STATE) -> Path | None:
+    ckpts = list_checkpoints(out_dir, marker)
     return ckpts[-1][1] if ckpts else None
 
 
@@ -84,26 +86,31 @@ def remove_temp_checkpoints(out_dir: str | os.PathLike) -> None:
                 shutil.rmtree(p, ignore_errors=True)
 
 
-def publish_checkpoint(tmp: Path, step: int) -> Path:
-    """Atomically rename a fully written temp dir to its final ``step-NNNNNNN`` name."""
-    final = tmp.parent / checkpoint_name(step)
-    if final.exists():  # re-saving a step after a resume: replace the old copy
-        old = tmp.parent / f"{_TMP_PREFIX}old-{final.name}"
+def replace_dir(tmp: Path, final: Path) -> Path:
+    """Rename the fully written directory ``tmp`` to ``final``, replacing an existing ``final``
+    (moved aside first, then deleted: at every instant ``final`` is absent or complete)."""
+    if final.exists():  # e.g. re-saving a step after a resume
+        old = final.parent / f"{_TMP_PREFIX}old-{final.name}"
         shutil.rmtree(old, ignore_errors=True)
         os.replace(final, old)
         os.replace(tmp, final)
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
-    _fsync_dir(tmp.parent)
+    _fsync_dir(final.parent)
     return final
 
 
-def prune_checkpoints(out_dir: str | os.PathLike, keep_last: int) -> list[Path]:
+def publish_checkpoint(tmp: Path, step: int) -> Path:
+    """Atomically rename a fully written temp dir to its final ``step-NNNNNNN`` name."""
+    return replace_dir(tmp, tmp.parent / checkpoint_name(step))
+
+
+def prune_checkpoints(out_dir: str | os.PathLike, keep_last: int, marker: str = TRAINER_STATE) -> list[Path]:
     """Delete all but the newest ``keep_last`` complete checkpoints; returns what was deleted."""
     if keep_last <= 0:
         return []
-    ckpts = list_checkpoints(out_dir)
+    ckpts = list_checkpoints(out_dir, marker)
     doomed = [p for _, p in ckpts[:-keep_last]]
     for p in doomed:
         # Rename first so that a crash mid-delete never leaves a half-deleted step-* directory.
@@ -111,16 +118,6 @@ def prune_checkpoints(out_dir: str | os.PathLike, keep_last: int) -> list[Path]:
         os.replace(p, tmp)
         shutil.rmtree(tmp, ignore_errors=True)
     return doomed
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def read_trainer_state(ckpt: str | os.PathLike) -> dict:

@@ -7,7 +7,7 @@ Determinism and resume: every training crop is drawn with a fresh generator seed
 ``(train.seed, rank, sample index)``, so the data position is just the step counter; a checkpoint
 holds model, optimizer, scheduler and every rank's RNG states. On CPU, one process, a run killed at
 any point and restarted reproduces the uninterrupted run's losses and final weights bit for bit
-(given the same thread count). The step loop:
+given the same thread count (see ``runtime.reproducibility_note``). The step loop:
 
     for each of train.grad_accum micro-batches: forward, NLL sum/count reduced across ranks
         (a non-finite value stops the run before anything is updated), backward
@@ -20,17 +20,10 @@ ranks; the coarse pattern reads codebook 0 only).
 
 from __future__ import annotations
 
-import argparse
-import hashlib
-import json
 import math
-import os
-import secrets
 import shutil
-import struct
 import sys
 import time
-from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -39,174 +32,32 @@ from ..config import (  # the run config lives in config.py; re-exported here fo
     DataConfig,  # noqa: F401
     LoggingConfig,  # noqa: F401
     RunConfig,
-    TrainConfig,
+    TrainConfig,  # noqa: F401
     dump_yaml,
-    load_run_config,
+    load_run_config,  # noqa: F401
     resolve_config,  # noqa: F401
     to_dict,
 )
 from ..data import PreparedDataset
 from ..models import WhisperGPT, nll_per_codebook
+from ..runtime import (
+    choose_precision,
+    make_accelerator,
+    reproducibility_note,
+    seed_everything,
+    write_atomic,
+    write_json_atomic,
+)
 from . import checkpoint as ckpt_io
+from .loggers import Loggers
 from .record import TRAINING_DATA_FILE, write_training_record  # noqa: F401 (re-export)
-
-# Test hook: make the loss of this (1-based) step NaN, to exercise the non-finite stop.
-_NAN_STEP_ENV = "WHISPERGPT_TEST_NAN_AT_STEP"
-
-
-# --- schedule and data ---------------------------------------------------------------------------
-
-
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Learning rate for optimizer step ``step`` (0-based): linear warmup, then cosine to min_lr."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    span = max(1, cfg.max_steps - cfg.warmup_steps)
-    progress = min(1.0, (step - cfg.warmup_steps) / span)
-    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * progress))
-
-
-def sample_seed(*ints: int) -> int:
-    """A 63-bit seed hashed from integers (seed, rank, sample index): independent streams."""
-    digest = hashlib.blake2b(struct.pack(f"<{len(ints)}q", *ints), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
-
-
-class TrainCrops(torch.utils.data.Dataset):
-    """Map-style view whose item ``n`` is the ``n``-th random crop drawn by ``rank``.
-
-    Sample ``n = (step * grad_accum + micro) * batch_size + i`` depends only on
-    ``(seed, rank, n)``: resuming at a step is starting the sampler at that index, and any number
-    of DataLoader workers gives the same batches."""
-
-    def __init__(self, dataset: PreparedDataset, seed: int, rank: int):
-        self.dataset, self.seed, self.rank = dataset, seed, rank
-
-    def __getitem__(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        g = torch.Generator().manual_seed(sample_seed(self.seed, self.rank, n))
-        return self.dataset.random_crop(g)
-
-
-def val_indices(num_items: int, eval_batches: int | str, batch_size: int) -> list[int]:
-    """The fixed validation set: all tiles ("full") or ``eval_batches * batch_size`` tiles spread
-    evenly over the split (so that every file region is represented, independent of world size)."""
-    if eval_batches == "full":
-        return list(range(num_items))
-    n = min(num_items, int(eval_batches) * batch_size)
-    return sorted({(i * num_items) // n for i in range(n)}) if n else []
-
+from .schedule import TrainCrops, lr_at, param_groups, sample_seed, train_loader, val_indices  # noqa: F401  (public here too)
 
 # --- the run ------------------------------------------------------------------------------------
 
 
 class NonFiniteLossError(RuntimeError):
     pass
-
-
-def _resolve_wandb_mode(cfg: LoggingConfig) -> str:
-    if cfg.wandb_mode is not None:
-        return cfg.wandb_mode
-    if os.environ.get("WANDB_MODE"):
-        return os.environ["WANDB_MODE"]
-    if os.environ.get("WANDB_API_KEY"):
-        return "online"
-    try:
-        import netrc
-
-        if netrc.netrc().authenticators("api.wandb.ai"):
-            return "online"
-    except (OSError, netrc.NetrcParseError):
-        pass
-    return "offline"
-
-
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Decay matrices (linear / embedding weights); never biases, norm gains or pad vectors."""
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
-        if p.requires_grad:
-            (decay if p.dim() >= 2 else no_decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-
-
-def _truncate_metrics(path: Path, last_step: int) -> None:
-    """Drop lines logged after ``last_step`` (by a run that died before its next checkpoint)."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= last_step:
-                kept.append(line)
-        except json.JSONDecodeError:
-            break  # a torn last line from a kill mid-write
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(k + "\n" for k in kept))
-    os.replace(tmp, path)
-
-
-class _Loggers:
-    """metrics.jsonl + wandb + tensorboard on the main process; no-ops elsewhere."""
-
-    def __init__(self, cfg: RunConfig, out: Path, is_main: bool, start_step: int, wandb_id: str | None):
-        self.is_main = is_main
-        self.path = out / "metrics.jsonl"
-        self.wandb = None
-        self.tb = None
-        self.wandb_id = wandb_id
-        if not is_main:
-            return
-        _truncate_metrics(self.path, start_step)
-        lc = cfg.logging
-        mode = _resolve_wandb_mode(lc)
-        if lc.wandb and mode != "disabled":
-            try:
-                import wandb
-            except ImportError:
-                print("warning: wandb is not installed; logging to metrics.jsonl only", file=sys.stderr)
-            else:
-                self.wandb_id = wandb_id or secrets.token_hex(4)  # persisted so a resume continues the run
-                self.wandb = wandb.init(
-                    project=lc.wandb_project,
-                    name=lc.wandb_name or out.name,
-                    id=self.wandb_id,
-                    resume="allow",
-                    dir=str(out),
-                    mode=mode,
-                    config=to_dict(cfg),
-                )
-        if lc.tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                print(
-                    "warning: tensorboard is not installed (pip install whispergpt[tensorboard])",
-                    file=sys.stderr,
-                )
-            else:
-                self.tb = SummaryWriter(str(out / "tensorboard"))
-
-    def log(self, record: dict) -> None:
-        if not self.is_main:
-            return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        step = record["step"]
-        scalars = {k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float))}
-        if self.wandb is not None:
-            self.wandb.log(scalars, step=step)
-        if self.tb is not None:
-            for k, v in scalars.items():
-                self.tb.add_scalar(k, v, step)
-
-    def close(self) -> None:
-        if self.wandb is not None:
-            self.wandb.finish()
-        if self.tb is not None:
-            self.tb.close()
 
 
 class _Logits(torch.nn.Module):
@@ -236,38 +87,13 @@ class Trainer:
     """One training run (use :func:`train`); holds the accelerator, model and data of a process."""
 
     def __init__(self, cfg: RunConfig):
-        from accelerate import Accelerator
-        from accelerate.utils import DistributedType, InitProcessGroupKwargs
+        from accelerate.utils import DistributedType
 
         self.cfg = cfg
         tc = cfg.train
         cuda = torch.cuda.is_available()
-        mixed = (
-            "bf16"
-            if (
-                tc.precision == "bf16" or (tc.precision == "auto" and cuda and torch.cuda.is_bf16_supported())
-            )
-            else "no"
-        )
-        # gloo when launched multi-process without CUDA (only then: a backend makes accelerate
-        # expect an initialised process group)
-        distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-        handlers = []
-        if distributed and not cuda:
-            handlers.append(InitProcessGroupKwargs(backend="gloo", timeout=timedelta(minutes=30)))
-        # Without CUDA, plain multi-process runs must be flagged cpu=True to become MULTI_CPU (DDP
-        # over gloo) rather than N independent processes; DeepSpeed picks its CPU accelerator itself.
-        deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
-        self.acc = Accelerator(
-            cpu=not cuda and not deepspeed,
-            gradient_accumulation_steps=tc.grad_accum,
-            mixed_precision=mixed,
-            kwargs_handlers=handlers,
-        )
-        if self.acc.num_processes > 1 and self.acc.distributed_type.value == "NO":
-            raise RuntimeError(
-                "several processes but no distributed backend: ranks would train unsynchronised"
-            )
+        mixed = choose_precision(tc.precision)
+        self.acc = make_accelerator(tc.grad_accum, mixed)
         acc = self.acc
         self.is_ds = acc.distributed_type == DistributedType.DEEPSPEED
         self.rank, self.world = acc.process_index, acc.num_processes
@@ -286,7 +112,7 @@ class Trainer:
                 )
 
         # Same initial weights on every rank (ZeRO-3 partitions each rank's own copy).
-        torch.manual_seed(tc.seed)
+        seed_everything(tc.seed)
         self.core = WhisperGPT(cfg.model)
         self.n_params = self.core.num_parameters()  # before ZeRO-3 partitions it away
         self.train_ds = PreparedDataset(
@@ -313,7 +139,7 @@ class Trainer:
             model = torch.compile(model)
         # Fused AdamW (one kernel for all parameters) on CUDA; DeepSpeed wraps the optimizer itself.
         opt = torch.optim.AdamW(
-            _param_groups(self.core, tc.weight_decay),
+            param_groups(self.core, tc.weight_decay),
             lr=tc.lr,
             betas=tuple(tc.betas),
             eps=tc.eps,
@@ -370,7 +196,7 @@ class Trainer:
                 torch.save(self.opt.state_dict(), tmp / "optimizer.pt")
             torch.save(self.sched.state_dict(), tmp / "scheduler.pt")
             self._write_record(tmp)
-            ckpt_io.write_json_atomic(
+            write_json_atomic(
                 tmp / ckpt_io.TRAINER_STATE,
                 dict(
                     step=step,
@@ -380,6 +206,7 @@ class Trainer:
                     wandb_run_id=self.wandb_id,
                     world_size=self.world,
                     deepspeed=self.is_ds,
+                    num_threads=torch.get_num_threads(),
                 ),
             )
             final = ckpt_io.publish_checkpoint(tmp, step)
@@ -405,6 +232,11 @@ class Trainer:
         if not ckpt_io.load_rng_state(path, self.rank) and self.acc.is_main_process:
             print(f"warning: {path} has no RNG state for rank {self.rank}", file=sys.stderr)
         self.step = int(state["step"])
+        threads = state.get("num_threads", torch.get_num_threads())
+        if threads != torch.get_num_threads() and self.acc.is_main_process:
+            print(
+                f"note: {path} was written with {threads} threads; {reproducibility_note()}", file=sys.stderr
+            )
         self.tokens_seen = int(state.get("tokens_seen", 0))
         self.best_val = state.get("best_val_nll")
         self.elapsed_before = float(state.get("elapsed_s", 0.0))
@@ -429,9 +261,7 @@ class Trainer:
                 shutil.copy2(last / name, tmp / name)
             # what the model was trained on, so eval and sampling can pick the same codec and mel
             self._write_record(tmp)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+            ckpt_io.replace_dir(tmp, final)
         self.acc.wait_for_everyone()
         return final
 
@@ -467,19 +297,6 @@ class Trainer:
         return dict(val_nll=val, val_ppl=math.exp(min(val, 700.0)), val_nll_per_codebook=nll)
 
     # -- training ---------------------------------------------------------------------------------
-    def _loader(self, start_step: int) -> torch.utils.data.DataLoader:
-        tc = self.cfg.train
-        per_step = tc.grad_accum * tc.batch_size
-        return torch.utils.data.DataLoader(
-            TrainCrops(self.train_ds, tc.seed, self.rank),
-            batch_size=tc.batch_size,
-            sampler=range(start_step * per_step, tc.max_steps * per_step),
-            num_workers=self.cfg.data.num_workers,
-            # its own generator: creating the iterator must not consume the global RNG (resume)
-            generator=torch.Generator().manual_seed(tc.seed),
-            pin_memory=torch.cuda.is_available(),
-        )
-
     def run(self) -> Path:
         from tqdm.auto import tqdm
 
@@ -492,7 +309,8 @@ class Trainer:
         if acc.is_main_process:
             print(
                 f"{acc.distributed_type.value}: {self.world} process(es) on {acc.device}, "
-                f"precision {self.precision}, {self.n_params:,} parameters",
+                f"precision {self.precision}, {self.n_params:,} parameters"
+                + (f"; {reproducibility_note()}" if acc.device.type == "cpu" else ""),
                 flush=True,
             )
         latest = ckpt_io.latest_checkpoint(self.out)
@@ -503,9 +321,8 @@ class Trainer:
         # Dropout etc. differ per rank; set after the shared init, unless restored from a checkpoint.
         if latest is None:
             torch.manual_seed(sample_seed(tc.seed, self.rank, -1))
-        loggers = _Loggers(cfg, self.out, acc.is_main_process, self.step, self.wandb_id)
+        loggers = Loggers(cfg.logging, to_dict(cfg), self.out, acc.is_main_process, self.step, self.wandb_id)
         self.wandb_id = loggers.wandb_id
-        nan_step = int(os.environ.get(_NAN_STEP_ENV, "0") or 0)
         tokens_per_step = (
             tc.batch_size * tc.grad_accum * self.world * cfg.data.frames * self.core.num_input_codebooks
         )  # codec tokens the model reads (coarse: codebook 0 only)
@@ -516,7 +333,7 @@ class Trainer:
             dynamic_ncols=True,
             desc="train",
         )
-        batches = iter(self._loader(self.step))
+        batches = iter(train_loader(self.train_ds, tc, self.cfg.data.num_workers, self.rank, self.step))
         self.model.train()
         window_tokens, window_time = 0, 0.0
         try:
@@ -532,8 +349,6 @@ class Trainer:
                             logits = self.model(codes, mel)  # (B, Ks, T, V)
                         nll_sum, count = nll_per_codebook(logits, codes)
                         loss_sum = nll_sum.sum()
-                        if nan_step == self.step + 1:
-                            loss_sum = loss_sum * float("nan")
                         micro = acc.reduce(torch.stack([loss_sum.detach(), count.sum().double()]), "sum")
                         if not torch.isfinite(micro[0]):
                             raise NonFiniteLossError(
@@ -607,9 +422,7 @@ def train(cfg: RunConfig) -> Path:
             out.mkdir(parents=True, exist_ok=True)
             text = dump_yaml(cfg)
             print("resolved config:\n" + text, flush=True)
-            tmp = out / "config.yaml.tmp"
-            tmp.write_text(text)
-            os.replace(tmp, out / "config.yaml")
+            write_atomic(out / "config.yaml", text)
         return trainer.run()
     finally:
         trainer.acc.end_training()
@@ -617,29 +430,5 @@ def train(cfg: RunConfig) -> Path:
             torch.distributed.destroy_process_group()
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="whispergpt train",
-        description="Train a WhisperGPT model; resumes automatically from the newest checkpoint in out_dir. "
-        "Multi-process: accelerate launch [--config_file configs/accelerate/...] train.py CONFIG.yaml ...",
-    )
-    parser.add_argument(
-        "config", help="YAML recipe: a path, or a shipped recipe's name (tiny.yaml, paper_hybrid.yaml, ...)"
-    )
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.max_steps=100")
-    args = parser.parse_args(argv)
-    try:
-        cfg = load_run_config(args.config, args.overrides)
-    except ValueError as e:
-        print(f"whispergpt train: error: {e}", file=sys.stderr)
-        return 2
-    try:
-        train(cfg)
-    except NonFiniteLossError as e:
-        print(
-            f"whispergpt train: {e}. The last good checkpoint in {Path(cfg.out_dir) / ckpt_io.CHECKPOINTS} "
-            "is kept; lower train.lr or raise train.warmup_steps and rerun to resume from it.",
-            file=sys.stderr,
-        )
-        return 3
-    return 0
+# the CLI, importable from here as before (cli.py imports the names above, so it comes last)
+from .cli import main as main  # noqa: E402
