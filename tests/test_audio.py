@@ -174,3 +174,15 @@ def test_package_works_without_torchaudio(tmp_path):
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_log_mel_tables_cached_under_inference_mode_serve_autograd_later():
+    import whispergpt.audio as audio_mod
+
+    audio_mod._FB_CACHE.clear()
+    audio_mod._WIN_CACHE.clear()
+    with torch.inference_mode():
+        log_mel(torch.zeros(1, 4 * 320))  # first use fills the caches inside inference mode
+    wave = torch.randn(1, 4 * 320, requires_grad=True)
+    log_mel(wave).sum().backward()  # raised "Inference tensors cannot be saved for backward"
+    assert wave.grad is not None and torch.isfinite(wave.grad).all()

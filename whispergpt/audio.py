@@ -147,14 +147,19 @@ _WIN_CACHE: dict[tuple, torch.Tensor] = {}
 def _fb(n_mels: int, device: torch.device) -> torch.Tensor:
     key = (n_mels, str(device))
     if key not in _FB_CACHE:
-        _FB_CACHE[key] = torch.from_numpy(mel_filterbank(n_mels)).to(device=device, dtype=torch.float32)
+        # built as a normal tensor even under inference_mode: a cached inference tensor would break
+        # a later autograd use (codec training's mel loss) in the same process
+        with torch.inference_mode(False):
+            fb = torch.from_numpy(mel_filterbank(n_mels)).to(device=device, dtype=torch.float32)
+        _FB_CACHE[key] = fb
     return _FB_CACHE[key]
 
 
 def _window(device: torch.device) -> torch.Tensor:
     key = (str(device),)
     if key not in _WIN_CACHE:
-        _WIN_CACHE[key] = torch.hann_window(WIN_LENGTH, periodic=True, device=device, dtype=torch.float32)
+        with torch.inference_mode(False):  # see _fb
+            _WIN_CACHE[key] = torch.hann_window(WIN_LENGTH, periodic=True, device=device, dtype=torch.float32)
     return _WIN_CACHE[key]
 
 
