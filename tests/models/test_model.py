@@ -234,7 +234,6 @@ def test_kv_cache_steps_equal_full_forward(pattern, fusion, pos_emb):
                 m = step_mel[:, :, p] if pt.mel_frame_at_step(pattern, K, p) >= 0 else None
                 stepped.append(model.step(tokens[:, :, p], m, cache))
         assert cache.steps == P
-        assert (cache.plan is not None) == (mode is torch.inference_mode)
         torch.testing.assert_close(torch.stack(stepped, dim=2), full.detach())
 
     cache = model.new_cache(2, P + 2)
@@ -265,7 +264,6 @@ def test_decode_plan_without_biases_and_with_tied_heads(fusion):
             model.step(tokens[:, :, p], step_mel[:, :, p] if p >= K else None, cache)
             for p in range(tokens.shape[-1])
         ]
-    assert cache.plan is not None
     torch.testing.assert_close(torch.stack(stepped, dim=2), full)
 
 
