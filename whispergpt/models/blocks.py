@@ -9,6 +9,7 @@ submodules (``ln1``, ``attn.qkv``, ``attn.proj``, ``ln2``, ``fc``, ``out``) and 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -44,6 +45,43 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return (x.to(cos.dtype) * cos + rotated.to(sin.dtype) * sin).to(x.dtype)
+
+
+@dataclass
+class FastLinear:
+    """A ``nn.Linear`` for inference on CPU: its weight detached as ``addmm``'s right operand.
+
+    MKL's sgemm with a transposed right operand (what ``F.linear`` passes) is ~1.3x slower at
+    batch 1 and ~3x slower at batch 8 for these small-row products (benchmarks/
+    bench_decode_compile.py), so the one-position decode path keeps an ``(in, out)`` copy.
+    """
+
+    wt: torch.Tensor  # (in, out), contiguous
+    b: torch.Tensor | None
+
+    @classmethod
+    def of(cls, weight: torch.Tensor, bias: torch.Tensor | None = None) -> FastLinear:
+        """From a ``(out, in)`` weight (and bias), e.g. ``FastLinear.of(lin.weight, lin.bias)``."""
+        return cls(weight.detach().t().contiguous(), None if bias is None else bias.detach())
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.mm(x, self.wt) if self.b is None else torch.addmm(self.b, x, self.wt)
+
+
+@dataclass
+class BlockWeights:
+    """A ``Block``'s linears as ``FastLinear``s (its norms are used as they are)."""
+
+    qkv: FastLinear
+    proj: FastLinear
+    fc: FastLinear
+    out: FastLinear
+
+    @classmethod
+    def of(cls, block: Block) -> BlockWeights:
+        a = block.attn
+        lin = (a.qkv, a.proj, block.fc, block.out)
+        return cls(*(FastLinear.of(m.weight, m.bias) for m in lin))
 
 
 class LayerKV:
@@ -93,10 +131,16 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).reshape(B, N, D)
         return self.resid_drop(self.proj(y))
 
-    def step(self, x: torch.Tensor, rope: tuple | None, kv: LayerKV, pos: int) -> torch.Tensor:
-        """One position ``x (B, D)`` at absolute index ``pos``: writes its K/V, attends to ``0..pos``."""
+    def step(
+        self, x: torch.Tensor, rope: tuple | None, kv: LayerKV, pos: int, w: BlockWeights | None = None
+    ) -> torch.Tensor:
+        """One position ``x (B, D)`` at absolute index ``pos``: writes its K/V, attends to ``0..pos``.
+
+        ``w``: this block's ``BlockWeights`` (inference on CPU) or None (the modules themselves).
+        """
         B, D = x.shape
-        qkv = self.qkv(x).view(B, 3, self.heads, D // self.heads)
+        qkv_lin, proj_lin = (self.qkv, self.proj) if w is None else (w.qkv, w.proj)
+        qkv = qkv_lin(x).view(B, 3, self.heads, D // self.heads)
         qk, v = qkv[:, :2], qkv[:, 2]  # (B, 2, H, hd): q and k rotated in one call
         if rope is not None:
             qk = apply_rope(qk, *rope)
@@ -106,7 +150,7 @@ class CausalSelfAttention(nn.Module):
         keys, values = kv.k[:, :, :end].to(qk.dtype), kv.v[:, :, :end].to(qk.dtype)
         p = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(qk[:, 0, :, None], keys, values, dropout_p=p)  # (B,H,1,hd)
-        return self.resid_drop(self.proj(y.reshape(B, D)))
+        return self.resid_drop(proj_lin(y.reshape(B, D)))
 
 
 class Block(nn.Module):
@@ -123,17 +167,21 @@ class Block(nn.Module):
         self.out.residual = True
         self.drop = nn.Dropout(dropout)
 
-    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.out(F.gelu(self.fc(self.ln2(x)))))
+    def _mlp(self, x: torch.Tensor, w: BlockWeights | None = None) -> torch.Tensor:
+        fc, out = (self.fc, self.out) if w is None else (w.fc, w.out)
+        return self.drop(out(F.gelu(fc(self.ln2(x)))))
 
     def forward(self, x: torch.Tensor, rope: tuple | None, kv: LayerKV | None, start: int) -> torch.Tensor:
         x = x + self.attn(self.ln1(x), rope, kv, start)
         return x + self._mlp(x)
 
-    def step(self, x: torch.Tensor, rope: tuple | None, kv: LayerKV, pos: int) -> torch.Tensor:
-        """``forward`` for one position ``x (B, D)`` at absolute index ``pos``."""
-        x = x + self.attn.step(self.ln1(x), rope, kv, pos)
-        return x + self._mlp(x)
+    def step(
+        self, x: torch.Tensor, rope: tuple | None, kv: LayerKV, pos: int, w: BlockWeights | None = None
+    ) -> torch.Tensor:
+        """``forward`` for one position ``x (B, D)`` at absolute index ``pos`` (``w``: see
+        ``CausalSelfAttention.step``)."""
+        x = x + self.attn.step(self.ln1(x), rope, kv, pos, w)
+        return x + self._mlp(x, w)
 
 
 class Stack(nn.Module):
@@ -186,16 +234,21 @@ class Stack(nn.Module):
             x = block(x, rope, None if kvs is None else kvs[i], start)
         return self.ln_f(x)
 
-    def step(self, x: torch.Tensor, kvs: list[LayerKV], pos: int) -> torch.Tensor:
-        """One position ``x (B, W)`` at absolute index ``pos`` -> final-norm output ``(B, W)``."""
+    def step(
+        self, x: torch.Tensor, kvs: list[LayerKV], pos: int, weights: list[BlockWeights] | None = None
+    ) -> torch.Tensor:
+        """One position ``x (B, W)`` at absolute index ``pos`` -> final-norm output ``(B, W)``.
+
+        ``weights``: one ``BlockWeights`` per block (inference on CPU), or None.
+        """
         self._check_positions(pos + 1)
         if self.pos is not None:
             x = x + self.pos.weight[pos]
         rope = self.rope(pos + 1, x.device)
         if rope is not None:
             rope = (rope[0][pos], rope[1][pos])  # (hd,)
-        for block, kv in zip(self.blocks, kvs):
-            x = block.step(x, rope, kv, pos)
+        for i, (block, kv) in enumerate(zip(self.blocks, kvs)):
+            x = block.step(x, rope, kv, pos, None if weights is None else weights[i])
         return self.ln_f(x)
 
     def new_kv(self, batch: int, length: int, device, dtype) -> list[LayerKV]:
@@ -225,10 +278,21 @@ class MelBranch(nn.Module):
         x = torch.where(is_pad, self.pad.to(x.dtype), x)
         return self.stack(x, kvs, start)
 
-    def step(self, mel: torch.Tensor | None, kvs: list[LayerKV], pos: int, batch: int) -> torch.Tensor:
-        """One position: ``mel (B, M)`` (None while the frame index is negative) -> ``(B, mel_dim)``."""
+    def step(
+        self,
+        mel: torch.Tensor | None,
+        kvs: list[LayerKV],
+        pos: int,
+        batch: int,
+        fast: tuple[FastLinear, list[BlockWeights]] | None = None,
+    ) -> torch.Tensor:
+        """One position: ``mel (B, M)`` (None while the frame index is negative) -> ``(B, mel_dim)``.
+
+        ``fast``: ``(inp, stack weights)`` as ``FastLinear``/``BlockWeights`` (inference on CPU), or None.
+        """
+        inp, weights = (self.inp, None) if fast is None else fast
         if pos < 1 + self.lag or mel is None:
             x = self.pad.expand(batch, -1)
         else:
-            x = self.inp(mel.to(self.inp.weight.dtype))
-        return self.stack.step(x, kvs, pos)
+            x = inp(mel.to(self.inp.weight.dtype))
+        return self.stack.step(x, kvs, pos, weights)

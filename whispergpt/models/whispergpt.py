@@ -45,7 +45,9 @@ from torch import nn
 from . import patterns as pt
 from .blocks import (  # noqa: F401  (re-exported: the old home of the blocks)
     Block,
+    BlockWeights,
     CausalSelfAttention,
+    FastLinear,
     LayerKV,
     MelBranch,
     Stack,
@@ -175,6 +177,23 @@ class WhisperGPTCache:
         self.plan = None  # unused: the old per-cache decode plan, kept until callers stop copying it
 
 
+@dataclass
+class _DecodeWeights:
+    """The ``FastLinear`` copies ``step`` uses in inference on CPU, memoised on the model by
+    ``WhisperGPT._decode_weights`` and rebuilt when ``key`` (every parameter's ``_version`` and
+    storage) changes: optimizer steps, ``load_state_dict``, ``.to()``, in-place edits under
+    ``no_grad``. Not detected: writes through ``param.data`` (they bypass ``_version``) and
+    Parameter objects swapped for new ones (``params`` is read once: walking the modules per
+    step costs as much as a small step)."""
+
+    params: list[nn.Parameter]
+    key: tuple
+    decoder: list[BlockWeights]
+    mel: tuple[FastLinear, list[BlockWeights]] | None
+    mel_proj: FastLinear | None
+    head: FastLinear
+
+
 # ---------------------------------------------------------------------------------------------
 # The model
 # ---------------------------------------------------------------------------------------------
@@ -210,6 +229,7 @@ class WhisperGPT(nn.Module):
             else nn.Linear(c.d_model, self.num_scored_codebooks * c.codebook_size, bias=False)
         )
         self._init_weights()
+        self._decode_memo: _DecodeWeights | None = None
 
     def _init_weights(self) -> None:
         # GPT-2: N(0, 0.02) everywhere, residual output projections scaled by 1/sqrt(2 * layers).
@@ -372,22 +392,50 @@ class WhisperGPT(nn.Module):
         ``forward_steps``, through their one-position ``step`` entry points."""
         c, start = self.config, cache.steps
         B = step_tokens.shape[0]
+        w = self._decode_weights()
         # token embedding summed over the Kin codebooks: (B, Kin) -> (B, E)
         x = self.tok_emb(step_tokens + self.tok_offsets).sum(dim=1)
         pos = start
         if self.mel_branch is not None:
-            m = self.mel_branch.step(step_mel, cache.mel, start, B)  # (B, mel_dim)
+            m = self.mel_branch.step(step_mel, cache.mel, start, B, w and w.mel)  # (B, mel_dim)
+            mel_proj = self.mel_proj if w is None else w.mel_proj
             if c.fusion == "concat":
                 x = torch.cat([x, m.to(x.dtype)], dim=-1)
             elif c.fusion == "sum":
-                x = x + self.mel_proj(m)
+                x = x + mel_proj(m)
             else:  # interleave: the mel position first (its output is not scored), then the tokens
                 pos = 2 * start
-                self.decoder.step(self.drop(self.mel_proj(m).to(x.dtype)), cache.main, pos)
+                self.decoder.step(self.drop(mel_proj(m).to(x.dtype)), cache.main, pos, w and w.decoder)
                 pos += 1
-        h = self.decoder.step(self.drop(x), cache.main, pos)  # (B, D)
+        h = self.decoder.step(self.drop(x), cache.main, pos, w and w.decoder)  # (B, D)
         cache.steps = start + 1
-        return F.linear(h, self._head_weight()).view(B, self.num_scored_codebooks, c.codebook_size)
+        logits = F.linear(h, self._head_weight()) if w is None else w.head(h)  # (B, Ks*V)
+        return logits.view(B, self.num_scored_codebooks, c.codebook_size)
+
+    def _decode_weights(self) -> _DecodeWeights | None:
+        """``FastLinear`` copies for ``_step``, or None where the modules run as they are: with
+        autograd (gradients must reach the parameters), off CPU (cuBLAS takes either layout at
+        full speed) and inside ``torch.compile`` (it fuses the layouts itself)."""
+        ref = self.tok_emb.weight
+        if torch.is_grad_enabled() or ref.device.type != "cpu" or torch.compiler.is_compiling():
+            return None
+        memo = self._decode_memo
+        params = list(self.parameters()) if memo is None else memo.params
+        key = tuple((p._version, p.data_ptr()) for p in params)
+        if memo is not None and memo.key == key:
+            return memo
+        mb, proj = self.mel_branch, self.mel_proj
+        memo = self._decode_memo = _DecodeWeights(
+            params=params,
+            key=key,
+            decoder=[BlockWeights.of(b) for b in self.decoder.blocks],
+            mel=None
+            if mb is None
+            else (FastLinear.of(mb.inp.weight, mb.inp.bias), [BlockWeights.of(b) for b in mb.stack.blocks]),
+            mel_proj=None if proj is None else FastLinear.of(proj.weight, proj.bias),
+            head=FastLinear.of(self._head_weight()),
+        )
+        return memo
 
     # -- frame space --------------------------------------------------------------------------
     def forward(self, codes: torch.Tensor, mel: torch.Tensor | None = None) -> WhisperGPTOutput:
