@@ -9,6 +9,11 @@ Each run: a fresh cache, ``--steps`` calls of ``model.step`` under ``inference_m
 tokens and mel, the hybrid ``concat`` model). ``ms/step`` is the median over ``--repeats`` runs
 after one warm-up run; ``warmup_s`` is that first run (for ``compile``: tracing + codegen).
 Run it with ``PYTHONPATH`` pointing at another checkout to time that checkout's decode path.
+
+Measured (torch 2.x, 2 shared CPU cores, 1 thread): ``compile`` recompiles for every new
+position (the KV write index ``cache.steps`` is specialised), hits dynamo's recompile limit (8)
+after ~11 min and then runs eager with guard overhead: slower than eager. So the eager step
+(``FastLinear`` copies on CPU) stays; see the report in the commit log for the numbers.
 """
 
 from __future__ import annotations

@@ -84,6 +84,11 @@ class BlockWeights:
         return cls(*(FastLinear.of(m.weight, m.bias) for m in lin))
 
 
+def _drop(m: nn.Dropout, x: torch.Tensor) -> torch.Tensor:
+    """``m(x)``, skipping the module call where it is the identity (the decode hot loop)."""
+    return m(x) if m.training and m.p > 0 else x
+
+
 class LayerKV:
     """Preallocated keys/values of one attention layer: ``(B, H, L, hd)`` each."""
 
@@ -150,7 +155,7 @@ class CausalSelfAttention(nn.Module):
         keys, values = kv.k[:, :, :end].to(qk.dtype), kv.v[:, :, :end].to(qk.dtype)
         p = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(qk[:, 0, :, None], keys, values, dropout_p=p)  # (B,H,1,hd)
-        return self.resid_drop(proj_lin(y.reshape(B, D)))
+        return _drop(self.resid_drop, proj_lin(y.reshape(B, D)))
 
 
 class Block(nn.Module):
@@ -169,7 +174,7 @@ class Block(nn.Module):
 
     def _mlp(self, x: torch.Tensor, w: BlockWeights | None = None) -> torch.Tensor:
         fc, out = (self.fc, self.out) if w is None else (w.fc, w.out)
-        return self.drop(out(F.gelu(fc(self.ln2(x)))))
+        return _drop(self.drop, out(F.gelu(fc(self.ln2(x)))))
 
     def forward(self, x: torch.Tensor, rope: tuple | None, kv: LayerKV | None, start: int) -> torch.Tensor:
         x = x + self.attn(self.ln1(x), rope, kv, start)
