@@ -19,10 +19,9 @@ Public API:
 - ``WhisperGPT(config)``: ``model(codes (B,K,T), mel (B,M,T) | None) -> WhisperGPTOutput`` with
   ``logits (B, Ks, T, V)`` where ``logits[:, k, t]`` scores ``codes[:, k, t]``.
 - ``nll_per_codebook(logits, codes, mask=None) -> (nll_sum (Ks,) float64, count (Ks,) int64)``.
-- Incremental decoding in step space: ``new_cache``, ``forward_steps`` (prefill), ``step``. In
-  inference (eval, no autograd) ``step`` runs a per-cache ``_DecodePlan`` (flattened blocks,
-  CPU weights in ``addmm``'s right-operand layout, RoPE tables per cache): same values as
-  ``forward_steps`` up to float rounding, about half the ops.
+- Incremental decoding in step space: ``new_cache``, ``forward_steps`` (prefill), ``step``. ``step``
+  runs one position through the same ``Block``/``Stack`` modules (``blocks.py``) as
+  ``forward_steps``, via their ``step`` methods: same values up to float rounding.
 - ``save_pretrained(dir)`` / ``WhisperGPT.from_pretrained(dir)``: ``config.json`` + ``model.safetensors``.
 
 Parameter counts (``num_parameters()``) include every parameter: embeddings, heads, mel branch.
@@ -44,6 +43,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import patterns as pt
+from .blocks import (  # noqa: F401  (re-exported: the old home of the blocks)
+    Block,
+    BlockWeights,
+    CausalSelfAttention,
+    FastLinear,
+    LayerKV,
+    MelBranch,
+    Stack,
+    apply_rope,
+    rope_cos_sin,
+)
 
 FUSIONS = ("concat", "sum", "interleave", "none")
 POS_EMBS = ("rope", "learned")
@@ -147,150 +157,6 @@ class WhisperGPTConfig:
         return dataclasses.asdict(self)
 
 
-# ---------------------------------------------------------------------------------------------
-# Building blocks
-# ---------------------------------------------------------------------------------------------
-def rope_cos_sin(
-    start: int, length: int, head_dim: int, base: float, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables ``(length, head_dim)`` for absolute positions ``start .. start+length-1`` (fp32)."""
-    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
-    pos = torch.arange(start, start + length, device=device, dtype=torch.float32)
-    angles = torch.outer(pos, inv_freq)  # (N, hd/2)
-    angles = torch.cat([angles, angles], dim=-1)  # (N, hd), rotate-half layout
-    return angles.cos(), angles.sin()
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x (B, H, N, hd)`` by the tables of its N positions."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return (x.float() * cos + rotated.float() * sin).to(x.dtype)
-
-
-class LayerKV:
-    """Preallocated keys/values of one attention layer: ``(B, H, L, hd)`` each."""
-
-    def __init__(self, batch: int, heads: int, length: int, head_dim: int, device, dtype) -> None:
-        self.k = torch.zeros(batch, heads, length, head_dim, device=device, dtype=dtype)
-        self.v = torch.zeros_like(self.k)
-
-
-class CausalSelfAttention(nn.Module):
-    def __init__(self, dim: int, heads: int, dropout: float, bias: bool) -> None:
-        super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
-        self.proj = nn.Linear(dim, dim, bias=bias)
-        self.proj.residual = True  # scaled init
-        self.dropout = dropout
-        self.resid_drop = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor, rope: tuple | None, kv: LayerKV | None, start: int) -> torch.Tensor:
-        B, N, D = x.shape
-        q, k, v = (
-            self.qkv(x).view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
-        )  # 3x (B,H,N,hd)
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        p = self.dropout if self.training else 0.0
-        if kv is None:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
-        else:
-            end = start + N
-            if end > kv.k.shape[2]:
-                raise ValueError(
-                    f"KV cache holds {kv.k.shape[2]} positions, this call needs {end}: make a larger cache"
-                )
-            kv.k[:, :, start:end] = k.to(kv.k.dtype)
-            kv.v[:, :, start:end] = v.to(kv.v.dtype)
-            keys, values = kv.k[:, :, :end].to(q.dtype), kv.v[:, :, :end].to(q.dtype)
-            if N == 1:  # one new query sees every cached position
-                y = F.scaled_dot_product_attention(q, keys, values, dropout_p=p)
-            elif start == 0:
-                y = F.scaled_dot_product_attention(q, keys, values, dropout_p=p, is_causal=True)
-            else:  # query i sits at absolute position start + i
-                allowed = torch.ones(N, end, dtype=torch.bool, device=x.device).tril(diagonal=start)
-                y = F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed, dropout_p=p)
-        y = y.transpose(1, 2).reshape(B, N, D)
-        return self.resid_drop(self.proj(y))
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(ln(x)); x + mlp(ln(x))."""
-
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, dropout: float, bias: bool) -> None:
-        super().__init__()
-        hidden = int(round(mlp_ratio * dim))
-        self.ln1 = nn.LayerNorm(dim, bias=bias)
-        self.attn = CausalSelfAttention(dim, heads, dropout, bias)
-        self.ln2 = nn.LayerNorm(dim, bias=bias)
-        self.fc = nn.Linear(dim, hidden, bias=bias)
-        self.out = nn.Linear(hidden, dim, bias=bias)
-        self.out.residual = True
-        self.drop = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor, rope: tuple | None, kv: LayerKV | None, start: int) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x), rope, kv, start)
-        return x + self.drop(self.out(F.gelu(self.fc(self.ln2(x)))))
-
-
-class Stack(nn.Module):
-    """Causal blocks + final norm, with RoPE or learned positions."""
-
-    def __init__(self, dim: int, layers: int, heads: int, cfg: WhisperGPTConfig, max_positions: int) -> None:
-        super().__init__()
-        self.heads, self.rope_base, self.max_positions = heads, cfg.rope_base, max_positions
-        self.pos = nn.Embedding(max_positions, dim) if cfg.pos_emb == "learned" else None
-        self.blocks = nn.ModuleList(
-            Block(dim, heads, cfg.mlp_ratio, cfg.dropout, cfg.bias) for _ in range(layers)
-        )
-        self.ln_f = nn.LayerNorm(dim, bias=cfg.bias)
-
-    def forward(self, x: torch.Tensor, kvs: list[LayerKV] | None, start: int) -> torch.Tensor:
-        N = x.shape[1]
-        if start + N > self.max_positions and self.pos is not None:
-            raise ValueError(
-                f"learned positions cover {self.max_positions} positions, got {start + N}: "
-                "raise context or use pos_emb=rope"
-            )
-        rope = None
-        if self.pos is not None:
-            x = x + self.pos(torch.arange(start, start + N, device=x.device))
-        elif len(self.blocks) > 0:
-            rope = rope_cos_sin(start, N, x.shape[-1] // self.heads, self.rope_base, x.device)
-        for i, block in enumerate(self.blocks):
-            x = block(x, rope, None if kvs is None else kvs[i], start)
-        return self.ln_f(x)
-
-    def new_kv(self, batch: int, length: int, device, dtype) -> list[LayerKV]:
-        dim = self.ln_f.normalized_shape[0]
-        return [LayerKV(batch, self.heads, length, dim // self.heads, device, dtype) for _ in self.blocks]
-
-
-class MelBranch(nn.Module):
-    """The paper's lightweight causal decoder over mel slices: Linear(M -> mel_dim) + causal blocks.
-
-    Input positions whose mel frame index is negative (the first ``1 + lag`` steps) use a learned
-    pad vector instead of the projected mel.
-    """
-
-    def __init__(self, cfg: WhisperGPTConfig, max_steps: int) -> None:
-        super().__init__()
-        self.lag = cfg.mel_lag
-        self.inp = nn.Linear(cfg.n_mels, cfg.mel_dim, bias=cfg.bias)
-        self.pad = nn.Parameter(torch.zeros(cfg.mel_dim))
-        self.stack = Stack(cfg.mel_dim, cfg.mel_layers, cfg.mel_heads, cfg, max_steps)
-
-    def forward(self, mel: torch.Tensor, kvs: list[LayerKV] | None, start: int) -> torch.Tensor:
-        # mel: (B, M, P) at input positions start .. start+P-1 -> (B, P, mel_dim)
-        x = self.inp(mel.transpose(1, 2))
-        steps = torch.arange(start, start + x.shape[1], device=x.device)
-        is_pad = (steps < 1 + self.lag)[None, :, None]
-        x = torch.where(is_pad, self.pad.to(x.dtype), x)
-        return self.stack(x, kvs, start)
-
-
 @dataclass
 class WhisperGPTOutput:
     """``logits (B, Ks, T, V)``: ``logits[:, k, t]`` scores ``codes[:, k, t]``."""
@@ -308,120 +174,24 @@ class WhisperGPTCache:
     def __init__(self, main: list[LayerKV], mel: list[LayerKV] | None, max_steps: int) -> None:
         self.main, self.mel, self.max_steps = main, mel, max_steps
         self.steps = 0
-        self.plan: _DecodePlan | None = None  # built by the first fast ``step`` (see ``_DecodePlan``)
+        self.plan = None  # unused: the old per-cache decode plan, kept until callers stop copying it
 
 
-# ---------------------------------------------------------------------------------------------
-# Fast one-position decode (the sampler's hot loop)
-# ---------------------------------------------------------------------------------------------
-def _decode_weight(w: torch.Tensor) -> torch.Tensor:
-    """``w (out, in)`` as the ``(in, out)`` right operand of ``addmm``.
+@dataclass
+class _DecodeWeights:
+    """The ``FastLinear`` copies ``step`` uses in inference on CPU, memoised on the model by
+    ``WhisperGPT._decode_weights`` and rebuilt when ``key`` (every parameter's ``_version`` and
+    storage) changes: optimizer steps, ``load_state_dict``, ``.to()``, in-place edits under
+    ``no_grad``. Not detected: writes through ``param.data`` (they bypass ``_version``) and
+    Parameter objects swapped for new ones (``params`` is read once: walking the modules per
+    step costs as much as a small step)."""
 
-    On CPU a contiguous copy: MKL's sgemm with a transposed right operand (what ``F.linear`` passes)
-    is ~1.1-1.5x slower at batch 1 and ~2x slower at batch 8 for these small-row products
-    (measured, docs/PERFORMANCE.md). Elsewhere a view (cuBLAS takes either layout at full speed).
-    """
-    w = w.detach()
-    return w.t().contiguous() if w.device.type == "cpu" else w.t()
-
-
-def _lin(x: torch.Tensor, wt: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-    return torch.mm(x, wt) if b is None else torch.addmm(b, x, wt)
-
-
-class _StackPlan:
-    """One ``Stack``'s weights flattened for ``_step``: one position ``(B, W)`` through all blocks.
-
-    RoPE tables cover the cache's positions once (``rope_cos_sin`` gives each position the same
-    values whatever the call's start, so the tables equal the per-call ones); the sine is stored
-    with the rotate-half sign folded in, so rotating is flip + 2 mul + add instead of 2 slices,
-    a neg, a cat, 2 mul and an add.
-    """
-
-    def __init__(self, stack: Stack, length: int) -> None:
-        ln = stack.ln_f
-        self.width, self.heads, self.eps = ln.normalized_shape[0], stack.heads, ln.eps
-        self.head_dim = self.width // self.heads
-        d = lambda t: None if t is None else t.detach()  # noqa: E731
-        self.layers = [
-            (d(b.ln1.weight), d(b.ln1.bias), _decode_weight(b.attn.qkv.weight), d(b.attn.qkv.bias),
-             _decode_weight(b.attn.proj.weight), d(b.attn.proj.bias), d(b.ln2.weight), d(b.ln2.bias),
-             _decode_weight(b.fc.weight), d(b.fc.bias), _decode_weight(b.out.weight), d(b.out.bias),
-             b.ln1.eps, b.ln2.eps)
-            for b in stack.blocks
-        ]  # fmt: skip
-        self.ln_f = (d(ln.weight), d(ln.bias))
-        self.pos = None if stack.pos is None else stack.pos.weight.detach()
-        self.cos = self.sin = None
-        if stack.pos is None and self.layers:
-            ref = stack.ln_f.weight
-            cos, sin = rope_cos_sin(0, length, self.head_dim, stack.rope_base, ref.device)
-            half = self.head_dim // 2
-            sin = torch.cat([-sin[:, :half], sin[:, half:]], dim=-1)
-            # (L, 1, 1, hd): broadcast over (B, q|k, H, hd)
-            self.cos, self.sin = cos[:, None, None].contiguous(), sin[:, None, None].contiguous()
-
-    def step(self, x: torch.Tensor, kvs: list[LayerKV], pos: int) -> torch.Tensor:
-        """``x (B, W)`` at absolute position ``pos`` -> final-norm output ``(B, W)``; writes the KV."""
-        B, W, H, hd = x.shape[0], self.width, self.heads, self.head_dim
-        if self.pos is not None:
-            x = x + self.pos[pos]
-        end = pos + 1
-        for (
-            ln1w,
-            ln1b,
-            qkv_w,
-            qkv_b,
-            proj_w,
-            proj_b,
-            ln2w,
-            ln2b,
-            fc_w,
-            fc_b,
-            out_w,
-            out_b,
-            e1,
-            e2,
-        ), kv in zip(self.layers, kvs):
-            qkv = _lin(torch.layer_norm(x, (W,), ln1w, ln1b, e1), qkv_w, qkv_b).view(B, 3, H, hd)
-            qk, v = qkv[:, :2], qkv[:, 2]  # (B, 2, H, hd): q and k rotated together
-            if self.cos is not None:
-                swapped = qk.view(B, 2, H, 2, hd // 2).flip(-2).view(B, 2, H, hd)
-                qk = qk * self.cos[pos] + swapped * self.sin[pos]
-            kv.k[:, :, pos] = qk[:, 1]
-            kv.v[:, :, pos] = v
-            y = F.scaled_dot_product_attention(qk[:, 0, :, None], kv.k[:, :, :end], kv.v[:, :, :end])
-            x = x + _lin(y.reshape(B, W), proj_w, proj_b)  # (B, H, 1, hd) -> (B, W)
-            h = _lin(torch.layer_norm(x, (W,), ln2w, ln2b, e2), fc_w, fc_b)
-            x = x + _lin(F.gelu(h), out_w, out_b)
-        return torch.layer_norm(x, (W,), *self.ln_f, self.eps)
-
-
-class _DecodePlan:
-    """Everything ``WhisperGPT._step`` reads, fixed once per cache: detached weights (right-operand
-    layout, see ``_decode_weight``), RoPE tables for the cache's positions. Built from the weights
-    as they are when the cache is first stepped: a cache must not outlive a weight update.
-    """
-
-    def __init__(self, model: WhisperGPT, cache: WhisperGPTCache) -> None:
-        c = model.config
-        pps = c.positions_per_step
-        self.dtype = model.tok_emb.weight.dtype
-        self.tok_table = model.tok_emb.weight.detach()
-        self.decoder = _StackPlan(model.decoder, cache.max_steps * pps)
-        self.head = _decode_weight(model._head_weight())  # (D, Ks*V)
-        self.mel = self.mel_inp = self.mel_pad = self.mel_proj = None
-        if model.mel_branch is not None:
-            mb = model.mel_branch
-            self.mel = _StackPlan(mb.stack, cache.max_steps)
-            self.mel_inp = (
-                _decode_weight(mb.inp.weight),
-                None if mb.inp.bias is None else mb.inp.bias.detach(),
-            )
-            self.mel_pad = mb.pad.detach()
-            if model.mel_proj is not None:
-                p = model.mel_proj
-                self.mel_proj = (_decode_weight(p.weight), None if p.bias is None else p.bias.detach())
+    params: list[nn.Parameter]
+    key: tuple
+    decoder: list[BlockWeights]
+    mel: tuple[FastLinear, list[BlockWeights]] | None
+    mel_proj: FastLinear | None
+    head: FastLinear
 
 
 # ---------------------------------------------------------------------------------------------
@@ -459,6 +229,7 @@ class WhisperGPT(nn.Module):
             else nn.Linear(c.d_model, self.num_scored_codebooks * c.codebook_size, bias=False)
         )
         self._init_weights()
+        self._decode_memo: _DecodeWeights | None = None
 
     def _init_weights(self) -> None:
         # GPT-2: N(0, 0.02) everywhere, residual output projections scaled by 1/sqrt(2 * layers).
@@ -617,44 +388,54 @@ class WhisperGPT(nn.Module):
     def _step(
         self, step_tokens: torch.Tensor, step_mel: torch.Tensor | None, cache: WhisperGPTCache
     ) -> torch.Tensor:
-        """``step`` without its argument checks (the sampler's hot loop; the caller guarantees them).
-
-        Inference (eval mode, no autograd, cache in the weights' dtype) runs ``_DecodePlan``: one
-        position through flattened ops, ~half the ops of ``forward_steps`` and the same values up
-        to float rounding (``tests/test_model.py``); anything else goes through ``forward_steps``.
-        """
-        plan = cache.plan
-        fast = not (self.training or torch.is_grad_enabled())
-        if fast and plan is None:
-            kv = cache.main[0].k if cache.main else None
-            if kv is None or kv.dtype == self.tok_emb.weight.dtype:
-                with torch.no_grad():
-                    plan = cache.plan = _DecodePlan(self, cache)
-        if not fast or plan is None:
-            mel = None if step_mel is None else step_mel[:, :, None]
-            return self.forward_steps(step_tokens[:, :, None], mel, cache)[:, :, 0]
+        """``step`` without its argument checks: the same ``Block``/``Stack`` modules as
+        ``forward_steps``, through their one-position ``step`` entry points."""
         c, start = self.config, cache.steps
         B = step_tokens.shape[0]
+        w = self._decode_weights()
         # token embedding summed over the Kin codebooks: (B, Kin) -> (B, E)
-        x = torch.embedding(plan.tok_table, step_tokens + self.tok_offsets).sum(dim=1)
+        x = self.tok_emb(step_tokens + self.tok_offsets).sum(dim=1)
         pos = start
-        if plan.mel is not None:
-            if start < 1 + c.mel_lag or step_mel is None:  # mel frame index < 0: the learned pad
-                m = plan.mel_pad.expand(B, -1)
-            else:
-                m = _lin(step_mel.to(plan.dtype), *plan.mel_inp)
-            m = plan.mel.step(m, cache.mel, start)  # (B, mel_dim)
+        if self.mel_branch is not None:
+            m = self.mel_branch.step(step_mel, cache.mel, start, B, w and w.mel)  # (B, mel_dim)
+            mel_proj = self.mel_proj if w is None else w.mel_proj
             if c.fusion == "concat":
-                x = torch.cat([x, m], dim=-1)
+                x = torch.cat([x, m.to(x.dtype)], dim=-1)
             elif c.fusion == "sum":
-                x = x + _lin(m, *plan.mel_proj)
+                x = x + mel_proj(m)
             else:  # interleave: the mel position first (its output is not scored), then the tokens
                 pos = 2 * start
-                plan.decoder.step(_lin(m, *plan.mel_proj), cache.main, pos)
+                self.decoder.step(self.drop(mel_proj(m).to(x.dtype)), cache.main, pos, w and w.decoder)
                 pos += 1
-        h = plan.decoder.step(x, cache.main, pos)
+        h = self.decoder.step(self.drop(x), cache.main, pos, w and w.decoder)  # (B, D)
         cache.steps = start + 1
-        return torch.mm(h, plan.head).view(B, self.num_scored_codebooks, c.codebook_size)
+        logits = F.linear(h, self._head_weight()) if w is None else w.head(h)  # (B, Ks*V)
+        return logits.view(B, self.num_scored_codebooks, c.codebook_size)
+
+    def _decode_weights(self) -> _DecodeWeights | None:
+        """``FastLinear`` copies for ``_step``, or None where the modules run as they are: with
+        autograd (gradients must reach the parameters), off CPU (cuBLAS takes either layout at
+        full speed) and inside ``torch.compile`` (it fuses the layouts itself)."""
+        ref = self.tok_emb.weight
+        if torch.is_grad_enabled() or ref.device.type != "cpu" or torch.compiler.is_compiling():
+            return None
+        memo = self._decode_memo
+        params = list(self.parameters()) if memo is None else memo.params
+        key = tuple((p._version, p.data_ptr()) for p in params)
+        if memo is not None and memo.key == key:
+            return memo
+        mb, proj = self.mel_branch, self.mel_proj
+        memo = self._decode_memo = _DecodeWeights(
+            params=params,
+            key=key,
+            decoder=[BlockWeights.of(b) for b in self.decoder.blocks],
+            mel=None
+            if mb is None
+            else (FastLinear.of(mb.inp.weight, mb.inp.bias), [BlockWeights.of(b) for b in mb.stack.blocks]),
+            mel_proj=None if proj is None else FastLinear.of(proj.weight, proj.bias),
+            head=FastLinear.of(self._head_weight()),
+        )
+        return memo
 
     # -- frame space --------------------------------------------------------------------------
     def forward(self, codes: torch.Tensor, mel: torch.Tensor | None = None) -> WhisperGPTOutput:

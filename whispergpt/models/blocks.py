@@ -1,0 +1,303 @@
+"""Transformer building blocks shared by training, prefill and one-position decoding.
+
+Every block has two entry points over the same modules: ``forward`` runs ``N`` positions
+``(B, N, W)`` (training without a cache; prefill with one), ``step`` runs one position ``(B, W)``
+at an absolute index against a KV cache (the sampler's hot loop). Both call the block's own
+submodules (``ln1``, ``attn.qkv``, ``attn.proj``, ``ln2``, ``fc``, ``out``) and the one
+``apply_rope``, so a change to a block is one edit and the two paths cannot drift.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+if TYPE_CHECKING:
+    from .whispergpt import WhisperGPTConfig
+
+
+def rope_cos_sin(
+    start: int,
+    length: int,
+    head_dim: int,
+    base: float,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables ``(length, head_dim)`` for absolute positions ``start .. start+length-1``.
+
+    Angles are computed in fp32 whatever ``dtype`` (the table's storage dtype).
+    """
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
+    pos = torch.arange(start, start + length, device=device, dtype=torch.float32)
+    angles = torch.outer(pos, inv_freq)  # (N, hd/2)
+    angles = torch.cat([angles, angles], dim=-1)  # (N, hd), rotate-half layout
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x (..., hd)`` by tables broadcastable to it; computed in the tables' dtype,
+    returned in ``x``'s (so fp32 tables never leak an fp32 q/k into a bf16 attention)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return (x.to(cos.dtype) * cos + rotated.to(sin.dtype) * sin).to(x.dtype)
+
+
+@dataclass
+class FastLinear:
+    """A ``nn.Linear`` for inference on CPU: its weight detached as ``addmm``'s right operand.
+
+    MKL's sgemm with a transposed right operand (what ``F.linear`` passes) is ~1.3x slower at
+    batch 1 and ~3x slower at batch 8 for these small-row products (benchmarks/
+    bench_decode_compile.py), so the one-position decode path keeps an ``(in, out)`` copy.
+    """
+
+    wt: torch.Tensor  # (in, out), contiguous
+    b: torch.Tensor | None
+
+    @classmethod
+    def of(cls, weight: torch.Tensor, bias: torch.Tensor | None = None) -> FastLinear:
+        """From a ``(out, in)`` weight (and bias), e.g. ``FastLinear.of(lin.weight, lin.bias)``."""
+        return cls(weight.detach().t().contiguous(), None if bias is None else bias.detach())
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.mm(x, self.wt) if self.b is None else torch.addmm(self.b, x, self.wt)
+
+
+@dataclass
+class BlockWeights:
+    """A ``Block``'s linears as ``FastLinear``s (its norms are used as they are)."""
+
+    qkv: FastLinear
+    proj: FastLinear
+    fc: FastLinear
+    out: FastLinear
+
+    @classmethod
+    def of(cls, block: Block) -> BlockWeights:
+        a = block.attn
+        lin = (a.qkv, a.proj, block.fc, block.out)
+        return cls(*(FastLinear.of(m.weight, m.bias) for m in lin))
+
+
+def _drop(m: nn.Dropout, x: torch.Tensor) -> torch.Tensor:
+    """``m(x)``, skipping the module call where it is the identity (the decode hot loop)."""
+    return m(x) if m.training and m.p > 0 else x
+
+
+class LayerKV:
+    """Preallocated keys/values of one attention layer: ``(B, H, L, hd)`` each."""
+
+    def __init__(self, batch: int, heads: int, length: int, head_dim: int, device, dtype) -> None:
+        self.k = torch.zeros(batch, heads, length, head_dim, device=device, dtype=dtype)
+        self.v = torch.zeros_like(self.k)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, dim: int, heads: int, dropout: float, bias: bool) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
+        self.proj = nn.Linear(dim, dim, bias=bias)
+        self.proj.residual = True  # scaled init
+        self.dropout = dropout
+        self.resid_drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, rope: tuple | None, kv: LayerKV | None, start: int) -> torch.Tensor:
+        B, N, D = x.shape
+        q, k, v = (
+            self.qkv(x).view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        )  # 3x (B,H,N,hd)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        p = self.dropout if self.training else 0.0
+        if kv is None:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+        else:
+            end = start + N
+            if end > kv.k.shape[2]:
+                raise ValueError(
+                    f"KV cache holds {kv.k.shape[2]} positions, this call needs {end}: make a larger cache"
+                )
+            kv.k[:, :, start:end] = k.to(kv.k.dtype)
+            kv.v[:, :, start:end] = v.to(kv.v.dtype)
+            keys, values = kv.k[:, :, :end].to(q.dtype), kv.v[:, :, :end].to(q.dtype)
+            if N == 1:  # one new query sees every cached position
+                y = F.scaled_dot_product_attention(q, keys, values, dropout_p=p)
+            elif start == 0:
+                y = F.scaled_dot_product_attention(q, keys, values, dropout_p=p, is_causal=True)
+            else:  # query i sits at absolute position start + i
+                allowed = torch.ones(N, end, dtype=torch.bool, device=x.device).tril(diagonal=start)
+                y = F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed, dropout_p=p)
+        y = y.transpose(1, 2).reshape(B, N, D)
+        return self.resid_drop(self.proj(y))
+
+    def step(
+        self, x: torch.Tensor, rope: tuple | None, kv: LayerKV, pos: int, w: BlockWeights | None = None
+    ) -> torch.Tensor:
+        """One position ``x (B, D)`` at absolute index ``pos``: writes its K/V, attends to ``0..pos``.
+
+        ``w``: this block's ``BlockWeights`` (inference on CPU) or None (the modules themselves).
+        """
+        B, D = x.shape
+        qkv_lin, proj_lin = (self.qkv, self.proj) if w is None else (w.qkv, w.proj)
+        qkv = qkv_lin(x).view(B, 3, self.heads, D // self.heads)
+        qk, v = qkv[:, :2], qkv[:, 2]  # (B, 2, H, hd): q and k rotated in one call
+        if rope is not None:
+            qk = apply_rope(qk, *rope)
+        kv.k[:, :, pos] = qk[:, 1]
+        kv.v[:, :, pos] = v
+        end = pos + 1
+        keys, values = kv.k[:, :, :end].to(qk.dtype), kv.v[:, :, :end].to(qk.dtype)
+        p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(qk[:, 0, :, None], keys, values, dropout_p=p)  # (B,H,1,hd)
+        return _drop(self.resid_drop, proj_lin(y.reshape(B, D)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(ln(x)); x + mlp(ln(x))."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, dropout: float, bias: bool) -> None:
+        super().__init__()
+        hidden = int(round(mlp_ratio * dim))
+        self.ln1 = nn.LayerNorm(dim, bias=bias)
+        self.attn = CausalSelfAttention(dim, heads, dropout, bias)
+        self.ln2 = nn.LayerNorm(dim, bias=bias)
+        self.fc = nn.Linear(dim, hidden, bias=bias)
+        self.out = nn.Linear(hidden, dim, bias=bias)
+        self.out.residual = True
+        self.drop = nn.Dropout(dropout)
+
+    def _mlp(self, x: torch.Tensor, w: BlockWeights | None = None) -> torch.Tensor:
+        fc, out = (self.fc, self.out) if w is None else (w.fc, w.out)
+        return _drop(self.drop, out(F.gelu(fc(self.ln2(x)))))
+
+    def forward(self, x: torch.Tensor, rope: tuple | None, kv: LayerKV | None, start: int) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), rope, kv, start)
+        return x + self._mlp(x)
+
+    def step(
+        self, x: torch.Tensor, rope: tuple | None, kv: LayerKV, pos: int, w: BlockWeights | None = None
+    ) -> torch.Tensor:
+        """``forward`` for one position ``x (B, D)`` at absolute index ``pos`` (``w``: see
+        ``CausalSelfAttention.step``)."""
+        x = x + self.attn.step(self.ln1(x), rope, kv, pos, w)
+        return x + self._mlp(x, w)
+
+
+class Stack(nn.Module):
+    """Causal blocks + final norm, with RoPE or learned positions."""
+
+    def __init__(self, dim: int, layers: int, heads: int, cfg: WhisperGPTConfig, max_positions: int) -> None:
+        super().__init__()
+        self.heads, self.rope_base, self.max_positions = heads, cfg.rope_base, max_positions
+        self.pos = nn.Embedding(max_positions, dim) if cfg.pos_emb == "learned" else None
+        self.blocks = nn.ModuleList(
+            Block(dim, heads, cfg.mlp_ratio, cfg.dropout, cfg.bias) for _ in range(layers)
+        )
+        self.ln_f = nn.LayerNorm(dim, bias=cfg.bias)
+        # (device, dtype) -> (cos, sin) for positions 0..n-1: built once, not per call or per step
+        self._rope_tables: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _check_positions(self, end: int) -> None:
+        if end > self.max_positions and self.pos is not None:
+            raise ValueError(
+                f"learned positions cover {self.max_positions} positions, got {end}: "
+                "raise context or use pos_emb=rope"
+            )
+
+    def rope(self, end: int, device: torch.device, dtype: torch.dtype = torch.float32) -> tuple | None:
+        """RoPE tables ``(>= end, hd)`` for positions ``0..``, memoised per device and dtype
+        (they depend on no weight); None with learned positions or no blocks."""
+        if self.pos is not None or len(self.blocks) == 0:
+            return None
+        hd = self.ln_f.normalized_shape[0] // self.heads
+        if torch.compiler.is_compiling():  # no Python-side memo inside a traced graph
+            return rope_cos_sin(0, end, hd, self.rope_base, device, dtype)
+        key = (device, dtype)
+        tables = self._rope_tables.get(key)
+        if tables is None or tables[0].shape[0] < end:
+            # normal tensors even when first built under inference_mode: training reuses them
+            with torch.inference_mode(False), torch.no_grad():
+                tables = rope_cos_sin(0, max(end, self.max_positions), hd, self.rope_base, device, dtype)
+            self._rope_tables[key] = tables
+        return tables
+
+    def forward(self, x: torch.Tensor, kvs: list[LayerKV] | None, start: int) -> torch.Tensor:
+        N = x.shape[1]
+        self._check_positions(start + N)
+        if self.pos is not None:
+            x = x + self.pos(torch.arange(start, start + N, device=x.device))
+        rope = self.rope(start + N, x.device)
+        if rope is not None:
+            rope = (rope[0][start : start + N], rope[1][start : start + N])  # (N, hd)
+        for i, block in enumerate(self.blocks):
+            x = block(x, rope, None if kvs is None else kvs[i], start)
+        return self.ln_f(x)
+
+    def step(
+        self, x: torch.Tensor, kvs: list[LayerKV], pos: int, weights: list[BlockWeights] | None = None
+    ) -> torch.Tensor:
+        """One position ``x (B, W)`` at absolute index ``pos`` -> final-norm output ``(B, W)``.
+
+        ``weights``: one ``BlockWeights`` per block (inference on CPU), or None.
+        """
+        self._check_positions(pos + 1)
+        if self.pos is not None:
+            x = x + self.pos.weight[pos]
+        rope = self.rope(pos + 1, x.device)
+        if rope is not None:
+            rope = (rope[0][pos], rope[1][pos])  # (hd,)
+        for i, (block, kv) in enumerate(zip(self.blocks, kvs)):
+            x = block.step(x, rope, kv, pos, None if weights is None else weights[i])
+        return self.ln_f(x)
+
+    def new_kv(self, batch: int, length: int, device, dtype) -> list[LayerKV]:
+        dim = self.ln_f.normalized_shape[0]
+        return [LayerKV(batch, self.heads, length, dim // self.heads, device, dtype) for _ in self.blocks]
+
+
+class MelBranch(nn.Module):
+    """The paper's lightweight causal decoder over mel slices: Linear(M -> mel_dim) + causal blocks.
+
+    Input positions whose mel frame index is negative (the first ``1 + lag`` steps) use a learned
+    pad vector instead of the projected mel.
+    """
+
+    def __init__(self, cfg: WhisperGPTConfig, max_steps: int) -> None:
+        super().__init__()
+        self.lag = cfg.mel_lag
+        self.inp = nn.Linear(cfg.n_mels, cfg.mel_dim, bias=cfg.bias)
+        self.pad = nn.Parameter(torch.zeros(cfg.mel_dim))
+        self.stack = Stack(cfg.mel_dim, cfg.mel_layers, cfg.mel_heads, cfg, max_steps)
+
+    def forward(self, mel: torch.Tensor, kvs: list[LayerKV] | None, start: int) -> torch.Tensor:
+        # mel: (B, M, P) at input positions start .. start+P-1 -> (B, P, mel_dim)
+        x = self.inp(mel.transpose(1, 2))
+        steps = torch.arange(start, start + x.shape[1], device=x.device)
+        is_pad = (steps < 1 + self.lag)[None, :, None]
+        x = torch.where(is_pad, self.pad.to(x.dtype), x)
+        return self.stack(x, kvs, start)
+
+    def step(
+        self,
+        mel: torch.Tensor | None,
+        kvs: list[LayerKV],
+        pos: int,
+        batch: int,
+        fast: tuple[FastLinear, list[BlockWeights]] | None = None,
+    ) -> torch.Tensor:
+        """One position: ``mel (B, M)`` (None while the frame index is negative) -> ``(B, mel_dim)``.
+
+        ``fast``: ``(inp, stack weights)`` as ``FastLinear``/``BlockWeights`` (inference on CPU), or None.
+        """
+        inp, weights = (self.inp, None) if fast is None else fast
+        if pos < 1 + self.lag or mel is None:
+            x = self.pad.expand(batch, -1)
+        else:
+            x = inp(mel.to(self.inp.weight.dtype))
+        return self.stack.step(x, kvs, pos, weights)
