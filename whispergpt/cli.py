@@ -57,7 +57,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     ),
     "inspect": ("whispergpt.data.cli", "main_inspect", "summarise a prepared dataset"),
     "train": (
-        "whispergpt.training.trainer",
+        "whispergpt.training.cli",
         "main",
         "train a model (python train.py / accelerate launch train.py)",
     ),

@@ -174,7 +174,6 @@ class WhisperGPTCache:
     def __init__(self, main: list[LayerKV], mel: list[LayerKV] | None, max_steps: int) -> None:
         self.main, self.mel, self.max_steps = main, mel, max_steps
         self.steps = 0
-        self.plan = None  # unused: the old per-cache decode plan, kept until callers stop copying it
 
 
 @dataclass

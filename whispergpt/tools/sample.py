@@ -25,11 +25,13 @@ from pathlib import Path
 import torch
 
 from ..audio import FRAME_RATE, HOP_LENGTH, SAMPLE_RATE, log_mel
+from ..cli import command, make_parser
 from ..generate import DEFAULT_CONTEXT_KEEP, DEFAULT_DECODE_WINDOW, check_sampling_args, generate
+from ..runtime import resolve_device
 from ..training.record import resolve_checkpoint, training_codec
 from .plots import save_spectrogram
 
-EPILOG = """example:
+EXAMPLES = """
   whispergpt sample --checkpoint runs/hybrid --prompt speech.wav --prompt-seconds 3 \\
       --seconds 5 --num-samples 4 --temperature 0.9 --top-k 250 --out runs/hybrid/samples
 
@@ -57,24 +59,11 @@ def match_codec(codec, model_config):
     return codec, note
 
 
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError as e:
-        raise ValueError(f"--device: not a device: {name!r}") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine")
-    return dev
-
-
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="whispergpt sample",
-        description="Generate continuations of a prompt (or unconditional audio) into WAV + PNG files.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    ap = make_parser(
+        "whispergpt sample",
+        "Generate continuations of a prompt (or unconditional audio) into WAV + PNG files.",
+        EXAMPLES,
     )
     ap.add_argument(
         "--checkpoint", required=True, help="model dir (config.json + model.safetensors) or a run out_dir"
@@ -154,7 +143,7 @@ def run(args: argparse.Namespace) -> dict:
 
     t0 = time.perf_counter()
     _check_args(args)
-    device = _resolve_device(args.device)
+    device = resolve_device(args.device)
     ckpt = resolve_checkpoint(args.checkpoint)
     try:
         config = from_dict(WhisperGPTConfig, json.loads((ckpt / "config.json").read_text()), "model")
@@ -290,13 +279,10 @@ def run(args: argparse.Namespace) -> dict:
     return record
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        record = run(args)
-    except (ValueError, OSError) as e:
-        print(f"whispergpt sample: error: {e}", file=sys.stderr)
-        return 2
+@command("sample")
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    record = run(args)
     t = record["timing"]
     print(
         f"wrote {record['num_samples']} sample(s) to {args.out}: {record['generated_frames']} frames each, "

@@ -1,37 +1,35 @@
-"""Training: the Trainer, its checkpoints, and the record of what a model was trained on."""
+"""Training: the Trainer, its checkpoints, and the record of what a model was trained on.
 
-from .trainer import (
-    TRAINING_DATA_FILE,
-    DataConfig,
-    LoggingConfig,
-    NonFiniteLossError,
-    RunConfig,
-    TrainConfig,
-    TrainCrops,
-    Trainer,
-    load_run_config,
-    lr_at,
-    main,
-    resolve_config,
-    sample_seed,
-    train,
-    val_indices,
-)
+Names are loaded on first use, so that sampling and eval (which read ``training.record``) do not
+import the trainer, accelerate or wandb.
+"""
 
-__all__ = [
-    "TRAINING_DATA_FILE",
-    "DataConfig",
-    "LoggingConfig",
-    "NonFiniteLossError",
-    "RunConfig",
-    "TrainConfig",
-    "Trainer",
-    "TrainCrops",
-    "load_run_config",
-    "lr_at",
-    "main",
-    "resolve_config",
-    "sample_seed",
-    "train",
-    "val_indices",
-]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "TRAINING_DATA_FILE": "record",
+    "DataConfig": "trainer",
+    "LoggingConfig": "trainer",
+    "NonFiniteLossError": "trainer",
+    "RunConfig": "trainer",
+    "TrainConfig": "trainer",
+    "TrainCrops": "schedule",
+    "Trainer": "trainer",
+    "load_run_config": "trainer",
+    "lr_at": "schedule",
+    "main": "cli",
+    "resolve_config": "trainer",
+    "sample_seed": "schedule",
+    "train": "trainer",
+    "val_indices": "schedule",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -39,6 +39,7 @@ from ..config import (  # the run config lives in config.py; re-exported here fo
     to_dict,
 )
 from ..data import PreparedDataset
+from ..errors import WhisperGPTError
 from ..models import WhisperGPT, nll_per_codebook
 from ..runtime import (
     choose_precision,
@@ -56,8 +57,16 @@ from .schedule import TrainCrops, lr_at, param_groups, sample_seed, train_loader
 # --- the run ------------------------------------------------------------------------------------
 
 
-class NonFiniteLossError(RuntimeError):
-    pass
+class NonFiniteLossError(WhisperGPTError, RuntimeError):
+    """Training diverged; raised before the update, so the last checkpoint is still good. Exit 3."""
+
+    exit_code = 3
+
+    def __init__(self, what: str, out_dir: Path):
+        hint = (
+            "the last good checkpoint is kept; lower train.lr or raise train.warmup_steps and rerun to resume"
+        )
+        super().__init__(what, Path(out_dir) / ckpt_io.CHECKPOINTS, hint)
 
 
 class _Logits(torch.nn.Module):
@@ -353,7 +362,8 @@ class Trainer:
                         if not torch.isfinite(micro[0]):
                             raise NonFiniteLossError(
                                 f"non-finite training loss ({micro[0].item()} summed nats) at step "
-                                f"{self.step + 1}; stopped before the update"
+                                f"{self.step + 1}; stopped before the update",
+                                self.out,
                             )
                         total += micro
                         # Crops have equal length, so the mean of micro-batch sum/count (accelerate
@@ -368,7 +378,8 @@ class Trainer:
                 grad_norm = float(gn) if gn is not None else float("nan")
                 if not self.is_ds and not math.isfinite(grad_norm):
                     raise NonFiniteLossError(
-                        f"non-finite gradient norm ({grad_norm}) at step {self.step + 1}; stopped before the update"
+                        f"non-finite gradient norm ({grad_norm}) at step {self.step + 1}; stopped before the update",
+                        self.out,
                     )
                 lr = self.sched.get_last_lr()[0]
                 self.opt.step()
