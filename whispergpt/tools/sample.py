@@ -34,6 +34,8 @@ from .plots import save_spectrogram
 EXAMPLES = """
   whispergpt sample --checkpoint runs/hybrid --prompt speech.wav --prompt-seconds 3 \\
       --seconds 5 --num-samples 4 --temperature 0.9 --top-k 250 --out runs/hybrid/samples
+  whispergpt sample --checkpoint runs/hybrid --data data/speech --split val --num-prompts 16 \\
+      --prompt-seconds 2 --seconds 3 --out runs/hybrid/heldout     # then: whispergpt score ...
 
   --checkpoint takes a model directory or a training out_dir (its final/, else its newest
   checkpoint); without --codec, the codec the training data was prepared with is used.
@@ -110,6 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="fraction of the context kept when long-form sampling slides the window",
     )
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    held = ap.add_argument_group(
+        "held-out prompts (instead of --prompt): continuations written next to the real audio"
+    )
+    held.add_argument("--data", default=None, help="a prepared dataset to cut prompts from")
+    held.add_argument("--split", default="val", help="its split (default: val)")
+    held.add_argument("--num-prompts", type=int, default=None, help="how many prompts (seeded rule)")
+    held.add_argument("--batch-size", type=int, default=8, help="prompts generated together")
     return ap
 
 
@@ -122,12 +131,23 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.num_samples < 1:
         raise ValueError(f"--num-samples must be >= 1, got {args.num_samples}")
     if args.prompt_seconds is not None:
-        if args.prompt is None:
-            raise ValueError("--prompt-seconds needs --prompt")
         if not args.prompt_seconds > 0:
             raise ValueError(f"--prompt-seconds must be > 0, got {args.prompt_seconds}")
-    if args.prompt_mel == "truth" and args.prompt is None:
-        raise ValueError("--prompt-mel truth needs --prompt")
+    if args.data is not None:
+        if args.prompt is not None:
+            raise ValueError("--data cuts the prompts itself: drop --prompt")
+        if args.num_prompts is None or args.num_prompts < 1:
+            raise ValueError(f"--data needs --num-prompts >= 1, got {args.num_prompts}")
+        if args.prompt_seconds is None or not args.prompt_seconds > 0:
+            raise ValueError("--data needs --prompt-seconds > 0")
+        if args.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    elif args.num_prompts is not None:
+        raise ValueError("--num-prompts needs --data")
+    if args.prompt_seconds is not None and args.prompt is None and args.data is None:
+        raise ValueError("--prompt-seconds needs --prompt or --data")
+    if args.prompt_mel == "truth" and args.prompt is None and args.data is None:
+        raise ValueError("--prompt-mel truth needs --prompt or --data")
     if args.decode_window < 1:
         raise ValueError(f"--decode-window must be >= 1, got {args.decode_window}")
     if not 0.0 < args.context_keep < 1.0:
@@ -183,6 +203,23 @@ def run(args: argparse.Namespace) -> dict:
     codec.to(device)
     model = WhisperGPT.from_pretrained(ckpt, device=device).eval()
     t_load = time.perf_counter()
+    if args.data is not None:
+        from .heldout import run_heldout
+
+        base = dict(
+            args=dict(vars(args)),
+            seed=args.seed,
+            device=str(device),
+            checkpoint=str(ckpt),
+            model=dict(pattern=config.pattern, fusion=config.fusion, num_codebooks=config.num_codebooks),
+            codec=dict(name=codec.name, bandwidth=codec.bandwidth, source=codec_source, note=note),
+            mel_source=None
+            if config.fusion == "none"
+            else dict(prompt=args.prompt_mel, continuation="decoded (incremental)"),
+        )
+        record = run_heldout(args, model, codec, config, device, base)
+        record["timing"] = dict(load_s=t_load - t0, total_s=time.perf_counter() - t0)
+        return record
 
     frames = int(round(args.seconds * FRAME_RATE))
     prompt_codes = prompt_mel = None
@@ -283,6 +320,9 @@ def run(args: argparse.Namespace) -> dict:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     record = run(args)
+    if args.data is not None:
+        print(f"wrote {record['num_prompts']} held-out continuation(s) with references to {args.out}")
+        return 0
     t = record["timing"]
     print(
         f"wrote {record['num_samples']} sample(s) to {args.out}: {record['generated_frames']} frames each, "
