@@ -186,15 +186,30 @@ class Codec:
             wave = wave[None]
         if wave.dim() != 2:
             raise ValueError(f"encode expects (B, S) audio, got shape {tuple(wave.shape)}")
+        if wave.shape[-1] // HOP_LENGTH == 0:
+            return torch.zeros(wave.shape[0], self.num_codebooks, 0, dtype=torch.long, device=wave.device)
+        return self.quantize(self.latent(wave))
+
+    @torch.inference_mode()
+    def latent(self, wave: torch.Tensor) -> torch.Tensor:
+        """``(B, S)`` float audio -> the encoder's continuous latent ``(B, D, T)``, ``T = S // 320``.
+
+        What ``encode`` quantizes (same silent priming, so frame ``t`` sees samples ``< (t+1) * 320``);
+        ``whispergpt.metrics`` embeds clips in this space.
+        """
+        if wave.dim() != 2:
+            raise ValueError(f"latent expects (B, S) audio, got shape {tuple(wave.shape)}")
         T = wave.shape[-1] // HOP_LENGTH
-        B = wave.shape[0]
-        if T == 0:
-            return torch.zeros(B, self.num_codebooks, 0, dtype=torch.long, device=wave.device)
         x = wave[:, : T * HOP_LENGTH].to(self.device, torch.float32)
         x = torch.nn.functional.pad(x, (PRIME_FRAMES * HOP_LENGTH, 0))[:, None]  # (B, 1, S + prime)
         emb = self.model.encoder(x)  # (B, D, PRIME_FRAMES + T)
         assert emb.shape[-1] == PRIME_FRAMES + T, (emb.shape, T)
-        codes = self.model.quantizer.encode(emb[..., PRIME_FRAMES:], self.bandwidth)  # (K, B, T)
+        return emb[..., PRIME_FRAMES:]
+
+    @torch.inference_mode()
+    def quantize(self, latent: torch.Tensor) -> torch.Tensor:
+        """``(B, D, T)`` latent (from ``latent``) -> ``(B, K, T)`` int64 codes at this bandwidth."""
+        codes = self.model.quantizer.encode(latent.to(self.device), self.bandwidth)  # (K, B, T)
         return codes.transpose(0, 1).long().contiguous()
 
     def silence_codes(self) -> torch.Tensor:
