@@ -22,14 +22,16 @@ def pool_latent(latent: torch.Tensor, start: int = 0) -> np.ndarray:
 
 
 @torch.inference_mode()
-def encode_clips(codec, waves: list[torch.Tensor], batch_size: int = 8) -> list[torch.Tensor]:
-    """Latents ``(D, T_i)`` of ``waves`` (each ``(S_i,)`` at 24 kHz), equal lengths batched together."""
+def encode_clips(codec, waves: list[torch.Tensor], batch_samples: int = 2_400_000) -> list[torch.Tensor]:
+    """Latents ``(D, T_i)`` of ``waves`` (each ``(S_i,)`` at 24 kHz); equal lengths are batched, up to
+    ``batch_samples`` samples per batch (8 ten-second clips: ~250 MB of activations in EnCodec's first layer)."""
     out: list[torch.Tensor | None] = [None] * len(waves)
     by_len: dict[int, list[int]] = {}
     for i, w in enumerate(waves):
         by_len.setdefault(int(w.shape[-1]), []).append(i)
     for length in sorted(by_len):
         idx = by_len[length]
+        batch_size = max(1, batch_samples // max(length, 1))
         for b in range(0, len(idx), batch_size):
             chunk = idx[b : b + batch_size]
             lat = codec.latent(torch.stack([waves[i] for i in chunk]))  # (B, D, T)
