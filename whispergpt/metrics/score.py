@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,19 @@ def _summary(values: list, n_boot: int, seed: int, stream: int, **extra) -> dict
     return dict(
         value=float(v.mean()), ci=ci, n=int(v.size), reason=None if ci else "interval needs >= 2", **extra
     )
+
+
+class _Clock:
+    """Adds the seconds since the last call to ``timings[stage]`` (does nothing without a dict)."""
+
+    def __init__(self, timings: dict | None) -> None:
+        self.timings, self.last = timings, time.perf_counter()
+
+    def __call__(self, stage: str) -> None:
+        now = time.perf_counter()
+        if self.timings is not None:
+            self.timings[stage] = self.timings.get(stage, 0.0) + now - self.last
+        self.last = now
 
 
 def _mean(values: list) -> float | None:
@@ -107,19 +121,28 @@ def score(
     seed: int = 0,
     device: str = "cpu",
     exclude: tuple[Path, ...] = (),
+    timings: dict | None = None,
 ) -> dict:
-    """Score ``generated`` (a folder) against references; returns the report dict."""
+    """Score ``generated`` (a folder) against references; returns the report dict.
+
+    ``timings``: when given, filled with seconds per stage (kept out of the report, which must be
+    identical run to run).
+    """
     if n_boot < 1:
         raise ValueError(f"--bootstrap must be >= 1, got {n_boot}")
+    clock = _Clock(timings)
     sets = clips_mod.load(clips_mod.discover(generated, reference, exclude))
     gen, refs = sets.generated, sets.references
     pairs = [g for g in gen if g.reference is not None]
+    clock("load audio")
     cdc, codec_source = load_codec(codec, checkpoint, device)
+    clock("load codec")
 
     # one encoder pass per clip: latents (D, T) of whole files; continuation regions sliced below
     lat_list = encode_clips(cdc, [c.wave for c in gen + refs])
     lat_of = {id(c): lat for c, lat in zip(gen + refs, lat_list)}
     cont_len = {id(g.reference): lat_of[id(g)].shape[1] - g.start for g in pairs}
+    clock("codec latents")
 
     def region(c) -> tuple[int, int]:  # continuation frames [a, b) of a clip
         a = c.start
@@ -136,6 +159,7 @@ def score(
         dist = {k: dict(value=None, ci=None, reason="no reference clips") for k in ("fd", "mmd")}
     else:
         dist = distribution_metrics(g_emb, r_emb, n_boot=n_boot, seed=seed)
+    clock("distribution metrics")
     dist["embedding"] = dict(
         space=f"codec latent ({cdc.name}), [mean, std] over time", dim=int(g_emb.shape[1])
     )
@@ -173,6 +197,8 @@ def score(
             reason=None,
         )
 
+    clock("paired metrics")
+
     # token statistics of the continuations (codes at the codec's own bandwidth)
     def stats_of(items) -> list[dict]:
         out = []
@@ -199,10 +225,12 @@ def score(
             entropy_bits_mean=_summary([float(np.mean(x["entropy_bits"])) for x in st], n_boot, seed, 401),
             repetition_mean=_summary([_mean(x["repetition"]) for x in st], n_boot, seed, 402),
         )
+    clock("token statistics")
     nll = {}
     for name, ck in (("checkpoint", checkpoint), ("judge", judge)):
         if ck is not None:
             nll[name] = _nll_block(name, ck, cdc, gen, refs, lat_of, n_boot, seed)
+            clock(f"NLL under --{name}")
 
     return dict(
         generated_dir=str(Path(generated).resolve()),
