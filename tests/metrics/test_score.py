@@ -56,8 +56,9 @@ def tiny_ckpt(tmp_path_factory):
 
 def test_score_is_deterministic_and_writes_outputs(gen_dir, tiny_codec_dir, tiny_ckpt, tmp_path, capsys):
     args = [str(gen_dir), "--codec", str(tiny_codec_dir), "--bootstrap", "50", "--seed", "1"]
-    assert main(args + ["--out", str(tmp_path / "a"), "--checkpoint", str(tiny_ckpt)]) == 0
-    assert main(args + ["--out", str(tmp_path / "b"), "--checkpoint", str(tiny_ckpt)]) == 0
+    args += ["--checkpoint", str(tiny_ckpt), "--judge", str(tiny_ckpt)]
+    assert main(args + ["--out", str(tmp_path / "a")]) == 0
+    assert main(args + ["--out", str(tmp_path / "b")]) == 0
     a = (tmp_path / "a" / "score.json").read_text()
     assert a == (tmp_path / "b" / "score.json").read_text()
     assert (tmp_path / "a" / "score.png").stat().st_size > 0
@@ -73,6 +74,7 @@ def test_score_is_deterministic_and_writes_outputs(gen_dir, tiny_codec_dir, tiny
     nll = r["nll"]["checkpoint"]
     assert nll["reason"] is None and np.log(1024) * 0.8 < nll["generated"]["value"] < np.log(1024) * 1.3
     assert nll["generated"]["tokens"] == 10 * 90 * 2  # 1.2 s = 90 frames, K=2, all continuation
+    assert r["nll"]["judge"]["generated"] == nll["generated"]  # the same model as judge
     assert r["tokens"]["num_codebooks"] == 8  # the codec at its default 6 kbps
 
 
@@ -97,7 +99,9 @@ def test_empty_or_unreadable_folders_are_errors(tmp_path, tiny_codec_dir, capsys
     (tmp_path / "bad" / "a.wav").write_bytes(b"nope")
     with pytest.raises(ValueError, match="no readable generated audio"):
         score(tmp_path / "bad", codec=str(tiny_codec_dir))
-    assert main([str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
+    from whispergpt.cli import main as cli_main
+
+    assert cli_main(["score", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
     assert "no audio files" in capsys.readouterr().err
 
 

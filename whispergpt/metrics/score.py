@@ -81,7 +81,7 @@ def load_codec(codec: str | None, checkpoint: str | None, device: str):
         raise ValueError(f"could not load the codec {codec!r}: {e}") from e
 
 
-def _nll_block(name: str, ckpt: str, codec, gen, refs, lat_of, n_boot, seed) -> dict:
+def _nll_block(name: str, ckpt: str, codec, gen, refs, lat_of, codes_of, n_boot, seed) -> dict:
     """NLL (nats/token) of the generated (and reference) continuations under one checkpoint."""
     from ..generate import match_codec
     from ..models import WhisperGPT
@@ -97,8 +97,18 @@ def _nll_block(name: str, ckpt: str, codec, gen, refs, lat_of, n_boot, seed) -> 
         if not items:
             block[side] = dict(value=None, ci=None, reason="no clips")
             continue
+        K = cdc.num_codebooks
         per = np.stack(
-            [clip_nll(model, cdc.quantize(lat_of[id(c)][None])[0], c.wave, c.start) for c in items]
+            [
+                # RVQ codes at a lower bandwidth are a prefix of those at a higher one
+                clip_nll(
+                    model,
+                    codes_of[id(c)][:K] if K <= codec.num_codebooks else cdc.quantize(lat_of[id(c)][None])[0],
+                    c.wave,
+                    c.start,
+                )  # fmt: skip
+                for c in items
+            ]
         )  # (N, 2, Ks): nats, tokens
         nats, toks = per[:, 0].sum(axis=1), per[:, 1].sum(axis=1)
         block[side] = dict(
@@ -141,6 +151,7 @@ def score(
     # one encoder pass per clip: latents (D, T) of whole files; continuation regions sliced below
     lat_list = encode_clips(cdc, [c.wave for c in gen + refs])
     lat_of = {id(c): lat for c, lat in zip(gen + refs, lat_list)}
+    codes_of = {k: cdc.quantize(lat[None])[0] for k, lat in lat_of.items()}  # (K, T) per clip, once
     cont_len = {id(g.reference): lat_of[id(g)].shape[1] - g.start for g in pairs}
     clock("codec latents")
 
@@ -204,7 +215,7 @@ def score(
         out = []
         for c in items:
             a, b = region(c)
-            codes = cdc.quantize(lat_of[id(c)][None, :, a:b])[0]  # (K, T)
+            codes = codes_of[id(c)][:, a:b]  # (K, T)
             out.append(token_stats(codes, c.wave[a * HOP_LENGTH : b * HOP_LENGTH]))
         return out
 
@@ -229,7 +240,7 @@ def score(
     nll = {}
     for name, ck in (("checkpoint", checkpoint), ("judge", judge)):
         if ck is not None:
-            nll[name] = _nll_block(name, ck, cdc, gen, refs, lat_of, n_boot, seed)
+            nll[name] = _nll_block(name, ck, cdc, gen, refs, lat_of, codes_of, n_boot, seed)
             clock(f"NLL under --{name}")
 
     return dict(
