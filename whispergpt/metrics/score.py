@@ -93,23 +93,17 @@ def _nll_block(name: str, ckpt: str, codec, gen, refs, lat_of, codes_of, n_boot,
         return dict(checkpoint=str(ckpt), value=None, reason=str(e))
     block = dict(checkpoint=str(Path(ckpt).resolve()), pattern=model.config.pattern, fusion=model.config.fusion,
                  codec_note=note, reason=None)  # fmt: skip
+
+    def codes_for(c):  # RVQ codes at a lower bandwidth are a prefix of those at a higher one
+        if cdc.num_codebooks <= codec.num_codebooks:
+            return codes_of[id(c)][: cdc.num_codebooks]
+        return cdc.quantize(lat_of[id(c)][None])[0]
+
     for side, items in (("generated", gen), ("reference", refs)):
         if not items:
             block[side] = dict(value=None, ci=None, reason="no clips")
             continue
-        K = cdc.num_codebooks
-        per = np.stack(
-            [
-                # RVQ codes at a lower bandwidth are a prefix of those at a higher one
-                clip_nll(
-                    model,
-                    codes_of[id(c)][:K] if K <= codec.num_codebooks else cdc.quantize(lat_of[id(c)][None])[0],
-                    c.wave,
-                    c.start,
-                )  # fmt: skip
-                for c in items
-            ]
-        )  # (N, 2, Ks): nats, tokens
+        per = np.stack([clip_nll(model, codes_for(c), c.wave, c.start) for c in items])  # (N, 2, Ks)
         nats, toks = per[:, 0].sum(axis=1), per[:, 1].sum(axis=1)
         block[side] = dict(
             value=float(nats.sum() / toks.sum()),
