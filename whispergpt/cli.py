@@ -72,6 +72,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "train + evaluate the paper's GPT-S / GPT-L / hybrid recipes",
     ),
     "sample": ("whispergpt.tools.sample", "main", "generate speech or music continuations into WAV files"),
+    "score": ("whispergpt.tools.score", "main", "offline metrics of generated audio vs references"),
     "codec": (
         "whispergpt.codec.cli",
         "main",

@@ -391,7 +391,7 @@ def measure_decode_window_error(
 _MOVED = {
     "resolve_checkpoint": "whispergpt.training.record",
     "training_codec": "whispergpt.training.record",
-    "match_codec": "whispergpt.tools.sample",
+    "match_codec": "whispergpt.codec.codec",
     "build_parser": "whispergpt.tools.sample",
     "run": "whispergpt.tools.sample",
     "main": "whispergpt.tools.sample",

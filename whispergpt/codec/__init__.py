@@ -6,6 +6,7 @@ from .codec import (
     SHIPPED_CODEC_DIR,
     Codec,
     fill_codebooks,
+    match_codec,
     open_codec,
     pick_bandwidth,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "Codec",
     "StreamingDecoder",
     "fill_codebooks",
+    "match_codec",
     "open_codec",
     "pick_bandwidth",
 ]

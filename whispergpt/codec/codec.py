@@ -163,15 +163,30 @@ class Codec:
             wave = wave[None]
         if wave.dim() != 2:
             raise ValueError(f"encode expects (B, S) audio, got shape {tuple(wave.shape)}")
+        if wave.shape[-1] // HOP_LENGTH == 0:
+            return torch.zeros(wave.shape[0], self.num_codebooks, 0, dtype=torch.long, device=wave.device)
+        return self.quantize(self.latent(wave))
+
+    @torch.inference_mode()
+    def latent(self, wave: torch.Tensor) -> torch.Tensor:
+        """``(B, S)`` float audio -> the encoder's continuous latent ``(B, D, T)``, ``T = S // 320``.
+
+        What ``encode`` quantizes (same silent priming, so frame ``t`` sees samples ``< (t+1) * 320``);
+        ``whispergpt.metrics`` embeds clips in this space.
+        """
+        if wave.dim() != 2:
+            raise ValueError(f"latent expects (B, S) audio, got shape {tuple(wave.shape)}")
         T = wave.shape[-1] // HOP_LENGTH
-        B = wave.shape[0]
-        if T == 0:
-            return torch.zeros(B, self.num_codebooks, 0, dtype=torch.long, device=wave.device)
         x = wave[:, : T * HOP_LENGTH].to(self.device, torch.float32)
         x = torch.nn.functional.pad(x, (PRIME_FRAMES * HOP_LENGTH, 0))[:, None]  # (B, 1, S + prime)
         emb = self.model.encoder(x)  # (B, D, PRIME_FRAMES + T)
         assert emb.shape[-1] == PRIME_FRAMES + T, (emb.shape, T)
-        codes = self.model.quantizer.encode(emb[..., PRIME_FRAMES:], self.bandwidth)  # (K, B, T)
+        return emb[..., PRIME_FRAMES:]
+
+    @torch.inference_mode()
+    def quantize(self, latent: torch.Tensor) -> torch.Tensor:
+        """``(B, D, T)`` latent (from ``latent``) -> ``(B, K, T)`` int64 codes at this bandwidth."""
+        codes = self.model.quantizer.encode(latent.to(self.device), self.bandwidth)  # (K, B, T)
         return codes.transpose(0, 1).long().contiguous()
 
     def silence_codes(self) -> torch.Tensor:
@@ -272,6 +287,22 @@ def pick_bandwidth(
         )
     have = f"gives K={k_of[wanted]}" if wanted in k_of else "is not offered"
     return fits[0], f"codec bandwidth {wanted} kbps {have}; using {fits[0]} kbps (K={num_codebooks}) to match"
+
+
+def match_codec(codec: Codec, model_config) -> tuple[Codec, str | None]:
+    """An open ``codec`` at the bandwidth giving the model's K (``pick_bandwidth``), and a note or None.
+
+    ``model_config`` needs ``num_codebooks`` and ``codebook_size``; ``open_codec`` does the same from a name.
+    """
+    c = model_config
+    if codec.sample_rate != SAMPLE_RATE:
+        raise ValueError(f"codec sample rate must be {SAMPLE_RATE} Hz, got {codec.sample_rate}")
+    bandwidth, note = pick_bandwidth(
+        codec.model, c.num_codebooks, c.codebook_size, codec.bandwidth, codec.name
+    )
+    if bandwidth != codec.bandwidth:
+        codec = Codec(codec.model, bandwidth=bandwidth, name=codec.name)
+    return codec, note
 
 
 def open_codec(

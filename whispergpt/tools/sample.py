@@ -26,6 +26,7 @@ import torch
 
 from ..audio import FRAME_RATE, HOP_LENGTH, SAMPLE_RATE, log_mel
 from ..cli import command, make_parser
+from ..codec.codec import match_codec  # noqa: F401 (legacy name, importable from here)
 from ..generate import DEFAULT_CONTEXT_KEEP, DEFAULT_DECODE_WINDOW, check_sampling_args, generate
 from ..runtime import resolve_device
 from ..training.record import resolve_checkpoint, training_codec
@@ -40,25 +41,6 @@ EXAMPLES = """
   --checkpoint takes a model directory or a training out_dir (its final/, else its newest
   checkpoint); without --codec, the codec the training data was prepared with is used.
 """
-
-
-def match_codec(codec, model_config):
-    """Legacy helper: ``codec`` re-opened at the bandwidth giving the model's K (``pick_bandwidth``).
-
-    Returns the codec to use and a note (or None). New code opens codecs with
-    ``whispergpt.codec.open_codec``, which does the same from a name.
-    """
-    from ..codec import Codec, pick_bandwidth
-
-    c = model_config
-    if codec.sample_rate != SAMPLE_RATE:
-        raise ValueError(f"codec sample rate must be {SAMPLE_RATE} Hz, got {codec.sample_rate}")
-    bandwidth, note = pick_bandwidth(
-        codec.model, c.num_codebooks, c.codebook_size, codec.bandwidth, codec.name
-    )
-    if bandwidth != codec.bandwidth:
-        codec = Codec(codec.model, bandwidth=bandwidth, name=codec.name)
-    return codec, note
 
 
 def build_parser() -> argparse.ArgumentParser:
