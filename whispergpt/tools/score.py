@@ -19,8 +19,16 @@ import json
 import sys
 from pathlib import Path
 
+from ..cli import command, make_parser
 from ..metrics.score import PAIRED_SCALARS, round_floats, score
 from ..metrics.tokens import NGRAM
+
+EXAMPLES = """
+whispergpt sample --checkpoint runs/hybrid --data data/speech --num-prompts 32 --prompt-seconds 2 \\
+    --seconds 4 --out runs/hybrid/heldout
+whispergpt score runs/hybrid/heldout --checkpoint runs/hybrid --judge runs/big --out runs/hybrid/score
+whispergpt score generated/ --reference real/ --codec facebook/encodec_24khz --out score/
+"""
 
 HOW_TO_READ = (
     "How to read this: FD and MMD compare the generated set with the reference set in the codec's "
@@ -31,7 +39,7 @@ HOW_TO_READ = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="whispergpt score", description=__doc__.split("\n\n")[0])
+    p = make_parser("whispergpt score", __doc__.split("\n\n")[0], EXAMPLES)
     p.add_argument("generated", help="folder of generated audio (searched recursively)")
     p.add_argument("--reference", default=None, help="folder of reference audio (pairs by relative path)")
     p.add_argument("--out", required=True, help="output folder for score.json / score.md / score.png")
@@ -164,23 +172,20 @@ def write_outputs(report: dict, out: str | Path) -> tuple[Path, Path, Path]:
     return paths
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        report = score(
-            args.generated,
-            reference=args.reference,
-            codec=args.codec,
-            checkpoint=args.checkpoint,
-            judge=args.judge,
-            n_boot=args.bootstrap,
-            seed=args.seed,
-            device=args.device,
-            exclude=(Path(args.out),),
-        )
-    except (ValueError, OSError) as e:
-        print(f"whispergpt score: error: {e}", file=sys.stderr)
-        return 2
+@command("score")
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    report = score(
+        args.generated,
+        reference=args.reference,
+        codec=args.codec,
+        checkpoint=args.checkpoint,
+        judge=args.judge,
+        n_boot=args.bootstrap,
+        seed=args.seed,
+        device=args.device,
+        exclude=(Path(args.out),),
+    )
     paths = write_outputs(report, args.out)
     print(markdown(round_floats(report)))
     print(f"wrote {', '.join(str(p) for p in paths)}")
