@@ -50,6 +50,16 @@ def test_quickstart_quick_end_to_end_and_rerun(tmp_path):
         info = sf.info(wav)
         assert info.samplerate == 24000 and info.duration == pytest.approx(2.0, abs=0.05)  # 1 s prompt + 1 s
         assert (out / "samples" / m / "sample_0.png").stat().st_size > 0
+        # both models continued the same held-out prompts, scored against the real audio
+        for run in ("hybrid", "token_only"):
+            rec = json.loads((out / "heldout" / m / run / "generation.json").read_text())
+            assert (
+                rec["num_prompts"] == 2 and (out / "heldout" / m / run / "prompt_000_reference.wav").is_file()
+            )
+            assert json.loads((out / "score" / m / run / "score.json").read_text())["counts"]["pairs"] == 2
+        table = (out / "score" / f"{m}.md").read_text()
+        assert "| metric | hybrid | token_only | differs |" in table and "paired mel_distance" in table
+        assert table.strip() in first.stdout.replace("\r", "")
     for run in ("hybrid", "token_only"):
         assert (out / "train" / run / "final" / "model.safetensors").is_file()
 
@@ -57,5 +67,5 @@ def test_quickstart_quick_end_to_end_and_rerun(tmp_path):
     second = subprocess.run(cmd, capture_output=True, text=True, env=env)
     assert second.returncode == 0, second.stderr[-3000:]
     skipped = [line for line in second.stdout.splitlines() if "done already, skipping" in line]
-    assert len(skipped) == 9, second.stdout
+    assert len(skipped) == 17, second.stdout  # 9 steps + 4 held-out samplings + 4 scorings
     assert Path(out / "quickstart.json").is_file()

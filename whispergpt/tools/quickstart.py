@@ -10,6 +10,8 @@ already complete, so a re-run resumes instead of redoing work):
                                  trained on speech + music for the same steps
 4. ``whispergpt eval`` x2        NLL / perplexity on the speech and the music val splits
 5. ``whispergpt sample`` x2      a music and a speech continuation (WAV + spectrogram PNG)
+6. ``whispergpt sample --data``  both models continue the same held-out prompts of each val split,
+   ``whispergpt score``          scored against the real continuations (the same judge for both)
 
 Everything lands in ``--out`` (default ``runs/quickstart``); the last lines say where.
 """
@@ -26,7 +28,7 @@ from pathlib import Path
 from ..cli import command, make_parser
 from ..errors import CommandFailed
 
-STEPS = ("corpus", "prepare", "train", "eval", "sample")
+STEPS = ("corpus", "prepare", "train", "eval", "sample", "score")
 
 
 def _recipe() -> Path:
@@ -109,6 +111,9 @@ def main(argv: list[str]) -> int:
     )
     ap.add_argument("--seconds", type=float, default=3.0, help="seconds to generate per sample")
     ap.add_argument("--prompt-seconds", type=float, default=2.0, help="prompt length (< the 3 s context)")
+    ap.add_argument(
+        "--prompts", type=int, default=8, help="held-out prompts per split for the scored comparison"
+    )
     ap.add_argument("--no-install", action="store_true", help="do not install missing corpus tools")
     ap.add_argument(
         "--quick", action="store_true", help="CI smoke size: 1-minute corpus, a few steps, 1 s samples"
@@ -121,6 +126,7 @@ def main(argv: list[str]) -> int:
         args.steps = args.steps or 6
         args.seconds = min(args.seconds, 1.0)
         args.prompt_seconds = min(args.prompt_seconds, 1.0)
+        args.prompts = min(args.prompts, 2)
 
     out = Path(args.out)
     runner = Runner(out, dry_run=args.dry_run)
@@ -192,6 +198,22 @@ def main(argv: list[str]) -> int:
             cmd += ["--prompt", prompt, "--prompt-seconds", str(args.prompt_seconds)]
         runner.run(f"sample-{m}", cmd)
 
+    # 6. both models continue the same held-out prompts; each set is scored against the real audio
+    scores = {m: {} for m in prepared}
+    for m, dst in prepared.items():
+        for name, run_dir in runs.items():
+            gen_dir = out / "heldout" / m / name
+            cmd = ["sample", "--checkpoint", str(run_dir / "final"), "--codec", args.codec]
+            cmd += ["--data", str(dst), "--split", "val", "--num-prompts", str(args.prompts)]
+            cmd += ["--prompt-seconds", str(args.prompt_seconds), "--seconds", str(args.seconds)]
+            cmd += ["--out", str(gen_dir), "--seed", "0", "--no-progress"]
+            runner.run(f"heldout-{m}-{name}", cmd)
+            scores[m][name] = out / "score" / m / name
+            judge = runs["token_only"] / "final"  # one judge for both, so their NLLs compare
+            cmd = ["score", str(gen_dir), "--codec", args.codec, "--checkpoint", str(run_dir / "final")]
+            cmd += ["--judge", str(judge), "--out", str(scores[m][name])]
+            runner.run(f"score-{m}-{name}", cmd)
+
     if args.dry_run:
         return 0
     total = time.time() - t_start
@@ -210,6 +232,13 @@ def main(argv: list[str]) -> int:
         md = rep.with_suffix(".md")
         if md.is_file():
             print(f"\n{m} (val split):\n{md.read_text().strip()}")
+    from .score import comparison
+
+    for m, by_model in scores.items():
+        reports = {n: json.loads((d / "score.json").read_text()) for n, d in by_model.items()}
+        table = comparison(reports, f"{m}: continuations of the same {args.prompts} held-out prompts")
+        (out / "score" / f"{m}.md").write_text(table)
+        print("\n" + table.strip())
     (out / "quickstart.json").write_text(json.dumps({"seconds": total, "steps": runner.timings}, indent=2))
     return 0
 

@@ -120,6 +120,39 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def comparison(reports: dict[str, dict], title: str) -> str:
+    """Markdown: the headline metrics of several ``score`` reports side by side (same prompts).
+
+    A row is marked ``*`` where the first two columns' 95 % intervals do not overlap.
+    """
+    names = list(reports)
+
+    def blocks(r: dict) -> dict[str, dict | None]:
+        d, t = r["distribution"], r["tokens"].get("generated") or {}
+        out = {"FD (codec latent)": d["fd"], "MMD² (codec latent)": d["mmd"]}
+        out.update({f"paired {k}": r["paired"][k] for k in PAIRED_SCALARS})
+        out["code entropy (bits)"] = t.get("entropy_bits_mean")
+        out[f"{NGRAM}-gram repetition"] = t.get("repetition_mean")
+        judge = r["nll"].get("judge") or {}
+        out["NLL under the judge (nats/token)"] = judge.get("generated")
+        return out
+
+    rows = {name: blocks(reports[name]) for name in names}
+    lines = [
+        f"### {title}",
+        "",
+        "| metric | " + " | ".join(names) + " | differs |",
+        "|---" * (len(names) + 2) + "|",
+    ]
+    for metric in rows[names[0]]:
+        cells = [rows[n].get(metric) or {} for n in names]
+        a, b = (cells + [{}])[:2]
+        differs = bool(a.get("ci") and b.get("ci") and (a["ci"][1] < b["ci"][0] or b["ci"][1] < a["ci"][0]))
+        shown = [f"{_fmt(c.get('value'))} {_ci(c) if c.get('ci') else ''}".strip() for c in cells]
+        lines.append(f"| {metric} | " + " | ".join(shown) + f" | {'*' if differs else ''} |")
+    return "\n".join(lines + ["", HOW_TO_READ]) + "\n"
+
+
 def plot(report: dict, path: Path) -> None:
     """Two panels: log-mel distance per second since the prompt end; code entropy per codebook."""
     import matplotlib
