@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -85,7 +86,7 @@ def _grid(rows: list[tuple[str, np.ndarray]], path: Path) -> None:
             cmap="magma",
             extent=(0, w.shape[-1] / SAMPLE_RATE, 0, mel.shape[0]),
         )
-        ax.set_title(title, fontsize=8, loc="left")
+        ax.set_title(textwrap.fill(title, 150), fontsize=7, loc="left")
         ax.set_ylabel("mel bin", fontsize=7)
     axes[-1, 0].set_xlabel("seconds")
     fig.tight_layout()
