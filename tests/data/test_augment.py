@@ -307,6 +307,10 @@ def test_rerun_resumes_and_a_changed_recipe_is_refused(augmented, tiny_codec_dir
         prep.prepare([str(root)], out, str(tiny_codec_dir), augment=root / "recipe.yaml", copies=3, **kw)
     with pytest.raises(ValueError, match="augment"):
         prep.prepare([str(root)], out, str(tiny_codec_dir), **kw)
+    with pytest.raises(ValueError, match="needs an augment recipe"):
+        prep.prepare([str(root)], out, str(tiny_codec_dir), copies=2, **kw)
+    with pytest.raises(ValueError, match="copies must be an integer >= 1"):
+        prep.prepare([str(root)], out, str(tiny_codec_dir), augment=root / "recipe.yaml", copies=0, **kw)
 
 
 # -- augment-preview -----------------------------------------------------------------------------

@@ -499,6 +499,8 @@ class AugmentedCopies:
     def __init__(self, recipe: str | os.PathLike | AugmentRecipe | None, copies: int, seed: int) -> None:
         if isinstance(recipe, str | os.PathLike):
             recipe = load_recipe(recipe)
+        if recipe is None and copies != 1:
+            raise ValueError(f"copies={copies!r} needs an augment recipe (--augment RECIPE.yaml)")
         if recipe is not None:
             if isinstance(copies, bool) or not isinstance(copies, int) or copies < 1:
                 raise ValueError(f"copies must be an integer >= 1, got {copies!r}")
