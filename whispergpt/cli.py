@@ -78,6 +78,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "main",
         "train (codec train) or evaluate (codec eval) an EnCodec codec",
     ),
+    "augment-preview": (
+        "whispergpt.tools.augment_preview",
+        "main",
+        "hear and see an augment recipe (WAVs + PNG)",
+    ),
     "data": ("whispergpt.tools.demo", "main", "build the demo corpus (data demo)"),
     "quickstart": ("whispergpt.tools.quickstart", "main", "the README's end-to-end demo"),
 }

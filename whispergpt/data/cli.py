@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from ..cli import command, make_parser
+from .augment import recipe_arg
 from .prepare import prepare, summarize
 
 
@@ -18,6 +19,7 @@ def main_prepare(argv: list[str]) -> int:
         whispergpt prepare data/speech --out data/prepared/speech --codec facebook/encodec_24khz
         whispergpt prepare files.txt extra.wav --out ds --codec whispergpt/assets/codec/whispergpt-small-24khz \\
             --bandwidth 1.5 --val-fraction 0.1 --device cpu
+        whispergpt prepare data/speech --out ds --codec facebook/encodec_24khz --augment speech-light.yaml --copies 2
         """,
     )
     ap.add_argument(
@@ -40,6 +42,10 @@ def main_prepare(argv: list[str]) -> int:
         help="skip mel_decoded.npy (log-mel of the codec-decoded tokens, what sampling feeds back)",
     )
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument(
+        "--augment", type=recipe_arg, metavar="RECIPE.yaml", help="add augmented copies of the train files"
+    )
+    ap.add_argument("--copies", type=int, default=1, help="augmented copies per train file (with --augment)")
     args = ap.parse_args(argv)
     prepare(
         args.sources,
@@ -54,6 +60,8 @@ def main_prepare(argv: list[str]) -> int:
         shard_seconds=args.shard_seconds,
         progress=not args.no_progress,
         decoded_mel=not args.no_decoded_mel,
+        augment=args.augment,
+        copies=args.copies,
     )
     return 0
 

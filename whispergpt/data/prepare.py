@@ -4,7 +4,7 @@ Usage::
 
     whispergpt prepare SRC... --out DIR --codec NAME_OR_PATH [--bandwidth 6] [--n-mels 80]
                        [--val-fraction 0.05] [--seed 0] [--batch-seconds 60] [--shard-seconds 1800]
-                       [--device auto|cpu|cuda]
+                       [--device auto|cpu|cuda] [--augment RECIPE.yaml [--copies 1]]
     whispergpt inspect DIR [--max-skipped 10]
 
 SRC is an audio file, a folder (searched recursively for ``audio.AUDIO_EXTENSIONS``, any case) or
@@ -19,14 +19,14 @@ Dataset layout (``format_version`` 1)
                                     codebook_size (V), n_mels (M), codec, bandwidth, codec_config,
                                     seed, val_fraction, splits: {train: {files, frames, seconds},
                                     val: {...}}, shards: [{name, split, files, frames}],
-                                    skipped: [{path, reason}], format_version
+                                    skipped: [{path, reason}], format_version, augment
     DIR/shards/<split>-<NNNNN>/     one completed shard
         codes.npy                   (K, N_total) int16, files concatenated along time
         mel.npy                     (M, N_total) float32, causal log-mel (audio.log_mel), same grid
         mel_decoded.npy             (M, N_total) float32, causal log-mel of codec.decode(codes) (all
                                     K codebooks): what sampling feeds back (absent with
                                     --no-decoded-mel; manifest ``decoded_mel`` says which)
-        index.json                  [{path, frames, offset, seconds, split}], offset into N_total
+        index.json                  [{path, frames, offset, seconds, split[, augment]}], offset into N_total
 
 Column ``t`` of a file's codes and mel is frame ``t`` (samples ``[t*320, (t+1)*320)``); a file of
 ``S`` samples has ``S // 320`` frames (trailing partial hop dropped, as both ``Codec.encode`` and
@@ -39,7 +39,7 @@ three files are complete; ``manifest.json`` is written to a temp file and ``os.r
 every shard. Readers use only shards named in the manifest; ``prepare`` on an existing DIR
 rebuilds the shard list from the completed shard directories on disk (so a shard renamed just
 before a crash is kept), deletes stale ``.tmp-*`` directories, and encodes only files not yet in a
-completed shard. Codec, bandwidth, n_mels, seed and val_fraction must match the existing
+completed shard. Codec, bandwidth, n_mels, seed, val_fraction and augment must match the existing
 manifest (else ``ValueError``: use a new ``--out``). Unreadable files are retried on resume; the
 ``skipped`` list is keyed by path, so it stays deduplicated.
 
@@ -86,8 +86,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..audio import AUDIO_EXTENSIONS, HOP_LENGTH, SAMPLE_RATE, AudioLoadError, load_audio, log_mel, num_frames
+from ..audio import AUDIO_EXTENSIONS, HOP_LENGTH, SAMPLE_RATE, AudioLoadError, log_mel, num_frames
 from ..runtime import resolve_device, write_json_atomic
+from .augment import AugmentedCopies, AugmentRecipe
 from .dataset import FORMAT_VERSION, MANIFEST, SHARDS_DIR, read_manifest
 
 CONTEXT_SECONDS = 2.0
@@ -249,6 +250,7 @@ class _ShardWriter:
         mel: torch.Tensor,
         seconds: float,
         mel_decoded: torch.Tensor | None,
+        extra: dict | None = None,
     ) -> None:
         T = codes.shape[-1]
         assert mel.shape[-1] == T, (codes.shape, mel.shape)
@@ -257,7 +259,7 @@ class _ShardWriter:
         if mel_decoded is not None:
             assert mel_decoded.shape == mel.shape, (mel_decoded.shape, mel.shape)
             self.mels_decoded.append(mel_decoded.numpy().astype(np.float32, copy=False))
-        self.entries.append(dict(path=path, frames=T, offset=self.frames, seconds=seconds, split=self.split))
+        self.entries.append(dict(path=path, frames=T, offset=self.frames, seconds=seconds, split=self.split, **(extra or {})))  # fmt: skip
         self.frames += T
         if self.frames >= self.shard_frames:
             self.flush()
@@ -306,13 +308,13 @@ def _scan_shards(root: Path) -> tuple[list[dict], set[str]]:
     return shards, done
 
 
-def _batches(paths: list[str], batch_seconds: float, skip) -> Iterator[list[tuple[str, torch.Tensor]]]:
-    """Load files in order and group them into batches of <= batch_seconds (a long file alone)."""
+def _batches(paths: list[str], batch_seconds: float, skip, load) -> Iterator[list[tuple[str, torch.Tensor]]]:
+    """``load`` files in order and group them into batches of <= batch_seconds (a long file alone)."""
     batch: list[tuple[str, torch.Tensor]] = []
     total = 0.0
     for p in paths:
         try:
-            wave = load_audio(p, SAMPLE_RATE)
+            wave = load(p)
         except AudioLoadError as e:
             skip(p, str(e))
             continue
@@ -345,6 +347,8 @@ def prepare(
     shard_seconds: float = 1800.0,
     progress: bool = True,
     decoded_mel: bool = True,
+    augment: str | os.PathLike | AugmentRecipe | None = None,
+    copies: int = 1,
 ) -> dict:
     """Encode ``sources`` into the dataset at ``out`` (resuming if it exists); returns the manifest.
 
@@ -359,12 +363,13 @@ def prepare(
         raise ValueError(f"n_mels must be >= 1, got {n_mels}")
     if batch_seconds <= 0 or shard_seconds <= 0:
         raise ValueError(f"batch_seconds and shard_seconds must be > 0, got {batch_seconds}, {shard_seconds}")
+    aug = AugmentedCopies(augment, copies, seed)  # train copies SRC#augN (none without a recipe)
     candidates, unreadable = scan_sources(sources)  # errors on a missing SRC before any work
     split_of = assign_splits(candidates, val_fraction, seed)
     out = Path(out)
     root = out / SHARDS_DIR
     settings = dict(codec=str(codec), bandwidth=float(bandwidth), n_mels=int(n_mels), seed=int(seed),
-                    val_fraction=float(val_fraction), decoded_mel=bool(decoded_mel))  # fmt: skip
+                    val_fraction=float(val_fraction), decoded_mel=bool(decoded_mel), augment=aug.settings())  # fmt: skip
     skipped: dict[str, str] = {}
     if (out / MANIFEST).exists():
         old = read_manifest(out)
@@ -449,7 +454,7 @@ def prepare(
             bar.update(1)
 
     write_manifest()  # from the start, so that a run killed inside its first shard can resume
-    pending = {s: [p for p in sorted(split_of) if split_of[p] == s and p not in done] for s in SPLITS}
+    pending = {s: [q for p in sorted(split_of) if split_of[p] == s for q in aug.names(p, s) if q not in done] for s in SPLITS}  # fmt: skip
     n_pending = sum(len(v) for v in pending.values())
     shard_frames = max(1, int(shard_seconds * cdc.frame_rate))
     chunk_frames = max(1, int(batch_seconds * cdc.frame_rate))
@@ -471,7 +476,7 @@ def prepare(
                 next_index = 1 + max((int(sh["name"].rsplit("-", 1)[1]) for sh in shards if sh["split"] == split),
                                      default=-1)  # fmt: skip
                 writer = _ShardWriter(root, split, next_index, shard_frames, on_shard)
-                for batch in _batches(pending[split], batch_seconds, skip):
+                for batch in _batches(pending[split], batch_seconds, skip, aug.load):
                     waves = [w for _, w in batch]
                     if len(batch) == 1 and waves[0].shape[-1] > batch_seconds * SAMPLE_RATE:
                         codes = [encode_long(cdc, waves[0], chunk_frames, context_frames).cpu()]
@@ -483,7 +488,7 @@ def prepare(
                         if decoded_mel:
                             audio = decode_long(cdc, c.to(dev), chunk_frames, context_frames)  # (T*320,)
                             mel_dec = log_mel(audio, n_mels=n_mels).cpu()  # (M, T)
-                        writer.add(p, c, mel, w.shape[-1] / SAMPLE_RATE, mel_dec)
+                        writer.add(p, c, mel, w.shape[-1] / SAMPLE_RATE, mel_dec, aug.pop_record(p))
                         written.add(p)
                         skipped.pop(p, None)  # skipped by an earlier run, readable now
                         audio_seconds += w.shape[-1] / SAMPLE_RATE
@@ -503,6 +508,7 @@ def prepare(
     n_skipped = sum(1 for p in split_of if p in skipped) + len(unreadable)
     n_candidates = len(candidates) + len(unreadable)
     assert n_prepared + n_skipped == n_candidates, (n_prepared, n_skipped, n_candidates)
+    copies_skipped = sum(1 for p in skipped if p in aug.source)  # augmented copies are not candidates
     print(
         f"prepare: encoded {n_encoded} files, {audio_seconds:.1f} s of audio in {elapsed:.1f} s "
         f"({n_encoded / max(elapsed, 1e-9):.2f} files/s, {audio_seconds / max(elapsed, 1e-9):.1f}x real time); "
@@ -511,7 +517,8 @@ def prepare(
     )
     print(
         f"prepare: {n_prepared} prepared, {n_skipped} skipped, of {n_candidates} candidates"
-        + (f" (reasons: whispergpt inspect {out})" if n_skipped else ""),
+        + (f"; {copies_skipped} augmented copies skipped" if copies_skipped else "")
+        + (f" (reasons: whispergpt inspect {out})" if n_skipped or copies_skipped else ""),
         flush=True,
     )
     if manifest["splits"]["train"]["files"] + manifest["splits"]["val"]["files"] == 0:
