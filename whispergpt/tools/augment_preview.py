@@ -12,7 +12,6 @@ Writes into DIR:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -21,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..audio import SAMPLE_RATE, AudioLoadError, load_audio, log_mel, save_audio
+from ..audio import SAMPLE_RATE, load_audio, log_mel, save_audio
+from ..cli import command, make_parser
 from ..data.augment import (
     AugmentedClipError,
     AugmentRecipe,
@@ -94,10 +94,15 @@ def _grid(rows: list[tuple[str, np.ndarray]], path: Path) -> None:
     plt.close(fig)
 
 
+@command("augment-preview")
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(
-        prog="whispergpt augment-preview",
-        description="Write a few augmented copies of one file (WAVs + a spectrogram grid PNG).",
+    ap = make_parser(
+        "whispergpt augment-preview",
+        "Write a few augmented copies of one file (WAVs + a spectrogram grid PNG).",
+        """
+        whispergpt augment-preview speech-light.yaml clip.wav --out runs/preview
+        whispergpt augment-preview my_recipe.yaml song.flac --out runs/preview --n 8 --seed 3
+        """,
     )
     ap.add_argument(
         "recipe", type=recipe_arg, metavar="RECIPE.yaml", help="augment recipe (configs/augment/)"
@@ -107,11 +112,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--n", type=int, default=4, help="augmented copies to write")
     ap.add_argument("--seed", type=int, default=0, help="the prepare --seed to preview")
     args = ap.parse_args(argv)
-    try:
-        records = preview(args.recipe, args.audio, args.out, n=args.n, seed=args.seed)
-    except (AudioLoadError, ValueError) as e:  # AudioLoadError is a ValueError; named for the reader
-        print(f"whispergpt augment-preview: error: {e}", file=sys.stderr)
-        return 2
+    records = preview(args.recipe, args.audio, args.out, n=args.n, seed=args.seed)
     for r in records:
         print(f"copy {r['copy']} (seed {r['seed']}): {r.get('skipped') or describe_chain(r['chain'])}")
     print(
@@ -121,4 +122,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())
