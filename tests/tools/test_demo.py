@@ -178,9 +178,10 @@ def test_failing_item_is_reported_and_skipped(tmp_path):
 
 
 def _missing_everything(monkeypatch, tmp_path):
-    monkeypatch.setattr(demo, "which", lambda name: None)
-    monkeypatch.setattr(demo, "find_module", lambda name: None)
-    monkeypatch.setattr(demo, "data_roots", lambda cache: [tmp_path / "empty"])
+    # the hooks live in demo.system: its callers look them up there at call time
+    monkeypatch.setattr(demo.system, "which", lambda name: None)
+    monkeypatch.setattr(demo.system, "find_module", lambda name: None)
+    monkeypatch.setattr(demo.system, "data_roots", lambda cache: [tmp_path / "empty"])
 
 
 def test_missing_tools_give_exact_install_command(monkeypatch, tmp_path, capsys):
@@ -206,7 +207,9 @@ def test_missing_tools_give_exact_install_command(monkeypatch, tmp_path, capsys)
 
 def test_missing_source_warns_when_modality_still_covered(monkeypatch, tmp_path, capsys):
     _missing_everything(monkeypatch, tmp_path)
-    monkeypatch.setattr(demo, "which", lambda name: "/usr/bin/espeak-ng" if name == "espeak-ng" else None)
+    monkeypatch.setattr(
+        demo.system, "which", lambda name: "/usr/bin/espeak-ng" if name == "espeak-ng" else None
+    )
     srcs = [demo.EspeakSource(), demo.TuxpaintSource()]
     logged = []
     ready, err = demo.resolve(srcs, tmp_path, explicit=False, log=logged.append)

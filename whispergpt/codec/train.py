@@ -16,6 +16,10 @@ Runs as a single process or under ``accelerate launch`` (DDP; EMA statistics are
 A run whose ``OUT/checkpoints`` holds a checkpoint resumes from the newest one (``train.resume``).
 Losses: waveform L1 + multi-resolution STFT (auraloss) + causal log-mel L1 + commitment, and
 optionally a multi-scale STFT discriminator (hinge) with feature matching (``loss.adversarial``).
+
+This module holds the config, the trainable model and the loop; the discriminator is in ``losses``,
+the data-dependent init in ``lsuv``, the crop sampler in ``corpus``, checkpoints/export in
+``checkpoint``.
 """
 
 from __future__ import annotations
@@ -23,8 +27,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,12 +35,50 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..audio import AUDIO_EXTENSIONS, HOP_LENGTH, SAMPLE_RATE, AudioLoadError, load_audio, log_mel
+from ..audio import HOP_LENGTH, SAMPLE_RATE, log_mel
 from ..codec import PRIME_FRAMES
 from ..config import dump_yaml, to_dict
-from ..runtime import make_accelerator, seed_everything, write_atomic, write_json_atomic
-from ..training import checkpoint as ckpt_io
+from ..runtime import make_accelerator, seed_everything, write_atomic
+from .checkpoint import (
+    CODEC_STATE,
+    _load_safetensors,
+    compact_safetensors,
+    export_codec,
+    latest_checkpoint,
+    save_checkpoint,
+)
+from .corpus import CropSampler, find_audio_files, load_corpus
+from .losses import MultiScaleSTFTDiscriminator, STFTDiscriminator, disc_hinge_loss, gen_adv_losses
+from .lsuv import lsuv_init, standardize_latent
 from .rvq import ResidualVQ, RVQOutput, export_to_encodec, rvq_for_encodec
+
+# names that lived here before the split stay importable from whispergpt.codec.train
+__all__ = [
+    "CODEC_STATE",
+    "CodecDataConfig",
+    "CodecModelConfig",
+    "CodecTrainConfig",
+    "CodecTrainLoopConfig",
+    "CropSampler",
+    "LossConfig",
+    "MultiScaleSTFTDiscriminator",
+    "QuantizerConfig",
+    "STFTDiscriminator",
+    "TrainableCodec",
+    "build_encodec",
+    "compact_safetensors",
+    "disc_hinge_loss",
+    "export_codec",
+    "find_audio_files",
+    "gen_adv_losses",
+    "latest_checkpoint",
+    "load_corpus",
+    "lsuv_init",
+    "quantizers_per_bandwidth",
+    "save_checkpoint",
+    "standardize_latent",
+    "train",
+]
 
 # ---------------------------------------------------------------------------------------------
 # config
@@ -215,58 +255,6 @@ def build_encodec(cfg: CodecModelConfig):
     return EncodecModel(ec)
 
 
-@torch.no_grad()
-def lsuv_init(gen: TrainableCodec, wave: torch.Tensor) -> list[float]:
-    """Data-dependent init of every conv (layer-sequential unit variance): output std 1, bias 0.
-
-    PyTorch's default conv init shrinks the signal ~3x per layer, so through EnCodec's ~15 convs a
-    fresh encoder maps audio to its biases plus a signal part ~1e-3 of them, and the decoder
-    learns to ignore its input: trained like that, a codec outputs steady noise with the corpus'
-    average spectrum. Rescaling each conv's weight-norm gain, in forward order, so its output on
-    real audio has unit std (the decoder's last conv: the input's RMS) keeps the signal alive
-    end to end; the log-mel distance then falls from the first steps. Returns the stds before.
-    """
-    convs = [m for m in gen.model.modules() if isinstance(m, (nn.Conv1d, nn.ConvTranspose1d))]
-    out_rms = float(wave.pow(2).mean().sqrt())
-    seen: dict[str, torch.Tensor] = {}
-    before = []
-    for conv in convs:
-        if conv.bias is not None:
-            conv.bias.zero_()
-    for i, conv in enumerate(convs):
-        hook = conv.register_forward_hook(lambda mod, args, out: seen.__setitem__("out", out))
-        target = out_rms if i == len(convs) - 1 else 1.0
-        for it in range(2):  # the second pass corrects for the (nonlinear) rest of the layer
-            gen(wave, bypass=True)
-            sd = float(seen["out"].std())
-            if it == 0:
-                before.append(sd)
-            conv.parametrizations.weight.original0.mul_(target / max(sd, 1e-8))
-        hook.remove()
-    return before
-
-
-@torch.no_grad()
-def standardize_latent(gen: TrainableCodec, wave: torch.Tensor) -> tuple[float, float]:
-    """Data-dependent init of the encoder's last conv: per-channel zero mean, unit std on ``wave``.
-
-    A freshly initialised EnCodec encoder maps real audio to a large constant (its biases) plus a
-    tiny signal-dependent part (frame std ~1% of the norm): the decoder then learns to ignore its
-    input and codebooks fitted to it collapse as soon as the constant drifts. Rescaling the last
-    conv's weight-norm gain and bias per output channel (as in weight normalisation's data-dependent
-    init) makes the latents signal-driven from step 0. Returns (spread before, spread after).
-    """
-    conv = gen.model.encoder.layers[-1].conv
-    z = gen.encode_latent(wave)  # (B, D, T)
-    mu = z.mean(dim=(0, 2))  # (D,)
-    sd = z.std(dim=(0, 2)).clamp_min(1e-6)  # (D,)
-    before = float(sd.norm() / (mu.norm() + 1e-12))
-    conv.parametrizations.weight.original0.div_(sd[:, None, None])
-    conv.bias.sub_(mu).div_(sd)
-    z = gen.encode_latent(wave)
-    return before, float(z.std(dim=(0, 2)).norm() / (z.mean(dim=(0, 2)).norm() + 1e-12))
-
-
 def quantizers_per_bandwidth(model) -> list[int]:
     """K for each target bandwidth of ``model`` (e.g. [2, 4, 8] for 1.5 / 3 / 6 kbps at V=1024)."""
     q = model.quantizer
@@ -313,199 +301,6 @@ class TrainableCodec(nn.Module):
         """The ``EncodecModel`` with our codebooks written into its quantiser."""
         export_to_encodec(self.rvq, self.model)
         return self.model
-
-
-class STFTDiscriminator(nn.Module):
-    """One scale of the multi-scale STFT discriminator: 2-D convs over (real, imag) x (time, freq)."""
-
-    def __init__(self, n_fft: int, filters: int = 16, dilations: tuple[int, ...] = (1, 2, 4)):
-        super().__init__()
-        self.n_fft = n_fft
-        self.hop = n_fft // 4
-        self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
-        wn = nn.utils.parametrizations.weight_norm
-        convs = [wn(nn.Conv2d(2, filters, (3, 9), padding=(1, 4)))]
-        for d in dilations:  # dilate along time, stride 2 along frequency
-            convs.append(
-                wn(nn.Conv2d(filters, filters, (3, 9), stride=(1, 2), dilation=(d, 1), padding=(d, 4)))
-            )
-        convs.append(wn(nn.Conv2d(filters, filters, (3, 3), padding=(1, 1))))
-        self.convs = nn.ModuleList(convs)
-        self.post = wn(nn.Conv2d(filters, 1, (3, 3), padding=(1, 1)))
-
-    def forward(self, wave: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        spec = torch.stft(
-            wave, self.n_fft, self.hop, window=self.window, center=True, return_complex=True
-        )  # (B, F, T')
-        x = torch.stack([spec.real, spec.imag], dim=1).transpose(2, 3)  # (B, 2, T', F)
-        feats = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), 0.2)
-            feats.append(x)
-        return self.post(x), feats
-
-
-class MultiScaleSTFTDiscriminator(nn.Module):
-    def __init__(self, n_ffts: list[int], filters: int = 16):
-        super().__init__()
-        self.discs = nn.ModuleList(STFTDiscriminator(n, filters) for n in n_ffts)
-
-    def forward(self, wave: torch.Tensor) -> list[tuple[torch.Tensor, list[torch.Tensor]]]:
-        return [d(wave) for d in self.discs]
-
-
-def disc_hinge_loss(real: list, fake: list) -> torch.Tensor:
-    return sum(F.relu(1 - r[0]).mean() + F.relu(1 + f[0]).mean() for r, f in zip(real, fake)) / len(real)
-
-
-def gen_adv_losses(real: list, fake: list) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hinge generator loss and relative L1 feature matching (normalised by the real features' scale)."""
-    adv = sum(F.relu(1 - f[0]).mean() for f in fake) / len(fake)
-    feat = 0.0
-    n = 0
-    for (_, fr), (_, ff) in zip(real, fake):
-        for a, b in zip(fr, ff):
-            feat = feat + (b - a.detach()).abs().mean() / (a.detach().abs().mean() + 1e-6)
-            n += 1
-    return adv, feat / max(n, 1)
-
-
-# ---------------------------------------------------------------------------------------------
-# data
-
-
-def find_audio_files(items: list[str | os.PathLike]) -> list[Path]:
-    """Expand files and directories (recursively, by audio extension) into a sorted file list."""
-    files: list[Path] = []
-    for item in items:
-        p = Path(item).expanduser()
-        if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS)
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise ValueError(f"audio input {item!r} is neither a file nor a directory")
-    return files
-
-
-class CropSampler:
-    """Random fixed-length crops from audio held in memory, sampled in proportion to file length.
-
-    ``batch(step, rank)`` is a pure function of (seed, step, rank), so a resumed run sees the same
-    stream of crops as an uninterrupted one (no RNG state to checkpoint).
-    """
-
-    def __init__(self, waves: list[torch.Tensor], segment: int, seed: int = 0, min_rms: float = 1e-3):
-        if not waves:
-            raise ValueError("no usable audio: pass at least one readable audio file or directory")
-        self.waves = waves
-        self.segment = segment
-        self.seed = seed
-        self.min_rms = min_rms
-        lengths = torch.tensor([max(w.numel(), 1) for w in waves], dtype=torch.float64)
-        self.probs = lengths / lengths.sum()
-
-    @property
-    def seconds(self) -> float:
-        return sum(w.numel() for w in self.waves) / SAMPLE_RATE
-
-    def crop(self, gen: torch.Generator) -> torch.Tensor:
-        for _ in range(8):
-            w = self.waves[int(torch.multinomial(self.probs, 1, generator=gen))]
-            if w.numel() <= self.segment:
-                out = F.pad(w, (0, self.segment - w.numel()))
-            else:
-                start = int(torch.randint(0, w.numel() - self.segment + 1, (1,), generator=gen))
-                out = w[start : start + self.segment]
-            if out.pow(2).mean().sqrt() >= self.min_rms:
-                break
-        return out
-
-    def batch(self, batch_size: int, step: int, rank: int = 0) -> torch.Tensor:
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step * 131 + rank)
-        return torch.stack([self.crop(gen) for _ in range(batch_size)])  # (B, S)
-
-
-def load_corpus(files: list[Path]) -> tuple[list[torch.Tensor], list[dict]]:
-    """Load every file at 24 kHz mono; unreadable files are reported and skipped."""
-    waves, skipped = [], []
-    for f in files:
-        try:
-            waves.append(load_audio(f))
-        except AudioLoadError as e:
-            print(f"skipping {e}", file=sys.stderr)
-            skipped.append({"path": str(f), "reason": str(e)})
-    return waves, skipped
-
-
-# ---------------------------------------------------------------------------------------------
-# checkpoints
-
-
-def _state_to_safetensors(module: nn.Module, path: Path) -> None:
-    from safetensors.torch import save_file
-
-    save_file({k: v.detach().cpu().clone().contiguous() for k, v in module.state_dict().items()}, str(path))
-
-
-def _load_safetensors(module: nn.Module, path: Path) -> None:
-    from safetensors.torch import load_file
-
-    module.load_state_dict(load_file(str(path)))
-
-
-CODEC_STATE = "state.json"  # step + resolved config; marks a complete codec checkpoint
-
-
-def latest_checkpoint(out: Path) -> Path | None:
-    return ckpt_io.latest_checkpoint(out, CODEC_STATE)
-
-
-def save_checkpoint(out: Path, step: int, gen: TrainableCodec, disc, opt_g, opt_d, cfg, keep: int) -> Path:
-    """Write a checkpoint into a temp dir, then rename it into place (atomic on one filesystem)."""
-    ckpt_io.remove_temp_checkpoints(out)
-    tmp = ckpt_io.temp_checkpoint_dir(out, step)
-    tmp.mkdir(parents=True)
-    _state_to_safetensors(gen, tmp / "generator.safetensors")
-    if disc is not None:
-        _state_to_safetensors(disc, tmp / "discriminator.safetensors")
-    torch.save(
-        {"opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict() if opt_d is not None else {}},
-        tmp / "optimizer.pt",
-    )
-    write_json_atomic(tmp / CODEC_STATE, {"step": step, "config": to_dict(cfg)}, indent=1)
-    final = ckpt_io.publish_checkpoint(tmp, step)
-    ckpt_io.prune_checkpoints(out, keep, CODEC_STATE)
-    return final
-
-
-def compact_safetensors(path: str | os.PathLike) -> None:
-    """Store the quantiser's ``embed_avg`` (a training-only EMA statistic) in float16, in place.
-
-    It is ~20% of a small codec's file; ``Codec``/``EncodecModel`` load it back into float32
-    buffers and never read it, and ``rvq_for_encodec`` rebuilds it from ``embed * cluster_size``
-    when fine-tuning, so codes and audio are unchanged.
-    """
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save
-
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {"format": "pt"}
-    sd = load_file(str(path))
-    sd = {k: v.half() if k.endswith("codebook.embed_avg") else v for k, v in sd.items()}
-    write_atomic(path, save(sd, metadata=meta))
-
-
-def export_codec(gen: TrainableCodec, out: Path) -> None:
-    """Write ``OUT/config.json`` + ``OUT/model.safetensors`` (EncodecModel layout) atomically."""
-    model = gen.export()
-    tmp = out / f".tmp-export-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp))
-    compact_safetensors(tmp / "model.safetensors")
-    for f in tmp.iterdir():
-        os.replace(f, out / f.name)
-    tmp.rmdir()
 
 
 # ---------------------------------------------------------------------------------------------
