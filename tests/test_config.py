@@ -237,7 +237,5 @@ def test_pyproject_lists_every_package_of_the_source_tree():
 
     repo = Path(__file__).resolve().parents[1]
     listed = set(tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    found = {
-        ".".join(p.parent.relative_to(repo).parts) for p in (repo / "whispergpt").rglob("__init__.py")
-    }
+    found = {".".join(p.parent.relative_to(repo).parts) for p in (repo / "whispergpt").rglob("__init__.py")}
     assert found | {"whispergpt.configs"} == listed

@@ -86,6 +86,7 @@ def _reference(codec, path: str, codes: torch.Tensor, start: int, frames: int) -
 def run_heldout(args, model, codec, config, device: torch.device, record: dict) -> dict:
     """Generate continuations of ``args.num_prompts`` held-out prompts (module docstring)."""
     from ..data import PreparedDataset
+    from .sample import generate_options
 
     Tp = int(round(args.prompt_seconds * FRAME_RATE))
     Tc = int(round(args.seconds * FRAME_RATE))
@@ -125,14 +126,8 @@ def run_heldout(args, model, codec, config, device: torch.device, record: dict) 
             prompt_codes=codes[:, :, :Tp].to(device),
             prompt_mel=prompt_mel,
             num_samples=len(batch),
-            temperature=args.temperature,
-            top_k=args.top_k,
-            top_p=args.top_p,
             generator=gen,
-            decoder=args.decoder,
-            decode_window=args.decode_window,
-            context_keep=args.context_keep,
-            progress=not args.no_progress,
+            **generate_options(args),
         )
         audio = result.audio.cpu()
         for j, i in enumerate(batch):

@@ -136,6 +136,19 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--context-keep must be in (0, 1), got {args.context_keep}")
 
 
+def generate_options(args: argparse.Namespace) -> dict:
+    """The ``generate`` keyword arguments the sampling flags set (shared with ``--data``)."""
+    return dict(
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        decoder=args.decoder,
+        decode_window=args.decode_window,
+        context_keep=args.context_keep,
+        progress=not args.no_progress,
+    )
+
+
 def run(args: argparse.Namespace) -> dict:
     """Everything after parsing: checks (before any work), generation, outputs. Returns the JSON record."""
     from ..audio import load_audio, save_audio
@@ -218,14 +231,8 @@ def run(args: argparse.Namespace) -> dict:
         prompt_codes=prompt_codes,
         prompt_mel=prompt_mel,
         num_samples=args.num_samples,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
         generator=gen,
-        decoder=args.decoder,
-        decode_window=args.decode_window,
-        context_keep=args.context_keep,
-        progress=not args.no_progress,
+        **generate_options(args),
     )
     t_gen = time.perf_counter()
 
