@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from ..cli import command, make_parser
+from ..errors import InputError
+from .dataset import SHARDS_DIR, verify_dataset
 from .prepare import prepare, summarize
 
 
@@ -66,12 +69,30 @@ def main_inspect(argv: list[str]) -> int:
         """
         whispergpt inspect data/prepared/speech
         whispergpt inspect data/prepared/speech --max-skipped 50
+        whispergpt inspect --verify data/prepared/speech
         """,
     )
     ap.add_argument("dir", help="dataset folder written by whispergpt prepare")
     ap.add_argument("--max-skipped", type=int, default=10, help="skipped files to list")
+    ap.add_argument(
+        "--verify",
+        action="store_true",
+        help="read every shard: sizes, dtypes, frame counts, code range, finite mel; one line per "
+        "broken shard, exit 2 if any",
+    )
     args = ap.parse_args(argv)
     print(summarize(args.dir, args.max_skipped))
+    if args.verify:
+        broken, total = verify_dataset(args.dir)
+        for name, problem in broken:
+            print(f"broken shard {Path(args.dir) / SHARDS_DIR / name}: {problem}")
+        if broken:
+            raise InputError(
+                f"{len(broken)} of {total} shards are broken",
+                args.dir,
+                f"rerun `whispergpt prepare` with the same sources and --out {args.dir} to re-encode them",
+            )
+        print(f"verify       all {total} shards ok")
     return 0
 
 
