@@ -195,7 +195,9 @@ def test_validation_errors(tmp_path, ds_dir):
     short = tmp_path / "short"
     shutil.copytree(ds_dir, short)
     np.save(short / "shards" / "train-00001" / "mel.npy", np.zeros((M, 24), np.float32))
-    with pytest.raises(ValueError, match=r"broken shard train-00001: mel.npy has shape \(4, 24\), expected \(4, 25\)"):
+    with pytest.raises(
+        ValueError, match=r"broken shard train-00001: mel.npy has shape \(4, 24\), expected \(4, 25\)"
+    ):
         PreparedDataset(short)
 
     gone = tmp_path / "gone"
