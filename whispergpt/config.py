@@ -289,6 +289,10 @@ class TrainConfig:
     log_every: int = 10  # metrics.jsonl / wandb period in steps
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     compile: bool = False  # torch.compile the model
+    # null: the newest checkpoint of out_dir that verifies (broken newer ones are moved aside);
+    # PATH: that checkpoint (or that run's newest valid one); "none": never resume (an error if
+    # out_dir already holds checkpoints, so a script cannot silently continue an old run)
+    resume_from: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "grad_accum", "save_every", "log_every"):
@@ -309,6 +313,8 @@ class TrainConfig:
             raise ValueError(f"train.eval_batches must be an integer or 'full', got {self.eval_batches!r}")
         if isinstance(self.eval_batches, int) and self.eval_batches < 0:
             raise ValueError(f"train.eval_batches must be >= 0, got {self.eval_batches}")
+        if self.resume_from is not None and (not isinstance(self.resume_from, str) or not self.resume_from):
+            raise ValueError(f"train.resume_from must be null, none or a path, got {self.resume_from!r}")
 
 
 @dataclass

@@ -108,6 +108,17 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int = 2) -> Pat
     return write_atomic(path, json.dumps(obj, indent=indent) + "\n")
 
 
+def move_aside(path: str | os.PathLike, prefix: str = ".bad-") -> Path:
+    """Rename a broken ``path`` to ``<prefix><name>[-i]`` beside it (hidden from listings that skip
+    dot names): kept for inspection, never deleted. Returns the new path."""
+    path = Path(path)
+    target, i = path.parent / f"{prefix}{path.name}", 1
+    while target.exists():
+        target, i = path.parent / f"{prefix}{path.name}-{i}", i + 1
+    os.replace(path, target)
+    return target
+
+
 # --- seeding and reproducibility -----------------------------------------------------------------------
 
 

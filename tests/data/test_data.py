@@ -195,20 +195,22 @@ def test_validation_errors(tmp_path, ds_dir):
     short = tmp_path / "short"
     shutil.copytree(ds_dir, short)
     np.save(short / "shards" / "train-00001" / "mel.npy", np.zeros((M, 24), np.float32))
-    with pytest.raises(ValueError, match=r"expected codes \(3, 25\) and mel \(4, 25\)"):
+    with pytest.raises(
+        ValueError, match=r"broken shard train-00001: mel.npy has shape \(4, 24\), expected \(4, 25\)"
+    ):
         PreparedDataset(short)
 
     gone = tmp_path / "gone"
     shutil.copytree(ds_dir, gone)
     shutil.rmtree(gone / "shards" / "val-00000")
-    with pytest.raises(ValueError, match="missing or unreadable"):
+    with pytest.raises(ValueError, match="broken shard val-00000: index.json is missing"):
         PreparedDataset(gone, "val")
     PreparedDataset(gone, "train")  # the other split is still readable
 
     broken = tmp_path / "broken"
     shutil.copytree(ds_dir, broken)
     (broken / "shards" / "val-00000" / "codes.npy").write_bytes(b"\x93NUMPY truncated")
-    with pytest.raises(ValueError, match="cannot memory-map"):
+    with pytest.raises(ValueError, match="broken shard val-00000: codes.npy has no valid .npy header"):
         PreparedDataset(broken, "val")
 
 

@@ -92,9 +92,14 @@ def test_ddp_two_processes_reduce_val_nll_and_save_once(ddp_run, data_dir):
 
     assert sorted(p.name for p in (ddp_run / "final").iterdir()) == [
         "config.json",
+        "files.json",
         "model.safetensors",
         "training_data.json",
     ]
+    # files.json covers both ranks' RNG files
+    last = ckpt_io.latest_checkpoint(ddp_run)
+    assert ckpt_io.verify_checkpoint(last) is None
+    assert "rng-1.safetensors" in json.loads((last / ckpt_io.FILES_MANIFEST).read_text())["files"]
     assert not list(ddp_run.glob(".tmp*"))
     assert [s for s, _ in ckpt_io.list_checkpoints(ddp_run)] == [4, 6]
     assert sorted(p.name for p in ckpt_io.latest_checkpoint(ddp_run).glob("rng-*")) == [

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 
 from ..cli import command, make_parser
+from ..errors import InputError
 from .augment import recipe_arg
-from .prepare import prepare, summarize
+from .dataset import SHARDS_DIR, read_manifest, verify_dataset
+from .prepare import SPLITS, prepare
 
 
 @command("prepare")
@@ -66,6 +70,44 @@ def main_prepare(argv: list[str]) -> int:
     return 0
 
 
+def summarize(directory: str | os.PathLike, max_skipped: int = 10) -> str:
+    """The human summary ``whispergpt inspect`` prints."""
+    m = read_manifest(directory)
+    fr = m["frame_rate"]
+    lines = [
+        f"dataset      {directory}",
+        f"codec        {m.get('codec')} @ {m.get('bandwidth')} kbps: K={m['num_codebooks']} codebooks, "
+        f"V={m['codebook_size']}, {fr} Hz, {m['sample_rate']} Hz audio",
+        f"mel          M={m['n_mels']} bins; decoded mel (log-mel of codec-decoded tokens) "
+        f"{'stored' if m.get('decoded_mel') else 'not stored'}",
+        f"split        seed={m.get('seed')} val_fraction={m.get('val_fraction')}",
+    ]
+    for s, v in m["splits"].items():
+        hours = v["frames"] / fr / 3600
+        lines.append(f"{s:<12} {v['files']} files, {v['frames']} frames, {hours:.3f} h")
+    if m.get("augment"):
+        lines.append(f"augment      {m['augment']}")
+    lines.append(f"shards       {len(m['shards'])}")
+    skipped = m.get("skipped", [])
+    lines.append(f"skipped      {len(skipped)} files")
+    for s in skipped[:max_skipped]:
+        lines.append(
+            f"  - {s['reason'] if s['reason'].startswith(s['path']) else s['path'] + ': ' + s['reason']}"
+        )
+    if len(skipped) > max_skipped:
+        lines.append(f"  ... and {len(skipped) - max_skipped} more (see manifest.json)")
+    warnings = []
+    for s in SPLITS:
+        if m["splits"].get(s, {}).get("files", 0) == 0:
+            warnings.append(f"split {s!r} is empty")
+    total = sum(v["files"] for v in m["splits"].values())
+    if total and len(skipped) > total:
+        warnings.append("more files were skipped than kept: check the inputs")
+    for w in warnings:
+        lines.append(f"WARNING      {w}")
+    return "\n".join(lines)
+
+
 @command("inspect")
 def main_inspect(argv: list[str]) -> int:
     ap = make_parser(
@@ -74,12 +116,30 @@ def main_inspect(argv: list[str]) -> int:
         """
         whispergpt inspect data/prepared/speech
         whispergpt inspect data/prepared/speech --max-skipped 50
+        whispergpt inspect --verify data/prepared/speech
         """,
     )
     ap.add_argument("dir", help="dataset folder written by whispergpt prepare")
     ap.add_argument("--max-skipped", type=int, default=10, help="skipped files to list")
+    ap.add_argument(
+        "--verify",
+        action="store_true",
+        help="read every shard: sizes, dtypes, frame counts, code range, finite mel; one line per "
+        "broken shard, exit 2 if any",
+    )
     args = ap.parse_args(argv)
     print(summarize(args.dir, args.max_skipped))
+    if args.verify:
+        broken, total = verify_dataset(args.dir)
+        for name, problem in broken:
+            print(f"broken shard {Path(args.dir) / SHARDS_DIR / name}: {problem}")
+        if broken:
+            raise InputError(
+                f"{len(broken)} of {total} shards are broken",
+                args.dir,
+                f"rerun `whispergpt prepare` with the same sources and --out {args.dir} to re-encode them",
+            )
+        print(f"verify       all {total} shards ok")
     return 0
 
 

@@ -15,6 +15,14 @@ audio's (``mel_decoded.npy``): the mel a sampler can actually feed back.
 - ``len(ds)`` / ``ds[j]``: deterministic tiling at stride ``frames`` (windows that would run past
   the end of a file are dropped); with ``frames=None`` an item is a whole file.
 
+Verification: ``check_shard`` tests one shard directory against what its ``index.json`` says
+(each ``.npy`` header's dtype and shape, and the file size the header implies, so a truncated or
+padded file is caught without reading it); ``full=True`` also reads the data (codes in
+``[0, V)``, finite mel). The reader runs the cheap check on every shard it opens, so ``train``
+names a broken shard in one line before it starts; ``verify_dataset`` (``whispergpt inspect
+--verify``) runs the full one on every shard of the manifest; ``prepare`` runs the cheap one on
+resume and re-encodes the files of a broken shard.
+
 Only shards listed in ``manifest.json`` are read: a shard directory renamed into place by a run
 that died before rewriting the manifest, or a ``.tmp-*`` directory, is invisible here (``prepare``
 picks it up on resume). The dataset is cheap to construct and to pickle (memmaps are opened lazily
@@ -30,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from ..errors import InputError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -62,6 +72,127 @@ def read_manifest(directory: str | os.PathLike) -> dict:
     if missing:
         raise ValueError(f"{path}: manifest lacks keys {missing}")
     return manifest
+
+
+def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """``(shape, dtype, data offset)`` from a ``.npy`` header; reads a few hundred bytes."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        if fortran:
+            raise ValueError("Fortran order (prepare writes C order)")
+        return tuple(shape), np.dtype(dtype), f.tell()
+
+
+def check_shard(
+    sdir: str | os.PathLike,
+    num_codebooks: int,
+    n_mels: int,
+    mel_files: list[str] | tuple[str, ...] = ("mel.npy",),
+    frames: int | None = None,
+    codebook_size: int | None = None,
+    full: bool = False,
+) -> str | None:
+    """None if the shard ``sdir`` is sound, else one phrase saying what is wrong.
+
+    Cheap (default): ``index.json`` parses and its offsets tile the frames; ``codes.npy`` is
+    integer ``(K, N)``, each of ``mel_files`` float32 ``(M, N)``, ``N`` the index's total (and
+    ``frames``, the manifest's count, when given); every file's size is what its header implies.
+    ``full`` also reads every value: codes in ``[0, codebook_size)``, mel finite.
+    """
+    sdir = Path(sdir)
+    try:
+        index = json.loads((sdir / "index.json").read_text())
+        n_total, offset = 0, 0
+        for f in index:
+            if int(f["offset"]) != offset:
+                return f"index.json: offset of {f['path']} is {f['offset']}, expected {offset}"
+            offset += int(f["frames"])
+        n_total = offset
+    except FileNotFoundError:
+        return "index.json is missing"
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"index.json is unreadable ({e})"
+    if frames is not None and frames != n_total:
+        return f"index.json holds {n_total} frames, the manifest says {frames}"
+    expected = {"codes.npy": (num_codebooks, "integer")} | {m: (n_mels, "float32") for m in mel_files}
+    for name, (rows, kind) in expected.items():
+        path = sdir / name
+        try:
+            shape, dtype, data_offset = _npy_header(path)
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return f"{name} is missing"
+        except (OSError, ValueError, SyntaxError) as e:
+            return f"{name} has no valid .npy header ({e})"
+        ok_dtype = np.issubdtype(dtype, np.integer) if kind == "integer" else dtype == np.float32
+        if not ok_dtype:
+            return f"{name} has dtype {dtype}, expected {kind}"
+        if shape != (rows, n_total):
+            return f"{name} has shape {shape}, expected {(rows, n_total)}"
+        want = data_offset + int(np.prod(shape)) * dtype.itemsize
+        if size != want:
+            state = "truncated" if size < want else "too long"
+            return f"{name} is {state}: {size} bytes, its header implies {want}"
+    if full:
+        return _check_values(sdir, mel_files, codebook_size)
+    return None
+
+
+def _check_values(
+    sdir: Path, mel_files: list[str] | tuple[str, ...], codebook_size: int | None
+) -> str | None:
+    """Read every value in column blocks (bounded memory): codes in range, mel finite."""
+    for name in ("codes.npy", *mel_files):
+        try:
+            arr = np.load(sdir / name, mmap_mode="r")
+        except (OSError, ValueError) as e:
+            return f"{name} cannot be read ({e})"
+        step = max(1, (1 << 24) // max(1, arr.shape[0]))
+        for a in range(0, arr.shape[1], step):
+            block = np.asarray(arr[:, a : a + step])  # (rows, <=step)
+            if name == "codes.npy":
+                lo, hi = int(block.min(initial=0)), int(block.max(initial=0))
+                if lo < 0 or (codebook_size is not None and hi >= codebook_size):
+                    return f"codes.npy holds codes outside [0, {codebook_size}) (min {lo}, max {hi})"
+            elif not np.isfinite(block).all():
+                col = a + int(np.argwhere(~np.isfinite(block))[0][1])
+                return f"{name} holds non-finite values (first at frame {col})"
+    return None
+
+
+def verify_dataset(directory: str | os.PathLike, full: bool = True) -> tuple[list[tuple[str, str]], int]:
+    """Check every shard of ``DIR/manifest.json`` (``check_shard``); ``([(shard, problem)], n_shards)``."""
+    directory = Path(directory)
+    m = read_manifest(directory)
+    mel_files = ["mel.npy"] + (["mel_decoded.npy"] if m.get("decoded_mel") else [])
+    broken = []
+    for shard in m["shards"]:
+        problem = check_shard(
+            directory / SHARDS_DIR / shard["name"],
+            int(m["num_codebooks"]),
+            int(m["n_mels"]),
+            mel_files,
+            frames=int(shard["frames"]) if "frames" in shard else None,
+            codebook_size=int(m["codebook_size"]),
+            full=full,
+        )
+        if problem is not None:
+            broken.append((shard["name"], problem))
+    return broken, len(m["shards"])
+
+
+def broken_shard_error(root: str | os.PathLike, shard: str, problem: str) -> InputError:
+    """The one-line error for a broken shard, with what to do about it."""
+    return InputError(
+        f"broken shard {shard}: {problem}",
+        Path(root) / SHARDS_DIR / shard,
+        f"rerun `whispergpt prepare` with the same sources and --out {root} to re-encode it "
+        f"(`whispergpt inspect --verify {root}` checks every shard)",
+    )
 
 
 class PreparedDataset(torch.utils.data.Dataset):
@@ -123,6 +254,9 @@ class PreparedDataset(torch.utils.data.Dataset):
             if shard["split"] != split:
                 continue
             sdir = root / SHARDS_DIR / shard["name"]
+            problem = check_shard(sdir, K, M, [self._mel_file], frames=shard.get("frames"))
+            if problem is not None:  # header + size only: names a truncated file before training
+                raise broken_shard_error(root, shard["name"], problem)
             try:
                 index = json.loads((sdir / "index.json").read_text())
             except (OSError, json.JSONDecodeError) as e:

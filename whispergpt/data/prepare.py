@@ -39,7 +39,10 @@ three files are complete; ``manifest.json`` is written to a temp file and ``os.r
 every shard. Readers use only shards named in the manifest; ``prepare`` on an existing DIR
 rebuilds the shard list from the completed shard directories on disk (so a shard renamed just
 before a crash is kept), deletes stale ``.tmp-*`` directories, and encodes only files not yet in a
-completed shard. Codec, bandwidth, n_mels, seed, val_fraction and augment must match the existing
+completed shard. A shard failing the cheap check (``dataset.check_shard``) is moved aside to
+``.bad-<name>`` and its files are encoded again (``inspect --verify`` checks values too); a failed
+write (full disk) removes the temp shard and stops with one line. Codec, bandwidth, n_mels, seed,
+val_fraction and augment must match the existing
 manifest (else ``ValueError``: use a new ``--out``). Unreadable files are retried on resume; the
 ``skipped`` list is keyed by path, so it stays deduplicated.
 
@@ -87,9 +90,10 @@ import numpy as np
 import torch
 
 from ..audio import AUDIO_EXTENSIONS, HOP_LENGTH, SAMPLE_RATE, AudioLoadError, log_mel, num_frames
-from ..runtime import resolve_device, write_json_atomic
+from ..errors import WhisperGPTError
+from ..runtime import move_aside, resolve_device, write_json_atomic
 from .augment import AugmentedCopies, AugmentRecipe
-from .dataset import FORMAT_VERSION, MANIFEST, SHARDS_DIR, read_manifest
+from .dataset import FORMAT_VERSION, MANIFEST, SHARDS_DIR, check_shard, read_manifest
 
 CONTEXT_SECONDS = 2.0
 SPLITS = ("train", "val")
@@ -264,14 +268,7 @@ class _ShardWriter:
         if self.frames >= self.shard_frames:
             self.flush()
 
-    def flush(self) -> None:
-        if not self.entries:
-            return
-        name = f"{self.split}-{self.index:05d}"
-        final = self.root / name
-        tmp = self.root / f".tmp-{name}-{os.getpid()}"
-        if tmp.exists():
-            shutil.rmtree(tmp)
+    def _write(self, tmp: Path) -> None:
         tmp.mkdir(parents=True)
         np.save(tmp / "codes.npy", np.concatenate(self.codes, axis=1))  # (K, N_total)
         np.save(tmp / "mel.npy", np.concatenate(self.mels, axis=1))  # (M, N_total)
@@ -282,6 +279,24 @@ class _ShardWriter:
         for f in tmp.iterdir():  # data on disk before the rename makes the shard visible
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
+
+    def flush(self) -> None:
+        if not self.entries:
+            return
+        name = f"{self.split}-{self.index:05d}"
+        final = self.root / name
+        tmp = self.root / f".tmp-{name}-{os.getpid()}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        try:
+            self._write(tmp)
+        except OSError as e:  # e.g. ENOSPC: finished shards and the manifest are untouched
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise WhisperGPTError(
+                f"could not write shard {name} ({e.strerror or e})",
+                getattr(e, "filename", None) or tmp,
+                "free disk space and rerun the same prepare command: finished shards are kept",
+            ) from e
         os.rename(tmp, final)
         shard = dict(name=name, split=self.split, files=len(self.entries), frames=self.frames)
         self.codes, self.mels, self.mels_decoded, self.entries, self.frames = [], [], [], [], 0
@@ -289,8 +304,9 @@ class _ShardWriter:
         self.on_shard(shard)
 
 
-def _scan_shards(root: Path) -> tuple[list[dict], set[str]]:
-    """Completed shards on disk (``[{name, split, files, frames}]``) and the paths they hold."""
+def _scan_shards(root: Path, old: dict | None = None) -> tuple[list[dict], set[str]]:
+    """Completed shards on disk (``[{name, split, files, frames}]``) and the paths they hold; with
+    the existing manifest ``old``, broken shards (cheap check) are moved aside, their files not done."""
     shards, done = [], set()
     if not root.is_dir():
         return shards, done
@@ -300,6 +316,14 @@ def _scan_shards(root: Path) -> tuple[list[dict], set[str]]:
         split = d.name.rsplit("-", 1)[0]
         if split not in SPLITS or not all((d / f).is_file() for f in ("codes.npy", "mel.npy", "index.json")):
             continue
+        if old is not None:
+            mel_files = ["mel.npy"] + (["mel_decoded.npy"] if old.get("decoded_mel") else [])
+            problem = check_shard(d, int(old["num_codebooks"]), int(old["n_mels"]), mel_files)
+            if problem is not None:
+                moved = move_aside(d)
+                print(f"prepare: shard {d.name} is broken ({problem}); moved aside to {moved.name}, "
+                      "its files are encoded again", flush=True)  # fmt: skip
+                continue
         index = json.loads((d / "index.json").read_text())
         shards.append(
             dict(name=d.name, split=split, files=len(index), frames=sum(e["frames"] for e in index))
@@ -371,6 +395,7 @@ def prepare(
     settings = dict(codec=str(codec), bandwidth=float(bandwidth), n_mels=int(n_mels), seed=int(seed),
                     val_fraction=float(val_fraction), decoded_mel=bool(decoded_mel), augment=aug.settings())  # fmt: skip
     skipped: dict[str, str] = {}
+    old = None
     if (out / MANIFEST).exists():
         old = read_manifest(out)
         diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
@@ -387,7 +412,7 @@ def prepare(
     root.mkdir(parents=True, exist_ok=True)
     for d in root.glob(".tmp-*"):  # debris of an interrupted run: never valid
         shutil.rmtree(d, ignore_errors=True)
-    shards, done = _scan_shards(root)
+    shards, done = _scan_shards(root, old)
     for p in done:
         skipped.pop(p, None)
     for p in list(skipped):  # a folder or a link was skipped by the scan, which this run redoes
@@ -528,45 +553,9 @@ def prepare(
     return manifest
 
 
-def summarize(directory: str | os.PathLike, max_skipped: int = 10) -> str:
-    """The human summary ``whispergpt inspect`` prints."""
-    m = read_manifest(directory)
-    fr = m["frame_rate"]
-    lines = [
-        f"dataset      {directory}",
-        f"codec        {m.get('codec')} @ {m.get('bandwidth')} kbps: K={m['num_codebooks']} codebooks, "
-        f"V={m['codebook_size']}, {fr} Hz, {m['sample_rate']} Hz audio",
-        f"mel          M={m['n_mels']} bins; decoded mel (log-mel of codec-decoded tokens) "
-        f"{'stored' if m.get('decoded_mel') else 'not stored'}",
-        f"split        seed={m.get('seed')} val_fraction={m.get('val_fraction')}",
-    ]
-    for s, v in m["splits"].items():
-        hours = v["frames"] / fr / 3600
-        lines.append(f"{s:<12} {v['files']} files, {v['frames']} frames, {hours:.3f} h")
-    lines.append(f"shards       {len(m['shards'])}")
-    skipped = m.get("skipped", [])
-    lines.append(f"skipped      {len(skipped)} files")
-    for s in skipped[:max_skipped]:
-        lines.append(
-            f"  - {s['reason'] if s['reason'].startswith(s['path']) else s['path'] + ': ' + s['reason']}"
-        )
-    if len(skipped) > max_skipped:
-        lines.append(f"  ... and {len(skipped) - max_skipped} more (see manifest.json)")
-    warnings = []
-    for s in SPLITS:
-        if m["splits"].get(s, {}).get("files", 0) == 0:
-            warnings.append(f"split {s!r} is empty")
-    total = sum(v["files"] for v in m["splits"].values())
-    if total and len(skipped) > total:
-        warnings.append("more files were skipped than kept: check the inputs")
-    for w in warnings:
-        lines.append(f"WARNING      {w}")
-    return "\n".join(lines)
-
-
 def __getattr__(name: str):
     # the CLI moved to whispergpt.data.cli; imported lazily (it imports this module)
-    if name in ("main_prepare", "main_inspect"):
+    if name in ("main_prepare", "main_inspect", "summarize"):
         from . import cli
 
         return getattr(cli, name)

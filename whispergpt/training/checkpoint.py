@@ -9,12 +9,26 @@ Layout of one run directory (``out_dir``)::
         optimizer.pt, scheduler.pt           # torch.save of state dicts (loaded weights_only=True)
         rng-<rank>.safetensors               # python / numpy / torch RNG states of each rank
         trainer_state.json                   # step, tokens seen, best val, wandb run id
+        training_data.json                   # what the model was trained on (record.py)
         deepspeed/                           # DeepSpeed runs only: accelerate.save_state output
+        files.json                           # byte size + sha256 of every other file (written last)
     out_dir/checkpoints/.tmp-step-0000200/   # a checkpoint being written (ignored, cleaned up)
-    out_dir/final/                           # the final model, HF layout
+    out_dir/checkpoints/.bad-step-0000300/   # failed verification on resume: moved aside, never deleted
+    out_dir/final/                           # the final model, HF layout (+ files.json)
 
 A checkpoint directory is written under a temporary name and ``os.replace``d into place, so a
 directory named ``step-NNNNNNN`` is always complete; a run killed mid-save leaves only a temp dir.
+
+Verification
+------------
+The rename protects against a kill, not against a disk error, a bad copy or an rsync cut short.
+``files.json`` lists the byte size and sha256 of every file of the checkpoint; it is written
+after all of them and before the rename. ``verify_checkpoint`` re-hashes everything: sha256 runs at
+roughly 0.5-1 GB/s, so even a GPT-L checkpoint (weights + AdamW moments, a few GB) costs seconds,
+negligible next to a resume, so there is no size-only shortcut for big files. A checkpoint without
+``files.json`` (written before it existed) is accepted if its trainer state parses.
+``select_resume_checkpoint`` moves a checkpoint that fails aside (``.bad-step-N``) and falls back to
+the newest one that verifies.
 
 Everything we write ourselves loads without unpickling (safetensors, JSON, ``torch.load(...,
 weights_only=True)``). The ``deepspeed/`` subdirectory is DeepSpeed's own format, torch pickles
@@ -24,21 +38,25 @@ The HF files (``config.json`` + ``model.safetensors``) next to it are always saf
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..runtime import write_json_atomic  # noqa: F401  (re-exported: the old home of this helper)
+from ..errors import InputError
+from ..runtime import move_aside, write_json_atomic  # write_json_atomic: also re-exported (its old home)
 
 CHECKPOINTS = "checkpoints"
 TRAINER_STATE = "trainer_state.json"
+FILES_MANIFEST = "files.json"
 _STEP_RE = re.compile(r"^step-(\d+)$")
 _TMP_PREFIX = ".tmp-"
 
@@ -123,6 +141,123 @@ def prune_checkpoints(out_dir: str | os.PathLike, keep_last: int, marker: str = 
 def read_trainer_state(ckpt: str | os.PathLike) -> dict:
     with open(Path(ckpt) / TRAINER_STATE) as f:
         return json.load(f)
+
+
+# --- verification --------------------------------------------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _payload_files(directory: Path) -> list[str]:
+    """Every file under ``directory`` but ``files.json``, as sorted POSIX relative paths."""
+    return sorted(
+        p.relative_to(directory).as_posix()
+        for p in directory.rglob("*")
+        if p.is_file() and p.name != FILES_MANIFEST
+    )
+
+
+def write_files_manifest(directory: str | os.PathLike) -> Path:
+    """Record size + sha256 of every file of ``directory`` in ``files.json`` (call last, before publishing)."""
+    directory = Path(directory)
+    files = {
+        rel: dict(size=(directory / rel).stat().st_size, sha256=_sha256(directory / rel))
+        for rel in _payload_files(directory)
+    }
+    return write_json_atomic(directory / FILES_MANIFEST, dict(format_version=1, files=files))
+
+
+def verify_checkpoint(directory: str | os.PathLike, marker: str | None = TRAINER_STATE) -> str | None:
+    """None when every file of the checkpoint ``directory`` matches its ``files.json``, else why not.
+
+    A legacy checkpoint (no ``files.json``) passes when its ``marker`` JSON parses. Files added
+    after the save (none are) would be ignored; a listed file that is missing, of another size or
+    hash fails.
+    """
+    directory = Path(directory)
+    listing = directory / FILES_MANIFEST
+    if not listing.is_file():
+        if marker is None:
+            return None
+        try:
+            json.loads((directory / marker).read_text())
+        except (OSError, ValueError) as e:
+            return f"{marker} is unreadable ({e})"
+        return None
+    try:
+        files = json.loads(listing.read_text())["files"]
+        items = [(str(rel), int(f["size"]), str(f["sha256"])) for rel, f in files.items()]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        return f"{FILES_MANIFEST} is unreadable ({e})"
+    for rel, size, digest in items:
+        path = directory / rel
+        try:
+            actual = path.stat().st_size
+        except OSError:
+            return f"{rel} is missing"
+        if actual != size:
+            return f"{rel} has {actual} bytes, {size} were written"
+        if _sha256(path) != digest:
+            return f"{rel} does not match its sha256 (corrupted)"
+    return None
+
+
+def select_resume_checkpoint(out_dir: str | os.PathLike, marker: str = TRAINER_STATE) -> Path | None:
+    """The newest checkpoint of ``out_dir`` that verifies; each newer one that fails is moved aside
+    with a warning naming it, the checkpoint used instead and the steps lost. Main process only."""
+    ckpts = list_checkpoints(out_dir, marker)
+    bad: list[tuple[int, Path, str, Path]] = []
+    chosen: tuple[int, Path] | None = None
+    for step, path in reversed(ckpts):
+        problem = verify_checkpoint(path, marker)
+        if problem is None:
+            chosen = (step, path)
+            break
+        bad.append((step, path, problem, move_aside(path)))
+    for step, path, problem, moved in bad:
+        if chosen is None:
+            instead = f"no valid checkpoint left: starting from step 0 ({step} steps lost)"
+        else:
+            instead = f"resuming from {chosen[1].name} instead ({step - chosen[0]} steps lost)"
+        print(
+            f"warning: checkpoint {path} failed verification: {problem}; moved aside to {moved.name}; {instead}",
+            file=sys.stderr,
+            flush=True,
+        )
+    return None if chosen is None else chosen[1]
+
+
+def resolve_resume_from(resume_from: str, marker: str = TRAINER_STATE) -> Path:
+    """``train.resume_from=PATH``: a checkpoint directory, or a run directory (its newest checkpoint
+    that verifies, nothing moved). An explicit choice that fails verification is an error."""
+    p = Path(resume_from).expanduser()
+    if not p.is_dir():
+        raise InputError(
+            "train.resume_from: no such checkpoint directory", p, "pass a checkpoints/step-N folder"
+        )
+    if not (p / marker).is_file():
+        for _, candidate in reversed(list_checkpoints(p, marker)):
+            if verify_checkpoint(candidate, marker) is None:
+                return candidate
+        raise InputError(
+            f"train.resume_from: not a checkpoint (no {marker}) nor a run with a valid checkpoint",
+            p,
+            "pass a checkpoints/step-N folder",
+        )
+    problem = verify_checkpoint(p, marker)
+    if problem is not None:
+        raise InputError(
+            f"train.resume_from: checkpoint failed verification: {problem}",
+            p,
+            "pick another checkpoint (train.resume_from=PATH) or omit the key to use the newest valid one",
+        )
+    return p
 
 
 def _fsync_dir(path: Path) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -71,19 +72,38 @@ def read_training_record(directory: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A ``save_pretrained`` dir, or a training ``out_dir`` (-> its ``final``, else newest checkpoint)."""
-    from .checkpoint import list_checkpoints
+    """A ``save_pretrained`` dir, or a training ``out_dir`` (-> its ``final``, else newest checkpoint).
+
+    Directories with a ``files.json`` are verified (``checkpoint.verify_checkpoint``): an explicit
+    model dir that fails is an ``InputError``; in a run dir, a ``final`` or checkpoint that fails is
+    skipped, with a warning on stderr, in favour of the newest one that verifies.
+    """
+    from ..errors import InputError
+    from .checkpoint import list_checkpoints, verify_checkpoint
 
     p = Path(path).expanduser()
     if not p.exists():
         raise ValueError(f"--checkpoint {p}: no such directory")
     if (p / "config.json").is_file() and (p / "model.safetensors").is_file():
+        problem = verify_checkpoint(p, marker=None)
+        if problem is not None:
+            raise InputError(
+                f"--checkpoint failed verification: {problem}", p, "copy it again or pick another checkpoint"
+            )
         return p
-    if (p / "final" / "config.json").is_file():
-        return p / "final"
-    found = list_checkpoints(p)
-    if found:
-        return found[-1][1]
+    candidates = [p / "final"] if (p / "final" / "config.json").is_file() else []
+    candidates += [c for _, c in reversed(list_checkpoints(p))]
+    for c in candidates:
+        problem = verify_checkpoint(c, marker=None)
+        if problem is None:
+            return c
+        print(f"warning: skipping {c}: failed verification: {problem}", file=sys.stderr)
+    if candidates:
+        raise InputError(
+            "--checkpoint: no final/ or checkpoint in this run passes verification",
+            p,
+            "copy the run again or pick another checkpoint",
+        )
     raise ValueError(
         f"--checkpoint {p}: expected a model directory (config.json + model.safetensors) or a training "
         "out_dir with final/ or checkpoints/step-*"

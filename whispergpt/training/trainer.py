@@ -196,32 +196,75 @@ class Trainer:
         if self.is_ds:
             acc.save_state(str(tmp / "deepspeed"))  # collective: model + optimizer shards
         state = self._state_dict_for_save()  # collective under ZeRO-3
-        ckpt_io.save_rng_state(tmp, self.rank)
+        try:
+            ckpt_io.save_rng_state(tmp, self.rank)
+        except OSError as e:
+            raise self._save_failed(e, tmp) from e
         acc.wait_for_everyone()
         final = None
         if acc.is_main_process:
-            self._write_hf(tmp, state)
-            if not self.is_ds:
-                torch.save(self.opt.state_dict(), tmp / "optimizer.pt")
-            torch.save(self.sched.state_dict(), tmp / "scheduler.pt")
-            self._write_record(tmp)
-            write_json_atomic(
-                tmp / ckpt_io.TRAINER_STATE,
-                dict(
-                    step=step,
-                    tokens_seen=self.tokens_seen,
-                    best_val_nll=self.best_val,
-                    elapsed_s=self.elapsed_before + (time.perf_counter() - self.t_start),
-                    wandb_run_id=self.wandb_id,
-                    world_size=self.world,
-                    deepspeed=self.is_ds,
-                    num_threads=torch.get_num_threads(),
-                ),
-            )
+            try:
+                self._write_checkpoint_files(tmp, state)
+            except OSError as e:  # e.g. ENOSPC: the previous checkpoints are untouched
+                raise self._save_failed(e, tmp) from e
             final = ckpt_io.publish_checkpoint(tmp, step)
             ckpt_io.prune_checkpoints(self.out, self.cfg.train.keep_last)
         acc.wait_for_everyone()
         return final
+
+    def _save_failed(self, e: OSError, tmp: Path) -> WhisperGPTError:
+        """One line for a failed checkpoint write (a full disk, a quota); the temp dir goes."""
+        shutil.rmtree(tmp, ignore_errors=True)
+        last = ckpt_io.latest_checkpoint(self.out)
+        return WhisperGPTError(
+            f"could not write the step-{self.step} checkpoint ({e.strerror or e})",
+            getattr(e, "filename", None) or tmp,
+            f"free disk space and rerun to resume from {last}"
+            if last
+            else "free disk space and rerun (no earlier checkpoint: it starts over)",
+        )
+
+    def _write_checkpoint_files(self, tmp: Path, state: dict[str, torch.Tensor]) -> None:
+        """The main process's files of a checkpoint; ``files.json`` (sizes + sha256) comes last."""
+        self._write_hf(tmp, state)
+        if not self.is_ds:
+            torch.save(self.opt.state_dict(), tmp / "optimizer.pt")
+        torch.save(self.sched.state_dict(), tmp / "scheduler.pt")
+        self._write_record(tmp)
+        write_json_atomic(
+            tmp / ckpt_io.TRAINER_STATE,
+            dict(
+                step=self.step,
+                tokens_seen=self.tokens_seen,
+                best_val_nll=self.best_val,
+                elapsed_s=self.elapsed_before + (time.perf_counter() - self.t_start),
+                wandb_run_id=self.wandb_id,
+                world_size=self.world,
+                deepspeed=self.is_ds,
+                num_threads=torch.get_num_threads(),
+            ),
+        )
+        ckpt_io.write_files_manifest(tmp)
+
+    def _resume_checkpoint(self) -> Path | None:
+        """What ``train.resume_from`` picks (see TrainConfig). Only the main process verifies and
+        moves broken checkpoints aside; the others then read the surviving newest one."""
+        choice, acc = self.cfg.train.resume_from, self.acc
+        if choice is not None and choice.lower() == "none":
+            existing = ckpt_io.latest_checkpoint(self.out)
+            if existing is not None:
+                raise WhisperGPTError(
+                    "train.resume_from=none but out_dir already holds checkpoints",
+                    existing,
+                    "use a new out_dir, or drop train.resume_from to continue that run",
+                )
+            return None
+        if choice is not None:
+            return ckpt_io.resolve_resume_from(choice)
+        if acc.is_main_process:
+            ckpt_io.select_resume_checkpoint(self.out)
+        acc.wait_for_everyone()
+        return ckpt_io.latest_checkpoint(self.out)
 
     def load_checkpoint(self, path: Path) -> None:
         from safetensors.torch import load_file
@@ -270,6 +313,7 @@ class Trainer:
                 shutil.copy2(last / name, tmp / name)
             # what the model was trained on, so eval and sampling can pick the same codec and mel
             self._write_record(tmp)
+            ckpt_io.write_files_manifest(tmp)
             ckpt_io.replace_dir(tmp, final)
         self.acc.wait_for_everyone()
         return final
@@ -322,7 +366,7 @@ class Trainer:
                 + (f"; {reproducibility_note()}" if acc.device.type == "cpu" else ""),
                 flush=True,
             )
-        latest = ckpt_io.latest_checkpoint(self.out)
+        latest = self._resume_checkpoint()
         if latest is not None:
             self.load_checkpoint(latest)
             if acc.is_main_process:

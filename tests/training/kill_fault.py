@@ -1,0 +1,29 @@
+"""Fault injection for the killed-worker test: rank ``RANK`` SIGKILLs itself in training step ``STEP``.
+
+Patches ``nll_per_codebook`` in the trainer module's namespace (what the loop calls), like
+``nan_fault.py``; run under ``accelerate launch``::
+
+    kill_fault.py RANK STEP CONFIG.yaml [key=value ...]
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+from whispergpt.training import trainer
+
+if __name__ == "__main__":
+    rank, step = int(sys.argv[1]), int(sys.argv[2])
+    real, calls = trainer.nll_per_codebook, [0]
+
+    def patched(logits, codes):
+        if logits.requires_grad and int(os.environ.get("RANK", "0")) == rank:
+            calls[0] += 1
+            if calls[0] == step:  # grad_accum 1: call i is step i
+                os.kill(os.getpid(), signal.SIGKILL)
+        return real(logits, codes)
+
+    trainer.nll_per_codebook = patched
+    sys.exit(trainer.main(sys.argv[3:]))
