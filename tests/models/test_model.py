@@ -112,7 +112,10 @@ def test_forward_rejects_bad_inputs():
     with pytest.raises(ValueError, match="K=3"):
         model(codes[:, :2], mel)
     with pytest.raises(ValueError, match=r"codes must lie in \[0, 15\]"):
-        model(codes + V, mel)
+        model.check_codes(codes + V)
+    with pytest.raises(ValueError, match=r"got \[-1, "):
+        model.check_codes(codes - 1)
+    model.check_codes(codes)  # in range: no error
 
 
 def test_token_only_baseline_ignores_mel_and_hybrid_uses_it():

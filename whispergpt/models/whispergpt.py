@@ -437,6 +437,19 @@ class WhisperGPT(nn.Module):
         return memo
 
     # -- frame space --------------------------------------------------------------------------
+    def check_codes(self, codes: torch.Tensor) -> None:
+        """ValueError unless every id in ``codes`` lies in ``[0, codebook_size)``.
+
+        ``forward`` checks shapes and dtypes only (a range check costs a host-device sync per
+        step); call this on codes that did not come from a ``PreparedDataset``. An id out of range
+        would otherwise index the neighbouring codebook's embedding table, or the device asserts.
+        """
+        V = self.config.codebook_size
+        if codes.numel():
+            lo, hi = torch.stack(torch.aminmax(codes)).tolist()  # one host-device sync, not two
+            if lo < 0 or hi >= V:
+                raise ValueError(f"codes must lie in [0, {V - 1}], got [{lo}, {hi}]")
+
     def forward(self, codes: torch.Tensor, mel: torch.Tensor | None = None) -> WhisperGPTOutput:
         """``codes (B, K, T)`` long + ``mel (B, M, T)`` -> logits ``(B, Ks, T, V)`` aligned with ``codes``."""
         c = self.config
@@ -448,10 +461,8 @@ class WhisperGPT(nn.Module):
             raise ValueError(f"pattern {c.pattern!r} needs codes with K={need} codebooks, got K={K}")
         if codes.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"codes must be integer (long), got {codes.dtype}")
-        if codes.numel():
-            lo, hi = torch.stack(torch.aminmax(codes)).tolist()  # one host-device sync, not two
-            if lo < 0 or hi >= c.codebook_size:
-                raise ValueError(f"codes must lie in [0, {c.codebook_size - 1}], got [{lo}, {hi}]")
+        # No range check here: it would stop the device every step. Data is checked where it is
+        # loaded (PreparedDataset, per shard at open); other callers use ``check_codes``.
         if c.fusion != "none":
             if mel is None:
                 raise ValueError(f"fusion {c.fusion!r} needs mel (B, M, T); pass fusion=none for token-only")

@@ -9,9 +9,10 @@ holds model, optimizer, scheduler and every rank's RNG states. On CPU, one proce
 any point and restarted reproduces the uninterrupted run's losses and final weights bit for bit
 given the same thread count (see ``runtime.reproducibility_note``). The step loop:
 
-    for each of train.grad_accum micro-batches: forward, NLL sum/count reduced across ranks
-        (a non-finite value stops the run before anything is updated), backward
-    clip gradients, AdamW step, warmup+cosine LR step
+    for each of train.grad_accum micro-batches: forward, NLL sum/count added up on the device, backward
+    NLL sum/count reduced across ranks, clip gradients; one host sync checks loss and gradient
+        norm (a non-finite value stops the run before anything is updated)
+    AdamW step, warmup+cosine LR step (scalars are read to the host on logging steps only)
     log / evaluate / checkpoint on their schedules
 
 Tokens per second count the codec tokens the model reads (batch x frames x input codebooks, all
@@ -306,6 +307,15 @@ class Trainer:
         return dict(val_nll=val, val_ppl=math.exp(min(val, 700.0)), val_nll_per_codebook=nll)
 
     # -- training ---------------------------------------------------------------------------------
+    def _stop_non_finite(self, total: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        nats, norm = total[0].item(), grad_norm.item()
+        what = (
+            f"non-finite training loss ({nats} summed nats)"
+            if not math.isfinite(nats)
+            else f"non-finite gradient norm ({norm})"
+        )
+        raise NonFiniteLossError(f"{what} at step {self.step + 1}; stopped before the update", self.out)
+
     def run(self) -> Path:
         from tqdm.auto import tqdm
 
@@ -348,7 +358,7 @@ class Trainer:
         try:
             while self.step < tc.max_steps:
                 t0 = time.perf_counter()
-                total = torch.zeros(2, dtype=torch.float64, device=acc.device)
+                total = torch.zeros(2, dtype=torch.float64, device=acc.device)  # (nats, tokens)
                 for _ in range(tc.grad_accum):
                     codes, mel = next(batches)
                     codes = codes.to(acc.device, non_blocking=True)  # (B, K, T)
@@ -358,29 +368,24 @@ class Trainer:
                             logits = self.model(codes, mel)  # (B, Ks, T, V)
                         nll_sum, count = nll_per_codebook(logits, codes)
                         loss_sum = nll_sum.sum()
-                        micro = acc.reduce(torch.stack([loss_sum.detach(), count.sum().double()]), "sum")
-                        if not torch.isfinite(micro[0]):
-                            raise NonFiniteLossError(
-                                f"non-finite training loss ({micro[0].item()} summed nats) at step "
-                                f"{self.step + 1}; stopped before the update",
-                                self.out,
-                            )
-                        total += micro
+                        # accumulated on the device: no host sync and no collective per micro-batch
+                        total += torch.stack([loss_sum.detach(), count.sum().double()])
                         # Crops have equal length, so the mean of micro-batch sum/count (accelerate
                         # divides by grad_accum) is the accumulated batch's sum/count.
                         acc.backward((loss_sum / count.sum()).float())
+                total = acc.reduce(total, "sum")  # one collective per optimizer step
                 if self.is_ds:
                     gn = acc.clip_grad_norm_(self.model.parameters(), tc.grad_clip)  # already clipped
                 else:
                     gn = acc.clip_grad_norm_(
                         self.model.parameters(), tc.grad_clip if tc.grad_clip > 0 else math.inf
                     )
-                grad_norm = float(gn) if gn is not None else float("nan")
-                if not self.is_ds and not math.isfinite(grad_norm):
-                    raise NonFiniteLossError(
-                        f"non-finite gradient norm ({grad_norm}) at step {self.step + 1}; stopped before the update",
-                        self.out,
-                    )
+                # DeepSpeed may give a float or None, and handles overflow itself: loss only then
+                gn = torch.as_tensor(math.nan if gn is None else gn, dtype=torch.float64, device=acc.device)
+                watched = total[:1] if self.is_ds else torch.stack([total[0], gn.double()])
+                # The one host sync of a non-logging step: nothing is updated past a non-finite value.
+                if not bool(torch.isfinite(watched).all()):
+                    self._stop_non_finite(total, gn)
                 lr = self.sched.get_last_lr()[0]
                 self.opt.step()
                 self.sched.step()
@@ -389,9 +394,9 @@ class Trainer:
                 self.tokens_seen += tokens_per_step
                 window_tokens += tokens_per_step
                 window_time += time.perf_counter() - t0
-                loss = float(total[0] / total[1])
                 bar.update(1)
                 if self.step % tc.log_every == 0 or self.step == tc.max_steps:
+                    loss, grad_norm = torch.stack([total[0] / total[1], gn.double()]).tolist()
                     tps = window_tokens / max(window_time, 1e-9)
                     loggers.log(
                         dict(
