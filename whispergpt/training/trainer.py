@@ -70,6 +70,18 @@ class NonFiniteLossError(WhisperGPTError, RuntimeError):
         super().__init__(what, Path(out_dir) / ckpt_io.CHECKPOINTS, hint)
 
 
+def fused_adamw_supported(device: torch.device) -> bool:
+    """Whether ``AdamW(fused=True)`` runs on ``device``: CUDA always; CPU from torch 2.4 on (older
+    versions reject CPU parameters). One kernel over all parameters instead of a loop of
+    per-tensor ops: on CPU at tiny size the optimizer step is ~6x faster than the foreach one."""
+    if device.type == "cuda":
+        return True
+    if device.type == "cpu":
+        major, minor = (int(x) for x in torch.__version__.split(".")[:2])
+        return (major, minor) >= (2, 4)
+    return False
+
+
 class _Logits(torch.nn.Module):
     """``codes, mel -> logits`` around the model: a plain tensor output lets DeepSpeed ZeRO-3 hook
     the backward pass (it does not look inside the model's output dataclass)."""
@@ -101,7 +113,6 @@ class Trainer:
 
         self.cfg = cfg
         tc = cfg.train
-        cuda = torch.cuda.is_available()
         mixed = choose_precision(tc.precision)
         self.acc = make_accelerator(tc.grad_accum, mixed)
         acc = self.acc
@@ -147,13 +158,15 @@ class Trainer:
             _register_zero3_external_params(model)
         if tc.compile:
             model = torch.compile(model)
-        # Fused AdamW (one kernel for all parameters) on CUDA; DeepSpeed wraps the optimizer itself.
+        fused = not self.is_ds and fused_adamw_supported(acc.device)  # DeepSpeed wraps its own
+        if fused:
+            self.core.to(acc.device)  # torch < 2.4 checks the parameters' device when it is built
         opt = torch.optim.AdamW(
             param_groups(self.core, tc.weight_decay),
             lr=tc.lr,
             betas=tuple(tc.betas),
             eps=tc.eps,
-            fused=cuda and not self.is_ds,
+            fused=fused,
         )
         # LambdaLR on the raw optimizer: DeepSpeed's ZeRO optimizers keep its param_group dicts.
         self.sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, tc) / tc.lr)

@@ -1,4 +1,4 @@
-"""The training step reads nothing back from the device except one finiteness check per optimizer
+"""The training step. It reads nothing back from the device except one finiteness check per optimizer
 step (and the logged scalars on logging steps): every ``.item()``/``.tolist()``/``bool()`` of a
 CUDA tensor stalls the host until the queued kernels finish, and across ranks it lines them up."""
 
@@ -74,3 +74,22 @@ def test_forward_reads_nothing_back(pattern, monkeypatch):
     counts = count_syncs(monkeypatch)
     model(codes, mel).logits.sum().backward()
     assert not counts, dict(counts)
+
+
+@pytest.mark.parametrize(
+    "version,device,expected",
+    [("2.3.1", "cpu", False), ("2.4.0", "cpu", True), ("2.13.0+cpu", "cpu", True), ("2.1.0", "cuda", True),
+     ("2.13.0", "meta", False)],
+)  # fmt: skip
+def test_fused_adamw_only_where_torch_supports_it(monkeypatch, version, device, expected):
+    monkeypatch.setattr(torch, "__version__", version)
+    assert trainer.fused_adamw_supported(torch.device(device)) is expected
+
+
+def test_fused_adamw_builds_and_steps_on_cpu_params():
+    if not trainer.fused_adamw_supported(torch.device("cpu")):
+        pytest.skip("this torch has no CPU fused AdamW")
+    p = torch.nn.Parameter(torch.ones(3))
+    p.grad = torch.ones(3)
+    torch.optim.AdamW([p], lr=0.1, fused=True).step()
+    assert torch.all(p < 1)
