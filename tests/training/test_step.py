@@ -93,3 +93,17 @@ def test_fused_adamw_builds_and_steps_on_cpu_params():
     p.grad = torch.ones(3)
     torch.optim.AdamW([p], lr=0.1, fused=True).step()
     assert torch.all(p < 1)
+
+
+def test_loader_workers_default_by_device(monkeypatch):
+    monkeypatch.setattr(trainer.os, "cpu_count", lambda: 16)
+    assert trainer.loader_workers(None, torch.device("cpu")) == 0
+    assert trainer.loader_workers(None, torch.device("cuda")) == 4
+    assert trainer.loader_workers(3, torch.device("cuda")) == 3  # an explicit value is kept
+    monkeypatch.setattr(trainer.os, "cpu_count", lambda: 2)
+    assert trainer.loader_workers(None, torch.device("cuda")) == 2
+    from whispergpt.config import DataConfig
+
+    assert DataConfig().num_workers is None  # the default is the device-dependent one
+    with pytest.raises(ValueError, match="num_workers must be >= 0 or null"):
+        DataConfig(num_workers=-1)

@@ -22,6 +22,7 @@ ranks; the coarse pattern reads codebook 0 only).
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import sys
 import time
@@ -80,6 +81,14 @@ def fused_adamw_supported(device: torch.device) -> bool:
         major, minor = (int(x) for x in torch.__version__.split(".")[:2])
         return (major, minor) >= (2, 4)
     return False
+
+
+def loader_workers(requested: int | None, device: torch.device) -> int:
+    """``data.num_workers``; null: 0 on CPU (the crops are memmap slices, cheaper than a worker's
+    IPC), ``min(4, CPU cores)`` on CUDA so crops are cut while the GPU runs the step."""
+    if requested is not None:
+        return requested
+    return min(4, os.cpu_count() or 1) if device.type == "cuda" else 0
 
 
 class _Logits(torch.nn.Module):
@@ -365,7 +374,8 @@ class Trainer:
             dynamic_ncols=True,
             desc="train",
         )
-        batches = iter(train_loader(self.train_ds, tc, self.cfg.data.num_workers, self.rank, self.step))
+        workers = loader_workers(self.cfg.data.num_workers, acc.device)
+        batches = iter(train_loader(self.train_ds, tc, workers, self.rank, self.step))
         self.model.train()
         window_tokens, window_time = 0, 0.0
         try:
