@@ -44,6 +44,7 @@ class Size:
     batch: int  # B
     n_mels: int = 80  # M
     mel_dim: int = 32
+    mel_heads: int = 2
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -108,16 +109,21 @@ def matmul_params(module: nn.Module) -> int:
     return sum(m.weight.numel() for m in module.modules() if isinstance(m, nn.Linear))
 
 
-def train_flops_per_step(n_matmul: int, stacks: list[tuple[int, int]], batch: int, positions: int) -> float:
+def train_flops_per_step(
+    n_matmul: int, stacks: list[tuple[int, int]], batch: int, positions: int, causal: bool = False
+) -> float:
     """Model FLOPs of one training step (forward + backward), PaLM's formula.
 
     ``6 * N * B * P + sum over stacks of 12 * L * W * P * B * P``: ``N`` matmul parameters, ``B``
     sequences of ``P`` positions, and for each transformer stack of ``L`` layers and width ``W``
     the attention score/value products (``QK^T`` and ``AV``: 2 * 2 * W * P FLOPs per position and
-    layer forward, x3 for forward + backward), counted without the causal halving, as PaLM does.
-    Recomputation is not counted (it is hardware FLOPs, not model FLOPs).
+    layer forward, x3 for forward + backward), counted without the causal halving, as PaLM does;
+    ``causal=True`` halves that term (a causal kernel computes only the lower triangle, as
+    FlashAttention-style kernels and nanoGPT/Megatron MFU do: 6 instead of 12). Recomputation is
+    not counted (it is hardware FLOPs, not model FLOPs).
     """
-    attn = sum(12 * layers * width * positions for layers, width in stacks)
+    per_layer = 6 if causal else 12
+    attn = sum(per_layer * layers * width * positions for layers, width in stacks)
     return float(batch * positions * (6 * n_matmul + attn))
 
 
@@ -142,16 +148,19 @@ TRAIN_SIZES: dict[str, Size] = {
     "cpu": Size(
         "cpu", d_model=256, n_layers=4, n_heads=4, num_codebooks=8, codebook_size=1024, frames=192, batch=4
     ),
-    # GPU: ~170M parameters, 20 s crops (1500 frames), the MFU target configuration
+    # GPU: configs/gpt_100m.yaml's dims (~110M parameters hybrid), 20 s crops (1500 frames), the
+    # MFU target configuration
     "gpu": Size(
         "gpu",
-        d_model=1024,
-        n_layers=12,
-        n_heads=16,
+        d_model=768,
+        n_layers=14,
+        n_heads=12,
         num_codebooks=8,
         codebook_size=1024,
         frames=1500,
         batch=8,
+        mel_dim=128,
+        mel_heads=4,
     ),
 }
 
@@ -176,6 +185,7 @@ def build_ours(size: Size, fusion: str) -> nn.Module:
         dropout=0.0,
         context=size.frames,
         mel_dim=size.mel_dim,
+        mel_heads=size.mel_heads,
     )
     return WhisperGPT(cfg)
 
@@ -309,6 +319,7 @@ def run_train_benchmark(
             opt=opt,
             params=sum(p.numel() for p in model.parameters()),
             flops=train_flops_per_step(matmul_params(model), stacks, B, P),
+            flops_causal=train_flops_per_step(matmul_params(model), stacks, B, P, causal=True),
             times=[],
             peaks=[],
         )
@@ -349,7 +360,8 @@ def run_train_benchmark(
             vs_musicgen=None,
             peak_mem_MiB=round(max(e["peaks"]), 1) if e["peaks"] else None,
             model_TFLOPs=float(f"{e['flops'] / t / 1e12:.4g}"),
-            mfu=round(e["flops"] / t / peak_flops, 4) if peak_flops else None,
+            mfu=round(e["flops"] / t / peak_flops, 4) if peak_flops else None,  # PaLM: no causal halving
+            mfu_causal=round(e["flops_causal"] / t / peak_flops, 4) if peak_flops else None,
             repeats=repeats,
             steps_per_repeat=steps,
             step_s_all=[round(x, 5) for x in e["times"]],

@@ -3,7 +3,7 @@
 
     python benchmarks/run.py --quick                 # CI smoke mode: tiny sizes, < 1 min on 2 CPU cores
     python benchmarks/run.py                         # CPU: small sizes, a few minutes
-    python benchmarks/run.py --device cuda           # GPU: real sizes (~170M params, 1500 frames), bf16
+    python benchmarks/run.py --device cuda           # GPU: gpt_100m sizes (~110M params, 1500 frames), bf16
     python benchmarks/run.py --only train,prepare --out runs/bench/mine.json
 
 Sections: ``train`` (bench_train.py: tokens/s vs transformers' MusicgenForCausalLM), ``sampling``

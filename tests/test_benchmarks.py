@@ -78,6 +78,21 @@ def test_flop_formula_and_matmul_params():
     # 6 N per position + 12 L W P per position for each stack, times B * P positions
     got = bench_train.train_flops_per_step(100, [(2, 16), (1, 4)], batch=3, positions=5)
     assert got == 3 * 5 * (6 * 100 + 12 * 2 * 16 * 5 + 12 * 1 * 4 * 5)
+    # causal halving: only the attention term is halved
+    causal = bench_train.train_flops_per_step(100, [(2, 16), (1, 4)], batch=3, positions=5, causal=True)
+    assert causal == 3 * 5 * (6 * 100 + 6 * 2 * 16 * 5 + 6 * 1 * 4 * 5)
+
+
+def test_gpu_preset_is_gpt_100m():
+    from whispergpt.config import load_recipe
+
+    size = bench_train.TRAIN_SIZES["gpu"]
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "configs" / "gpt_100m.yaml")
+    m, t = recipe["model"], recipe["train"]
+    assert (size.d_model, size.n_layers, size.n_heads, size.frames) == (
+        m["d_model"], m["n_layers"], m["n_heads"], m["context"]
+    )  # fmt: skip
+    assert (size.mel_dim, size.mel_heads, size.batch) == (m["mel_dim"], m["mel_heads"], t["batch_size"])
 
 
 def test_musicgen_inputs_follow_the_delay_pattern():

@@ -53,7 +53,7 @@ out_dir: runs/tiny
 data:
   dir: data/demo/prepared
   frames: null  # = model.context
-  num_workers: 0
+  num_workers: null  # the default became device-dependent (issue 22)
 train:
   max_steps: 20
   batch_size: 4

@@ -272,6 +272,19 @@ def test_decoded_mel_differs_for_a_lossy_codec(dataset, tiny_codec):
     # ... and the NLL with it differs (the whole-pipeline check is in test_cli_writes_json_md_png)
 
 
+@pytest.mark.parametrize("window", [1, 7, 16])
+def test_decoded_mel_in_windows_equals_the_whole_file_decode(tiny_codec, window):
+    # long files are decoded a window at a time (bounded memory); a 1-frame window also checks the
+    # mel's left context being rebuilt across several short chunks
+    g = torch.Generator().manual_seed(0)
+    codes = torch.randint(0, 1024, (2, 40), generator=g)  # (K, T), T > window
+    whole = ev.decoded_mel(tiny_codec, codes, 80, window=40)
+    parts = ev.decoded_mel(tiny_codec, codes, 80, window=window)
+    torch.testing.assert_close(parts, whole, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="decode window"):
+        ev.decoded_mel(tiny_codec, codes, 80, window=0)
+
+
 def test_decoded_needs_a_codec(dataset, checkpoints, tmp_path):
     with pytest.raises(ValueError, match="--codec"):
         run_eval([checkpoints["hybrid"]], dataset, mel="decoded", codec=str(tmp_path / "missing"))

@@ -199,3 +199,16 @@ def test_step_helpers_agree_with_lag():
         lag = pt.mel_lag(pattern, 3)
         for s in range(6):
             assert pt.mel_frame_at_step(pattern, 3, s + 1) == s - lag
+
+
+@pytest.mark.parametrize("pattern", ["coarse", "delay"])
+@pytest.mark.parametrize("fusion", ["concat", "interleave"])
+def test_bf16_model_samples_through_the_fast_path(tiny_codec, pattern, fusion):
+    # bf16 weights with fp32 RoPE tables once promoted q/k to fp32 and SDPA raised on the dtype mismatch
+    model = tiny_model(pattern, fusion).to(torch.bfloat16)
+    pc = prompt_codes(tiny_codec, frames=4)
+    r = generate(model, tiny_codec, frames=20, prompt_codes=pc, temperature=0.0, decode_audio=False)
+    assert model._decode_memo is not None  # the CPU inference fast path ran
+    assert r.codes.shape[-1] == 24 and r.codes.dtype == torch.long
+    assert int(r.codes.min()) >= 0 and int(r.codes.max()) < model.config.codebook_size
+    assert model.tok_emb.weight.dtype == torch.bfloat16  # not silently upcast

@@ -254,7 +254,7 @@ class DataConfig:
     # a `whispergpt prepare` output, or a list of them read as one dataset (same codec and grid)
     dir: str | list[str] = "data/demo/prepared"
     frames: int | None = None  # crop length in frames; null -> model.context
-    num_workers: int = 0  # DataLoader workers per process
+    num_workers: int | None = None  # DataLoader workers per process; null: 0 on CPU, min(4, cpus) on CUDA
     train_split: str = "train"
     val_split: str = "val"
     # mel the hybrid reads: "truth" (original audio, the paper's setting), "decoded" (codec-decoded
@@ -265,8 +265,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.frames is not None and self.frames < 1:
             raise ValueError(f"data.frames must be >= 1 or null, got {self.frames}")
-        if self.num_workers < 0:
-            raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        if self.num_workers is not None and self.num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0 or null, got {self.num_workers}")
 
 
 @dataclass

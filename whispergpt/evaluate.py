@@ -174,13 +174,40 @@ def decoded_codebooks(model: WhisperGPT) -> int:
     return 1 if model.config.pattern == "coarse" else model.config.num_codebooks
 
 
-def decoded_mel(codec, codes: torch.Tensor, n_mels: int) -> torch.Tensor:
-    """``codes (Kd, T)`` of a whole file -> log-mel ``(M, T)`` of the codec-decoded audio (CPU)."""
-    from .audio import log_mel
+DECODE_WINDOW = 1500  # frames (20 s) decoded at a time: memory bounded whatever the file length
 
-    wave = codec.decode(codes[None].to(codec.device))[0]  # (T * 320,)
-    mel = log_mel(wave, n_mels=n_mels).float().cpu()  # (M, T)
-    assert mel.shape == (n_mels, codes.shape[-1]), (mel.shape, codes.shape)
+
+def decoded_mel(codec, codes: torch.Tensor, n_mels: int, window: int = DECODE_WINDOW) -> torch.Tensor:
+    """``codes (Kd, T)`` of a whole file -> log-mel ``(M, T)`` of the codec-decoded audio (CPU).
+
+    Decoded ``window`` frames at a time: with the ``StreamingDecoder`` (state carried over, so equal
+    to a whole-file decode up to float rounding) and the causal mel of each chunk computed with
+    the previous chunk's last samples in front. A codec the streaming decoder does not know is
+    decoded whole.
+    """
+    from .audio import HOP_LENGTH, WIN_LENGTH, log_mel
+    from .codec.streaming import StreamingDecoder
+
+    if window < 1:
+        raise ValueError(f"decode window must be >= 1 frame, got {window}")
+    T = codes.shape[-1]
+    if T <= window or not StreamingDecoder.supported(codec):
+        wave = codec.decode(codes[None].to(codec.device))[0]  # (T * 320,)
+        mel = log_mel(wave, n_mels=n_mels).float().cpu()  # (M, T)
+    else:
+        stream = StreamingDecoder(codec, 1, codes.shape[0])
+        ctx = -(-(WIN_LENGTH - HOP_LENGTH) // HOP_LENGTH)  # frames of left context a mel frame reads
+        tail = None  # (ctx * 320,) last samples of the previous chunk
+        parts = []
+        for lo in range(0, T, window):
+            with torch.no_grad():
+                wave = stream.push(codes[None, :, lo : lo + window])[0]  # (n * 320,)
+            seg = wave if tail is None else torch.cat([tail, wave])
+            part = log_mel(seg, n_mels=n_mels).float()  # (M, [ctx +] n)
+            parts.append(part[:, (seg.shape[-1] - wave.shape[-1]) // HOP_LENGTH :].cpu())
+            tail = seg[-ctx * HOP_LENGTH :]
+        mel = torch.cat(parts, dim=-1)
+    assert mel.shape == (n_mels, T), (mel.shape, codes.shape)
     return mel
 
 

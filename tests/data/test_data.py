@@ -214,6 +214,20 @@ def test_validation_errors(tmp_path, ds_dir):
         PreparedDataset(broken, "val")
 
 
+def test_code_ids_out_of_range_are_rejected_at_open(tmp_path, ds_dir):
+    # the model's forward no longer checks the range (a host sync per step): the dataset does
+    for value, shown in ((V, rf"\[\d+, {V}\]"), (-1, r"\[-1, ")):
+        bad = tmp_path / f"bad{value}"
+        shutil.copytree(ds_dir, bad)
+        path = bad / "shards" / "train-00001" / "codes.npy"
+        codes = np.load(path)
+        codes[1, 7] = value
+        np.save(path, codes)
+        with pytest.raises(ValueError, match=rf"train-00001/codes.npy: code ids lie in {shown}"):
+            PreparedDataset(bad, "train")
+        PreparedDataset(bad, "val")  # other shards open as before
+
+
 def test_unlisted_and_tmp_shards_are_ignored(ds_dir):
     # a shard dir renamed into place but not yet in the manifest, and a .tmp- dir, are invisible
     shutil.copytree(ds_dir / "shards" / "train-00001", ds_dir / "shards" / "train-00002")

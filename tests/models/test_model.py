@@ -112,7 +112,10 @@ def test_forward_rejects_bad_inputs():
     with pytest.raises(ValueError, match="K=3"):
         model(codes[:, :2], mel)
     with pytest.raises(ValueError, match=r"codes must lie in \[0, 15\]"):
-        model(codes + V, mel)
+        model.check_codes(codes + V)
+    with pytest.raises(ValueError, match=r"got \[-1, "):
+        model.check_codes(codes - 1)
+    model.check_codes(codes)  # in range: no error
 
 
 def test_token_only_baseline_ignores_mel_and_hybrid_uses_it():
@@ -473,3 +476,26 @@ def test_public_exports():
 
     assert whispergpt.WhisperGPT is WhisperGPT and whispergpt.WhisperGPTConfig is WhisperGPTConfig
     assert isinstance(WhisperGPT(small_config()).decoder.blocks[0].ln1, nn.LayerNorm)
+
+
+@pytest.mark.parametrize("pattern", ["coarse", "parallel", "delay"])
+@pytest.mark.parametrize("fusion", ["concat", "interleave", "none"])
+@pytest.mark.parametrize("masked", [False, True])
+def test_chunked_nll_equals_nll_of_the_full_logits(pattern, fusion, masked):
+    from whispergpt.models import nll_per_codebook
+
+    torch.manual_seed(0)
+    model = small_model(pattern, fusion)
+    codes, mel = inputs()
+    mask = torch.rand(codes.shape[0], codes.shape[-1]) > 0.3 if masked else None
+    ref_sum, ref_count = nll_per_codebook(model(codes, mel).logits, codes, mask)
+    ref_sum.sum().backward()
+    ref_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    nll_sum, count = model.nll(codes, mel, mask, chunk_rows=5)  # several chunks, one ragged
+    assert nll_sum.dtype == torch.float64 and count.dtype == torch.int64
+    torch.testing.assert_close(nll_sum, ref_sum)
+    torch.testing.assert_close(count, ref_count)
+    nll_sum.sum().backward()  # recomputed chunk by chunk: same gradients
+    for p, g in zip(model.parameters(), ref_grads):
+        torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6)

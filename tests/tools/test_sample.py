@@ -187,3 +187,12 @@ def test_old_import_paths_still_work():
     assert resolve_checkpoint is record.resolve_checkpoint and training_codec is record.training_codec
     with pytest.raises(AttributeError):
         gen.no_such_name  # noqa: B018
+
+
+def test_cli_precision_bf16_casts_the_model(tmp_path, ckpt_dir, tiny_codec_dir):
+    out = tmp_path / "out"
+    argv = ["--checkpoint", str(ckpt_dir), "--codec", str(tiny_codec_dir), "--seconds", "0.05", "--out", str(out)]  # fmt: skip
+    assert main([*argv, "--precision", "bf16", "--no-progress"]) == 0
+    assert json.loads((out / "generation.json").read_text())["model"]["dtype"] == "bfloat16"
+    assert main([*argv, "--no-progress"]) == 0  # auto on CPU: fp32
+    assert json.loads((out / "generation.json").read_text())["model"]["dtype"] == "float32"

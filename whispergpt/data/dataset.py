@@ -270,6 +270,7 @@ class PreparedDataset(torch.utils.data.Dataset):
                     f"{sdir}: expected codes ({K}, {n_total}) and mel ({M}, {n_total}), "
                     f"got {codes.shape} and {mel.shape}"
                 )
+            self._check_code_range(sdir, codes)
             offset = 0
             for f in index:
                 if int(f["offset"]) != offset:
@@ -287,6 +288,19 @@ class PreparedDataset(torch.utils.data.Dataset):
                         root=root_index,
                     )
                 )
+
+    def _check_code_range(self, sdir: Path, codes: np.ndarray) -> None:
+        # Once per shard at open (one pass over codes.npy), so the training step needs no range
+        # check and no host-device sync: an id >= V would silently read the next codebook's
+        # embedding rows (or trip a device assert far from its cause).
+        if codes.size == 0:
+            return
+        lo, hi = int(codes.min()), int(codes.max())
+        if lo < 0 or hi >= self.codebook_size:
+            raise ValueError(
+                f"{sdir / 'codes.npy'}: code ids lie in [{lo}, {hi}], outside [0, {self.codebook_size - 1}] "
+                f"(the manifest's codebook_size {self.codebook_size}); prepare the data again with this codec"
+            )
 
     # -- manifest properties ------------------------------------------------------------------
     @property

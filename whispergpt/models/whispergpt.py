@@ -54,6 +54,7 @@ from .blocks import (  # noqa: F401  (re-exported: the old home of the blocks)
     apply_rope,
     rope_cos_sin,
 )
+from .loss import chunked_nll
 
 FUSIONS = ("concat", "sum", "interleave", "none")
 POS_EMBS = ("rope", "learned")
@@ -437,8 +438,20 @@ class WhisperGPT(nn.Module):
         return memo
 
     # -- frame space --------------------------------------------------------------------------
-    def forward(self, codes: torch.Tensor, mel: torch.Tensor | None = None) -> WhisperGPTOutput:
-        """``codes (B, K, T)`` long + ``mel (B, M, T)`` -> logits ``(B, Ks, T, V)`` aligned with ``codes``."""
+    def check_codes(self, codes: torch.Tensor) -> None:
+        """ValueError unless every id in ``codes`` lies in ``[0, codebook_size)``.
+
+        ``forward`` checks shapes and dtypes only (a range check costs a host-device sync per
+        step); call this on codes that did not come from a ``PreparedDataset``. An id out of range
+        would otherwise index the neighbouring codebook's embedding table, or the device asserts.
+        """
+        V = self.config.codebook_size
+        if codes.numel():
+            lo, hi = torch.stack(torch.aminmax(codes)).tolist()  # one host-device sync, not two
+            if lo < 0 or hi >= V:
+                raise ValueError(f"codes must lie in [0, {V - 1}], got [{lo}, {hi}]")
+
+    def _check_frame_inputs(self, codes: torch.Tensor, mel: torch.Tensor | None) -> None:
         c = self.config
         if codes.dim() != 3:
             raise ValueError(f"codes must be (B, K, T), got shape {tuple(codes.shape)}")
@@ -448,20 +461,45 @@ class WhisperGPT(nn.Module):
             raise ValueError(f"pattern {c.pattern!r} needs codes with K={need} codebooks, got K={K}")
         if codes.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"codes must be integer (long), got {codes.dtype}")
-        if codes.numel():
-            lo, hi = torch.stack(torch.aminmax(codes)).tolist()  # one host-device sync, not two
-            if lo < 0 or hi >= c.codebook_size:
-                raise ValueError(f"codes must lie in [0, {c.codebook_size - 1}], got [{lo}, {hi}]")
+        # No range check here: it would stop the device every step. Data is checked where it is
+        # loaded (PreparedDataset, per shard at open); other callers use ``check_codes``.
         if c.fusion != "none":
             if mel is None:
                 raise ValueError(f"fusion {c.fusion!r} needs mel (B, M, T); pass fusion=none for token-only")
             if mel.shape != (B, c.n_mels, T):
                 raise ValueError(f"mel must be (B, M, T) = {(B, c.n_mels, T)}, got {tuple(mel.shape)}")
-        else:
+
+    def forward(self, codes: torch.Tensor, mel: torch.Tensor | None = None) -> WhisperGPTOutput:
+        """``codes (B, K, T)`` long + ``mel (B, M, T)`` -> logits ``(B, Ks, T, V)`` aligned with ``codes``."""
+        c = self.config
+        self._check_frame_inputs(codes, mel)
+        if c.fusion == "none":
             mel = None  # token-only baseline: mel is ignored
         tokens, step_mel = pt.build_inputs(codes.long(), mel, c.pattern, self.pad_id)
         h = self._hidden_steps(tokens, step_mel, None)  # (B, P, D)
-        return WhisperGPTOutput(logits=self._frame_logits(h, T))
+        return WhisperGPTOutput(logits=self._frame_logits(h, codes.shape[-1]))
+
+    def nll(
+        self,
+        codes: torch.Tensor,
+        mel: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        chunk_rows: int = 8192,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``nll_per_codebook(self(codes, mel).logits, codes, mask)`` without the full logits:
+        the heads and the cross-entropy run over chunks of scored rows (``loss.chunked_nll``)."""
+        c = self.config
+        T = codes.shape[-1]
+        self._check_frame_inputs(codes, mel)
+        tokens, step_mel = pt.build_inputs(
+            codes.long(), mel if c.fusion != "none" else None, c.pattern, self.pad_id
+        )
+        h = self._hidden_steps(tokens, step_mel, None)  # (B, P, D)
+        if mask is not None and tuple(mask.shape) != (codes.shape[0], T):
+            raise ValueError(f"mask must be (B, T) = {(codes.shape[0], T)}, got {tuple(mask.shape)}")
+        return chunked_nll(
+            h, self._head_weight(), codes, self.num_scored_codebooks, c.pattern == "delay", mask, chunk_rows
+        )
 
     # -- persistence --------------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike) -> None:

@@ -4,7 +4,7 @@
 
     python sample.py --checkpoint DIR [--codec NAME_OR_PATH] [--prompt WAV] [--prompt-seconds S]
         --seconds S --out DIR [--num-samples N] [--temperature 1.0] [--top-k 250] [--top-p 0.0]
-        [--seed 0] [--device auto] [--prompt-mel decoded|truth] [--decoder auto|stream|window]
+        [--seed 0] [--device auto] [--precision auto|fp32|bf16] [--prompt-mel decoded|truth] [--decoder auto|stream|window]
         [--decode-window 32] [--context-keep 0.75] [--no-progress]
 
 Writes ``sample_<i>.wav`` (prompt + continuation), ``sample_<i>_continuation.wav``,
@@ -28,7 +28,7 @@ from ..audio import FRAME_RATE, HOP_LENGTH, SAMPLE_RATE, log_mel
 from ..cli import command, make_parser
 from ..codec.codec import match_codec  # noqa: F401 (legacy name, importable from here)
 from ..generate import DEFAULT_CONTEXT_KEEP, DEFAULT_DECODE_WINDOW, check_sampling_args, generate
-from ..runtime import resolve_device
+from ..runtime import choose_precision, resolve_device
 from ..training.record import resolve_checkpoint, training_codec
 from .plots import save_spectrogram
 
@@ -75,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--top-p", type=float, default=0.0, help="0 = off")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    ap.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="model weights dtype (auto: bf16 on a bf16-capable CUDA device, else fp32); "
+        "the codec and the fed mel stay fp32",
+    )
     ap.add_argument(
         "--decode-window",
         type=int,
@@ -159,6 +166,7 @@ def run(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     _check_args(args)
     device = resolve_device(args.device)
+    dtype = torch.bfloat16 if choose_precision(args.precision, device) == "bf16" else torch.float32
     ckpt = resolve_checkpoint(args.checkpoint)
     try:
         config = from_dict(WhisperGPTConfig, json.loads((ckpt / "config.json").read_text()), "model")
@@ -196,7 +204,9 @@ def run(args: argparse.Namespace) -> dict:
     if note:
         print(f"note: {note}", file=sys.stderr)
     codec.to(device)
-    model = WhisperGPT.from_pretrained(ckpt, device=device).eval()
+    # Only the model is cast: the codec's decoder and log-mel feed the model back, and in bf16 they
+    # would drift from the training features (the fed mel is cast to the weights' dtype per step).
+    model = WhisperGPT.from_pretrained(ckpt, device=device).to(dtype).eval()
     t_load = time.perf_counter()
     if args.data is not None:
         from .heldout import run_heldout
@@ -267,6 +277,7 @@ def run(args: argparse.Namespace) -> dict:
             num_codebooks=config.num_codebooks,
             context=config.context,
             parameters=model.num_parameters(),
+            dtype=str(dtype).removeprefix("torch."),
         ),
         codec=dict(
             name=codec.name,

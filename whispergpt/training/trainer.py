@@ -9,9 +9,10 @@ holds model, optimizer, scheduler and every rank's RNG states. On CPU, one proce
 any point and restarted reproduces the uninterrupted run's losses and final weights bit for bit
 given the same thread count (see ``runtime.reproducibility_note``). The step loop:
 
-    for each of train.grad_accum micro-batches: forward, NLL sum/count reduced across ranks
-        (a non-finite value stops the run before anything is updated), backward
-    clip gradients, AdamW step, warmup+cosine LR step
+    for each of train.grad_accum micro-batches: forward, NLL sum/count added up on the device, backward
+    NLL sum/count reduced across ranks, clip gradients; one host sync checks loss and gradient
+        norm (a non-finite value stops the run before anything is updated)
+    AdamW step, warmup+cosine LR step (scalars are read to the host on logging steps only)
     log / evaluate / checkpoint on their schedules
 
 Tokens per second count the codec tokens the model reads (batch x frames x input codebooks, all
@@ -21,6 +22,7 @@ ranks; the coarse pattern reads codebook 0 only).
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import sys
 import time
@@ -69,6 +71,26 @@ class NonFiniteLossError(WhisperGPTError, RuntimeError):
         super().__init__(what, Path(out_dir) / ckpt_io.CHECKPOINTS, hint)
 
 
+def fused_adamw_supported(device: torch.device) -> bool:
+    """Whether ``AdamW(fused=True)`` runs on ``device``: CUDA always; CPU from torch 2.4 on (older
+    versions reject CPU parameters). One kernel over all parameters instead of a loop of
+    per-tensor ops: on CPU at tiny size the optimizer step is ~6x faster than the foreach one."""
+    if device.type == "cuda":
+        return True
+    if device.type == "cpu":
+        major, minor = (int(x) for x in torch.__version__.split(".")[:2])
+        return (major, minor) >= (2, 4)
+    return False
+
+
+def loader_workers(requested: int | None, device: torch.device) -> int:
+    """``data.num_workers``; null: 0 on CPU (the crops are memmap slices, cheaper than a worker's
+    IPC), ``min(4, CPU cores)`` on CUDA so crops are cut while the GPU runs the step."""
+    if requested is not None:
+        return requested
+    return min(4, os.cpu_count() or 1) if device.type == "cuda" else 0
+
+
 class _Logits(torch.nn.Module):
     """``codes, mel -> logits`` around the model: a plain tensor output lets DeepSpeed ZeRO-3 hook
     the backward pass (it does not look inside the model's output dataclass)."""
@@ -100,7 +122,6 @@ class Trainer:
 
         self.cfg = cfg
         tc = cfg.train
-        cuda = torch.cuda.is_available()
         mixed = choose_precision(tc.precision)
         self.acc = make_accelerator(tc.grad_accum, mixed)
         acc = self.acc
@@ -146,13 +167,15 @@ class Trainer:
             _register_zero3_external_params(model)
         if tc.compile:
             model = torch.compile(model)
-        # Fused AdamW (one kernel for all parameters) on CUDA; DeepSpeed wraps the optimizer itself.
+        fused = not self.is_ds and fused_adamw_supported(acc.device)  # DeepSpeed wraps its own
+        if fused:
+            self.core.to(acc.device)  # torch < 2.4 checks the parameters' device when it is built
         opt = torch.optim.AdamW(
             param_groups(self.core, tc.weight_decay),
             lr=tc.lr,
             betas=tuple(tc.betas),
             eps=tc.eps,
-            fused=cuda and not self.is_ds,
+            fused=fused,
         )
         # LambdaLR on the raw optimizer: DeepSpeed's ZeRO optimizers keep its param_group dicts.
         self.sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, tc) / tc.lr)
@@ -350,6 +373,15 @@ class Trainer:
         return dict(val_nll=val, val_ppl=math.exp(min(val, 700.0)), val_nll_per_codebook=nll)
 
     # -- training ---------------------------------------------------------------------------------
+    def _stop_non_finite(self, total: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        nats, norm = total[0].item(), grad_norm.item()
+        what = (
+            f"non-finite training loss ({nats} summed nats)"
+            if not math.isfinite(nats)
+            else f"non-finite gradient norm ({norm})"
+        )
+        raise NonFiniteLossError(f"{what} at step {self.step + 1}; stopped before the update", self.out)
+
     def run(self) -> Path:
         from tqdm.auto import tqdm
 
@@ -386,13 +418,14 @@ class Trainer:
             dynamic_ncols=True,
             desc="train",
         )
-        batches = iter(train_loader(self.train_ds, tc, self.cfg.data.num_workers, self.rank, self.step))
+        workers = loader_workers(self.cfg.data.num_workers, acc.device)
+        batches = iter(train_loader(self.train_ds, tc, workers, self.rank, self.step))
         self.model.train()
         window_tokens, window_time = 0, 0.0
         try:
             while self.step < tc.max_steps:
                 t0 = time.perf_counter()
-                total = torch.zeros(2, dtype=torch.float64, device=acc.device)
+                total = torch.zeros(2, dtype=torch.float64, device=acc.device)  # (nats, tokens)
                 for _ in range(tc.grad_accum):
                     codes, mel = next(batches)
                     codes = codes.to(acc.device, non_blocking=True)  # (B, K, T)
@@ -402,29 +435,24 @@ class Trainer:
                             logits = self.model(codes, mel)  # (B, Ks, T, V)
                         nll_sum, count = nll_per_codebook(logits, codes)
                         loss_sum = nll_sum.sum()
-                        micro = acc.reduce(torch.stack([loss_sum.detach(), count.sum().double()]), "sum")
-                        if not torch.isfinite(micro[0]):
-                            raise NonFiniteLossError(
-                                f"non-finite training loss ({micro[0].item()} summed nats) at step "
-                                f"{self.step + 1}; stopped before the update",
-                                self.out,
-                            )
-                        total += micro
+                        # accumulated on the device: no host sync and no collective per micro-batch
+                        total += torch.stack([loss_sum.detach(), count.sum().double()])
                         # Crops have equal length, so the mean of micro-batch sum/count (accelerate
                         # divides by grad_accum) is the accumulated batch's sum/count.
                         acc.backward((loss_sum / count.sum()).float())
+                total = acc.reduce(total, "sum")  # one collective per optimizer step
                 if self.is_ds:
                     gn = acc.clip_grad_norm_(self.model.parameters(), tc.grad_clip)  # already clipped
                 else:
                     gn = acc.clip_grad_norm_(
                         self.model.parameters(), tc.grad_clip if tc.grad_clip > 0 else math.inf
                     )
-                grad_norm = float(gn) if gn is not None else float("nan")
-                if not self.is_ds and not math.isfinite(grad_norm):
-                    raise NonFiniteLossError(
-                        f"non-finite gradient norm ({grad_norm}) at step {self.step + 1}; stopped before the update",
-                        self.out,
-                    )
+                # DeepSpeed may give a float or None, and handles overflow itself: loss only then
+                gn = torch.as_tensor(math.nan if gn is None else gn, dtype=torch.float64, device=acc.device)
+                watched = total[:1] if self.is_ds else torch.stack([total[0], gn.double()])
+                # The one host sync of a non-logging step: nothing is updated past a non-finite value.
+                if not bool(torch.isfinite(watched).all()):
+                    self._stop_non_finite(total, gn)
                 lr = self.sched.get_last_lr()[0]
                 self.opt.step()
                 self.sched.step()
@@ -433,9 +461,9 @@ class Trainer:
                 self.tokens_seen += tokens_per_step
                 window_tokens += tokens_per_step
                 window_time += time.perf_counter() - t0
-                loss = float(total[0] / total[1])
                 bar.update(1)
                 if self.step % tc.log_every == 0 or self.step == tc.max_steps:
+                    loss, grad_norm = torch.stack([total[0] / total[1], gn.double()]).tolist()
                     tps = window_tokens / max(window_time, 1e-9)
                     loggers.log(
                         dict(
