@@ -257,27 +257,14 @@ class PreparedDataset(torch.utils.data.Dataset):
             problem = check_shard(sdir, K, M, [self._mel_file], frames=shard.get("frames"))
             if problem is not None:  # header + size only: names a truncated file before training
                 raise broken_shard_error(root, shard["name"], problem)
-            try:
-                index = json.loads((sdir / "index.json").read_text())
-            except (OSError, json.JSONDecodeError) as e:
-                raise ValueError(
-                    f"{sdir}: shard listed in the manifest is missing or unreadable ({e})"
-                ) from e
-            codes, mel = self._open(root_index, shard["name"])
-            n_total = sum(int(f["frames"]) for f in index)
-            if codes.shape != (K, n_total) or mel.shape != (M, n_total):
-                raise ValueError(
-                    f"{sdir}: expected codes ({K}, {n_total}) and mel ({M}, {n_total}), "
-                    f"got {codes.shape} and {mel.shape}"
-                )
-            self._check_code_range(sdir, codes)
-            offset = 0
+            # check_shard has validated index.json, the shapes and the sizes; codes are read once
+            # here so that the training step needs no range check (no host-device sync): an id >= V
+            # would silently read the next codebook's embedding rows
+            index = json.loads((sdir / "index.json").read_text())
+            bad_codes = _check_values(sdir, (), self.codebook_size)
+            if bad_codes is not None:
+                raise ValueError(f"{sdir}: {bad_codes}; prepare the data again with this dataset's codec")
             for f in index:
-                if int(f["offset"]) != offset:
-                    raise ValueError(
-                        f"{sdir}/index.json: offset of {f['path']} is {f['offset']}, expected {offset}"
-                    )
-                offset += int(f["frames"])
                 self.files.append(
                     dict(
                         path=f["path"],
@@ -288,19 +275,6 @@ class PreparedDataset(torch.utils.data.Dataset):
                         root=root_index,
                     )
                 )
-
-    def _check_code_range(self, sdir: Path, codes: np.ndarray) -> None:
-        # Once per shard at open (one pass over codes.npy), so the training step needs no range
-        # check and no host-device sync: an id >= V would silently read the next codebook's
-        # embedding rows (or trip a device assert far from its cause).
-        if codes.size == 0:
-            return
-        lo, hi = int(codes.min()), int(codes.max())
-        if lo < 0 or hi >= self.codebook_size:
-            raise ValueError(
-                f"{sdir / 'codes.npy'}: code ids lie in [{lo}, {hi}], outside [0, {self.codebook_size - 1}] "
-                f"(the manifest's codebook_size {self.codebook_size}); prepare the data again with this codec"
-            )
 
     # -- manifest properties ------------------------------------------------------------------
     @property
