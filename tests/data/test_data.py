@@ -223,7 +223,9 @@ def test_code_ids_out_of_range_are_rejected_at_open(tmp_path, ds_dir):
         codes = np.load(path)
         codes[1, 7] = value
         np.save(path, codes)
-        with pytest.raises(ValueError, match=rf"train-00001: codes.npy holds codes outside \[0, {V}\) \({shown}"):
+        with pytest.raises(
+            ValueError, match=rf"train-00001: codes.npy holds codes outside \[0, {V}\) \({shown}"
+        ):
             PreparedDataset(bad, "train")
         PreparedDataset(bad, "val")  # other shards open as before
 
