@@ -387,7 +387,8 @@ def test_compare_end_to_end_tiny(tmp_path, tiny_codec_dir, capsys):
         )
     prepare([str(src)], tmp_path / "ds", str(tiny_codec_dir), bandwidth=1.5, val_fraction=0.5, progress=False)
     argv = ["--speech", str(tmp_path / "ds"), "--music", str(tmp_path / "ds"), "--out", str(tmp_path / "cmp"),
-            "--tokens", str(2 * 8 * 16), "model.context=16", "train.batch_size=4", "train.eval_every=0", "train.save_every=4"]  # fmt: skip
+            "--tokens", str(2 * 8 * 16), "--prompts", "2", "--prompt-seconds", "0.1", "--seconds", "0.1",
+            "model.context=16", "train.batch_size=4", "train.eval_every=0", "train.save_every=4"]  # fmt: skip
     assert compare_main(argv) == 0
     summary = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     rows = {(r["model"], r["mel_source"]): r for r in summary["rows"]}
@@ -403,6 +404,18 @@ def test_compare_end_to_end_tiny(tmp_path, tiny_codec_dir, capsys):
     ] * 2
     table = (tmp_path / "cmp" / "compare.md").read_text()
     assert "mel=decoded (codec-decoded tokens)" in table and "| GPT-L |" in table
+    # every model continued the same held-out prompts, scored under one judge (GPT-L)
+    assert "| metric | GPT-S | GPT-L | hybrid | differs |" in table and "NLL under the judge" in table
+    prompts = {
+        rec: [(p["file"], p["start"]) for p in json.loads(
+            (tmp_path / "cmp" / "speech" / "heldout" / rec / "generation.json").read_text())["prompts"]]
+        for rec in ("paper_gpt_s", "paper_gpt_l", "paper_hybrid")
+    }  # fmt: skip
+    assert len(set(map(tuple, prompts.values()))) == 1 and len(prompts["paper_gpt_s"]) == 2
+    scored = json.loads((tmp_path / "cmp" / "speech" / "score" / "paper_hybrid" / "score.json").read_text())
+    assert scored["counts"]["pairs"] == 2 and scored["nll"]["judge"]["checkpoint"].endswith(
+        "paper_gpt_l/final"
+    )
     capsys.readouterr()
     assert compare_main(argv) == 0  # resumed: nothing trained or evaluated again
     assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["timings_s"] == {}

@@ -24,7 +24,10 @@ context`` (tiny: 8 x 64 x 300 = 153,600; paper: 32 x 512 x 20000 = 327,680,000);
 eval / log periods follow from it (unless overridden).
 
 Layout: ``OUT/<set>/<recipe>/`` is a training run (``config.yaml``, ``metrics.jsonl``,
-``final/``); ``OUT/<set>/eval.{json,md,png}`` its evaluation; ``OUT/compare.{json,md}`` the table.
+``final/``); ``OUT/<set>/eval.{json,md,png}`` its evaluation; ``OUT/<set>/heldout/<recipe>/`` the
+model's continuations of ``--prompts`` held-out prompts (the same prompts for every model, next to
+the real audio) and ``OUT/<set>/score/<recipe>/`` their scores (``whispergpt score``, NLL under
+GPT-L as the one judge); ``OUT/compare.{json,md}`` the tables.
 Resumable: a run whose ``final/`` exists is not trained again (a killed run resumes from its last
 checkpoint), and an evaluation newer than its three models is reused. Delete a folder to redo it.
 
@@ -112,10 +115,10 @@ def _step(launcher: list[str] | None, command: str, args: list[str], log: Path) 
     if launcher:
         _run([*launcher, "-m", "whispergpt.cli", command, *args], log)
         return
-    from .. import evaluate, training
+    from ..cli import main as cli_main
 
     print(f"$ whispergpt {command} {shlex.join(args)}", flush=True)
-    rc = (training.main if command == "train" else evaluate.main)(args)
+    rc = cli_main([command, *args])
     if rc != 0:
         raise CommandFailed(f"whispergpt {command} failed (exit {rc})", rc)
 
@@ -129,8 +132,12 @@ def compare(
     processes: int = 1,
     overrides: list[str] | None = None,
     configs: str | os.PathLike = CONFIGS,
+    prompts: int = 8,
+    prompt_seconds: float | None = None,
+    seconds: float = 2.0,
 ) -> dict:
-    """Train + evaluate every recipe on every set; returns (and writes) the comparison dict."""
+    """Train + evaluate every recipe on every set, then (``prompts > 0``) have every model continue
+    the same held-out prompts and score them; returns (and writes) the comparison dict."""
     from ..data import read_manifest
     from ..training import resolve_config
 
@@ -150,6 +157,7 @@ def compare(
             raise ValueError(f"--{name} {d}: the val split is empty; prepare it with --val-fraction > 0")
     timings: dict[str, float] = {}
     results: dict[str, dict] = {}
+    scored: dict[str, dict[str, dict]] = {}
     for set_name, data_dir in sets.items():
         finals = []
         for _label, recipe in RECIPES:
@@ -176,13 +184,60 @@ def compare(
             _step(launch, "eval", args, out / set_name / "eval.log")
             timings[f"eval {set_name}"] = time.perf_counter() - t0
         results[set_name] = json.loads(report_path.read_text())
+        if prompts > 0:
+            t0 = time.perf_counter()
+            scored[set_name], work = score_heldout(
+                out / set_name, data_dir, finals, prompts, prompt_seconds, seconds, launch
+            )
+            if work:
+                timings[f"heldout {set_name}"] = time.perf_counter() - t0
     table = comparison_table(results)
+    if scored:
+        from .score import comparison
+
+        labels = dict((r, lab) for lab, r in RECIPES)
+        for set_name, reports in scored.items():
+            named = {labels[r]: rep for r, rep in reports.items()}
+            table += "\n" + comparison(
+                named, f"{set_name}: continuations of the same {prompts} held-out prompts"
+            )
     summary = dict(scale=scale, processes=processes, overrides=overrides or [], timings_s=timings,
-                   rows=table_rows(results), sets={k: str(v) for k, v in sets.items()})  # fmt: skip
+                   rows=table_rows(results), sets={k: str(v) for k, v in sets.items()},
+                   scored={k: {r: str(out / k / "score" / r / "score.json") for r in v} for k, v in scored.items()})  # fmt: skip
     (out / "compare.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "compare.md").write_text(table)
     print(table, flush=True)
     return summary
+
+
+def score_heldout(set_dir: Path, data_dir: str, finals: list[Path], prompts: int, prompt_seconds: float | None,
+                  seconds: float, launch: list[str] | None) -> tuple[dict[str, dict], bool]:  # fmt: skip
+    """Every model continues the same held-out prompts (``sample --data``); each set is scored
+    against the real continuations, all under one judge (GPT-L, the largest token-only model).
+    Returns the score reports by recipe and whether anything had to be (re)done."""
+    if prompt_seconds is None:  # half the shortest context: every model holds the prompt
+        ctx = min(json.loads((f / "config.json").read_text())["context"] for f in finals)
+        prompt_seconds = max(1, ctx // 2) / 75
+    judge = next(f for f in finals if f.parent.name == "paper_gpt_l")
+    reports, work = {}, False
+    for final in finals:
+        recipe = final.parent.name
+        gen = set_dir / "heldout" / recipe
+        args = ["--checkpoint", str(final), "--data", str(data_dir), "--split", "val"]
+        args += ["--num-prompts", str(prompts), "--prompt-seconds", f"{prompt_seconds:.6g}"]
+        args += ["--seconds", f"{seconds:.6g}", "--out", str(gen), "--seed", "0", "--no-progress"]
+        record = gen / "generation.json"  # written last: the set is complete
+        if not record.is_file() or json.loads(record.read_text()).get("num_prompts") != prompts:
+            _step(launch, "sample", args, gen / "sample.log")  # resumes: finished prompts are kept
+            work = True
+        dest = set_dir / "score" / recipe
+        report = dest / "score.json"
+        if not report.is_file() or report.stat().st_mtime < record.stat().st_mtime:
+            args = [str(gen), "--checkpoint", str(final), "--judge", str(judge), "--out", str(dest)]
+            _step(launch, "score", args, dest / "score.log")
+            work = True
+        reports[recipe] = json.loads(report.read_text())
+    return reports, work
 
 
 def table_rows(results: dict[str, dict]) -> list[dict]:
@@ -253,6 +308,13 @@ def main(argv: list[str]) -> int:
         default=str(CONFIGS),
         help="recipe folder holding compare/<scale>/paper_*.yaml (default: shipped)",
     )
+    ap.add_argument(
+        "--prompts", type=int, default=8, help="held-out prompts per set to continue and score (0: off)"
+    )
+    ap.add_argument(
+        "--prompt-seconds", type=float, default=None, help="prompt length (default: half the context)"
+    )
+    ap.add_argument("--seconds", type=float, default=2.0, help="seconds each model continues a prompt")
     ap.add_argument("overrides", nargs="*", help="key=value overrides for every run, e.g. train.lr=1e-3")
     args = ap.parse_args(argv)
     compare(
@@ -264,6 +326,9 @@ def main(argv: list[str]) -> int:
         processes=args.processes,
         overrides=args.overrides,
         configs=args.configs,
+        prompts=args.prompts,
+        prompt_seconds=args.prompt_seconds,
+        seconds=args.seconds,
     )
     return 0
 
