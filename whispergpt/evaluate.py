@@ -49,7 +49,7 @@ import torch
 
 from .data import PreparedDataset
 from .models import WhisperGPT, nll_per_codebook
-from .runtime import choose_precision
+from .runtime import choose_precision, replacing, write_atomic, write_json_atomic
 
 MEL_LABELS = {
     "truth": "mel=truth (ground-truth audio)",
@@ -543,13 +543,10 @@ def write_outputs(report: dict, out: str | os.PathLike) -> tuple[Path, Path, Pat
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     md, png = out.with_suffix(".md"), out.with_suffix(".png")
-    for path, text in ((out, json.dumps(report, indent=2) + "\n"), (md, markdown_table(report))):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    tmp = png.with_name(png.stem + ".tmp.png")
-    plot_report(report, tmp)
-    os.replace(tmp, png)
+    write_json_atomic(out, report)
+    write_atomic(md, markdown_table(report))
+    with replacing(png) as tmp:
+        plot_report(report, tmp)
     return out, md, png
 
 

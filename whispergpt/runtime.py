@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import random
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -87,21 +88,29 @@ def make_accelerator(grad_accum: int = 1, precision: Precision = "no", **kwargs:
 # --- atomic files --------------------------------------------------------------------------------
 
 
-def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
-    """Write ``data`` to a temp file beside ``path``, fsync, then rename over ``path``: readers see
-    the old file or the new one, never a torn one. The temp name carries the pid (no clashes)."""
+@contextlib.contextmanager
+def replacing(path: str | os.PathLike) -> Iterator[Path]:
+    """A temp path beside ``path`` to write to (any writer: text, audio, a PNG); renamed over
+    ``path`` when the block succeeds, removed when it raises, so readers see the old file or the
+    new one, never a torn one. The temp name keeps the suffix (writers pick the format from it)
+    and carries the pid (no clashes)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
     try:
-        with open(tmp, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return path
+
+
+def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
+    """Write ``data`` through ``replacing``, fsynced before the rename."""
+    with replacing(path) as tmp, open(tmp, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())
+    return Path(path)
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int = 2) -> Path:

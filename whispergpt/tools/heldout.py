@@ -31,7 +31,6 @@ redone: an interrupted run resumes. Sampling draws from one generator per batch 
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -40,7 +39,7 @@ import torch
 
 from ..audio import FRAME_RATE, HOP_LENGTH, AudioLoadError, load_audio, save_audio
 from ..generate import generate
-from ..runtime import write_json_atomic
+from ..runtime import replacing, write_json_atomic
 
 
 def pick_prompts(
@@ -66,9 +65,8 @@ def pick_prompts(
 
 
 def _save_atomic(path: Path, wave: torch.Tensor) -> None:
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    save_audio(tmp, wave)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        save_audio(tmp, wave)
 
 
 def _reference(codec, path: str, codes: torch.Tensor, start: int, frames: int) -> tuple[torch.Tensor, str]:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ...audio import HOP_LENGTH, SAMPLE_RATE, save_audio
+from ...runtime import replacing, write_atomic
 from .system import Requirement, default_cache_dir
 
 FORMAT_VERSION = 1
@@ -135,12 +136,6 @@ class BuildResult:
     reused: int = 0
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _load_previous(out: Path) -> tuple[dict[tuple[str, str], list[dict]], dict[tuple[str, str], dict]]:
     """Outputs and skips of a previous build, keyed by (source, item key)."""
     p = out / "SOURCES.json"
@@ -204,7 +199,7 @@ def build(
             files=res.files,
             skipped=res.skipped,
         )
-        _atomic_write(out / "SOURCES.json", json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
+        write_atomic(out / "SOURCES.json", json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
 
     for src in sources:
         if hasattr(src, "segment_seconds"):
@@ -263,9 +258,8 @@ def build(
                     if src.trimmable and MIN_SEGMENT_SECONDS <= remaining < len(piece) / SAMPLE_RATE:
                         piece = piece[: int(remaining * SAMPLE_RATE) // HOP_LENGTH * HOP_LENGTH]
                     rel = Path(src.modality) / src.kind / f"{src.name}-{item.key}-{j:03d}.wav"
-                    tmp = out / rel.with_name(rel.stem + ".tmp.wav")
-                    save_audio(tmp, piece, SAMPLE_RATE)
-                    os.replace(tmp, out / rel)
+                    with replacing(out / rel) as tmp:
+                        save_audio(tmp, piece, SAMPLE_RATE)
                     secs = round(len(piece) / SAMPLE_RATE, 3)
                     remaining -= secs
                     e = {
@@ -304,7 +298,7 @@ def build(
             if f["path"] not in keep and (out / f["path"]).is_file():
                 (out / f["path"]).unlink()
     flush()
-    _atomic_write(out / "README.md", readme_text(sources, res))
+    write_atomic(out / "README.md", readme_text(sources, res))
     return res
 
 
