@@ -237,6 +237,36 @@ def missing_stream_error(root: str | os.PathLike, name: str, asked: str) -> Inpu
     return InputError(what, root, hint)
 
 
+class _Rows:
+    """Frames ``[a, b)`` of a time-major ``.npy`` with one ``pread`` and no readahead.
+
+    A memmap crop faults pages in and the kernel's readahead (8 MiB on some VMs) reads far past
+    the crop: bench_loader measured ~12x the crop's bytes read from disk. Here the file is opened
+    per read (no descriptor is held, so any number of shards can be open) with
+    ``POSIX_FADV_RANDOM``, and exactly the crop's bytes are read into a fresh array.
+    """
+
+    def __init__(self, path: Path):
+        shape, self.dtype, self.offset = _npy_header(path)
+        self.path, self.frame_shape = path, shape[1:]
+        self.frame_bytes = int(np.prod(self.frame_shape)) * self.dtype.itemsize
+
+    def read(self, a: int, b: int) -> np.ndarray:
+        out = np.empty((b - a, *self.frame_shape), self.dtype)
+        view = memoryview(out).cast("B")
+        with open(self.path, "rb", buffering=0) as f:
+            if hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
+            f.seek(self.offset + a * self.frame_bytes)
+            got = 0
+            while got < len(view):
+                n = f.readinto(view[got:])
+                if not n:
+                    raise ValueError(f"{self.path}: ends before frame {b} (truncated?)")
+                got += n
+        return out
+
+
 class PreparedDataset(torch.utils.data.Dataset):
     """Aligned crops of one split of a prepared dataset: a tuple of tensors in the order of ``streams``."""
 
@@ -352,20 +382,25 @@ class PreparedDataset(torch.utils.data.Dataset):
     def sample_rate(self) -> int:
         return int(self.manifest["sample_rate"])
 
-    # -- pickling: memmaps are per process ----------------------------------------------------
+    # -- pickling: readers and memmaps are per process ----------------------------------------------------
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_arrays"] = {}
         return state
 
-    def _open(self, root_index: int, shard: str) -> tuple[np.ndarray, ...]:
+    def _open(self, root_index: int, shard: str) -> tuple:
+        """Per process, per shard: a ``_Rows`` reader per stream (format 2) or memmaps (format 1)."""
         arrays = self._arrays.get((root_index, shard))
         if arrays is None:
             sdir = self.directories[root_index] / SHARDS_DIR / shard
+            paths = [sdir / STREAMS[n].file for n in self._stored]
             try:
-                arrays = tuple(np.load(sdir / STREAMS[n].file, mmap_mode="r") for n in self._stored)
+                if self._time_major[root_index]:
+                    arrays = tuple(_Rows(p) for p in paths)
+                else:
+                    arrays = tuple(np.load(p, mmap_mode="r") for p in paths)
             except (OSError, ValueError) as e:
-                raise ValueError(f"{sdir}: cannot memory-map shard arrays ({e})") from e
+                raise ValueError(f"{sdir}: cannot open shard arrays ({e})") from e
             self._arrays[(root_index, shard)] = arrays
         return arrays
 
@@ -379,7 +414,9 @@ class PreparedDataset(torch.utils.data.Dataset):
 
     def crop(self, file_index: int, start: int, frames: int) -> tuple[torch.Tensor, ...]:
         """Frames ``[start, start + frames)`` of file ``file_index``: one tensor per stream,
-        ``(rows, N)`` (``(N,)`` for one value per frame), private copies in the item dtype."""
+        ``(rows, N)`` (``(N,)`` for one value per frame), private copies in the item dtype. From a
+        format-2 dataset they are transposed views of time-major ``(N, rows)`` memory (not
+        contiguous: ``.contiguous()`` where a layout matters)."""
         f = self._check_file(file_index)
         if frames < 1 or start < 0 or start + frames > f["frames"]:
             raise ValueError(
@@ -389,10 +426,11 @@ class PreparedDataset(torch.utils.data.Dataset):
         a, b = f["offset"] + start, f["offset"] + start + frames
         out = []
         if self._time_major[f["root"]]:
-            for name, arr in zip(self._stored, arrays):
-                block = np.asarray(arr[a:b]).T  # (rows, N) view of one contiguous (N, rows) read
-                # one pass: copied out of the memmap, converted to the item dtype, made contiguous
-                out.append(torch.from_numpy(np.array(block, dtype=_NP_ITEM[STREAMS[name].kind], order="C")))
+            for name, rows in zip(self._stored, arrays):
+                block = torch.from_numpy(rows.read(a, b))  # (N, rows): one contiguous read
+                # (rows, N) view of time-major memory: no transposition here (it costs ~15x the
+                # read); torch.stack in collate makes it contiguous, the model reads mel time-major
+                out.append(block.to(STREAMS[name].item_dtype).movedim(0, -1))
         else:  # format 1: (rows, N_total), one strided read per row
             for name, arr in zip(self._stored, arrays):
                 out.append(torch.from_numpy(np.array(arr[:, a:b], dtype=_NP_ITEM[STREAMS[name].kind])))
