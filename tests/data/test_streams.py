@@ -18,6 +18,8 @@ from test_data import make_dataset  # a sibling module: pytest puts tests/data o
 from whispergpt.audio import load_audio, log_mel
 from whispergpt.config import ConfigError, load_run_config
 from whispergpt.data import PreparedDataset
+from whispergpt.data.cli import summarize
+from whispergpt.data.dataset import verify_dataset
 from whispergpt.data.prepare import prepare
 from whispergpt.data.streams import STREAMS, FileWork
 from whispergpt.errors import InputError
@@ -163,6 +165,12 @@ def test_format1_dataset_is_read_but_not_extended(sources, tiny_codec_dir, tmp_p
         PreparedDataset(old, "train", streams=("latent",))
     with pytest.raises(ValueError, match="format-1 dataset.*new --out"):
         run(sources, old, tiny_codec_dir)
+    # inspect and verify read it too
+    assert verify_dataset(old) == ([], 3)
+    text = summarize(old)
+    assert "format       1 (channel-major" in text and "streams codes, mel;" in text
+    np.save(old / "shards" / "val-00000" / "mel.npy", np.zeros((4, 7), np.float16))
+    assert verify_dataset(old)[0] == [("val-00000", "mel.npy has dtype float16, expected float32")]
 
 
 # -- data.mel_source ----------------------------------------------------------------------------
@@ -243,3 +251,38 @@ def test_coarse_sampler_feeds_the_stored_coarse_mel(tiny_codec):
     torch.testing.assert_close(r.fed_mel[0], stored, rtol=0, atol=1e-3)  # MEL_ATOL of test_generate
     full = torch.from_numpy(STREAMS["mel_decoded"].writer(work)).T
     assert (r.fed_mel[0] - full).abs().max() > 10 * 1e-3  # not the all-codebook mel
+
+
+# -- the benchmarks' datasets ---------------------------------------------------------------------
+def _bench(name: str):
+    import importlib
+    import sys
+
+    bench = str(REPO / "benchmarks")
+    if bench not in sys.path:
+        sys.path.insert(0, bench)
+    return importlib.import_module(name)
+
+
+def test_loader_benchmark_layouts_hold_the_same_values(tmp_path):
+    """bench_loader compares layouts: each must read back the same crops (fp16: to its rounding)."""
+    bl = _bench("bench_loader")
+    dss = {}
+    for layout in bl.LAYOUTS:
+        bl.write_dataset(tmp_path / layout, layout, hours=0.01, K=4, M=8, shard_seconds=20.0)
+        dss[layout] = PreparedDataset(tmp_path / layout, "train", frames=30)
+    ref = dss["format1-fp32"]
+    assert len(ref.files) > 1 and len({f["shard"] for f in ref.files}) > 1
+    for layout, ds in dss.items():
+        for seed in range(5):
+            (c, m), (rc, rm) = (d.random_crop(torch.Generator().manual_seed(seed)) for d in (ds, ref))
+            assert torch.equal(c, rc), layout
+            torch.testing.assert_close(m, rm, rtol=2.0**-11, atol=0)  # float16: relative rounding
+
+
+@pytest.mark.slow
+def test_trainer_loop_benchmark_runs(tmp_path):
+    bt = _bench("bench_train")
+    rows = bt.run_trainer_benchmark(bt.TRAIN_SIZES["quick"], steps=2, warmup=1, workdir=str(tmp_path))
+    assert [r["what"].split()[0] for r in rows] == ["bare", "Trainer.run"]
+    assert rows[1]["tokens_per_s"] > 0 and len(rows[1]["tokens_per_s_all"]) == 2 and rows[1]["steps"] == 3
