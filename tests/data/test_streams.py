@@ -149,6 +149,22 @@ def test_missing_streams_name_the_prepare_flag(sources, tiny_codec_dir, tmp_path
         PreparedDataset(plain, "train", mel_source="coarse")
 
 
+def test_cli_flags_choose_the_streams(sources, tiny_codec_dir, tmp_path, capsys):
+    from whispergpt.cli import main as cli
+
+    out = tmp_path / "ds"
+    args = ["prepare", str(sources), "--out", str(out), "--codec", str(tiny_codec_dir), "--bandwidth", "1.5",
+            "--n-mels", str(M), "--val-fraction", "0", "--device", "cpu", "--no-progress"]  # fmt: skip
+    assert cli([*args, "--no-coarse-mel", "--latent", "--mel-dtype", "float32"]) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["streams"] == ["codes", "mel", "mel_decoded", "latent"] and m["mel_dtype"] == "float32"
+    assert cli(["inspect", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "all codebooks stored, codebook 0 alone not stored" in text and "latent" in text
+    assert cli([*args, "--latent", "--mel-dtype", "float32"]) == 2  # resuming with other streams
+    assert "decoded_coarse_mel: False there, True now" in capsys.readouterr().err
+
+
 def test_semantic_stream_is_read_per_frame(tmp_path):
     ds_dir = make_dataset(tmp_path / "ds", fmt=2)  # stores semantic (N,) int16 = codes[0] % 7
     ds = PreparedDataset(ds_dir, "train", frames=5, streams=("semantic", "codes"))

@@ -50,6 +50,11 @@ def main_prepare(argv: list[str]) -> int:
         "codebooks / from codebook 0 alone: what delay / coarse sampling feeds back)",
     )
     ap.add_argument(
+        "--no-coarse-mel",
+        action="store_true",
+        help="skip mel_decoded_coarse.npy (only coarse models train on it): one decode per file less",
+    )
+    ap.add_argument(
         "--mel-dtype",
         choices=MEL_DTYPES,
         default="float16",
@@ -83,6 +88,7 @@ def main_prepare(argv: list[str]) -> int:
         copies=args.copies,
         mel_dtype=args.mel_dtype,
         latent=args.latent,
+        decoded_coarse_mel=False if args.no_coarse_mel else None,
     )
     return 0
 

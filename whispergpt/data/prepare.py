@@ -5,7 +5,7 @@ Usage::
     whispergpt prepare SRC... --out DIR --codec NAME_OR_PATH [--bandwidth 6] [--n-mels 80]
                        [--val-fraction 0.05] [--seed 0] [--batch-seconds 60] [--shard-seconds 1800]
                        [--device auto|cpu|cuda] [--augment RECIPE.yaml [--copies 1]]
-                       [--no-decoded-mel] [--mel-dtype float16|float32] [--latent]
+                       [--no-decoded-mel] [--no-coarse-mel] [--mel-dtype float16|float32] [--latent]
     whispergpt inspect DIR [--max-skipped 10]
 
 SRC is an audio file, a folder (searched recursively for ``audio.AUDIO_EXTENSIONS``, any case) or
@@ -28,7 +28,7 @@ Dataset layout (``format_version`` 2)
 Column ``t`` of a file's codes and mel is frame ``t`` (samples ``[t*320, (t+1)*320)``); a file of
 ``S`` samples has ``S // 320`` frames (trailing partial hop dropped, as both ``Codec.encode`` and
 ``log_mel`` do). Read it with ``whispergpt.data.PreparedDataset``. The decoded mels (on by
-default, ``--no-decoded-mel`` drops both) are what sampling feeds back: ``mel_decoded`` decodes
+default; ``--no-decoded-mel`` drops both, ``--no-coarse-mel`` the second) are what sampling feeds back: ``mel_decoded`` decodes
 all K codebooks (delay/parallel models), ``mel_decoded_coarse`` codebook 0 alone (coarse models).
 ``--latent`` adds ``Codec.latent`` (what the codes quantize; the EnCodecMAE input). Measured
 costs of each: docs/DATA.md.

@@ -162,7 +162,7 @@ register_stream(Stream(
 register_stream(Stream(
     "mel_decoded_coarse", "mel_decoded_coarse.npy", "float", _frame_mel, _mel_dtype,
     lambda s: bool(s.get("decoded_coarse_mel")),
-    "`whispergpt prepare` (this version) without --no-decoded-mel", lambda w: _decoded_mel(w, 1),
+    "`whispergpt prepare` (this version) without --no-decoded-mel or --no-coarse-mel", lambda w: _decoded_mel(w, 1),
 ))  # fmt: skip
 register_stream(Stream(
     "latent", "latent.npy", "float", lambda m: (int(m["latent_dim"]),), lambda m: np.dtype(np.float32),
