@@ -70,7 +70,7 @@ def test_config_fills_model_shape_from_dataset(data_dir, tmp_path):
     "extra,expected",
     [
         ([], "decoded"),  # auto: the dataset stores the decoded mel and delay samples every codebook
-        (["model.pattern=coarse"], "truth"),  # coarse samples codebook 0 only: decoded mel would differ
+        (["model.pattern=coarse"], "decoded_coarse"),  # coarse samples codebook 0 only: its own decoded mel
         (["model.fusion=none"], "truth"),
         (["data.mel_source=truth"], "truth"),
     ],
