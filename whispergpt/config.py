@@ -375,7 +375,7 @@ def resolve_config(data: dict) -> RunConfig:
         cfg.data.mel_source = "decoded" if usable else "truth"
     if cfg.data.mel_source == "decoded" and cfg.model.pattern == "coarse":
         raise ConfigError(
-            "data.mel_source=decoded needs a pattern that generates all codebooks (delay or parallel): "
+            "data.mel_source=decoded needs a pattern that generates all codebooks (delay, parallel or depth): "
             "the stored decoded mel uses every codebook, a coarse model only samples codebook 0"
         )
     if cfg.data.frames is None:

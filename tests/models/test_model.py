@@ -480,7 +480,7 @@ def test_public_exports():
     assert isinstance(WhisperGPT(small_config()).decoder.blocks[0].ln1, nn.LayerNorm)
 
 
-@pytest.mark.parametrize("pattern", ["coarse", "parallel", "delay"])
+@pytest.mark.parametrize("pattern", pt.PATTERNS)
 @pytest.mark.parametrize("fusion", ["concat", "interleave", "none"])
 @pytest.mark.parametrize("masked", [False, True])
 def test_chunked_nll_equals_nll_of_the_full_logits(pattern, fusion, masked):
