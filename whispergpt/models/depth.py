@@ -25,6 +25,7 @@ measured faster than re-running the growing sequence per codebook (benchmarks/be
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -40,12 +41,15 @@ if TYPE_CHECKING:
 
 class DepthState:
     """Sampling state of one frame: the depth KV cache (K positions), the frame's projected
-    temporal context ``ctx (B, K, depth_dim)`` and ``k``, the next codebook to predict."""
+    temporal context ``ctx (B, K, depth_dim)``, ``k`` (the next codebook to predict) and the
+    ``DepthWeights`` the frame started with (None: the modules), so that the K - 1 later steps do
+    not look the inference copies up again."""
 
     def __init__(self, kv: list[LayerKV]) -> None:
         self.kv = kv
         self.ctx: torch.Tensor | None = None
         self.k = 0
+        self.w: DepthWeights | None = None
 
 
 @dataclass
@@ -78,7 +82,11 @@ class DepthTransformer(nn.Module):
         self.ctx = nn.Linear(cfg.d_model, K * Dd, bias=cfg.bias)
         self.emb = nn.Embedding((K - 1) * V, Dd)
         self.register_buffer("emb_offsets", torch.arange(K - 1) * V, persistent=False)
-        self.stack = Stack(Dd, cfg.depth_layers, cfg.depth_heads, cfg, K)
+        # learned positions whatever cfg.pos_emb: K is fixed, and one add per step is cheaper than
+        # RoPE in every layer (the per-position C_k already tell the positions apart)
+        self.stack = Stack(
+            Dd, cfg.depth_layers, cfg.depth_heads, dataclasses.replace(cfg, pos_emb="learned"), K
+        )
         self.head = nn.Linear(Dd, K * V, bias=False)
 
     def _context(self, h: torch.Tensor, n: int) -> torch.Tensor:
@@ -115,24 +123,23 @@ class DepthTransformer(nn.Module):
         """Start a frame from its temporal state ``h (B, D)``: logits ``(B, V)`` of codebook 0."""
         ctx = self.ctx(h) if w is None else w.ctx(h)  # (B, K*Dd)
         state.ctx = ctx.view(h.shape[0], self.num_codebooks, self.dim)
-        state.k = 0
-        return self._advance(state.ctx[:, 0], state, w)
+        state.k, state.w = 0, w
+        return self._advance(state.ctx[:, 0], state)
 
-    def step(self, tokens: torch.Tensor, state: DepthState, w: DepthWeights | None = None) -> torch.Tensor:
-        """``tokens (B,)`` of codebook ``state.k - 1`` -> logits ``(B, V)`` of codebook ``state.k``."""
+    def step(self, tokens: torch.Tensor, state: DepthState) -> torch.Tensor:
+        """``tokens (B,)`` of codebook ``state.k - 1`` -> logits ``(B, V)`` of codebook ``state.k``
+        (with the weights ``begin`` was given)."""
         k = state.k
         if state.ctx is None or not 1 <= k < self.num_codebooks:
             raise ValueError(
                 f"depth step {k} of {self.num_codebooks}: start each frame with WhisperGPT.step "
                 "(codebook 0), then one depth_step per codebook 1..K-1"
             )
-        x = state.ctx[:, k] + F.embedding(tokens + self.emb_offsets[k - 1], self.emb.weight).to(
-            state.ctx.dtype
-        )
-        return self._advance(x, state, w)
+        emb = F.embedding(tokens + (k - 1) * self.codebook_size, self.emb.weight)  # table of codebook k-1
+        return self._advance(state.ctx[:, k] + emb.to(state.ctx.dtype), state)
 
-    def _advance(self, x: torch.Tensor, state: DepthState, w: DepthWeights | None) -> torch.Tensor:
-        k = state.k
+    def _advance(self, x: torch.Tensor, state: DepthState) -> torch.Tensor:
+        k, w = state.k, state.w
         y = self.stack.step(x, state.kv, k, None if w is None else w.blocks)  # (B, Dd)
         state.k = k + 1
         if w is not None:

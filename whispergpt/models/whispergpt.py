@@ -454,8 +454,7 @@ class WhisperGPT(nn.Module):
         B = cache.depth.kv[0].k.shape[0] if cache.depth.kv else None
         if tokens.dim() != 1 or (B is not None and tokens.shape[0] != B):
             raise ValueError(f"tokens must be (B,) = ({B},), got shape {tuple(tokens.shape)}")
-        w = self._decode_weights()
-        return self.depth.step(tokens, cache.depth, w and w.depth)
+        return self.depth.step(tokens, cache.depth)  # with the weights the frame's ``step`` chose
 
     def _decode_weights(self) -> _DecodeWeights | None:
         """``FastLinear`` copies for ``_step``, or None where the modules run as they are: with
