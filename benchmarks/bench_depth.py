@@ -146,6 +146,7 @@ def _rows(
         rows.append(dict(
             fields, model=name, params=m.num_parameters(),
             depth_dim=m.config.depth_dim if m.config.pattern == "depth" else None,
+            depth_layers=m.config.depth_layers if m.config.pattern == "depth" else None,
             seconds=round(t, 4), **{unit: round(per_call / t, 1)},
             speedup=round(statistics.median(r / x for r, x in zip(times[ref], ts)), 3), speedup_vs=ref,
             repeats=len(ts),
@@ -219,6 +220,7 @@ def run_depth_benchmark(
     sections: tuple[str, ...] = ("sampling", "train", "depth-steps"),
     codebooks: tuple[int, ...] | None = None,
     fusions: tuple[str, ...] = ("none", "concat"),
+    depth_layers: int | None = None,
 ) -> list[dict]:
     """Rows for every K of the size preset, fusion none and concat, and every section (module docstring)."""
     from whispergpt.codec import Codec
@@ -226,7 +228,9 @@ def run_depth_benchmark(
 
     dev = _device(device)
     mode = "quick" if quick else (mode or ("gpu" if dev.type == "cuda" else "cpu"))
-    size = SIZES[mode]
+    size = dict(SIZES[mode])
+    if depth_layers is not None:
+        size["depth_layers"] = depth_layers
     rows: list[dict] = []
     for K in codebooks or size["Ks"]:
         codec = None  # token-only sampling needs none
@@ -243,7 +247,7 @@ def run_depth_benchmark(
     return rows
 
 
-COLS = ["device", "section", "K", "fusion", "model", "params", "depth_dim", "batch", "frames_per_s",
+COLS = ["device", "section", "K", "fusion", "model", "params", "depth_dim", "depth_layers", "batch", "frames_per_s",
         "tokens_per_s", "speedup", "speedup_vs"]  # fmt: skip
 
 
@@ -266,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sections", default="sampling,train,depth-steps")
     ap.add_argument("--codebooks", default=None, help="K values, e.g. 2,8 (default per mode)")
     ap.add_argument("--fusions", default="none,concat", help="none (token-only) and/or concat (hybrid)")
+    ap.add_argument(
+        "--depth-layers", type=int, default=None, help="depth transformer layers (default per mode)"
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--out", default="runs/benchmarks/depth.json", help="JSON output path")
     args = ap.parse_args(argv)
@@ -273,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     if args.repeats is not None and args.repeats < 1:
         ap.error("--repeats must be >= 1")
+    if args.codebooks and any(int(k) not in BANDWIDTH for k in args.codebooks.split(",")):
+        ap.error(f"--codebooks: each K must be one of {sorted(BANDWIDTH)} (EnCodec 1.5 / 3 / 6 kbps)")
     rows = run_depth_benchmark(
         mode=args.mode,
         quick=args.quick,
@@ -282,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         sections=tuple(args.sections.split(",")),
         codebooks=tuple(int(k) for k in args.codebooks.split(",")) if args.codebooks else None,
         fusions=tuple(args.fusions.split(",")),
+        depth_layers=args.depth_layers,
     )
     print(markdown(rows))
     out = Path(args.out)
