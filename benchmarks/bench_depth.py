@@ -128,7 +128,7 @@ def _depth_frame(model, batch: int, cached: bool, dev) -> Callable[[int], None]:
         xs = [ctx[:, 0]]
         for k in range(K):
             y = d.stack(torch.stack(xs, dim=1), None, 0)[:, -1]  # the whole prefix, every codebook
-            torch.nn.functional.linear(y, d.head.weight[k * d.codebook_size : (k + 1) * d.codebook_size])
+            torch.nn.functional.linear(y, d.head[k])
             if k + 1 < K:
                 xs.append(ctx[:, k + 1] + d.emb(tok + d.emb_offsets[k]))
 

@@ -70,7 +70,7 @@ def test_depth_model_has_no_temporal_head_and_a_depth_module():
     assert model.head is None and model.num_scored_codebooks == K == model.num_input_codebooks
     d = model.depth
     assert d.ctx.weight.shape == (K * 16, 32) and d.emb.weight.shape == ((K - 1) * V, 16)
-    assert d.head.weight.shape == (K * V, 16) and len(d.stack.blocks) == 2
+    assert d.head.shape == (K, V, 16) and len(d.stack.blocks) == 2
     # the depth stack is a blocks.Stack: the one transformer implementation
     assert type(d.stack) is type(model.decoder)
 
@@ -259,7 +259,7 @@ def test_bf16_model_samples_through_the_fast_path(tiny_codec):
     model = tiny_depth(tiny_codec, "interleave").to(torch.bfloat16)
     r = generate(model, tiny_codec, frames=12, temperature=0.0, decode_audio=False)
     assert model._decode_memo is not None and model._decode_memo.depth is not None
-    assert r.codes.shape == (1, 2, 12) and model.depth.head.weight.dtype == torch.bfloat16
+    assert r.codes.shape == (1, 2, 12) and model.depth.head.dtype == torch.bfloat16
     logits = model(r.codes, r.fed_mel.to(torch.bfloat16)).logits
     # bf16 rounding differs between the step path and the full forward: near-ties may flip
     assert (logits.argmax(-1) == r.codes).float().mean() >= 0.9

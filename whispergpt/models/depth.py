@@ -14,8 +14,10 @@ frame ``t`` in order, as a causal sequence of K positions of its own (width ``de
   Depformer does the same). Positions (RoPE or learned, from ``Stack``) are kept as they are.
 - ``E_k`` (k = 1..K-1): one embedding table per codebook ``k - 1`` (V rows: no BOS/pad inside a
   frame), in one ``nn.Embedding`` addressed with offsets.
-- ``head_k`` (``depth_dim -> V``): one head per codebook, rows ``k*V .. (k+1)*V - 1`` of one Linear;
-  each position runs only its own head.
+- ``head_k`` (``depth_dim -> V``): one head per codebook, ``head[k]`` of one ``(K, V, depth_dim)``
+  parameter of this module (not a child Linear: the training forward reads it directly, and
+  DeepSpeed ZeRO-3 gathers a module's own parameters for its forward); each position runs only its
+  own head.
 
 Training runs every frame and every codebook in one pass: the ``B*T`` frames are ``B*T``
 independent length-K sequences through the ``Stack`` of ``blocks.py``. Sampling runs the same
@@ -62,12 +64,10 @@ class DepthWeights:
 
     @classmethod
     def of(cls, depth: DepthTransformer) -> DepthWeights:
-        V = depth.codebook_size
-        w = depth.head.weight
         return cls(
             FastLinear.of(depth.ctx.weight, depth.ctx.bias),
             [BlockWeights.of(b) for b in depth.stack.blocks],
-            [FastLinear.of(w[k * V : (k + 1) * V]) for k in range(depth.num_codebooks)],
+            [FastLinear.of(head) for head in depth.head],
         )
 
 
@@ -87,13 +87,12 @@ class DepthTransformer(nn.Module):
         self.stack = Stack(
             Dd, cfg.depth_layers, cfg.depth_heads, dataclasses.replace(cfg, pos_emb="learned"), K
         )
-        self.head = nn.Linear(Dd, K * V, bias=False)
+        self.head = nn.Parameter(torch.empty(K, V, Dd))
+        nn.init.normal_(self.head, 0.0, 0.02)  # as WhisperGPT._init_weights does every Linear
 
     def _context(self, h: torch.Tensor, n: int) -> torch.Tensor:
         """``C_k h`` for positions ``k < n``: ``h (..., D)`` -> ``(..., n, Dd)``."""
-        rows = n * self.dim
-        bias = None if self.ctx.bias is None else self.ctx.bias[:rows]
-        return F.linear(h, self.ctx.weight[:rows], bias).unflatten(-1, (n, self.dim))
+        return self.ctx(h)[..., : n * self.dim].unflatten(-1, (n, self.dim))  # module call: ZeRO-3 hooks
 
     def hidden(self, h: torch.Tensor, codes: torch.Tensor | None) -> torch.Tensor:
         """Temporal states ``h (B, T, D)`` + the frames' ``codes (B, K, T)`` -> depth outputs
@@ -112,8 +111,7 @@ class DepthTransformer(nn.Module):
         ``codes[:, k, t]`` from ``h[:, t]`` and ``codes[:, :k, t]``. ``codes=None``: codebook 0 only."""
         y = self.hidden(h, codes)  # (B, T, n, Dd)
         n = y.shape[2]
-        W = self.head.weight[: n * self.codebook_size].view(n, self.codebook_size, self.dim)
-        return torch.einsum("btkd,kvd->bktv", y, W.to(y.dtype))
+        return torch.einsum("btkd,kvd->bktv", y, self.head[:n].to(y.dtype))
 
     # -- sampling: one position at a time ----------------------------------------------------------
     def new_state(self, batch: int, device, dtype) -> DepthState:
@@ -144,5 +142,4 @@ class DepthTransformer(nn.Module):
         state.k = k + 1
         if w is not None:
             return w.heads[k](y)
-        V = self.codebook_size
-        return F.linear(y, self.head.weight[k * V : (k + 1) * V])
+        return F.linear(y, self.head[k])

@@ -548,12 +548,9 @@ class WhisperGPT(nn.Module):
         if mask is not None and tuple(mask.shape) != (codes.shape[0], T):
             raise ValueError(f"mask must be (B, T) = {(codes.shape[0], T)}, got {tuple(mask.shape)}")
         if self.depth is not None:  # each codebook's head over its own depth position
-            y, V = self.depth.hidden(h, codes.long()), c.codebook_size  # (B, T, K, Dd)
-            w = self.depth.head.weight
+            y, w = self.depth.hidden(h, codes.long()), self.depth.head  # (B, T, K, Dd), (K, V, Dd)
             parts = [
-                chunked_nll(
-                    y[:, :, k], w[k * V : (k + 1) * V], codes[:, k : k + 1], 1, False, mask, chunk_rows
-                )
+                chunked_nll(y[:, :, k], w[k], codes[:, k : k + 1], 1, False, mask, chunk_rows)
                 for k in range(c.num_codebooks)
             ]
             return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
