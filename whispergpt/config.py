@@ -393,7 +393,7 @@ def resolve_config(data: dict) -> RunConfig:
         cfg.data.mel_source = _auto_mel_source(manifest, coarse, cfg.model.fusion != "none", data_dir)
     if cfg.task == "lm" and cfg.data.mel_source == "decoded" and coarse:
         raise ConfigError(
-            "data.mel_source=decoded needs a pattern that generates all codebooks (delay or parallel): "
+            "data.mel_source=decoded needs a pattern that generates all codebooks (delay, parallel or depth): "
             "the stored decoded mel uses every codebook, a coarse model only samples codebook 0; "
             "use decoded_coarse"
         )

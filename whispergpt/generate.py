@@ -28,6 +28,8 @@ window ending at ``(f+1)*320``) is computed. ``tests/test_generate.py`` checks t
 equals ``log_mel(codec.decode(final codes))`` within 1e-3 for both decoders.
 
 Coarse models generate codebook 0 only and decode it alone (``Codec.decode`` with K' = 1).
+Depth models (``pattern: depth``) run one temporal step per frame (``model.step``: codebook 0),
+then K - 1 depth steps (``sample_depth_frame``): frame ``s`` is complete after step ``s`` (lag 0).
 
 Prompt mel: ``decoded`` (default) feeds the log-mel of the *codec-decoded* prompt tokens, the
 same source as every generated frame, so the mel stream has no change of source at the prompt
@@ -133,6 +135,28 @@ def sample_tokens(
 
 
 # ---------------------------------------------------------------------------------------------
+# Pattern depth: the codebooks of one frame, one depth-transformer step each
+# ---------------------------------------------------------------------------------------------
+def sample_depth_frame(
+    model,
+    first: torch.Tensor,
+    cache,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """``first (B, 1)``: codebook 0 of the frame whose temporal step ``cache`` just ran (``model.step``
+    or a prefill) -> the frame's codebooks ``(B, K)``, codebook k sampled from ``model.depth_step``
+    given codebook k - 1 (depth KV cache of K positions; filters as ``sample_tokens``)."""
+    toks = [first[:, 0]]
+    for _ in range(1, model.config.num_codebooks):
+        logits = model.depth_step(toks[-1], cache)  # (B, V)
+        toks.append(sample_tokens(logits, temperature, top_k, top_p, generator))
+    return torch.stack(toks, dim=1)
+
+
+# ---------------------------------------------------------------------------------------------
 # Generation
 # ---------------------------------------------------------------------------------------------
 @dataclass
@@ -233,7 +257,7 @@ def generate(
         )
     T = Tp + frames
     P = pt.num_steps(c.pattern, K, T)
-    delay = c.pattern == "delay"
+    delay, depth = c.pattern == "delay", c.pattern == "depth"
 
     t_start = time.perf_counter()
     codes = torch.full((B, Kin, T), V, dtype=torch.long, device=dev)  # frame space (B, Kin, T)
@@ -320,6 +344,8 @@ def generate(
     with parametrize.cached():  # the codec's weight-norm weights, computed once
         for s in steps:
             tok = sample_tokens(logits, temperature, top_k, top_p, generator)  # (B, Kin)
+            if depth:  # codebook 0 so far: the depth transformer samples codebooks 1..K-1
+                tok = sample_depth_frame(model, tok, cache, temperature, top_k, top_p, generator)
             if fixed_any[s]:
                 tok = torch.where(fixed[:, s], placed[:, :, s], tok)
             placed[:, :, s] = tok  # also fills frame space (``codes`` is a view of ``placed``)

@@ -89,14 +89,17 @@ def test_revert_logits_and_predicted_at_step_agree(pattern):
 
 
 def test_counts_and_lags():
-    assert [pt.input_codebooks(p, 8) for p in pt.PATTERNS] == [1, 8, 8]
-    assert [pt.mel_lag(p, 8) for p in pt.PATTERNS] == [0, 0, 7]
-    assert [pt.num_steps(p, 8, 10) for p in pt.PATTERNS] == [10, 10, 17]
+    assert pt.PATTERNS == ("coarse", "parallel", "delay", "depth")
+    assert [pt.input_codebooks(p, 8) for p in pt.PATTERNS] == [1, 8, 8, 8]
+    assert [pt.mel_lag(p, 8) for p in pt.PATTERNS] == [0, 0, 7, 0]
+    assert [pt.num_steps(p, 8, 10) for p in pt.PATTERNS] == [10, 10, 17, 10]
     assert pt.num_steps("delay", 8, 0) == 0
     assert pt.mel_frame_at_step("delay", 3, 0) == -3
     assert pt.predicted_at_step("delay", 3, 1) == [(0, 1), (1, 0)]
     with pytest.raises(ValueError, match="pattern must be one of"):
         pt.mel_lag("stagger", 4)
+    with pytest.raises(ValueError, match="use pattern 'coarse'"):
+        pt.input_codebooks("depth", 1)
 
 
 @pytest.mark.parametrize("pattern", pt.PATTERNS)

@@ -16,6 +16,8 @@ twice), so the trainer keeps the plain loss; ``WhisperGPT.nll`` exposes this one
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
@@ -70,3 +72,41 @@ def chunked_nll(
         sums.append(total)
         counts.append(target.new_tensor(target.shape[0], dtype=torch.int64))
     return torch.stack(sums), torch.stack(counts)
+
+
+def nll_per_codebook(
+    logits: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed NLL in nats and token counts per scored codebook.
+
+    ``logits (B, Ks, T, V)``, ``codes (B, K, T)`` with ``K >= Ks`` (codebooks ``:Ks`` are
+    scored), ``mask (B, T)`` bool (True = frame counts). Returns ``(nll_sum (Ks,) float64,
+    count (Ks,) int64)``; computed in fp32 whatever the autocast state, so callers can sum both
+    across ranks and divide once.
+    """
+    if logits.dim() != 4 or codes.dim() != 3:
+        raise ValueError(
+            f"expected logits (B, Ks, T, V) and codes (B, K, T), got {tuple(logits.shape)}, {tuple(codes.shape)}"
+        )
+    B, Ks, T, V = logits.shape
+    if codes.shape[0] != B or codes.shape[2] != T or codes.shape[1] < Ks:
+        raise ValueError(f"codes must be (B={B}, K>={Ks}, T={T}), got {tuple(codes.shape)}")
+    if mask is not None and tuple(mask.shape) != (B, T):
+        raise ValueError(f"mask must be (B, T) = {(B, T)}, got {tuple(mask.shape)}")
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        lg = logits.float()  # keeps the layout of ``logits``
+        # Flatten the (B, Ks, T) rows in the order they lie in memory: the head writes (B, T, Ks, V)
+        # or (Ks, B, T, V), and reshaping a (B, Ks, T, V) view of those would copy all the logits.
+        order = next(
+            (o for o in itertools.permutations(range(3)) if lg.permute(*o, 3).is_contiguous()), (0, 1, 2)
+        )
+        target = codes[:, :Ks].long().permute(*order)
+        nll = F.cross_entropy(lg.permute(*order, 3).reshape(-1, V), target.reshape(-1), reduction="none")
+        nll = nll.view(target.shape).permute(*(order.index(i) for i in range(3)))  # (B, Ks, T)
+        if mask is None:
+            count = torch.full((Ks,), B * T, dtype=torch.int64, device=logits.device)
+        else:
+            m = mask.to(torch.bool)[:, None, :]  # (B, 1, T)
+            nll = nll.masked_fill(~m, 0.0)
+            count = m.expand(B, Ks, T).sum(dim=(0, 2)).to(torch.int64)
+        return nll.double().sum(dim=(0, 2)), count

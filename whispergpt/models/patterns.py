@@ -21,6 +21,15 @@ codebook 2; ``.`` is the pad id V; columns are steps):
     cb 1      e  f  g  h
     cb 2      i  j  k  l
 
+``depth`` (RQ-Transformer / Moshi: step space as ``parallel``, P = T, lag 0; the model's depth
+transformer then predicts the K codebooks of a step in order, codebook k reading codebooks < k of
+the same step, see ``whispergpt.models.depth``; needs K >= 2)::
+
+    step      0  1  2  3
+    cb 0      a  b  c  d
+    cb 1      e  f  g  h
+    cb 2      i  j  k  l
+
 ``delay`` (MusicGen: codebook k delayed by k steps; P = T + K - 1, lag K - 1)::
 
     step      0  1  2  3  4  5
@@ -31,7 +40,7 @@ codebook 2; ``.`` is the pad id V; columns are steps):
 Mel lag: at step ``p`` the model reads mel frame ``p - 1 - lag`` (a learned pad vector when the
 index is negative). With ``delay``, frame ``f`` is complete (all K codebooks generated) only
 after step ``f + K - 1``, so the mel of frame ``f`` (computed from decoded audio at sampling time)
-can be fed from step ``f + K`` on: ``lag = K - 1``. With ``coarse``/``parallel`` the tokens of
+can be fed from step ``f + K`` on: ``lag = K - 1``. With ``coarse``/``parallel``/``depth`` the tokens of
 frame ``f`` are placed at step ``f`` and its mel is fed at step ``f + 1``: ``lag = 0``.
 
 Training-time input for T frames (what ``build_inputs`` returns), delay, K = 3::
@@ -47,19 +56,25 @@ from __future__ import annotations
 
 import torch
 
-PATTERNS = ("coarse", "parallel", "delay")
+PATTERNS = ("coarse", "parallel", "delay", "depth")
 
 
-def _check(pattern: str, num_codebooks: int) -> None:
+def check_pattern(pattern: str, num_codebooks: int) -> None:
+    """``ValueError`` unless ``pattern`` is known and can lay out ``num_codebooks`` codebooks."""
     if pattern not in PATTERNS:
         raise ValueError(f"pattern must be one of {list(PATTERNS)}, got {pattern!r}")
     if num_codebooks < 1:
         raise ValueError(f"num_codebooks must be >= 1, got {num_codebooks}")
+    if pattern == "depth" and num_codebooks < 2:
+        raise ValueError(
+            "pattern 'depth' predicts codebooks 1..K-1 of a frame after codebook 0 and needs "
+            f"num_codebooks >= 2, got {num_codebooks}: with one codebook use pattern 'coarse'"
+        )
 
 
 def input_codebooks(pattern: str, num_codebooks: int) -> int:
     """``Kin``: how many codebooks the model reads per step (1 for coarse, K otherwise)."""
-    _check(pattern, num_codebooks)
+    check_pattern(pattern, num_codebooks)
     return 1 if pattern == "coarse" else num_codebooks
 
 
@@ -70,13 +85,13 @@ def scored_codebooks(pattern: str, num_codebooks: int) -> int:
 
 def mel_lag(pattern: str, num_codebooks: int) -> int:
     """Frames by which the mel stream is lagged: step ``p`` reads mel frame ``p - 1 - lag``."""
-    _check(pattern, num_codebooks)
+    check_pattern(pattern, num_codebooks)
     return num_codebooks - 1 if pattern == "delay" else 0
 
 
 def num_steps(pattern: str, num_codebooks: int, num_frames: int) -> int:
     """``P``: pattern steps needed to place ``num_frames`` frames."""
-    _check(pattern, num_codebooks)
+    check_pattern(pattern, num_codebooks)
     if num_frames < 0:
         raise ValueError(f"num_frames must be >= 0, got {num_frames}")
     if pattern == "delay" and num_frames > 0:
@@ -119,9 +134,9 @@ def build_step_tokens(codes: torch.Tensor, pattern: str, pad_id: int) -> torch.T
     B, K, T = codes.shape
     if pattern == "coarse":
         return codes[:, :1]
-    if pattern == "parallel":
+    if pattern in ("parallel", "depth"):
         return codes
-    _check(pattern, K)
+    check_pattern(pattern, K)
     P = num_steps(pattern, K, T)
     out = codes.new_full((B, K, P), pad_id)
     for k in range(K):

@@ -22,6 +22,9 @@ Public API:
 - Incremental decoding in step space: ``new_cache``, ``forward_steps`` (prefill), ``step``. ``step``
   runs one position through the same ``Block``/``Stack`` modules (``blocks.py``) as
   ``forward_steps``, via their ``step`` methods: same values up to float rounding.
+- Pattern ``depth`` (``models/depth.py``): the decoder runs once per frame and a small depth
+  transformer predicts the frame's K codebooks in order; ``step`` gives codebook 0, ``depth_step``
+  codebooks 1..K-1.
 - ``save_pretrained(dir)`` / ``WhisperGPT.from_pretrained(dir)``: ``config.json`` + ``model.safetensors``.
 
 Parameter counts (``num_parameters()``) include every parameter: embeddings, heads, mel branch.
@@ -30,7 +33,6 @@ Parameter counts (``num_parameters()``) include every parameter: embeddings, hea
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import math
 import os
@@ -54,7 +56,8 @@ from .blocks import (  # noqa: F401  (re-exported: the old home of the blocks)
     apply_rope,
     rope_cos_sin,
 )
-from .loss import chunked_nll
+from .depth import DepthState, DepthTransformer, DepthWeights
+from .loss import chunked_nll, nll_per_codebook  # noqa: F401  (nll_per_codebook: re-exported)
 from .registry import check_model_type
 
 FUSIONS = ("concat", "sum", "interleave", "none")
@@ -71,7 +74,7 @@ class WhisperGPTConfig:
     num_codebooks: int = 8  # K of the data (EnCodec 6 kbps -> 8)
     codebook_size: int = 1024  # V; token id V is the BOS/pad id
     n_mels: int = 80  # M
-    pattern: Literal["coarse", "parallel", "delay"] = "coarse"
+    pattern: Literal["coarse", "parallel", "delay", "depth"] = "coarse"
     fusion: Literal["concat", "sum", "interleave", "none"] = "concat"
     d_model: int = 256
     n_layers: int = 4
@@ -86,10 +89,12 @@ class WhisperGPTConfig:
     tie_weights: bool = False
     bias: bool = True
     rope_base: float = 10000.0
+    depth_layers: int = 2  # pattern depth: the depth transformer (ignored by other patterns)
+    depth_dim: int = 128
+    depth_heads: int = 4
 
     def __post_init__(self) -> None:
-        if self.pattern not in pt.PATTERNS:
-            raise ValueError(f"pattern must be one of {list(pt.PATTERNS)}, got {self.pattern!r}")
+        pt.check_pattern(self.pattern, self.num_codebooks)  # also: depth needs K >= 2
         if self.fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {list(FUSIONS)}, got {self.fusion!r}")
         if self.pos_emb not in POS_EMBS:
@@ -116,6 +121,14 @@ class WhisperGPTConfig:
                 raise ValueError(
                     f"fusion 'concat' needs mel_dim < d_model (the token embedding gets d_model - mel_dim), "
                     f"got mel_dim={self.mel_dim}, d_model={self.d_model}"
+                )
+        if self.pattern == "depth":
+            if self.depth_layers < 1:
+                raise ValueError(f"pattern 'depth' needs depth_layers >= 1, got {self.depth_layers}")
+            self._check_heads("depth_dim", self.depth_dim, "depth_heads", self.depth_heads)
+            if self.tie_weights:
+                raise ValueError(
+                    "tie_weights: pattern 'depth' has no temporal head to tie; use tie_weights=false"
                 )
         if self.tie_weights and self.fusion == "concat":
             raise ValueError(
@@ -173,8 +186,10 @@ class WhisperGPTCache:
     ``step``/``forward_steps``. A cache is tied to its batch size and ``max_steps``.
     """
 
-    def __init__(self, main: list[LayerKV], mel: list[LayerKV] | None, max_steps: int) -> None:
-        self.main, self.mel, self.max_steps = main, mel, max_steps
+    def __init__(
+        self, main: list[LayerKV], mel: list[LayerKV] | None, max_steps: int, depth: DepthState | None = None
+    ) -> None:
+        self.main, self.mel, self.max_steps, self.depth = main, mel, max_steps, depth
         self.steps = 0
 
 
@@ -192,7 +207,8 @@ class _DecodeWeights:
     decoder: list[BlockWeights]
     mel: tuple[FastLinear, list[BlockWeights]] | None
     mel_proj: FastLinear | None
-    head: FastLinear
+    head: FastLinear | None  # None with pattern depth (its heads are in ``depth``)
+    depth: DepthWeights | None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,10 +241,12 @@ class WhisperGPT(nn.Module):
         )
         self.drop = nn.Dropout(c.dropout)
         self.decoder = Stack(c.d_model, c.n_layers, c.n_heads, c, max_steps * c.positions_per_step)
+        # depth: the K codebooks of a frame come from the depth transformer, which has the heads
+        self.depth = DepthTransformer(c) if c.pattern == "depth" else None
         # Ks heads in one matrix; tied heads reuse rows 0..V-1 of each codebook's table.
         self.head = (
             None
-            if c.tie_weights
+            if c.tie_weights or self.depth is not None
             else nn.Linear(c.d_model, self.num_scored_codebooks * c.codebook_size, bias=False)
         )
         self._init_weights()
@@ -238,7 +256,9 @@ class WhisperGPT(nn.Module):
         # GPT-2: N(0, 0.02) everywhere, residual output projections scaled by 1/sqrt(2 * layers).
         for name, m in self.named_modules():
             if isinstance(m, nn.Linear):
-                layers = self.config.mel_layers if name.startswith("mel_branch") else self.config.n_layers
+                layers = self.config.n_layers
+                if name.split(".")[0] in ("mel_branch", "depth"):
+                    layers = self.config.mel_layers if name.startswith("mel") else self.config.depth_layers
                 std = 0.02 / math.sqrt(2 * max(1, layers)) if getattr(m, "residual", False) else 0.02
                 nn.init.normal_(m.weight, 0.0, std)
                 if m.bias is not None:
@@ -275,8 +295,15 @@ class WhisperGPT(nn.Module):
         Without a cache the positions start at 0 (training). With a cache they start at
         ``cache.steps`` and the cache advances by P: call it once with the prompt (prefill), then
         ``step`` one position at a time; the logits equal those of one full call.
+
+        Pattern ``depth``: ``(B, 1, P, V)``, codebook 0 only (codebook ``k`` needs codebooks ``< k``
+        of its own step: ``depth_step``).
         """
         h = self._hidden_steps(step_tokens, step_mel, cache)  # (B, P, D)
+        if self.depth is not None:  # codebook 0 per step; the cache's depth state starts the last step
+            if cache is not None:
+                self.depth.begin(h[:, -1], cache.depth)
+            return self.depth(h, None)  # (B, 1, P, V)
         B, P = h.shape[:2]
         logits = F.linear(h, self._head_weight())  # (B, P, Ks*V)
         return logits.view(B, P, self.num_scored_codebooks, self.config.codebook_size).transpose(1, 2)
@@ -357,7 +384,8 @@ class WhisperGPT(nn.Module):
             if self.mel_branch is None
             else self.mel_branch.stack.new_kv(batch_size, max_steps, device, dtype)
         )
-        return WhisperGPTCache(main, mel, max_steps)
+        depth = None if self.depth is None else self.depth.new_state(batch_size, device, dtype)
+        return WhisperGPTCache(main, mel, max_steps, depth)
 
     def step(
         self, step_tokens: torch.Tensor, step_mel: torch.Tensor | None, cache: WhisperGPTCache
@@ -367,7 +395,8 @@ class WhisperGPT(nn.Module):
         Feed at position ``p = cache.steps`` the tokens placed at step ``p - 1`` (pad id ``V`` at
         ``p = 0``) and mel frame ``p - 1 - lag`` (None while that is negative, see
         ``patterns.mel_frame_at_step``). The returned logits predict the tokens placed at step
-        ``p`` (``patterns.predicted_at_step``); the cache advances by one.
+        ``p`` (``patterns.predicted_at_step``); the cache advances by one. Pattern ``depth``:
+        ``(B, 1, V)``, codebook 0 of frame ``p``; ``depth_step`` then gives codebooks 1..K-1.
         """
         c = self.config
         if step_tokens.dim() != 2 or step_tokens.shape[1] != self.num_input_codebooks:
@@ -412,8 +441,23 @@ class WhisperGPT(nn.Module):
                 pos += 1
         h = self.decoder.step(self.drop(x), cache.main, pos, w and w.decoder)  # (B, D)
         cache.steps = start + 1
+        if self.depth is not None:  # codebook 0 of the frame; depth_step gives the others
+            return self.depth.begin(h, cache.depth, w and w.depth)[:, None]
         logits = F.linear(h, self._head_weight()) if w is None else w.head(h)  # (B, Ks*V)
         return logits.view(B, self.num_scored_codebooks, c.codebook_size)
+
+    def depth_step(self, tokens: torch.Tensor, cache: WhisperGPTCache) -> torch.Tensor:
+        """Pattern ``depth``: ``tokens (B,)`` of codebook ``k - 1`` of the current frame -> logits
+        ``(B, V)`` of its codebook ``k``. The frame is the one whose codebook 0 the last ``step``
+        (or ``forward_steps`` prefill) predicted; call this K - 1 times per frame."""
+        if self.depth is None:
+            raise ValueError(
+                f"depth_step needs pattern 'depth', the model has pattern {self.config.pattern!r}"
+            )
+        B = cache.depth.kv[0].k.shape[0] if cache.depth.kv else None
+        if tokens.dim() != 1 or (B is not None and tokens.shape[0] != B):
+            raise ValueError(f"tokens must be (B,) = ({B},), got shape {tuple(tokens.shape)}")
+        return self.depth.step(tokens, cache.depth)  # with the weights the frame's ``step`` chose
 
     def _decode_weights(self) -> _DecodeWeights | None:
         """``FastLinear`` copies for ``_step``, or None where the modules run as they are: with
@@ -436,7 +480,8 @@ class WhisperGPT(nn.Module):
             if mb is None
             else (FastLinear.of(mb.inp.weight, mb.inp.bias), [BlockWeights.of(b) for b in mb.stack.blocks]),
             mel_proj=None if proj is None else FastLinear.of(proj.weight, proj.bias),
-            head=FastLinear.of(self._head_weight()),
+            head=None if self.depth is not None else FastLinear.of(self._head_weight()),
+            depth=None if self.depth is None else DepthWeights.of(self.depth),
         )
         return memo
 
@@ -480,6 +525,8 @@ class WhisperGPT(nn.Module):
             mel = None  # token-only baseline: mel is ignored
         tokens, step_mel = pt.build_inputs(codes.long(), mel, c.pattern, self.pad_id)
         h = self._hidden_steps(tokens, step_mel, None)  # (B, P, D)
+        if self.depth is not None:  # P = T: every frame and every codebook in one depth pass
+            return WhisperGPTOutput(logits=self.depth(h, codes.long()))
         return WhisperGPTOutput(logits=self._frame_logits(h, codes.shape[-1]))
 
     def nll(
@@ -500,6 +547,13 @@ class WhisperGPT(nn.Module):
         h = self._hidden_steps(tokens, step_mel, None)  # (B, P, D)
         if mask is not None and tuple(mask.shape) != (codes.shape[0], T):
             raise ValueError(f"mask must be (B, T) = {(codes.shape[0], T)}, got {tuple(mask.shape)}")
+        if self.depth is not None:  # each codebook's head over its own depth position
+            y, w = self.depth.hidden(h, codes.long()), self.depth.head  # (B, T, K, Dd), (K, V, Dd)
+            parts = [
+                chunked_nll(y[:, :, k], w[k], codes[:, k : k + 1], 1, False, mask, chunk_rows)
+                for k in range(c.num_codebooks)
+            ]
+            return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
         return chunked_nll(
             h, self._head_weight(), codes, self.num_scored_codebooks, c.pattern == "delay", mask, chunk_rows
         )
@@ -535,41 +589,3 @@ class WhisperGPT(nn.Module):
         model = cls(config)
         model.load_state_dict(load_file(str(d / "model.safetensors")))
         return model if device is None else model.to(device)
-
-
-def nll_per_codebook(
-    logits: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed NLL in nats and token counts per scored codebook.
-
-    ``logits (B, Ks, T, V)``, ``codes (B, K, T)`` with ``K >= Ks`` (codebooks ``:Ks`` are
-    scored), ``mask (B, T)`` bool (True = frame counts). Returns ``(nll_sum (Ks,) float64,
-    count (Ks,) int64)``; computed in fp32 whatever the autocast state, so callers can sum both
-    across ranks and divide once.
-    """
-    if logits.dim() != 4 or codes.dim() != 3:
-        raise ValueError(
-            f"expected logits (B, Ks, T, V) and codes (B, K, T), got {tuple(logits.shape)}, {tuple(codes.shape)}"
-        )
-    B, Ks, T, V = logits.shape
-    if codes.shape[0] != B or codes.shape[2] != T or codes.shape[1] < Ks:
-        raise ValueError(f"codes must be (B={B}, K>={Ks}, T={T}), got {tuple(codes.shape)}")
-    if mask is not None and tuple(mask.shape) != (B, T):
-        raise ValueError(f"mask must be (B, T) = {(B, T)}, got {tuple(mask.shape)}")
-    with torch.autocast(device_type=logits.device.type, enabled=False):
-        lg = logits.float()  # keeps the layout of ``logits``
-        # Flatten the (B, Ks, T) rows in the order they lie in memory: the head writes (B, T, Ks, V)
-        # or (Ks, B, T, V), and reshaping a (B, Ks, T, V) view of those would copy all the logits.
-        order = next(
-            (o for o in itertools.permutations(range(3)) if lg.permute(*o, 3).is_contiguous()), (0, 1, 2)
-        )
-        target = codes[:, :Ks].long().permute(*order)
-        nll = F.cross_entropy(lg.permute(*order, 3).reshape(-1, V), target.reshape(-1), reduction="none")
-        nll = nll.view(target.shape).permute(*(order.index(i) for i in range(3)))  # (B, Ks, T)
-        if mask is None:
-            count = torch.full((Ks,), B * T, dtype=torch.int64, device=logits.device)
-        else:
-            m = mask.to(torch.bool)[:, None, :]  # (B, 1, T)
-            nll = nll.masked_fill(~m, 0.0)
-            count = m.expand(B, Ks, T).sum(dim=(0, 2)).to(torch.int64)
-        return nll.double().sum(dim=(0, 2)), count

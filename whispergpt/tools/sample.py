@@ -162,6 +162,7 @@ def run(args: argparse.Namespace) -> dict:
     from ..codec import open_codec
     from ..config import from_dict
     from ..models import WhisperGPT, WhisperGPTConfig
+    from ..models.registry import check_model_type
 
     t0 = time.perf_counter()
     _check_args(args)
@@ -169,7 +170,9 @@ def run(args: argparse.Namespace) -> dict:
     dtype = torch.bfloat16 if choose_precision(args.precision, device) == "bf16" else torch.float32
     ckpt = resolve_checkpoint(args.checkpoint)
     try:
-        config = from_dict(WhisperGPTConfig, json.loads((ckpt / "config.json").read_text()), "model")
+        raw = json.loads((ckpt / "config.json").read_text())
+        check_model_type(ckpt, raw, WhisperGPT.model_type)  # pops config.json's "model_type"
+        config = from_dict(WhisperGPTConfig, raw, "model")
     except (ValueError, TypeError) as e:
         raise ValueError(f"{ckpt / 'config.json'}: not a valid WhisperGPT config ({e})") from e
 
