@@ -9,7 +9,11 @@ whole stage: window tiling, ``K - Kc`` batched passes, argmax) on random coarse 
 - ``fine_quickstart@6kbps``: the same model at EnCodec 24 kHz 6 kbps (K=8: seven stages);
 - ``fine_base@6kbps``: ``base.yaml``'s ``fine:`` defaults (D256 L4 H4) at 6 kbps.
 
-``x_real_time = batch x seconds / median wall time``. The codec decode that follows in ``sample``
+``x_real_time = batch x seconds / median wall time``; on CPU also ``x_real_time_per_cpu_s``
+= ``batch x seconds / median process CPU time`` (all threads): about the wall figure on one idle
+core (``n`` idle cores: at most ``n`` times it). On a shared machine the wall figure depends on the
+load and this one much less (quote both, with ``uptime``; spinning OpenMP threads inflate CPU time,
+so measure it with ``--threads 1``). The codec decode that follows in ``sample``
 is not included (it is the same with or without the fine stage; see bench_prepare / bench_sampling).
 Standalone: ``python benchmarks/bench_fine.py [--threads 2] [--out runs/bench/fine.json]``;
 also the ``fine`` section of ``benchmarks/run.py``.
@@ -58,16 +62,17 @@ def run_fine_benchmark(
         for B in batches:
             coarse = torch.randint(0, 1024, (B, 1, T), device=device)
             fine_generate(model, coarse[:, :, : min(T, ctx)])  # warm-up
-            times = []
+            times, cpu = [], []
             for _ in range(repeats):
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 fine_generate(model, coarse)
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 times.append(time.perf_counter() - t0)
-            med = statistics.median(times)
+                cpu.append(time.process_time() - c0)
+            med, med_cpu = statistics.median(times), statistics.median(cpu)
             rows.append(
                 dict(
                     model=name,
@@ -81,6 +86,8 @@ def run_fine_benchmark(
                     seconds_audio=seconds,
                     seconds=med,
                     x_real_time=B * seconds / med,
+                    cpu_s=med_cpu,
+                    x_real_time_per_cpu_s=B * seconds / med_cpu if device.type == "cpu" else None,
                     repeats=repeats,
                     times_s=times,
                 )
