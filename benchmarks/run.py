@@ -8,7 +8,7 @@
 
 Sections: ``train`` (bench_train.py: tokens/s vs transformers' MusicgenForCausalLM), ``sampling``
 (bench_sampling.py: frames/s vs MusicgenForCausalLM.generate), ``prepare`` (bench_prepare.py:
-codec encode x real time). Every comparison is a ratio measured in this process, median of
+codec encode x real time), ``fine`` (bench_fine.py: the fine acoustic stage x real time). Every comparison is a ratio measured in this process, median of
 repeats. See benchmarks/README.md and docs/PERFORMANCE.md.
 """
 
@@ -30,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-SECTIONS = ("train", "sampling", "prepare")
+SECTIONS = ("train", "sampling", "prepare", "fine")
 
 # Per mode: sizes and repeat counts. "quick" exists for CI and must stay well under a minute.
 MODES: dict[str, dict] = {
@@ -158,6 +158,10 @@ def run_sections(args: argparse.Namespace, mode: str, device) -> dict:
                     repeats=args.repeats or cfg["prepare_repeats"],
                     codecs=cfg["prepare_codecs"],
                 )
+            elif section == "fine":
+                from bench_fine import run_fine_benchmark
+
+                rows = run_fine_benchmark(mode, device, args.repeats)
             else:
                 try:
                     import bench_sampling

@@ -15,6 +15,7 @@ import yaml
 
 from whispergpt.config import (
     DATA_SHAPE_KEYS,
+    TASK_SECTIONS,
     ConfigError,
     RunConfig,
     load_config,
@@ -22,7 +23,6 @@ from whispergpt.config import (
     load_run_config,
     recipe_path,
     recipes_dir,
-    to_dict,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -168,9 +168,11 @@ def test_recipes_found_by_name_from_any_directory(tmp_path, monkeypatch):
 
 
 def test_base_yaml_is_the_dataclass_defaults():
-    defaults = to_dict(RunConfig())
-    for key in DATA_SHAPE_KEYS:
-        defaults["model"][key] = None
+    defaults = dataclasses.asdict(RunConfig())  # every task's section
+    for section in TASK_SECTIONS.values():
+        for key in DATA_SHAPE_KEYS:
+            if key in defaults[section]:
+                defaults[section][key] = None
     assert load_recipe("base.yaml") == defaults
 
 

@@ -28,6 +28,7 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
+from .models.fine import FineConfig
 from .models.whispergpt import WhisperGPTConfig
 
 C = TypeVar("C")
@@ -332,14 +333,15 @@ class LoggingConfig:
 
 # What a run trains (training/tasks.py) -> the section holding that model's config. Only the
 # active task's section is printed and saved with the run; the others keep their defaults.
-TASK_SECTIONS = {"lm": "model"}
+TASK_SECTIONS = {"lm": "model", "fine": "fine"}
 
 
 @dataclass
 class RunConfig:
     out_dir: str = "runs/default"
-    task: str = "lm"  # lm: the Whisper-GPT decoder (section `model`); see TASK_SECTIONS
+    task: str = "lm"  # lm: the Whisper-GPT decoder (section `model`); fine: the fine stage (`fine`)
     model: WhisperGPTConfig = field(default_factory=WhisperGPTConfig)
+    fine: FineConfig = field(default_factory=FineConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -367,6 +369,9 @@ def resolve_config(data: dict) -> RunConfig:
     if task not in TASK_SECTIONS:
         raise ConfigError(f"task: expected one of {sorted(TASK_SECTIONS)}, got {task!r}")
     name = TASK_SECTIONS[task]
+    for other in set(TASK_SECTIONS.values()) - {name}:  # unused: its null shape keys keep their defaults
+        if isinstance(data.get(other), dict):
+            data[other] = {k: v for k, v in data[other].items() if not (k in DATA_SHAPE_KEYS and v is None)}
     section_cls = typing.get_type_hints(RunConfig)[name]
     model = data.get(name)
     if model is None:

@@ -30,6 +30,10 @@ Mel sources for hybrid models (``fusion != none``), labelled everywhere:
 
 Token-only models (``fusion: none``) are evaluated once, mel source ``n/a``.
 
+Fine stages (``models/fine.py``) score codebooks ``Kc..K-1`` given the true codebooks ``< k``, tiled
+as they sample (``fine_stage``; ``--overlap`` default ``context // 4``). The ``bits_per_second``
+table (``metrics.bits``) ranks all checkpoints on bits/s over all K codebooks, coarse + fine paired.
+
 Outputs (main process): a markdown table on stdout; with ``--out X.json`` also ``X.md`` and
 ``X.png`` (NLL per codebook per checkpoint and mel source, and val NLL over training steps from
 each run's ``metrics.jsonl``, found in the checkpoint directory or its parents).
@@ -48,7 +52,9 @@ from pathlib import Path
 import torch
 
 from .data import PreparedDataset
-from .models import WhisperGPT, nll_per_codebook
+from .fine_stage import default_overlap, fine_windows, score_fine_windows
+from .metrics.bits import bits_markdown, bits_rows
+from .models import FineModel, WhisperGPT, load_pretrained, nll_per_codebook
 from .runtime import choose_precision, replacing, write_atomic, write_json_atomic
 
 MEL_LABELS = {
@@ -110,11 +116,12 @@ class Totals:
         self.t[2] += count.to(self.t)
 
 
-def summarize_totals(totals: torch.Tensor, frame_rate: float) -> dict:
-    """``totals (3, Ks)`` = (nats, correct, tokens) summed over everything -> the metrics dict.
+def summarize_totals(totals: torch.Tensor, frame_rate: float, first_codebook: int = 0) -> dict:
+    """``totals (3, Ks)`` = (nats, correct, tokens) summed over everything -> the metrics dict;
+    the scored codebooks are ``first_codebook ..`` (a fine stage's start at ``Kc``).
 
     Seconds of audio = scored frames / frame_rate, where every scored codebook covers the same
-    frames (so frames = tokens of codebook 0).
+    frames (so frames = tokens of codebook 0); ``nats_per_frame`` sums the per-codebook NLLs.
     """
     nats, correct, tokens = (totals[i].double().cpu() for i in range(3))
     if tokens.min() <= 0:
@@ -133,9 +140,9 @@ def summarize_totals(totals: torch.Tensor, frame_rate: float) -> dict:
         )
 
     out = block(float(nats.sum()), float(correct.sum()), float(tokens.sum()))
-    out.update(frames=frames, seconds=seconds)
+    out.update(frames=frames, seconds=seconds, nats_per_frame=float((nats / tokens).sum()))
     out["per_codebook"] = [
-        dict(codebook=k, **block(float(nats[k]), float(correct[k]), float(tokens[k])))
+        dict(codebook=first_codebook + k, **block(float(nats[k]), float(correct[k]), float(tokens[k])))
         for k in range(len(tokens))
     ]
     return out
@@ -144,8 +151,12 @@ def summarize_totals(totals: torch.Tensor, frame_rate: float) -> dict:
 # --- model / data helpers ---------------------------------------------------------------------------
 
 
-def config_summary(model: WhisperGPT) -> dict:
+def config_summary(model: WhisperGPT | FineModel) -> dict:
     c = model.config
+    if isinstance(model, FineModel):
+        keys = ("d_model", "n_layers", "context", "num_codebooks", "coarse_codebooks")
+        return dict(fusion="none", pattern="fine", num_parameters=model.num_parameters(),
+                    scored_codebooks=model.num_scored_codebooks, **{k: getattr(c, k) for k in keys})  # fmt: skip
     return dict(
         fusion=c.fusion,
         pattern=c.pattern,
@@ -163,7 +174,7 @@ def trained_mel_source(checkpoint: str | os.PathLike, model: WhisperGPT) -> str:
     training record next to its weights (``whispergpt.training.record``; "unknown" if absent)."""
     from .training.record import read_training_record
 
-    if model.config.fusion == "none":
+    if getattr(model.config, "fusion", "none") == "none":
         return "n/a"
     record = read_training_record(checkpoint) or {}
     return str(record.get("mel_source", "unknown"))
@@ -216,12 +227,12 @@ def check_compatible(model: WhisperGPT, ds: PreparedDataset, where: str) -> None
     for key, have in (("num_codebooks", ds.num_codebooks), ("codebook_size", ds.codebook_size)):
         if getattr(c, key) != have:
             raise ValueError(f"{where}: model {key}={getattr(c, key)} but the dataset has {key}={have}")
-    if c.fusion != "none" and c.n_mels != ds.n_mels:
+    if getattr(c, "fusion", "none") != "none" and c.n_mels != ds.n_mels:
         raise ValueError(f"{where}: model n_mels={c.n_mels} but the dataset has n_mels={ds.n_mels}")
 
 
-def mel_sources(model: WhisperGPT, mel: str) -> list[str]:
-    if model.config.fusion == "none":
+def mel_sources(model: WhisperGPT | FineModel, mel: str) -> list[str]:
+    if getattr(model.config, "fusion", "none") == "none":
         return ["n/a"]
     return ["truth", "decoded"] if mel == "both" else [mel]
 
@@ -363,16 +374,21 @@ def evaluate(
     ds = PreparedDataset(data, split)
     if not ds.files:
         raise ValueError(f"{data}: split {split!r} has no files")
-    models: list[tuple[str, WhisperGPT, list[str]]] = []  # (name, model, mel sources)
+    models: list[tuple[str, WhisperGPT | FineModel, list[str]]] = []  # (name, model, mel sources)
     names: set[str] = set()
+
+    def overlap_of(model: WhisperGPT | FineModel) -> int:
+        ctx = model.config.context
+        default = default_overlap(ctx) if isinstance(model, FineModel) else ctx // 2
+        return default if overlap is None else overlap
+
     for ck in checkpoints:
         try:
-            model = WhisperGPT.from_pretrained(ck)
+            model = load_pretrained(ck)
         except OSError as e:
             raise ValueError(str(e)) from e
         check_compatible(model, ds, ck)
-        ctx = model.config.context
-        ov = ctx // 2 if overlap is None else overlap
+        ctx, ov = model.config.context, overlap_of(model)
         if not 0 <= ov < ctx:
             raise ValueError(f"--overlap must be in [0, context={ctx}) for {ck}, got {ov}")
         models.append((checkpoint_name(ck, names), model.to(device).eval(), mel_sources(model, mel)))
@@ -420,8 +436,13 @@ def evaluate(
             kd: {i: decoded_mel(cdc, codes_of[i][:kd], ds.n_mels) for i in group} for kd in need_decoded
         }
         for mi, (_, model, srcs) in enumerate(models):
-            ctx = model.config.context
-            ov = ctx // 2 if overlap is None else overlap
+            ctx, ov = model.config.context, overlap_of(model)
+            if isinstance(model, FineModel):
+                windows = [w for i in group for w in fine_windows(ds.files[i]["frames"], ctx, ov, i)]
+                score_fine_windows(
+                    model, codes_of, windows, totals[(mi, "n/a")], batch_size, device, autocast_dtype
+                )
+                continue
             windows = [w for i in group for w in tile_file(ds.files[i]["frames"], ctx, ov, i)]
             for src in srcs:
                 mel_of = {"n/a": None, "truth": truth_of}.get(src)
@@ -433,16 +454,15 @@ def evaluate(
 
     entries = []
     for mi, (name, model, srcs) in enumerate(models):
-        ctx = model.config.context
-        ov = ctx // 2 if overlap is None else overlap
+        ctx, ov = model.config.context, overlap_of(model)
+        first = getattr(model, "first_scored_codebook", 0)  # a fine stage scores Kc..K-1
         evals = []
         for src in srcs:
             t = totals[(mi, src)].t
             if world > 1:
                 t = acc.reduce(t.contiguous(), "sum")
-            evals.append(
-                dict(mel_source=src, mel_label=MEL_LABELS[src], metrics=summarize_totals(t, ds.frame_rate))
-            )
+            m = summarize_totals(t, ds.frame_rate, first)
+            evals.append(dict(mel_source=src, mel_label=MEL_LABELS[src], metrics=m))
         metrics_file = find_metrics_file(checkpoints[mi])
         entries.append(
             dict(
@@ -456,13 +476,15 @@ def evaluate(
                 val_curve=read_val_curve(metrics_file),
             )
         )
-    return dict(
+    report = dict(
         data=manifest_record(ds),
         world_size=world,
         precision="bf16" if use_bf16 else "fp32",
         decode_codec=None if cdc is None else dict(name=cdc.name, bandwidth=cdc.bandwidth),
         checkpoints=entries,
     )
+    report["bits_per_second"] = bits_rows(report)
+    return report
 
 
 def make_accelerator():
@@ -495,7 +517,7 @@ def markdown_table(report: dict) -> str:
                 f"{m['nll']:.4f} | {m['ppl']:.2f} | {m['acc']:.4f} | {m['bits_per_second']:.1f} | "
                 f"{m['tokens']:,} | {per} |"
             )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\n" + bits_markdown(bits_rows(report))
 
 
 def plot_report(report: dict, path: str | os.PathLike) -> None:
@@ -519,10 +541,8 @@ def plot_report(report: dict, path: str | os.PathLike) -> None:
     ax1.set_xlabel("codebook")
     ax1.set_ylabel("NLL (nats/token)")
     ax1.set_title(f"NLL per codebook on {report['data']['split']} (whole split)")
-    ks = max(
-        (len(ev["metrics"]["per_codebook"]) for e in report["checkpoints"] for ev in e["evaluations"]),
-        default=1,
-    )
+    evs = [ev for e in report["checkpoints"] for ev in e["evaluations"]]
+    ks = max((ev["metrics"]["per_codebook"][-1]["codebook"] + 1 for ev in evs), default=1)
     ax1.set_xticks(range(ks))
     ax1.set_xlim(-0.5, ks - 0.5)
     ax1.legend(fontsize=7)

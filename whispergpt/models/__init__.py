@@ -1,9 +1,13 @@
 """Model code only (no I/O, no optimizer, no logging): blocks, codebook patterns, the decoder."""
 
+from .fine import FineConfig, FineModel, FineOutput
 from .registry import WrongModelType, load_pretrained, model_type_of
 from .whispergpt import WhisperGPT, WhisperGPTCache, WhisperGPTConfig, WhisperGPTOutput, nll_per_codebook
 
 __all__ = [
+    "FineConfig",
+    "FineModel",
+    "FineOutput",
     "WrongModelType",
     "load_pretrained",
     "model_type_of",

@@ -40,12 +40,40 @@ def check_model_type(directory: str | os.PathLike, raw: dict, expected: str) -> 
         )
 
 
+def write_pretrained(directory: str | os.PathLike, model_type: str, config: dict, model: nn.Module) -> None:
+    """``config.json`` (``{"model_type": ..., **config}``) + ``model.safetensors`` of ``model``."""
+    from safetensors.torch import save_file
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "config.json").write_text(json.dumps({"model_type": model_type, **config}, indent=2) + "\n")
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(d / "model.safetensors"), metadata={"format": "pt"})
+
+
+def read_pretrained(directory: str | os.PathLike, model_type: str) -> tuple[dict, dict]:
+    """``(config without model_type, state dict)`` of a ``write_pretrained`` directory (no pickle);
+    :class:`WrongModelType` when it holds another model type."""
+    from safetensors.torch import load_file
+
+    d = Path(directory)
+    for name in ("config.json", "model.safetensors"):
+        if not (d / name).is_file():
+            raise OSError(f"{d} is not a save_pretrained directory: {name} is missing")
+    raw = json.loads((d / "config.json").read_text())
+    if not isinstance(raw, dict):
+        raise ValueError(f"{d / 'config.json'}: expected a JSON object")
+    check_model_type(d, raw, model_type)
+    return raw, load_file(str(d / "model.safetensors"))
+
+
 def model_classes() -> dict[str, type[nn.Module]]:
     """``model_type -> class`` of every model the package defines."""
-    from . import whispergpt
+    from . import fine, whispergpt
 
-    classes: dict[str, type[nn.Module]] = {whispergpt.WhisperGPT.model_type: whispergpt.WhisperGPT}
-    # further models register here: {cls.model_type: cls}
+    classes: dict[str, type[nn.Module]] = {
+        cls.model_type: cls for cls in (whispergpt.WhisperGPT, fine.FineModel)
+    }
     return classes
 
 

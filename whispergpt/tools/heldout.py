@@ -81,8 +81,9 @@ def _reference(codec, path: str, codes: torch.Tensor, start: int, frames: int) -
     return codec.decode(codes[None].to(codec.device))[0].cpu(), "codec-decoded dataset codes"
 
 
-def run_heldout(args, model, codec, config, device: torch.device, record: dict) -> dict:
-    """Generate continuations of ``args.num_prompts`` held-out prompts (module docstring)."""
+def run_heldout(args, model, codec, config, device: torch.device, record: dict, fine=None) -> dict:
+    """Generate continuations of ``args.num_prompts`` held-out prompts (module docstring).
+    ``fine``: a ``fine_stage.FineStage`` filling the codebooks the model does not generate."""
     from ..data import PreparedDataset
     from .sample import generate_options
 
@@ -125,8 +126,11 @@ def run_heldout(args, model, codec, config, device: torch.device, record: dict) 
             prompt_mel=prompt_mel,
             num_samples=len(batch),
             generator=gen,
+            decode_audio=fine is None,
             **generate_options(args),
         )
+        if fine is not None:  # the prompt keeps its true fine codes
+            result.audio = codec.decode(fine(result.codes, codes[:, :, :Tp].to(device)))
         audio = result.audio.cpu()
         for j, i in enumerate(batch):
             ref, source = _reference(
@@ -148,5 +152,7 @@ def run_heldout(args, model, codec, config, device: torch.device, record: dict) 
         prompts=[dict(name=n, **p) for n, p in zip(names, prompts)],
         files=[f"{n}{s}.wav" for n in names for s in ("", "_continuation", "_reference")],
     )
+    if fine is not None:
+        record["fine"] = fine.record()
     write_json_atomic(out / "generation.json", json.loads(json.dumps(record, default=str)))
     return record

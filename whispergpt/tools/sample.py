@@ -5,12 +5,14 @@
     python sample.py --checkpoint DIR [--codec NAME_OR_PATH] [--prompt WAV] [--prompt-seconds S]
         --seconds S --out DIR [--num-samples N] [--temperature 1.0] [--top-k 250] [--top-p 0.0]
         [--seed 0] [--device auto] [--precision auto|fp32|bf16] [--prompt-mel decoded|truth] [--decoder auto|stream|window]
-        [--decode-window 32] [--context-keep 0.75] [--no-progress]
+        [--decode-window 32] [--context-keep 0.75] [--no-progress] [--fine DIR [--fine-temperature 0]]
 
 Writes ``sample_<i>.wav`` (prompt + continuation), ``sample_<i>_continuation.wav``,
 ``sample_<i>.png`` (log-mel, prompt boundary marked) and ``generation.json`` (arguments, model,
 codec, mel source, timings) into ``--out``. Every argument is checked before any work. The
-generation itself is ``whispergpt.generate.generate``.
+generation itself is ``whispergpt.generate.generate``; ``--fine DIR`` then fills codebooks
+``Kc..K-1`` with a fine acoustic stage (``whispergpt.fine_stage``), so the WAVs are decoded from all
+K codebooks, and ``generation.json`` records it under ``fine``.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ EXAMPLES = """
       --seconds 5 --num-samples 4 --temperature 0.9 --top-k 250 --out runs/hybrid/samples
   whispergpt sample --checkpoint runs/hybrid --data data/speech --split val --num-prompts 16 \\
       --prompt-seconds 2 --seconds 3 --out runs/hybrid/heldout     # then: whispergpt score ...
+  whispergpt sample --checkpoint runs/coarse --fine runs/fine --seconds 5 --out runs/coarse/full
 
   --checkpoint takes a model directory or a training out_dir (its final/, else its newest
   checkpoint); without --codec, the codec the training data was prepared with is used.
@@ -101,6 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="fraction of the context kept when long-form sampling slides the window",
     )
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ap.add_argument(
+        "--fine",
+        default=None,
+        help="fine acoustic stage (model dir or run out_dir) that fills the codebooks a coarse model "
+        "does not generate; the WAVs are then decoded from all K codebooks",
+    )
+    ap.add_argument(
+        "--fine-temperature", type=float, default=0.0, help="sampling temperature of --fine (0 = argmax)"
+    )
     held = ap.add_argument_group(
         "held-out prompts (instead of --prompt): continuations written next to the real audio"
     )
@@ -210,6 +222,13 @@ def run(args: argparse.Namespace) -> dict:
     # Only the model is cast: the codec's decoder and log-mel feed the model back, and in bf16 they
     # would drift from the training features (the fed mel is cast to the weights' dtype per step).
     model = WhisperGPT.from_pretrained(ckpt, device=device).to(dtype).eval()
+    fine = None
+    if args.fine is not None:
+        from ..fine_stage import load_fine_stage
+
+        fine = load_fine_stage(args.fine, config, ckpt, device, dtype, args.fine_temperature, args.seed)
+        for line in fine.notes:
+            print(f"note: {line}", file=sys.stderr)
     t_load = time.perf_counter()
     if args.data is not None:
         from .heldout import run_heldout
@@ -225,7 +244,7 @@ def run(args: argparse.Namespace) -> dict:
             if config.fusion == "none"
             else dict(prompt=args.prompt_mel, continuation="decoded (incremental)"),
         )
-        record = run_heldout(args, model, codec, config, device, base)
+        record = run_heldout(args, model, codec, config, device, base, fine)
         record["timing"] = dict(load_s=t_load - t0, total_s=time.perf_counter() - t0)
         return record
 
@@ -245,15 +264,17 @@ def run(args: argparse.Namespace) -> dict:
         prompt_mel=prompt_mel,
         num_samples=args.num_samples,
         generator=gen,
+        decode_audio=fine is None,
         **generate_options(args),
     )
+    audio = result.audio if fine is None else codec.decode(fine(result.codes, prompt_codes))
     t_gen = time.perf_counter()
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     Tp = result.prompt_frames
     boundary = Tp * HOP_LENGTH
-    audio = result.audio.cpu()
+    audio = audio.cpu()
     files = []
     for i in range(args.num_samples):
         save_audio(out / f"sample_{i}.wav", audio[i])
@@ -315,6 +336,8 @@ def run(args: argparse.Namespace) -> dict:
         ),
         files=files,
     )
+    if fine is not None:
+        record["fine"] = fine.record()
     (out / "generation.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
 

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..models import WhisperGPT, nll_per_codebook
+from ..models import FineModel, WhisperGPT, nll_per_codebook
 
 
 class Task:
@@ -81,7 +81,36 @@ class LMTask(Task):
         return [head.weight if head is not None else model.tok_emb.weight]
 
 
-TASKS: dict[str, Task] = {t.name: t for t in (LMTask(),)}
+class FineTask(Task):
+    """The fine acoustic stage (``models/fine.py``): ``codes (B, K, T) -> logits (B, K-Kc, T, V)``,
+    ``logits[:, j]`` scoring codebook ``Kc + j`` given the true codebooks ``< Kc + j``."""
+
+    name = "fine"
+    section = "fine"
+
+    def streams(self, cfg: Any) -> tuple[str, ...]:
+        return ("codes",)
+
+    def build(self, cfg: Any) -> nn.Module:
+        return FineModel(cfg.fine)
+
+    def forward(self, model: nn.Module, *batch: torch.Tensor) -> torch.Tensor:
+        return model(batch[0]).logits  # (B, S, T, V)
+
+    def loss(self, output: Any, *batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        first = output.shape[1]  # S: the last S codebooks are scored
+        nll_sum, count = nll_per_codebook(output, batch[0][:, -first:])
+        return nll_sum.sum() / count.sum(), nll_sum, count
+
+    def tokens_per_crop(self, model: nn.Module, frames: int) -> int:
+        return frames * model.config.num_codebooks  # the crop's codec tokens: K-1 read, S scored
+
+    def external_parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        # read outside their modules' forward: the stage embedding's and the heads' weights
+        return [model.stage_emb.weight, model.head.weight]
+
+
+TASKS: dict[str, Task] = {t.name: t for t in (LMTask(), FineTask())}
 
 
 def get_task(name: str) -> Task:

@@ -1,0 +1,97 @@
+"""Bits per second of audio: the one figure that ranks codebook strategies on the same data.
+
+A model's cost of the audio is the total NLL of every codec token of a frame, summed over all K
+codebooks, in nats per frame; times the frame rate (75/s) over ln 2 it is bits per second:
+``bits/s = sum_k NLL_k * 75 / ln 2`` (``NLL_k`` in nats per token of codebook ``k``, each frame
+scored once). Strategies compare on it whatever they factor: ``delay`` / ``parallel`` / ``depth``
+score all K codebooks themselves; ``coarse`` scores codebook 0 and a fine stage codebooks
+``Kc..K-1`` given the true coarse ones, and together (``coarse + fine``) they score all K, so
+their bits/s add up (the same split, the same frames).
+
+A checkpoint that scores only some codebooks gets its bits/s over those (``codebooks`` says which)
+and no all-K figure (``complete: false``); ``bits_rows`` adds one ``A + B`` row for every pair of
+an evaluation starting at codebook 0 and a fine checkpoint scoring exactly the rest.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..audio import FRAME_RATE
+
+LN2 = math.log(2.0)
+
+
+def bits_per_second(nats_per_frame: float, frame_rate: float = FRAME_RATE) -> float:
+    """Nats per frame (summed over the codebooks scored) -> bits per second."""
+    return nats_per_frame * frame_rate / LN2
+
+
+def _row(name: str, strategy: str, fusion: str, mel: str, per: list[dict], K: int) -> dict:
+    codebooks = [p["codebook"] for p in per]
+    nats = sum(p["nll"] for p in per)
+    return dict(
+        name=name,
+        strategy=strategy,
+        fusion=fusion,
+        mel_source=mel,
+        codebooks=codebooks,
+        num_codebooks=K,
+        complete=codebooks == list(range(K)),
+        nats_per_frame=nats,
+        bits_per_second=bits_per_second(nats),
+        nll_per_codebook=[p["nll"] for p in per],
+    )
+
+
+def bits_rows(report: dict) -> list[dict]:
+    """One row per (checkpoint, mel source) of an eval report, then one per coarse + fine pair."""
+    rows = []
+    for e in report["checkpoints"]:
+        c = e["config"]
+        for ev in e["evaluations"]:
+            per = ev["metrics"]["per_codebook"]
+            rows.append(_row(e["name"], c["pattern"], c["fusion"], ev["mel_source"], per, c["num_codebooks"]))
+    stacks = []
+    for a in rows:
+        if a["complete"] or a["codebooks"][:1] != [0]:
+            continue
+        for b in rows:
+            rest = list(range(len(a["codebooks"]), a["num_codebooks"]))
+            if (
+                b["strategy"] == "fine"
+                and b["num_codebooks"] == a["num_codebooks"]
+                and b["codebooks"] == rest
+            ):
+                per = [
+                    dict(codebook=k, nll=n)
+                    for k, n in zip(
+                        a["codebooks"] + b["codebooks"], a["nll_per_codebook"] + b["nll_per_codebook"]
+                    )
+                ]
+                name = f"{a['name']} + {b['name']}"
+                stacks.append(
+                    _row(name, f"{a['strategy']}+fine", a["fusion"], a["mel_source"], per, a["num_codebooks"])
+                )
+    return rows + stacks
+
+
+def bits_markdown(rows: list[dict]) -> str:
+    """The bits/s table: all-K figures first (best first), then the partial ones."""
+    lines = [
+        "Bits per second over all K codebooks (sum of the per-codebook NLLs x 75 / ln 2); a checkpoint "
+        "scoring only some codebooks is partial, its pair with a fine stage complete.",
+        "",
+        "| model | strategy | fusion | mel source (eval) | codebooks | nats/frame | bits/s (all K) | NLL per codebook |",
+        "|---|---|---|---|---|---:|---:|---|",
+    ]
+    for r in sorted(rows, key=lambda r: (not r["complete"], r["bits_per_second"] if r["complete"] else 0.0)):
+        cbs = r["codebooks"]
+        span = f"{cbs[0]}..{cbs[-1]}" if len(cbs) > 1 else str(cbs[0])
+        bits = f"{r['bits_per_second']:.1f}" if r["complete"] else f"partial ({r['bits_per_second']:.1f})"
+        per = ", ".join(f"{n:.3f}" for n in r["nll_per_codebook"])
+        lines.append(
+            f"| {r['name']} | {r['strategy']} | {r['fusion']} | {r['mel_source']} | {span} of {r['num_codebooks']} | "
+            f"{r['nats_per_frame']:.3f} | {bits} | {per} |"
+        )
+    return "\n".join(lines) + "\n"
