@@ -98,9 +98,11 @@ class LayerKV:
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, dim: int, heads: int, dropout: float, bias: bool) -> None:
+    """Self-attention; ``causal=False`` (no cache only) lets every position see the whole window."""
+
+    def __init__(self, dim: int, heads: int, dropout: float, bias: bool, causal: bool = True) -> None:
         super().__init__()
-        self.heads = heads
+        self.heads, self.causal = heads, causal
         self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
         self.proj = nn.Linear(dim, dim, bias=bias)
         self.proj.residual = True  # scaled init
@@ -116,8 +118,9 @@ class CausalSelfAttention(nn.Module):
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         p = self.dropout if self.training else 0.0
         if kv is None:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=self.causal)
         else:
+            assert self.causal, "a KV cache is for causal attention"
             end = start + N
             if end > kv.k.shape[2]:
                 raise ValueError(
@@ -161,11 +164,13 @@ class CausalSelfAttention(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(ln(x)); x + mlp(ln(x))."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, dropout: float, bias: bool) -> None:
+    def __init__(
+        self, dim: int, heads: int, mlp_ratio: float, dropout: float, bias: bool, causal: bool = True
+    ) -> None:
         super().__init__()
         hidden = int(round(mlp_ratio * dim))
         self.ln1 = nn.LayerNorm(dim, bias=bias)
-        self.attn = CausalSelfAttention(dim, heads, dropout, bias)
+        self.attn = CausalSelfAttention(dim, heads, dropout, bias, causal)
         self.ln2 = nn.LayerNorm(dim, bias=bias)
         self.fc = nn.Linear(dim, hidden, bias=bias)
         self.out = nn.Linear(hidden, dim, bias=bias)
@@ -190,14 +195,25 @@ class Block(nn.Module):
 
 
 class Stack(nn.Module):
-    """Causal blocks + final norm, with RoPE or learned positions."""
+    """Blocks + final norm, with RoPE or learned positions; causal unless ``causal=False``.
 
-    def __init__(self, dim: int, layers: int, heads: int, cfg: WhisperGPTConfig, max_positions: int) -> None:
+    ``cfg``: any config with ``mlp_ratio``, ``dropout``, ``bias``, ``pos_emb``, ``rope_base``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        layers: int,
+        heads: int,
+        cfg: WhisperGPTConfig,
+        max_positions: int,
+        causal: bool = True,
+    ) -> None:
         super().__init__()
         self.heads, self.rope_base, self.max_positions = heads, cfg.rope_base, max_positions
         self.pos = nn.Embedding(max_positions, dim) if cfg.pos_emb == "learned" else None
         self.blocks = nn.ModuleList(
-            Block(dim, heads, cfg.mlp_ratio, cfg.dropout, cfg.bias) for _ in range(layers)
+            Block(dim, heads, cfg.mlp_ratio, cfg.dropout, cfg.bias, causal) for _ in range(layers)
         )
         self.ln_f = nn.LayerNorm(dim, bias=cfg.bias)
         # (device, dtype) -> (cos, sin) for positions 0..n-1: built once, not per call or per step

@@ -42,10 +42,11 @@ def check_model_type(directory: str | os.PathLike, raw: dict, expected: str) -> 
 
 def model_classes() -> dict[str, type[nn.Module]]:
     """``model_type -> class`` of every model the package defines."""
-    from . import whispergpt
+    from . import encodecmae, whispergpt
 
     classes: dict[str, type[nn.Module]] = {whispergpt.WhisperGPT.model_type: whispergpt.WhisperGPT}
     # further models register here: {cls.model_type: cls}
+    classes[encodecmae.EnCodecMAE.model_type] = encodecmae.EnCodecMAE
     return classes
 
 
