@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 from test_train import quiet, read_metrics  # a sibling module: pytest puts tests/training on sys.path
+from test_train_distributed import _free_port
 
 from whispergpt.config import ConfigError, dump_yaml, load_run_config
 from whispergpt.models import EnCodecMAE, load_pretrained
@@ -121,3 +125,37 @@ def test_resume_needs_the_rng_state(tiny_dataset, mae_run, tmp_path):
     (step2 / "files.json").unlink()  # its checksums would (rightly) reject the edited checkpoint
     assert main(_args(tiny_dataset, cut)) == 0
     assert read_metrics(cut)[0][3] != read_metrics(mae_run)[0][3]
+
+
+def _launch(accel_config: str, data_dir: Path, out: Path) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--config_file", str(REPO / "configs" / "accelerate" / accel_config),
+        "--num_processes", "2", "--main_process_port", str(_free_port()),
+        str(REPO / "train.py"), *_args(data_dir, out, "train.eval_every=4", "mae.dropout=0.0"),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.slow
+def test_ddp_and_deepspeed_zero3_train_the_same_mae(tiny_dataset, tmp_path):
+    pytest.importorskip("deepspeed")
+    runs = {}
+    for config in ("ddp_cpu.yaml", "zero3.yaml"):
+        out = tmp_path / config.removesuffix(".yaml")
+        done = _launch(config, tiny_dataset, out)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+        assert "2 process(es)" in done.stdout
+        runs[config] = out
+    (ddp_losses, ddp_vals), (z3_losses, z3_vals) = (read_metrics(out) for out in runs.values())
+    assert sorted(ddp_losses) == [1, 2, 3, 4] and sorted(ddp_vals) == [4]
+    for s in ddp_losses:  # the same masks (each rank draws from its own seeded RNG) and maths
+        assert z3_losses[s] == pytest.approx(ddp_losses[s], rel=1e-4), s
+    assert z3_vals[4] == pytest.approx(ddp_vals[4], rel=1e-4)
+    a = load_file(str(runs["ddp_cpu.yaml"] / "final" / "model.safetensors"))
+    b = load_file(str(runs["zero3.yaml"] / "final" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-4, msg=k)
+    assert isinstance(load_pretrained(runs["zero3.yaml"] / "final"), EnCodecMAE)
