@@ -196,14 +196,16 @@ def span_mask(
     return inside.any(dim=1)
 
 
-def split_frames(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def split_frames(mask: torch.Tensor, masked: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``mask (B, T)`` (equal True count per row) -> ``(visible (B, Nv), masked (B, Nm))`` frame
-    indices, each in time order."""
-    counts = mask.sum(dim=1)
-    if not bool((counts == counts[0]).all()):
-        raise ValueError(f"every row must mask the same number of frames, got {counts.tolist()}")
+    indices, each in time order. ``masked``: the known count per row (no check, no host sync)."""
+    if masked is None:
+        counts = mask.sum(dim=1)
+        if not bool((counts == counts[0]).all()):
+            raise ValueError(f"every row must mask the same number of frames, got {counts.tolist()}")
+        masked = int(counts[0])
     order = torch.argsort(mask.to(torch.int8), dim=1, stable=True)  # visible first, each in time order
-    nv = mask.shape[1] - int(counts[0])
+    nv = mask.shape[1] - masked
     return order[:, :nv], order[:, nv:]
 
 
@@ -271,13 +273,18 @@ class EnCodecMAE(nn.Module):
 
     # -- the two transformers ---------------------------------------------------------------------
     def _run(
-        self, stack: Stack, h: torch.Tensor, positions: torch.Tensor | None, layers: int | None = None
+        self,
+        stack: Stack,
+        h: torch.Tensor,
+        positions: torch.Tensor | None,
+        layers: int | None = None,
+        end: int | None = None,
     ) -> torch.Tensor:
-        """``h (B, N, W)`` at frame ``positions (B, N)`` (None: 0..N-1) through the first ``layers``
-        blocks (None: all, then the final norm). Unlike ``Stack.forward``, positions may skip frames."""
+        """``h (B, N, W)`` at frame ``positions (B, N)`` (None: 0..N-1; else all below ``end``)
+        through the first ``layers`` blocks (None: all, then the final norm). Unlike
+        ``Stack.forward``, positions may skip frames."""
         N = h.shape[1]
-        end = N if positions is None else int(positions.max()) + 1
-        cos, sin = stack.rope(end, h.device)
+        cos, sin = stack.rope(N if positions is None else end, h.device)
         if positions is None:
             rope = (cos[:N], sin[:N])  # (N, hd)
         else:
@@ -311,7 +318,7 @@ class EnCodecMAE(nn.Module):
         """Decoder output ``(B, T, Dd)``: the encoder reads frames ``visible (B, Nv)`` of ``x`` only."""
         B, C, T = x.shape
         xv = x.gather(2, visible[:, None].expand(-1, C, -1))  # (B, C, Nv): masked frames never read
-        enc = self._run(self.encoder, self.inp(xv.transpose(1, 2)), visible)  # (B, Nv, D)
+        enc = self._run(self.encoder, self.inp(xv.transpose(1, 2)), visible, end=T)  # (B, Nv, D)
         v = self.to_decoder(enc)  # (B, Nv, Dd)
         full = self.mask_token.to(v.dtype).expand(B, T, -1)
         full = full.scatter(1, visible[..., None].expand(-1, -1, v.shape[-1]), v)  # (B, T, Dd)
@@ -367,7 +374,7 @@ class EnCodecMAE(nn.Module):
         self._check_input(x)
         B, _, T = x.shape
         mask = self.draw_mask(B, T, x.device, generator)
-        visible, _ = split_frames(mask)
+        visible, _ = split_frames(mask, masked_count(T, self.config.mask_ratio))
         return mask, self._heads(self._hidden(x, visible))
 
     def forward(
@@ -382,7 +389,8 @@ class EnCodecMAE(nn.Module):
         self._check_input(x)
         B, _, T = x.shape
         targets = self._targets(codes, semantic, B, T)
-        visible, masked = split_frames(self.draw_mask(B, T, x.device, generator))
+        mask = self.draw_mask(B, T, x.device, generator)
+        visible, masked = split_frames(mask, masked_count(T, self.config.mask_ratio))
         h = self._hidden(x, visible)  # (B, T, Dd)
         c = self.config
 
