@@ -46,6 +46,8 @@ def test_semantic_targets_read_the_semantic_stream(tiny_dataset, tmp_path, targe
     over = quiet(tiny_dataset, tmp_path, f"mae.targets={targets}", "mae.kmeans_clusters=16", "mae.input=mel")
     cfg = load_run_config(MAE_TINY, over)
     assert get_task("mae").streams(cfg) == ("codes", "mel", "semantic")
+    with pytest.raises(ConfigError, match="needs kmeans_clusters"):
+        load_run_config(MAE_TINY, quiet(tiny_dataset, tmp_path, f"mae.targets={targets}"))
 
 
 def test_mae_task_loss_is_the_model_loss(tiny_dataset, tmp_path):

@@ -113,6 +113,11 @@ class EnCodecMAEConfig:
                 "masked_weight and visible_weight must be >= 0 and not both 0, "
                 f"got {self.masked_weight}, {self.visible_weight}"
             )
+        if self.targets != "codes" and self.kmeans_clusters is None:
+            raise ValueError(
+                f"targets {self.targets!r} needs kmeans_clusters: the cluster count of the semantic "
+                "tokenizer whose stream the dataset stores (prepare --semantic)"
+            )
         if self.kmeans_weight < 0:
             raise ValueError(f"kmeans_weight must be >= 0, got {self.kmeans_weight}")
         if self.codebook_weights is not None:
@@ -230,8 +235,6 @@ class EnCodecMAE(nn.Module):
         missing = [name for name in ("in_dim",) if getattr(c, name) is None]
         if c.uses_codes:
             missing += [name for name in ("num_codebooks", "codebook_size") if getattr(c, name) is None]
-        if c.uses_kmeans and c.kmeans_clusters is None:
-            missing.append("kmeans_clusters")
         if missing:
             raise ValueError(
                 f"EnCodecMAEConfig needs {missing} set (the trainer fills them from the dataset)"
