@@ -24,7 +24,7 @@ from whispergpt.training import (
     lr_at,
     main,
     sample_seed,
-    trainer,
+    tasks,
     val_indices,
 )
 from whispergpt.training import checkpoint as ckpt_io
@@ -229,7 +229,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint_then_resumes_with_w
         "model.context=32",
     ]
     with monkeypatch.context() as m:
-        m.setattr(trainer, "nll_per_codebook", nan_from_step(3))
+        m.setattr(tasks, "nll_per_codebook", nan_from_step(3))
         assert main(args) == 3
     err = capsys.readouterr().err
     assert "non-finite training loss" in err and "step 3" in err
