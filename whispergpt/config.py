@@ -384,8 +384,9 @@ def resolve_config(data: dict) -> RunConfig:
     if task not in TASK_SECTIONS:
         raise ConfigError(f"task: expected one of {sorted(TASK_SECTIONS)}, got {task!r}")
     name = TASK_SECTIONS[task]
-    for other in set(TASK_SECTIONS.values()) - {name}:
-        data.pop(other, None)  # keys checked above; an inactive section keeps its defaults (not its nulls)
+    for other in set(TASK_SECTIONS.values()) - {name}:  # unused: its null shape keys keep their defaults
+        if isinstance(data.get(other), dict):
+            data[other] = {k: v for k, v in data[other].items() if not (k in DATA_SHAPE_KEYS and v is None)}
     section_cls = typing.get_type_hints(RunConfig)[name]
     model = data.get(name)
     if model is None:
