@@ -23,6 +23,8 @@ _EXPORTS = {
     "PreparedDataset": "data",
     "WhisperGPT": "models",
     "WhisperGPTConfig": "models",
+    "EnCodecMAE": "models",
+    "EnCodecMAEConfig": "models",
     "generate": "generate",
 }
 

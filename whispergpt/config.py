@@ -28,6 +28,7 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
+from .models.encodecmae import EnCodecMAEConfig
 from .models.fine import FineConfig
 from .models.whispergpt import WhisperGPTConfig
 
@@ -333,15 +334,16 @@ class LoggingConfig:
 
 # What a run trains (training/tasks.py) -> the section holding that model's config. Only the
 # active task's section is printed and saved with the run; the others keep their defaults.
-TASK_SECTIONS = {"lm": "model", "fine": "fine"}
+TASK_SECTIONS = {"lm": "model", "fine": "fine", "mae": "mae"}
 
 
 @dataclass
 class RunConfig:
     out_dir: str = "runs/default"
-    task: str = "lm"  # lm: the Whisper-GPT decoder (section `model`); fine: the fine stage (`fine`)
+    task: str = "lm"  # lm: the Whisper-GPT decoder (section `model`); fine: the fine stage (`fine`); mae: EnCodecMAE (`mae`)
     model: WhisperGPTConfig = field(default_factory=WhisperGPTConfig)
     fine: FineConfig = field(default_factory=FineConfig)
+    mae: EnCodecMAEConfig = field(default_factory=EnCodecMAEConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -350,6 +352,23 @@ class RunConfig:
 # model fields that must agree with the prepared dataset (manifest key == field name); null in a
 # recipe = take them from the dataset
 DATA_SHAPE_KEYS = ("num_codebooks", "codebook_size", "n_mels")
+
+
+def _data_shape(name: str, section_cls: type, section: dict, manifest: dict, data_dir: str) -> dict[str, int]:
+    """The dataset's value of each shape field the section has (``DATA_SHAPE_KEYS``, and
+    EnCodecMAE's ``in_dim``: the width of the stream it reads)."""
+    fields = {f.name: f for f in dataclasses.fields(section_cls)}
+    want = {k: int(manifest[k]) for k in DATA_SHAPE_KEYS if k in fields}
+    if "in_dim" in fields:
+        kind = section.get("input", fields["input"].default)
+        key = "latent_dim" if kind == "latent" else "n_mels"
+        if key not in manifest:
+            raise ConfigError(
+                f"{name}.input={kind} reads the codec latent, and the dataset {data_dir} stores none "
+                "(no latent_dim in its manifest): prepare it with --latent, or use input=mel"
+            )
+        want["in_dim"] = int(manifest[key])
+    return want
 
 
 def resolve_config(data: dict) -> RunConfig:
@@ -378,9 +397,8 @@ def resolve_config(data: dict) -> RunConfig:
         model = data[name] = {}
     if not isinstance(model, dict):
         raise ConfigError(f"{name}: expected a mapping, got {model!r}")
-    shape_keys = [k for k in DATA_SHAPE_KEYS if k in {f.name for f in dataclasses.fields(section_cls)}]
-    for key in shape_keys:
-        have, want = model.get(key), int(manifest[key])
+    for key, want in _data_shape(name, section_cls, model, manifest, data_dir).items():
+        have = model.get(key)
         if have is None:
             model[key] = want
         elif have != want:

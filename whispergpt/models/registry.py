@@ -69,10 +69,10 @@ def read_pretrained(directory: str | os.PathLike, model_type: str) -> tuple[dict
 
 def model_classes() -> dict[str, type[nn.Module]]:
     """``model_type -> class`` of every model the package defines."""
-    from . import fine, whispergpt
+    from . import encodecmae, fine, whispergpt
 
     classes: dict[str, type[nn.Module]] = {
-        cls.model_type: cls for cls in (whispergpt.WhisperGPT, fine.FineModel)
+        cls.model_type: cls for cls in (whispergpt.WhisperGPT, fine.FineModel, encodecmae.EnCodecMAE)
     }
     return classes
 

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..models import FineModel, WhisperGPT, nll_per_codebook
+from ..models import EnCodecMAE, FineModel, WhisperGPT, nll_per_codebook
 
 
 class Task:
@@ -110,7 +110,36 @@ class FineTask(Task):
         return [model.stage_emb.weight, model.head.weight]
 
 
-TASKS: dict[str, Task] = {t.name: t for t in (LMTask(), FineTask())}
+class MAETask(Task):
+    """EnCodecMAE: ``codes (B, K, T), x (B, C, T)[, semantic (B, T)] -> (objective, nll_sum, count)``.
+
+    The model computes its own loss (the mask it draws decides which frames are scored); the NLL
+    reported is that of the masked frames, per target stream (models/encodecmae.py).
+    """
+
+    name = "mae"
+    section = "mae"
+
+    def streams(self, cfg: Any) -> tuple[str, ...]:
+        extra = ("semantic",) if cfg.mae.targets != "codes" else ()
+        return ("codes", cfg.mae.input, *extra)
+
+    def build(self, cfg: Any) -> nn.Module:
+        return EnCodecMAE(cfg.mae)
+
+    def forward(self, model: nn.Module, *batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        codes, x, *semantic = batch
+        return tuple(model(x, codes, *semantic))  # a plain tuple of tensors (DeepSpeed hooks)
+
+    def loss(self, output: Any, *batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        objective, nll_sum, count = output
+        return objective, nll_sum, count
+
+    def tokens_per_crop(self, model: nn.Module, frames: int) -> int:
+        return frames  # input frames (75 per second of audio), masked ones included
+
+
+TASKS: dict[str, Task] = {t.name: t for t in (LMTask(), FineTask(), MAETask())}
 
 
 def get_task(name: str) -> Task:

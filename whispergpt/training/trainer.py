@@ -207,7 +207,8 @@ class Trainer:
             from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
             state = get_fp32_state_dict_from_zero_checkpoint(str(directory / "deepspeed"))
-        fresh = self.task.build(self.cfg)
+        with torch.random.fork_rng(devices=[]):  # its random init must not move the run's RNG
+            fresh = self.task.build(self.cfg)
         # keys of the TaskModule wrapper: "core.<name>"
         fresh.load_state_dict({k.removeprefix("core."): v.float().cpu() for k, v in state.items()})
         fresh.save_pretrained(directory)
