@@ -1,0 +1,106 @@
+"""Semantic tokens: the alignment rule, k-means determinism, the tokenizer folder, and exit 2 with the
+expected and actual value for a non-MAE checkpoint, a bad layer, a bad rate and too many clusters."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from whispergpt.audio import load_audio
+from whispergpt.data import PreparedDataset
+from whispergpt.tools.mae_features import MAEInput, encode_frames, load_mae
+from whispergpt.tools.semantic import (
+    SemanticConfig,
+    SemanticTokenizer,
+    codec_frame_tokens,
+    fit_semantic,
+    group_size,
+    main,
+    num_semantic_frames,
+    pool_to_rate,
+)
+
+
+def test_group_and_pooling_rule():
+    assert group_size(25) == 3 and group_size(75) == 1 and group_size(5) == 15
+    with pytest.raises(ValueError, match="must divide 75"):
+        group_size(10)
+    x = torch.arange(7 * 2, dtype=torch.float32).reshape(7, 2)  # (T=7, D=2)
+    pooled = pool_to_rate(x, 25)
+    assert num_semantic_frames(7) == 3 and pooled.shape == (3, 2)
+    torch.testing.assert_close(pooled[0], x[0:3].mean(0))  # frames 3s..3s+2
+    torch.testing.assert_close(pooled[1], x[3:6].mean(0))
+    torch.testing.assert_close(pooled[2], x[6])  # the last group holds the one frame that exists
+    assert pool_to_rate(x, 75).equal(x)
+
+
+def test_codec_frame_tokens_rule():
+    tok = torch.tensor([5, 6, 7])
+    assert codec_frame_tokens(tok, 7).tolist() == [5, 5, 5, 6, 6, 6, 7]
+    assert codec_frame_tokens(tok, 9).tolist() == [5, 5, 5, 6, 6, 6, 7, 7, 7]
+    assert codec_frame_tokens(tok, 3, rate=75).tolist() == [5, 6, 7]
+    with pytest.raises(ValueError, match="need ceil"):
+        codec_frame_tokens(tok, 10)  # 10 frames need 4 tokens
+
+
+def test_nearest_centroid_tokens():
+    cfg = SemanticConfig(clusters=2, dim=1, layer=1)
+    tok = SemanticTokenizer(cfg, torch.tensor([[0.0], [10.0]]))
+    feats = torch.tensor([[1.0], [0.0], [-1.0], [9.0], [10.0], [11.0], [8.0]])  # (T=7, D=1)
+    assert tok.tokens(feats).tolist() == [0, 1, 1]
+    assert tok.frame_tokens(feats).tolist() == [0, 0, 0, 1, 1, 1, 1]
+
+
+def test_fit_is_deterministic_and_the_folder_round_trips(tmp_path, mae_dir, tiny_dataset):
+    a = fit_semantic(
+        mae_dir, [tiny_dataset], tmp_path / "a", clusters=8, layer=1, seed=3, device="cpu", progress=False
+    )
+    b = fit_semantic(
+        mae_dir, [tiny_dataset], tmp_path / "b", clusters=8, layer=1, seed=3, device="cpu", progress=False
+    )
+    c = fit_semantic(
+        mae_dir, [tiny_dataset], tmp_path / "c", clusters=8, layer=1, seed=4, device="cpu", progress=False
+    )
+    assert a.centroids.equal(b.centroids) and not a.centroids.equal(c.centroids)
+    cfg = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert cfg["model_type"] == "semantic-tokenizer" and cfg["layer"] == 1 and cfg["rate"] == 25
+    assert cfg["group"] == 3 and cfg["frames"] == 4 * 50 and cfg["mae_checkpoint"] == str(mae_dir)  # 4 x 2 s
+    assert a.centroids.shape == (8, 32) and (tmp_path / "a" / "mae" / "model.safetensors").is_file()
+    # tokens of a file through the tokenizer's own MAE copy = the rule applied to the MAE frames
+    ds = PreparedDataset(tiny_dataset, "train")
+    wave = load_audio(ds.files[0]["path"])
+    frame_tokens = a.audio_frame_tokens(wave)
+    model, d = load_mae(mae_dir)
+    frames = encode_frames(model, MAEInput.from_checkpoint(model, d).features(wave)[0], 1)
+    assert frame_tokens.shape == (wave.shape[0] // 320,) and frame_tokens.equal(a.frame_tokens(frames))
+    assert len(set(frame_tokens.tolist())) > 1
+    # refitting into the same folder replaces it
+    fit_semantic(mae_dir, [tiny_dataset], tmp_path / "a", clusters=4, layer=1, device="cpu", progress=False)
+    assert SemanticTokenizer.from_pretrained(tmp_path / "a").clusters == 4
+
+
+def test_cli_errors_exit_2_with_expected_and_actual(tmp_path, mae_dir, tiny_codec_dir, tiny_dataset, capsys):
+    def run(*extra, ckpt=mae_dir):
+        return main(
+            ["fit", str(ckpt), str(tiny_dataset), "--out", str(tmp_path / "tok"), "--device", "cpu", *extra]
+        )
+
+    assert run("--clusters", "1000") == 2
+    err = capsys.readouterr().err
+    assert (
+        "--clusters is larger than the number of 25 Hz frames" in err
+        and "expected at most 200, got 1000" in err
+    )
+    assert run("--layer", "5") == 2
+    assert "expected 1..2" in capsys.readouterr().err
+    assert run(ckpt=tiny_codec_dir) == 2
+    assert "not an EnCodecMAE checkpoint" in capsys.readouterr().err
+    assert run("--rate", "10") == 2
+    assert "must divide 75" in capsys.readouterr().err
+    assert not (tmp_path / "tok").exists()
+    assert run("--clusters", "3", "--max-frames", "50") == 0
+    assert json.loads((tmp_path / "tok" / "config.json").read_text())["frames"] == 50
+    with pytest.raises(ValueError, match="not a semantic tokenizer"):
+        SemanticTokenizer.from_pretrained(mae_dir)

@@ -1,0 +1,196 @@
+"""EnCodecMAE for the tools: loading a checkpoint, and audio -> the features it reads -> its frames.
+
+One place for "what does this MAE read": ``embed``, ``probe``, ``semantic fit`` and ``prepare
+--semantic`` all go through ``MAEInput``, which computes exactly what ``prepare`` stores:
+
+- ``mae.input: mel``: ``whispergpt.audio.log_mel(wave, n_mels)``, the causal log-mel of ``mel.npy``
+  (``n_mels`` = ``mae.in_dim``, else the ``n_mels`` of the checkpoint's training record);
+- ``mae.input: latent``: ``Codec.latent(wave)``, the continuous EnCodec encoder output, of the codec
+  named in the checkpoint's training record (``training.record.training_codec``), at its bandwidth.
+
+From a prepared dataset the stored stream is read instead of recomputing it (``dataset_features``).
+
+The encoder is run over long inputs in windows of ``chunk_frames`` (``encode_frames``): attention
+cost is quadratic in length and the model was trained on short crops, so minutes of audio are cut
+into non-overlapping windows (default ``DEFAULT_CHUNK_SECONDS``), each encoded alone, frames
+concatenated (equal windows of at most ``chunk_frames``). A window never sees its neighbours: that
+is the price of bounded memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..audio import FRAME_RATE, log_mel
+from ..errors import InputError
+
+MAE_MODEL_TYPE = "encodecmae"
+DEFAULT_CHUNK_SECONDS = 10.0
+
+
+def _mae_module():
+    try:
+        from ..models import encodecmae
+    except ImportError as e:
+        raise InputError(
+            f"EnCodecMAE is not part of this install ({e})",
+            hint="install a whispergpt version with whispergpt/models/encodecmae.py",
+        ) from e
+    return encodecmae
+
+
+def read_mae_config(directory: str | os.PathLike) -> dict[str, Any]:
+    """``config.json`` of an EnCodecMAE checkpoint; ``InputError`` naming what it is otherwise."""
+    path = Path(directory) / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(f"cannot read the checkpoint's config ({e})", path) from e
+    actual = config.get("model_type") if isinstance(config, dict) else None
+    if actual != MAE_MODEL_TYPE:
+        looks = " (a WhisperGPT decoder)" if isinstance(config, dict) and "pattern" in config else ""
+        raise InputError(
+            f"not an EnCodecMAE checkpoint: config.json model_type is {actual!r}{looks}, expected {MAE_MODEL_TYPE!r}",
+            directory,
+            "pass a checkpoint written by `whispergpt train` with an mae recipe",
+        )
+    return config
+
+
+def load_mae(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Path]:
+    """``(model in eval mode on device, resolved checkpoint dir)`` from a model dir or a training run dir."""
+    from ..training.record import resolve_checkpoint
+
+    p = Path(path).expanduser()
+    if p.is_dir() and (p / "config.json").is_file():
+        read_mae_config(p)  # name a non-MAE checkpoint before the checksum pass
+    directory = resolve_checkpoint(p)
+    read_mae_config(directory)
+    model = _mae_module().EnCodecMAE.from_pretrained(directory)
+    return model.to(device).eval(), directory
+
+
+def random_mae(config: Any, seed: int = 0) -> torch.nn.Module:
+    """A freshly initialised EnCodecMAE of ``config`` (the probe's "same size, untrained" baseline)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _mae_module().EnCodecMAE(config).eval()
+
+
+def check_layer(model: torch.nn.Module, layer: int | None) -> int:
+    """The encoder layer to read, 1..num_layers (None = the last); ``InputError`` when out of range."""
+    n = int(model.num_layers)
+    if layer is None:
+        return n
+    if not isinstance(layer, int) or not 1 <= layer <= n:
+        raise InputError(
+            f"--layer is out of range: expected 1..{n} (the checkpoint's encoder layers), got {layer}"
+        )
+    return layer
+
+
+@dataclass
+class MAEInput:
+    """What an EnCodecMAE reads, computed from 24 kHz audio or read from a prepared dataset."""
+
+    kind: str  # "mel" | "latent"
+    dim: int | None  # C: n_mels or the latent width (None: the codec's, known once it is opened)
+    codec: str | None = None  # latent: the training codec (name or path) and its bandwidth
+    bandwidth: float | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    _codec: Any = field(default=None, repr=False)
+
+    @classmethod
+    def from_checkpoint(
+        cls, model: torch.nn.Module, directory: str | os.PathLike, device: str | torch.device = "cpu"
+    ) -> MAEInput:
+        from ..training.record import read_training_record, training_codec
+
+        cfg = model.config
+        kind = str(getattr(cfg, "input", "mel"))
+        record = read_training_record(directory) or {}
+        dim = getattr(cfg, "in_dim", None)
+        if kind == "mel":
+            dim = dim if dim is not None else record.get("n_mels")
+            if dim is None:
+                raise InputError(
+                    "cannot tell the MAE's n_mels: config.json has no in_dim and there is no training record",
+                    directory,
+                    "set mae.in_dim in the checkpoint's config.json",
+                )
+            return cls("mel", int(dim), device=torch.device(device))
+        if kind != "latent":
+            raise InputError(f"unknown mae.input {kind!r}, expected 'mel' or 'latent'", directory)
+        found = training_codec(directory)
+        if found is None:
+            raise InputError(
+                "cannot tell which codec's latent this MAE reads: no training record names the codec",
+                directory,
+                f"write training_data.json next to the weights (whispergpt.training.record) in {directory}",
+            )
+        return cls("latent", None if dim is None else int(dim), found[0], found[1], torch.device(device))
+
+    def codec_model(self):
+        """The ``Codec`` of a latent MAE (opened once)."""
+        if self._codec is None:
+            from ..codec import Codec
+
+            self._codec = Codec.from_pretrained(self.codec, bandwidth=self.bandwidth, device=self.device)
+        return self._codec
+
+    @torch.inference_mode()
+    def features(self, wave: torch.Tensor) -> torch.Tensor:
+        """``(S,)`` or ``(B, S)`` 24 kHz audio -> ``(B, C, T)`` float32, ``T = S // 320``."""
+        if wave.dim() == 1:
+            wave = wave[None]
+        if self.kind == "mel":
+            return log_mel(wave.to(self.device), n_mels=self.dim)  # (B, M, T)
+        return self.codec_model().latent(wave.to(self.device)).float()  # (B, D, T)
+
+    def dataset_features(self, dataset, file_index: int) -> torch.Tensor:
+        """The stored ``(C, T)`` stream of file ``file_index`` of a ``PreparedDataset`` (no audio read)."""
+        if self.kind == "mel":
+            if dataset.n_mels != self.dim:
+                raise InputError(
+                    f"the dataset's mel has n_mels={dataset.n_mels}, the MAE reads {self.dim}",
+                    dataset.directory,
+                    f"prepare the data with --n-mels {self.dim}",
+                )
+            return dataset.file_arrays(file_index)[1]  # (M, T)
+        stream = getattr(dataset, "stream", None)
+        if stream is None:
+            raise InputError(
+                "this MAE reads the codec latent, and the dataset stores no latent stream",
+                dataset.directory,
+                "prepare the data with its latent stream, or use an MAE trained on mel",
+            )
+        return stream(file_index, "latent")  # (D, T)
+
+
+@torch.inference_mode()
+def encode_frames(
+    model: torch.nn.Module, x: torch.Tensor, layer: int | None = None, chunk_frames: int | None = None
+) -> torch.Tensor:
+    """``x (C, T)`` MAE input -> ``(T, D)`` frames of encoder ``layer``, in windows of ``chunk_frames``."""
+    if x.dim() != 2:
+        raise ValueError(f"encode_frames expects (C, T) features, got shape {tuple(x.shape)}")
+    chunk = chunk_frames or int(DEFAULT_CHUNK_SECONDS * FRAME_RATE)
+    if chunk < 1:
+        raise ValueError(f"chunk_frames must be >= 1, got {chunk}")
+    device = next(model.parameters()).device
+    T = x.shape[-1]
+    n = -(-T // chunk)  # equal windows: no stub of a few frames at the end
+    edges = [round(i * T / n) for i in range(n + 1)]
+    parts = [
+        model.encode(x[None, :, a:b].to(device, torch.float32), layer=layer)[0]  # (b - a, D)
+        for a, b in zip(edges[:-1], edges[1:])
+    ]
+    out = torch.cat(parts) if parts else x.new_zeros(0, 0)
+    assert out.shape[0] == T, (out.shape, T)
+    return out.float().cpu()
