@@ -13,7 +13,7 @@ from mae_stub import make_mae
 from whispergpt.audio import log_mel, save_audio
 from whispergpt.data import PreparedDataset
 from whispergpt.tools.embed import load_embedding, main
-from whispergpt.tools.mae_features import MAEInput, encode_frames, load_mae
+from whispergpt.tools.mae_features import MAEInput, embed_clips, encode_frames, load_mae
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +82,20 @@ def test_chunked_encoding_covers_every_frame(mae_dir):
     parts = encode_frames(model, x, None, chunk_frames=40)  # 3 windows of 33-34 frames
     assert whole.shape == parts.shape == (101, 32)
     torch.testing.assert_close(parts[:34], encode_frames(model, x[:, :34], None))
+
+
+def test_batched_clips_equal_one_by_one(mae_dir):
+    model, d = load_mae(mae_dir)
+    inputs = MAEInput.from_checkpoint(model, d)
+    g = torch.Generator().manual_seed(0)
+    clips = [0.1 * torch.randn(n, generator=g) for n in (3200, 6400, 3200, 3300)]
+    pooled = embed_clips(model, inputs, clips, layer=1)
+    frames = embed_clips(model, inputs, clips, layer=1, pool=False, batch_frames=10)
+    for c, p, f in zip(clips, pooled, frames):
+        one = encode_frames(model, inputs.features(c)[0], 1)  # (T, D)
+        torch.testing.assert_close(f, one, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(p, one.mean(0), atol=1e-5, rtol=1e-5)
+    assert [f.shape[0] for f in frames] == [10, 20, 10, 10]
 
 
 def test_bad_files_are_reported_and_skipped(tmp_path, mae_dir, wavs, capsys):

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from ..audio import FRAME_RATE, log_mel
+from ..audio import FRAME_RATE, HOP_LENGTH, log_mel
 from ..errors import InputError
 
 MAE_MODEL_TYPE = "encodecmae"
@@ -177,20 +177,45 @@ class MAEInput:
 def encode_frames(
     model: torch.nn.Module, x: torch.Tensor, layer: int | None = None, chunk_frames: int | None = None
 ) -> torch.Tensor:
-    """``x (C, T)`` MAE input -> ``(T, D)`` frames of encoder ``layer``, in windows of ``chunk_frames``."""
-    if x.dim() != 2:
-        raise ValueError(f"encode_frames expects (C, T) features, got shape {tuple(x.shape)}")
+    """MAE input ``x (C, T)`` or ``(B, C, T)`` -> frames of encoder ``layer`` ``(T, D)`` or ``(B, T, D)``,
+    in windows of at most ``chunk_frames`` (a batch holds clips of one length: nothing is padded)."""
+    if x.dim() not in (2, 3):
+        raise ValueError(f"encode_frames expects (C, T) or (B, C, T) features, got shape {tuple(x.shape)}")
     chunk = chunk_frames or int(DEFAULT_CHUNK_SECONDS * FRAME_RATE)
     if chunk < 1:
         raise ValueError(f"chunk_frames must be >= 1, got {chunk}")
     device = next(model.parameters()).device
-    T = x.shape[-1]
+    xb = x if x.dim() == 3 else x[None]  # (B, C, T)
+    T = xb.shape[-1]
     n = -(-T // chunk)  # equal windows: no stub of a few frames at the end
     edges = [round(i * T / n) for i in range(n + 1)]
     parts = [
-        model.encode(x[None, :, a:b].to(device, torch.float32), layer=layer)[0]  # (b - a, D)
+        model.encode(xb[:, :, a:b].to(device, torch.float32), layer=layer)  # (B, b - a, D)
         for a, b in zip(edges[:-1], edges[1:])
     ]
-    out = torch.cat(parts) if parts else x.new_zeros(0, 0)
-    assert out.shape[0] == T, (out.shape, T)
-    return out.float().cpu()
+    out = torch.cat(parts, dim=1) if parts else xb.new_zeros(xb.shape[0], 0, 0)
+    assert out.shape[1] == T, (out.shape, T)
+    out = out.float().cpu()
+    return out if x.dim() == 3 else out[0]
+
+
+def embed_clips(
+    model: torch.nn.Module, inputs: MAEInput, clips: list[torch.Tensor], layer: int | None = None,
+    pool: bool = True, batch_frames: int = FRAME_RATE * 240,
+) -> list[torch.Tensor]:  # fmt: skip
+    """Frames ``(T_i, D)`` (or their mean ``(D,)`` with ``pool``) of ``(S_i,)`` clips; clips of equal
+    length go through the MAE together, up to ``batch_frames`` frames per call (same results as one by one)."""
+    out: list[torch.Tensor | None] = [None] * len(clips)
+    by_len: dict[int, list[int]] = {}
+    for i, c in enumerate(clips):
+        by_len.setdefault(int(c.shape[-1]), []).append(i)
+    for length, idx in sorted(by_len.items()):
+        size = max(1, batch_frames // max(1, length // HOP_LENGTH))
+        for b in range(0, len(idx), size):
+            chunk = idx[b : b + size]
+            h = encode_frames(
+                model, inputs.features(torch.stack([clips[i] for i in chunk])), layer
+            )  # (B, T, D)
+            for j, i in enumerate(chunk):
+                out[i] = h[j].mean(0) if pool else h[j]
+    return out  # type: ignore[return-value]

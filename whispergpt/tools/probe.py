@@ -33,7 +33,7 @@ from ..audio import N_MELS, log_mel
 from ..cli import command, make_parser
 from ..errors import InputError
 from ..runtime import replacing, resolve_device, write_atomic, write_json_atomic
-from .mae_features import MAEInput, check_layer, encode_frames, load_mae, random_mae
+from .mae_features import MAEInput, check_layer, embed_clips, load_mae, random_mae
 from .probe_tasks import DEFAULT_TASKS, TASKS, ProbeTask, load_task
 
 REPRESENTATIONS = ("encodecmae", "random-mae", "log-mel", "codec-latent")
@@ -122,7 +122,7 @@ class Embedder:
             ]  # (D,)
         elif rep in ("encodecmae", "random-mae"):
             model = self.model if rep == "encodecmae" else random_mae(self.model.config, seed).to(self.device)
-            rows = [encode_frames(model, self.inputs.features(c)[0], self.layer).mean(0) for c in clips]
+            rows = embed_clips(model, self.inputs, list(clips), self.layer)  # (D,) each
         else:
             raise ValueError(f"unknown representation {rep!r}, expected one of {REPRESENTATIONS}")
         return torch.stack([r.double().cpu() for r in rows]).numpy()

@@ -5,7 +5,8 @@ Tasks (``TASKS``; every clip is 24 kHz mono):
 - ``speech-music``: espeak-ng sentences (English voices and variants, random rate/pitch: the demo's
   ``EspeakSource``) vs FluidSynth renders of random melodies on a random melodic GM program.
 - ``language``: spoken language of Tux Paint stamp descriptions (``tuxpaint-stamps-default``, the
-  demo's ``TuxpaintSource``); the first ``LANGUAGE_SECONDS`` of each recording. Languages with fewer
+  demo's ``TuxpaintSource``); the first ``LANGUAGE_SECONDS`` of each recording, cut down to a
+  multiple of ``LANGUAGE_STEP`` (equal lengths batch through the encoders). Languages with fewer
   than ``MIN_PER_CLASS`` recordings are left out (of the package's 13, Malayalam has 6).
 - ``instrument``: General-MIDI program family (``FAMILIES``: piano, organ, guitar, bass, strings,
   brass, reed, pipe) of FluidSynth renders of single-instrument random melodies; the program is
@@ -45,9 +46,10 @@ from .demo import system
 from .demo.sources_music import SOUNDFONTS
 from .demo.sources_speech import EspeakSource, TuxpaintSource
 
-TASK_VERSION = 1
+TASK_VERSION = 2
 MIN_PER_CLASS = 10
 LANGUAGE_SECONDS = 4.0
+LANGUAGE_STEP = 0.5  # recordings are cut to a multiple of this: few distinct lengths, so clips batch
 PITCH_CLASSES = ["C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B"]
 # GM program family (program // 8) -> (name, lowest, highest MIDI note it is rendered in)
 FAMILIES = {0: ("piano", 48, 84), 2: ("organ", 48, 84), 3: ("guitar", 45, 79), 4: ("bass", 28, 55),
@@ -196,9 +198,11 @@ def _build_language(n: int, seed: int, cache: Path):
             by_lang[lang].append(item)
     classes = sorted(lang for lang, items in by_lang.items() if len(items) >= min(n, MIN_PER_CLASS))
     clips, labels, origins = [], [], []
+    step = int(LANGUAGE_STEP * SAMPLE_RATE)
     for c, lang in enumerate(classes):
         for item in by_lang[lang]:
-            clips.append(source.render(item, Path("."), cache)[: int(LANGUAGE_SECONDS * SAMPLE_RATE)])
+            wave = source.render(item, Path("."), cache)[: int(LANGUAGE_SECONDS * SAMPLE_RATE)]
+            clips.append(wave[: max(step, len(wave) // step * step)])
             labels.append(c)
             origins.append(item.origin)
     return classes, clips, labels, origins
