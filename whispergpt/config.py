@@ -328,9 +328,15 @@ class LoggingConfig:
     progress: bool = True  # tqdm bar on the main process
 
 
+# What a run trains (training/tasks.py) -> the section holding that model's config. Only the
+# active task's section is printed and saved with the run; the others keep their defaults.
+TASK_SECTIONS = {"lm": "model"}
+
+
 @dataclass
 class RunConfig:
     out_dir: str = "runs/default"
+    task: str = "lm"  # lm: the Whisper-GPT decoder (section `model`); see TASK_SECTIONS
     model: WhisperGPTConfig = field(default_factory=WhisperGPTConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -355,33 +361,43 @@ def resolve_config(data: dict) -> RunConfig:
     from .data import read_manifest  # lazy: the data package needs the codec
 
     manifest = read_manifest(data_dir)  # ValueError naming the directory if it is not a dataset
-    model = data.get("model")
+    task = data.get("task", RunConfig.task)
+    if task not in TASK_SECTIONS:
+        raise ConfigError(f"task: expected one of {sorted(TASK_SECTIONS)}, got {task!r}")
+    name = TASK_SECTIONS[task]
+    section_cls = typing.get_type_hints(RunConfig)[name]
+    model = data.get(name)
     if model is None:
-        model = data["model"] = {}
+        model = data[name] = {}
     if not isinstance(model, dict):
-        raise ConfigError(f"model: expected a mapping, got {model!r}")
-    for key in DATA_SHAPE_KEYS:
+        raise ConfigError(f"{name}: expected a mapping, got {model!r}")
+    shape_keys = [k for k in DATA_SHAPE_KEYS if k in {f.name for f in dataclasses.fields(section_cls)}]
+    for key in shape_keys:
         have, want = model.get(key), int(manifest[key])
         if have is None:
             model[key] = want
         elif have != want:
             raise ConfigError(
-                f"model.{key}={have!r} does not match the dataset {data_dir} ({key}={want}); "
-                f"set model.{key}={want} or null to take it from the dataset"
+                f"{name}.{key}={have!r} does not match the dataset {data_dir} ({key}={want}); "
+                f"set {name}.{key}={want} or null to take it from the dataset"
             )
     cfg = from_dict(RunConfig, data)
-    if cfg.data.mel_source == "auto":
+    context = getattr(cfg, name).context
+    if cfg.task != "lm":
+        # only the decoder feeds a decoded mel back while sampling; other tasks read the truth
+        cfg.data.mel_source = "truth" if cfg.data.mel_source == "auto" else cfg.data.mel_source
+    elif cfg.data.mel_source == "auto":
         usable = manifest.get("decoded_mel") and cfg.model.pattern != "coarse" and cfg.model.fusion != "none"
         cfg.data.mel_source = "decoded" if usable else "truth"
-    if cfg.data.mel_source == "decoded" and cfg.model.pattern == "coarse":
+    if cfg.task == "lm" and cfg.data.mel_source == "decoded" and cfg.model.pattern == "coarse":
         raise ConfigError(
             "data.mel_source=decoded needs a pattern that generates all codebooks (delay or parallel): "
             "the stored decoded mel uses every codebook, a coarse model only samples codebook 0"
         )
     if cfg.data.frames is None:
-        cfg.data.frames = cfg.model.context
-    elif cfg.data.frames > cfg.model.context:
-        raise ConfigError(f"data.frames={cfg.data.frames} exceeds model.context={cfg.model.context}")
+        cfg.data.frames = context
+    elif cfg.data.frames > context:
+        raise ConfigError(f"data.frames={cfg.data.frames} exceeds {name}.context={context}")
     return cfg
 
 
@@ -392,7 +408,13 @@ def load_run_config(path: str | os.PathLike | None, overrides: list[str] | None 
 
 
 def to_dict(cfg: Any) -> dict:
-    return dataclasses.asdict(cfg)
+    """The config as plain data; a run config keeps only its task's model section."""
+    out = dataclasses.asdict(cfg)
+    if isinstance(cfg, RunConfig):
+        for name in TASK_SECTIONS.values():
+            if name != TASK_SECTIONS.get(cfg.task) and name in out:
+                del out[name]
+    return out
 
 
 def dump_yaml(cfg: Any) -> str:

@@ -55,6 +55,7 @@ from .blocks import (  # noqa: F401  (re-exported: the old home of the blocks)
     rope_cos_sin,
 )
 from .loss import chunked_nll
+from .registry import check_model_type
 
 FUSIONS = ("concat", "sum", "interleave", "none")
 POS_EMBS = ("rope", "learned")
@@ -199,6 +200,8 @@ class _DecodeWeights:
 # ---------------------------------------------------------------------------------------------
 class WhisperGPT(nn.Module):
     """Hybrid mel + token GPT decoder (see the module docstring and ``whispergpt.patterns``)."""
+
+    model_type = "whispergpt"  # config.json's "model_type" (see models.registry)
 
     def __init__(self, config: WhisperGPTConfig) -> None:
         super().__init__()
@@ -508,7 +511,8 @@ class WhisperGPT(nn.Module):
 
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        (d / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+        config = {"model_type": self.model_type, **self.config.to_dict()}
+        (d / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         save_file(state, str(d / "model.safetensors"), metadata={"format": "pt"})
 
@@ -525,7 +529,9 @@ class WhisperGPT(nn.Module):
         for name in ("config.json", "model.safetensors"):
             if not (d / name).is_file():
                 raise OSError(f"{d} is not a WhisperGPT save_pretrained directory: {name} is missing")
-        config = from_dict(WhisperGPTConfig, json.loads((d / "config.json").read_text()), "model")
+        raw = json.loads((d / "config.json").read_text())
+        check_model_type(d, raw, cls.model_type)
+        config = from_dict(WhisperGPTConfig, raw, "model")
         model = cls(config)
         model.load_state_dict(load_file(str(d / "model.safetensors")))
         return model if device is None else model.to(device)

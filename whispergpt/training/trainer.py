@@ -42,7 +42,7 @@ from ..config import (  # the run config lives in config.py; re-exported here fo
 )
 from ..data import PreparedDataset
 from ..errors import WhisperGPTError
-from ..models import WhisperGPT, nll_per_codebook
+from ..models import WhisperGPT  # noqa: F401 (re-export)
 from ..runtime import (
     choose_precision,
     make_accelerator,
@@ -55,6 +55,7 @@ from . import checkpoint as ckpt_io
 from .loggers import Loggers
 from .record import TRAINING_DATA_FILE, write_training_record  # noqa: F401 (re-export)
 from .schedule import TrainCrops, lr_at, param_groups, sample_seed, train_loader, val_indices  # noqa: F401  (public here too)
+from .tasks import TaskModule, get_task
 
 # --- the run ------------------------------------------------------------------------------------
 
@@ -91,27 +92,16 @@ def loader_workers(requested: int | None, device: torch.device) -> int:
     return min(4, os.cpu_count() or 1) if device.type == "cuda" else 0
 
 
-class _Logits(torch.nn.Module):
-    """``codes, mel -> logits`` around the model: a plain tensor output lets DeepSpeed ZeRO-3 hook
-    the backward pass (it does not look inside the model's output dataclass)."""
-
-    def __init__(self, core: WhisperGPT):
-        super().__init__()
-        self.core = core
-
-    def forward(self, codes: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
-        return self.core(codes, mel).logits
-
-
-def _register_zero3_external_params(wrapper: _Logits) -> None:
-    """ZeRO-3 gathers a parameter only around its own module's forward; the output projection
-    reads ``head.weight`` (or, tied, the embedding table) from the model's top-level forward."""
+def _register_zero3_external_params(wrapper: TaskModule) -> None:
+    """ZeRO-3 gathers a parameter only around its own module's forward; tell it about the ones a
+    model reads elsewhere (e.g. the decoder's output projection, read from its top-level forward)."""
     import deepspeed
 
-    core = wrapper.core
-    head = getattr(core, "head", None)
-    weight = head.weight if head is not None else core.tok_emb.weight
-    deepspeed.zero.register_external_parameter(wrapper, weight)
+    for weight in wrapper.task.external_parameters(wrapper.core):
+        deepspeed.zero.register_external_parameter(wrapper, weight)
+
+
+_Logits = TaskModule  # the old name of the wrapper
 
 
 class Trainer:
@@ -143,17 +133,14 @@ class Trainer:
 
         # Same initial weights on every rank (ZeRO-3 partitions each rank's own copy).
         seed_everything(tc.seed)
-        self.core = WhisperGPT(cfg.model)
+        self.task = get_task(cfg.task)
+        self.core = self.task.build(cfg)
         self.n_params = self.core.num_parameters()  # before ZeRO-3 partitions it away
-        self.train_ds = PreparedDataset(
-            cfg.data.dir, cfg.data.train_split, frames=cfg.data.frames, mel_source=cfg.data.mel_source
-        )
+        self.train_ds = self._dataset(cfg.data.train_split)
         self.train_ds.random_crop(torch.Generator())  # fails early, with the dataset's reason
         self.val_ds = None
         if cfg.data.val_split in self.train_ds.manifest["splits"]:
-            val = PreparedDataset(
-                cfg.data.dir, cfg.data.val_split, frames=cfg.data.frames, mel_source=cfg.data.mel_source
-            )
+            val = self._dataset(cfg.data.val_split)
             self.val_idx = val_indices(len(val), tc.eval_batches, tc.batch_size)
             self.val_ds = val if self.val_idx else None
         if self.val_ds is None and acc.is_main_process:
@@ -162,7 +149,7 @@ class Trainer:
                 file=sys.stderr,
             )
 
-        model: torch.nn.Module = _Logits(self.core)
+        model: torch.nn.Module = TaskModule(self.core, self.task)
         if self.is_ds and acc.state.deepspeed_plugin.zero_stage == 3:
             _register_zero3_external_params(model)
         if tc.compile:
@@ -188,6 +175,22 @@ class Trainer:
         self.elapsed_before = 0.0
         self.wandb_id: str | None = None
 
+    def _dataset(self, split: str) -> PreparedDataset:
+        d = self.cfg.data
+        streams = self.task.streams(self.cfg)
+        kwargs = {} if streams == ("codes", "mel") else {"streams": streams}
+        return PreparedDataset(d.dir, split, frames=d.frames, mel_source=d.mel_source, **kwargs)
+
+    def _to_device(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """Integer streams as they are; float streams (mel, latent) in the module's input dtype."""
+        dev = self.acc.device
+        return tuple(
+            x.to(dev, self.mel_dtype, non_blocking=True)
+            if x.is_floating_point()
+            else x.to(dev, non_blocking=True)
+            for x in batch
+        )
+
     # -- checkpoints ------------------------------------------------------------------------------
     def _state_dict_for_save(self) -> dict[str, torch.Tensor]:
         if self.is_ds:
@@ -204,8 +207,8 @@ class Trainer:
             from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
             state = get_fp32_state_dict_from_zero_checkpoint(str(directory / "deepspeed"))
-        fresh = WhisperGPT(self.cfg.model)
-        # keys of the _Logits wrapper: "core.<name>"
+        fresh = self.task.build(self.cfg)
+        # keys of the TaskModule wrapper: "core.<name>"
         fresh.load_state_dict({k.removeprefix("core."): v.float().cpu() for k, v in state.items()})
         fresh.save_pretrained(directory)
 
@@ -357,11 +360,10 @@ class Trainer:
         for b in range(n_batches):
             idx = mine[b * B : (b + 1) * B]
             items = [self.val_ds[i] for i in (idx or self.val_idx[:1])]
-            codes = torch.stack([c for c, _ in items]).to(self.acc.device)  # (B, K, T)
-            mel = torch.stack([m for _, m in items]).to(self.acc.device, self.mel_dtype)  # (B, M, T)
+            batch = self._to_device(tuple(torch.stack(xs) for xs in zip(*items)))  # e.g. (B,K,T), (B,M,T)
             with self.acc.autocast():
-                logits = self.model(codes, mel)  # (B, Ks, T, V)
-            s, c = nll_per_codebook(logits, codes)
+                out = self.model(*batch)
+            _, s, c = self.task.loss(out, *batch)
             part = torch.stack([s, c.double()])  # (2, Ks)
             if not idx:
                 part = torch.zeros_like(part)  # padding batch: run for the collective, count nothing
@@ -409,8 +411,8 @@ class Trainer:
         loggers = Loggers(cfg.logging, to_dict(cfg), self.out, acc.is_main_process, self.step, self.wandb_id)
         self.wandb_id = loggers.wandb_id
         tokens_per_step = (
-            tc.batch_size * tc.grad_accum * self.world * cfg.data.frames * self.core.num_input_codebooks
-        )  # codec tokens the model reads (coarse: codebook 0 only)
+            tc.batch_size * tc.grad_accum * self.world * self.task.tokens_per_crop(self.core, cfg.data.frames)
+        )
         bar = tqdm(
             total=tc.max_steps,
             initial=self.step,
@@ -427,19 +429,16 @@ class Trainer:
                 t0 = time.perf_counter()
                 total = torch.zeros(2, dtype=torch.float64, device=acc.device)  # (nats, tokens)
                 for _ in range(tc.grad_accum):
-                    codes, mel = next(batches)
-                    codes = codes.to(acc.device, non_blocking=True)  # (B, K, T)
-                    mel = mel.to(acc.device, self.mel_dtype, non_blocking=True)  # (B, M, T)
+                    batch = self._to_device(next(batches))  # lm: codes (B, K, T), mel (B, M, T)
                     with acc.accumulate(self.model):
                         with acc.autocast():
-                            logits = self.model(codes, mel)  # (B, Ks, T, V)
-                        nll_sum, count = nll_per_codebook(logits, codes)
-                        loss_sum = nll_sum.sum()
+                            out = self.model(*batch)  # lm: logits (B, Ks, T, V)
+                        objective, nll_sum, count = self.task.loss(out, *batch)
                         # accumulated on the device: no host sync and no collective per micro-batch
-                        total += torch.stack([loss_sum.detach(), count.sum().double()])
+                        total += torch.stack([nll_sum.sum().detach(), count.sum().double()])
                         # Crops have equal length, so the mean of micro-batch sum/count (accelerate
                         # divides by grad_accum) is the accumulated batch's sum/count.
-                        acc.backward((loss_sum / count.sum()).float())
+                        acc.backward(objective.float())
                 total = acc.reduce(total, "sum")  # one collective per optimizer step
                 if self.is_ds:
                     gn = acc.clip_grad_norm_(self.model.parameters(), tc.grad_clip)  # already clipped

@@ -1,0 +1,58 @@
+"""Which model class a ``save_pretrained`` directory holds: ``config.json``'s ``"model_type"``.
+
+Every model saves ``{"model_type": ..., **config}``; directories written before the key existed
+are WhisperGPT decoders. ``load_pretrained`` opens any of them; a class's own ``from_pretrained``
+refuses a directory of another type with a message naming both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from torch import nn
+
+DEFAULT_MODEL_TYPE = "whispergpt"  # config.json without "model_type" (written before it existed)
+
+
+class WrongModelType(ValueError):
+    """A checkpoint of one model type opened as another."""
+
+
+def model_type_of(directory: str | os.PathLike) -> str:
+    """``"model_type"`` of a ``save_pretrained`` directory (the default when absent)."""
+    path = Path(directory) / "config.json"
+    if not path.is_file():
+        raise OSError(f"{directory} is not a save_pretrained directory: config.json is missing")
+    raw = json.loads(path.read_text())
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return str(raw.get("model_type", DEFAULT_MODEL_TYPE))
+
+
+def check_model_type(directory: str | os.PathLike, raw: dict, expected: str) -> None:
+    """Pop ``raw["model_type"]`` and raise :class:`WrongModelType` unless it is ``expected``."""
+    found = str(raw.pop("model_type", DEFAULT_MODEL_TYPE))
+    if found != expected:
+        raise WrongModelType(
+            f"{directory} holds a {found!r} model, expected a {expected!r} model (config.json model_type)"
+        )
+
+
+def model_classes() -> dict[str, type[nn.Module]]:
+    """``model_type -> class`` of every model the package defines."""
+    from . import whispergpt
+
+    classes: dict[str, type[nn.Module]] = {whispergpt.WhisperGPT.model_type: whispergpt.WhisperGPT}
+    # further models register here: {cls.model_type: cls}
+    return classes
+
+
+def load_pretrained(directory: str | os.PathLike, device=None) -> nn.Module:
+    """Open any model's ``save_pretrained`` directory as its own class."""
+    kind = model_type_of(directory)
+    classes = model_classes()
+    if kind not in classes:
+        raise WrongModelType(f"{directory}: unknown model_type {kind!r}; known: {sorted(classes)}")
+    return classes[kind].from_pretrained(directory, device=device)

@@ -1,0 +1,103 @@
+"""What the trainer needs to know about each kind of model it trains (``task:`` in a run config).
+
+The trainer (``trainer.py``) is the same for every model: accelerate/DeepSpeed, exact resume,
+checkpoints, metrics.jsonl, the NLL contract. A :class:`Task` supplies the rest:
+
+- ``section``: the run-config field holding the model's config (``config.TASK_SECTIONS``);
+- ``streams``: the prepared-dataset streams one training item holds, in order (``codes``, ``mel``);
+- ``build``: a fresh model from the config (it has ``save_pretrained`` / ``from_pretrained``,
+  ``num_parameters`` and a ``model_type``);
+- ``forward``: ``model, *batch -> output`` (tensors only, so DeepSpeed ZeRO-3 can hook the backward);
+- ``loss``: ``output, *batch -> (objective, nll_sum (Ks,), count (Ks,))``. ``objective`` is the
+  scalar this micro-batch back-propagates; ``nll_sum / count`` per codebook is what is reported and
+  reduced across ranks (sum of nats over the sum of counts, never a mean of means);
+- ``tokens_per_crop``: the tokens one crop of ``frames`` frames feeds the model (tokens/s);
+- ``external_parameters``: parameters a module reads outside its own ``forward`` (ZeRO-3 must be told).
+
+A new model adds a Task subclass here, registers it in :data:`TASKS` and its section in
+``config.TASK_SECTIONS``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..models import WhisperGPT, nll_per_codebook
+
+
+class Task:
+    name = ""
+    section = ""
+
+    def streams(self, cfg: Any) -> tuple[str, ...]:
+        return ("codes", "mel")
+
+    def build(self, cfg: Any) -> nn.Module:
+        raise NotImplementedError
+
+    def forward(self, model: nn.Module, *batch: torch.Tensor) -> Any:
+        raise NotImplementedError
+
+    def loss(self, output: Any, *batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def tokens_per_crop(self, model: nn.Module, frames: int) -> int:
+        raise NotImplementedError
+
+    def external_parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        return []
+
+    def model_config(self, cfg: Any) -> Any:
+        """The model's config dataclass (the run config's ``section``)."""
+        return getattr(cfg, self.section)
+
+
+class LMTask(Task):
+    """The Whisper-GPT decoder: ``codes (B, K, T), mel (B, M, T) -> logits (B, Ks, T, V)``."""
+
+    name = "lm"
+    section = "model"
+
+    def build(self, cfg: Any) -> nn.Module:
+        return WhisperGPT(cfg.model)
+
+    def forward(self, model: nn.Module, *batch: torch.Tensor) -> torch.Tensor:
+        codes, mel = batch
+        return model(codes, mel).logits  # (B, Ks, T, V)
+
+    def loss(self, output: Any, *batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        nll_sum, count = nll_per_codebook(output, batch[0])
+        return nll_sum.sum() / count.sum(), nll_sum, count
+
+    def tokens_per_crop(self, model: nn.Module, frames: int) -> int:
+        return frames * model.num_input_codebooks  # codec tokens read (coarse: codebook 0 only)
+
+    def external_parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        # the output projection reads head.weight (or, tied, the embedding) from the top-level forward
+        head = getattr(model, "head", None)
+        return [head.weight if head is not None else model.tok_emb.weight]
+
+
+TASKS: dict[str, Task] = {t.name: t for t in (LMTask(),)}
+
+
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        raise ValueError(f"task: expected one of {sorted(TASKS)}, got {name!r}")
+    return TASKS[name]
+
+
+class TaskModule(nn.Module):
+    """``*batch -> output`` around the model (keys ``core.<name>``): a plain tensor output lets
+    DeepSpeed ZeRO-3 hook the backward pass (it does not look inside output dataclasses)."""
+
+    def __init__(self, core: nn.Module, task: Task):
+        super().__init__()
+        self.core = core
+        self.task = task
+
+    def forward(self, *batch: torch.Tensor) -> Any:
+        return self.task.forward(self.core, *batch)
