@@ -19,7 +19,6 @@ is the price of bounded memory.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,22 +44,20 @@ def _mae_module():
     return encodecmae
 
 
-def read_mae_config(directory: str | os.PathLike) -> dict[str, Any]:
-    """``config.json`` of an EnCodecMAE checkpoint; ``InputError`` naming what it is otherwise."""
-    path = Path(directory) / "config.json"
+def check_mae_checkpoint(directory: str | os.PathLike) -> None:
+    """``InputError`` naming the model type unless ``directory`` holds an EnCodecMAE (``models.registry``)."""
+    from ..models.registry import model_type_of
+
     try:
-        config = json.loads(path.read_text())
+        actual = model_type_of(directory)
     except (OSError, ValueError) as e:
-        raise InputError(f"cannot read the checkpoint's config ({e})", path) from e
-    actual = config.get("model_type") if isinstance(config, dict) else None
+        raise InputError(f"cannot read the checkpoint's config.json ({e})", directory) from e
     if actual != MAE_MODEL_TYPE:
-        looks = " (a WhisperGPT decoder)" if isinstance(config, dict) and "pattern" in config else ""
         raise InputError(
-            f"not an EnCodecMAE checkpoint: config.json model_type is {actual!r}{looks}, expected {MAE_MODEL_TYPE!r}",
+            f"not an EnCodecMAE checkpoint: config.json model_type is {actual!r}, expected {MAE_MODEL_TYPE!r}",
             directory,
             "pass a checkpoint written by `whispergpt train` with an mae recipe",
         )
-    return config
 
 
 def load_mae(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Path]:
@@ -69,9 +66,9 @@ def load_mae(path: str | os.PathLike, device: str | torch.device = "cpu") -> tup
 
     p = Path(path).expanduser()
     if p.is_dir() and (p / "config.json").is_file():
-        read_mae_config(p)  # name a non-MAE checkpoint before the checksum pass
+        check_mae_checkpoint(p)  # name a non-MAE checkpoint before the checksum pass
     directory = resolve_checkpoint(p)
-    read_mae_config(directory)
+    check_mae_checkpoint(directory)
     model = _mae_module().EnCodecMAE.from_pretrained(directory)
     return model.to(device).eval(), directory
 
