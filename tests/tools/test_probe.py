@@ -74,6 +74,13 @@ def test_toy_task_end_to_end(tmp_path, mae_dir, capsys):
     assert len(cached) == 1 and (cached[0] / "clips.safetensors").is_file()
     again = load_task("toy", 8, cache=tmp_path / "cache")
     assert again.labels.tolist() == [0] * 8 + [1] * 8 and again.clips[0].shape == (int(0.6 * SAMPLE_RATE),)
+    # so are the baseline embeddings, and the next run reads them (a blanked copy scores chance)
+    emb = cached[0] / "emb-log-mel-80.npy"
+    assert np.load(emb).shape == (16, 80)
+    np.save(emb, np.zeros((16, 80)))
+    report = run_probe(mae_dir, ["toy"], seeds=[0], per_class=8, cache=tmp_path / "cache", device="cpu",
+                       representations=["log-mel"], log=lambda m: None)  # fmt: skip
+    assert report["tasks"]["toy"]["results"]["log-mel"]["mean"] <= 0.6
 
 
 @pytest.mark.slow

@@ -153,7 +153,10 @@ def main(argv: list[str]) -> int:
         "--pool", choices=POOLS, default="mean", help="mean: one (D,) vector; none: (T, D) frames"
     )
     ap.add_argument(
-        "--chunk-seconds", type=float, default=None, help="encoder window for long files (default 10 s)"
+        "--chunk-seconds",
+        type=float,
+        default=None,
+        help="encoder window for long files (default: the MAE's training window)",
     )
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     ap.add_argument("--quiet", action="store_true", help="only the summary line")

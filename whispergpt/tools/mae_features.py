@@ -10,11 +10,11 @@ One place for "what does this MAE read": ``embed``, ``probe``, ``semantic fit`` 
 
 From a prepared dataset the stored stream is read instead of recomputing it (``dataset_features``).
 
-The encoder is run over long inputs in windows of ``chunk_frames`` (``encode_frames``): attention
-cost is quadratic in length and the model was trained on short crops, so minutes of audio are cut
-into non-overlapping windows (default ``DEFAULT_CHUNK_SECONDS``), each encoded alone, frames
-concatenated (equal windows of at most ``chunk_frames``). A window never sees its neighbours: that
-is the price of bounded memory.
+The encoder is run over long inputs in windows of at most ``chunk_frames`` (``encode_frames``):
+attention cost is quadratic in length and the model only saw windows of ``mae.context`` frames in
+training (4 s by default), so longer audio is cut into equal non-overlapping windows of at most
+that many frames (``default_chunk_frames``; ``DEFAULT_CHUNK_SECONDS`` for a config without
+``context``), each encoded alone, frames concatenated. A window never sees its neighbours.
 """
 
 from __future__ import annotations
@@ -170,6 +170,11 @@ class MAEInput:
         return stream(file_index, "latent")  # (D, T)
 
 
+def default_chunk_frames(model: torch.nn.Module) -> int:
+    """The encoder window for long inputs: the model's training window (``mae.context``), else 10 s."""
+    return int(getattr(model.config, "context", None) or DEFAULT_CHUNK_SECONDS * FRAME_RATE)
+
+
 @torch.inference_mode()
 def encode_frames(
     model: torch.nn.Module, x: torch.Tensor, layer: int | None = None, chunk_frames: int | None = None
@@ -178,7 +183,7 @@ def encode_frames(
     in windows of at most ``chunk_frames`` (a batch holds clips of one length: nothing is padded)."""
     if x.dim() not in (2, 3):
         raise ValueError(f"encode_frames expects (C, T) or (B, C, T) features, got shape {tuple(x.shape)}")
-    chunk = chunk_frames or int(DEFAULT_CHUNK_SECONDS * FRAME_RATE)
+    chunk = chunk_frames or default_chunk_frames(model)
     if chunk < 1:
         raise ValueError(f"chunk_frames must be >= 1, got {chunk}")
     device = next(model.parameters()).device

@@ -15,12 +15,16 @@ Representations (all mean-pooled over the clip's 75 Hz frames):
 - ``codec-latent``: ``Codec.latent`` of ``--codec`` (default: the MAE's training codec, else the
   offline default codec).
 
+The baselines' embeddings are kept next to the task's clips (``emb-<key>.npy``, the key covering
+``n_mels`` or a hash of the codec encoder's weights), so a second probe run only embeds with the MAEs.
+
 Outputs in ``--out``: ``probe.json`` (settings, per-seed accuracies, tasks not run and why),
 ``probe.md`` (the table) and ``probe.png`` (bars with the spread).
 """
 
 from __future__ import annotations
 
+import hashlib
 import sys
 import time
 from collections.abc import Sequence
@@ -109,6 +113,17 @@ class Embedder:
             self.codec_name = self._codec.name
         return self._codec
 
+    def baseline_key(self, rep: str) -> str | None:
+        """What a baseline's embeddings depend on besides the clips (None: not cached, the MAEs)."""
+        if rep == "log-mel":
+            return f"log-mel-{self.n_mels}"
+        if rep == "codec-latent":
+            digest = hashlib.sha256()
+            for p in self.codec().model.encoder.parameters():  # the weights, wherever they came from
+                digest.update(p.detach().cpu().float().numpy().tobytes())
+            return f"codec-latent-{digest.hexdigest()[:16]}"
+        return None
+
     @torch.inference_mode()
     def embed(self, rep: str, clips: Sequence[torch.Tensor], seed: int = 0) -> np.ndarray:
         """``(N, D)`` float64 embeddings of ``clips`` under ``rep``."""
@@ -140,12 +155,21 @@ def probe_task(
     splits = {s: task.split(s) for s in seeds}
     fixed = {}
     for rep in reps:
-        if rep != "random-mae":
-            t0 = time.perf_counter()
-            fixed[rep] = embedder.embed(rep, task.clips)
-            log(
-                f"probe: {task.name}: {rep} embeddings of {len(task.clips)} clips in {time.perf_counter() - t0:.1f} s"
-            )
+        if rep == "random-mae":
+            continue
+        t0 = time.perf_counter()
+        key = embedder.baseline_key(rep)
+        cached = None if key is None or task.folder is None else task.folder / f"emb-{key}.npy"
+        if cached is not None and cached.is_file():
+            fixed[rep] = np.load(cached)
+            continue
+        fixed[rep] = embedder.embed(rep, task.clips)
+        if cached is not None:
+            with replacing(cached) as tmp:
+                np.save(tmp, fixed[rep])
+        log(
+            f"probe: {task.name}: {rep} embeddings of {len(task.clips)} clips in {time.perf_counter() - t0:.1f} s"
+        )
     results = {}
     for rep in reps:
         accs = []

@@ -66,6 +66,7 @@ class ProbeTask:
     labels: np.ndarray
     origins: list[str] = field(default_factory=list)
     info: dict = field(default_factory=dict)
+    folder: Path | None = None  # its cache folder (baseline embeddings are kept there too)
 
     def split(self, seed: int, test_fraction: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
         """Stratified ``(train, test)`` indices; seeded per task and per ``seed``."""
@@ -318,5 +319,11 @@ def _load(folder: Path) -> ProbeTask:
     off = arrays["offsets"]
     clips = [torch.from_numpy(arrays["audio"][a:b].copy()) for a, b in zip(off[:-1], off[1:])]
     return ProbeTask(
-        meta["name"], meta["classes"], clips, np.asarray(meta["labels"]), meta["origins"], meta["info"]
+        meta["name"],
+        meta["classes"],
+        clips,
+        np.asarray(meta["labels"]),
+        meta["origins"],
+        meta["info"],
+        folder,
     )
