@@ -8,7 +8,8 @@
   writing are not included.
 - ``run_kmeans_benchmark``: ``semantic.kmeans`` (MiniBatchKMeans, as ``whispergpt semantic fit``)
   on ``hours`` of 25 Hz frames of width ``dim``: a mixture of ``clusters`` Gaussians, so that the
-  fit has structure to find. Wall seconds of one fit (the time does not depend on the values much).
+  fit has structure to find. Wall seconds of one fit with the libraries' default threads and with
+  one thread (the centroids are the same; on a shared machine the default can be much slower).
 """
 
 from __future__ import annotations
@@ -83,9 +84,9 @@ def run_embed_benchmark(
 
 
 def run_kmeans_benchmark(
-    hours: float = 1.0, dim: int = 256, clusters: int = 512, rate: int = 25
+    hours: float = 1.0, dim: int = 256, clusters: int = 512, rate: int = 25, threads: tuple = (None, 1)
 ) -> list[dict]:
-    """One ``semantic.kmeans`` fit on ``hours`` of ``rate`` Hz frames of width ``dim``."""
+    """One ``semantic.kmeans`` fit per thread setting on ``hours`` of ``rate`` Hz frames of width ``dim``."""
     from whispergpt.tools.semantic import kmeans
 
     n = int(hours * 3600 * rate)
@@ -94,9 +95,12 @@ def run_kmeans_benchmark(
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((clusters, dim)).astype(np.float32) * 3
     x = centres[rng.integers(0, clusters, n)] + rng.standard_normal((n, dim)).astype(np.float32)
-    t0 = time.perf_counter()
-    _, inertia = kmeans(x, clusters, seed=0)
-    t = time.perf_counter() - t0
-    return [dict(bench="kmeans", model="MiniBatchKMeans (semantic fit)", hours=hours, frames=n, dim=dim,
-                 clusters=clusters, fit_s=round(t, 2), frames_per_s=round(n / t), inertia_per_frame=round(inertia / n, 3),
-                 device="cpu")]  # fmt: skip
+    rows = []
+    for th in threads:
+        t0 = time.perf_counter()
+        _, inertia = kmeans(x, clusters, seed=0, threads=th)
+        t = time.perf_counter() - t0
+        rows.append(dict(bench="kmeans", model="MiniBatchKMeans (semantic fit)", threads=th or "all",
+                         hours=hours, frames=n, dim=dim, clusters=clusters, fit_s=round(t, 2),
+                         frames_per_s=round(n / t), inertia_per_frame=round(inertia / n, 3), device="cpu"))  # fmt: skip
+    return rows

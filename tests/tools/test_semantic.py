@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,6 +18,7 @@ from whispergpt.tools.semantic import (
     codec_frame_tokens,
     fit_semantic,
     group_size,
+    kmeans,
     main,
     num_semantic_frames,
     pool_to_rate,
@@ -64,6 +66,8 @@ def test_fit_is_deterministic_and_the_folder_round_trips(tmp_path, mae_dir, tiny
         mae_dir, [tiny_dataset], tmp_path / "c", clusters=8, layer=1, seed=4, device="cpu", progress=False
     )
     assert a.centroids.equal(b.centroids) and not a.centroids.equal(c.centroids)
+    x = np.random.default_rng(0).standard_normal((300, 8)).astype(np.float32)
+    assert np.array_equal(kmeans(x, 5, seed=1, threads=1)[0], kmeans(x, 5, seed=1, threads=2)[0])
     cfg = json.loads((tmp_path / "a" / "config.json").read_text())
     assert cfg["model_type"] == "semantic-tokenizer" and cfg["layer"] == 1 and cfg["rate"] == 25
     assert cfg["group"] == 3 and cfg["frames"] == 4 * 50 and cfg["mae_checkpoint"] == str(mae_dir)  # 4 x 2 s

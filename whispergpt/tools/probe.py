@@ -299,7 +299,7 @@ def save_plot(report: dict, path: str | Path) -> None:
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 100)
     ax.set_title(f"linear probes, mean ± std over {len(report['seeds'])} seeds (dotted: chance)", fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     with replacing(path) as tmp:
         fig.savefig(str(tmp))

@@ -46,10 +46,13 @@ from .demo import system
 from .demo.sources_music import SOUNDFONTS
 from .demo.sources_speech import EspeakSource, TuxpaintSource
 
-TASK_VERSION = 2
+TASK_VERSION = 3
 MIN_PER_CLASS = 10
 LANGUAGE_SECONDS = 4.0
 LANGUAGE_STEP = 0.5  # recordings are cut to a multiple of this: few distinct lengths, so clips batch
+SPEECH_MUSIC_PROGRAMS = (
+    96  # GM programs 0-95: every melodic family (ensemble's choir and voices too), no effects
+)
 PITCH_CLASSES = ["C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B"]
 # GM program family (program // 8) -> (name, lowest, highest MIDI note it is rendered in)
 FAMILIES = {0: ("piano", 48, 84), 2: ("organ", 48, 84), 3: ("guitar", 45, 79), 4: ("bass", 28, 55),
@@ -183,8 +186,9 @@ def _build_speech_music(n: int, seed: int, cache: Path):
                 origins.append(item.origin)
             if len(speech) == n:
                 break
-    programs = [8 * f + rng.randrange(8) for f in rng.choices(list(FAMILIES), k=n)]
-    music = render_slots([_melody(rng, p, *FAMILIES[p // 8][1:], seconds) for p in programs], seconds, cache)
+    programs = [rng.randrange(SPEECH_MUSIC_PROGRAMS) for _ in range(n)]  # choir and synth voices too
+    music = render_slots([_melody(rng, p, *FAMILIES.get(p // 8, (None, 48, 84))[1:], seconds) for p in programs],
+                         seconds, cache)  # fmt: skip
     origins += [f"fluidsynth: random melody, GM program {p}" for p in programs]
     return ["speech", "music"], speech + music, [0] * n + [1] * n, origins
 

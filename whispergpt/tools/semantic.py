@@ -26,7 +26,9 @@ Tokenizer directory (``SemanticTokenizer.save_pretrained``)
 Fitting: scikit-learn's ``MiniBatchKMeans`` (k-means++ init, ``n_init`` restarts, fixed
 ``random_state``) on the pooled frames of a prepared dataset's split, read from the stored streams
 (``MAEInput.dataset_features``); frames are visited in the dataset's file order, so the result is a
-function of (data, MAE, layer, rate, clusters, seed). ``--max-frames`` subsamples (seeded) first.
+function of (data, MAE, layer, rate, clusters, seed), whatever the thread count. ``--max-frames``
+subsamples (seeded) first. ``--threads``: OpenMP threads of the fit; on a machine shared with other
+jobs, oversubscribed OpenMP threads spin: measured 9x slower than ``--threads 1`` there.
 """
 
 from __future__ import annotations
@@ -220,8 +222,13 @@ def dataset_frames(
 
 
 def kmeans(x: np.ndarray, clusters: int, seed: int = 0, n_init: int = 3, max_iter: int = 100,
-           batch_size: int = 4096) -> tuple[np.ndarray, float]:  # fmt: skip
-    """``(centroids (clusters, D) float32, inertia)`` of MiniBatchKMeans on ``x (N, D)``; deterministic in ``seed``."""
+           batch_size: int = 4096, threads: int | None = None) -> tuple[np.ndarray, float]:  # fmt: skip
+    """``(centroids (clusters, D) float32, inertia)`` of MiniBatchKMeans on ``x (N, D)``; deterministic in
+    ``seed``, and the same for any ``threads`` (OpenMP/BLAS threads; None: the libraries' default)."""
+    import contextlib
+
+    from threadpoolctl import threadpool_limits  # a scikit-learn dependency
+
     try:
         from sklearn.cluster import MiniBatchKMeans
     except ImportError as e:
@@ -232,7 +239,8 @@ def kmeans(x: np.ndarray, clusters: int, seed: int = 0, n_init: int = 3, max_ite
         n_clusters=clusters, random_state=seed, n_init=n_init, max_iter=max_iter,
         batch_size=min(batch_size, len(x)), reassignment_ratio=0.01,
     )  # fmt: skip
-    km.fit(x)
+    with threadpool_limits(threads) if threads else contextlib.nullcontext():
+        km.fit(x)
     return km.cluster_centers_.astype(np.float32), float(km.inertia_)
 
 
@@ -248,6 +256,7 @@ def fit_semantic(
     max_frames: int | None = None,
     device: str | torch.device = "auto",
     progress: bool = True,
+    threads: int | None = None,
 ) -> SemanticTokenizer:
     """Fit a tokenizer on the ``split`` of ``datasets`` and write it to ``out`` (replacing an older tokenizer there)."""
     from ..data.dataset import PreparedDataset
@@ -279,7 +288,7 @@ def fit_semantic(
             hint="use fewer clusters or more data",
         )
     t1 = time.perf_counter()
-    centroids, inertia = kmeans(x, clusters, seed)
+    centroids, inertia = kmeans(x, clusters, seed, threads=threads)
     t_fit = time.perf_counter() - t1
     config = SemanticConfig(
         clusters=clusters, dim=int(x.shape[1]), layer=layer, rate=rate, mae_input=inputs.kind,
@@ -344,10 +353,14 @@ def main(argv: list[str]) -> int:
     fit.add_argument("--split", default="train")
     fit.add_argument("--max-frames", type=int, default=None, help="subsample (seeded) before k-means")
     fit.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    fit.add_argument(
+        "--threads", type=int, default=None, help="k-means threads (default: all cores; 1 on a busy machine)"
+    )
     args = ap.parse_args(argv)
     fit_semantic(
         args.mae_checkpoint, args.datasets, args.out, clusters=args.clusters, layer=args.layer,
         rate=args.rate, seed=args.seed, split=args.split, max_frames=args.max_frames, device=args.device,
+        threads=args.threads,
     )  # fmt: skip
     return 0
 
