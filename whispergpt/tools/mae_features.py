@@ -8,7 +8,8 @@ One place for "what does this MAE read": ``embed``, ``probe``, ``semantic fit`` 
 - ``mae.input: latent``: ``Codec.latent(wave)``, the continuous EnCodec encoder output, of the codec
   named in the checkpoint's training record (``training.record.training_codec``), at its bandwidth.
 
-From a prepared dataset the stored stream is read instead of recomputing it (``dataset_features``).
+From a prepared dataset the stored stream is read instead of recomputing it (``open_dataset``: the
+``mel`` stream, or ``latent`` of ``prepare --latent`` with the same codec).
 
 The encoder is run over long inputs in windows of at most ``chunk_frames`` (``encode_frames``):
 attention cost is quadratic in length and the model only saw windows of ``mae.context`` frames in
@@ -20,6 +21,7 @@ that many frames (``default_chunk_frames``; ``DEFAULT_CHUNK_SECONDS`` for a conf
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,24 +152,48 @@ class MAEInput:
             return log_mel(wave.to(self.device), n_mels=self.dim)  # (B, M, T)
         return self.codec_model().latent(wave.to(self.device)).float()  # (B, D, T)
 
-    def dataset_features(self, dataset, file_index: int) -> torch.Tensor:
-        """The stored ``(C, T)`` stream of file ``file_index`` of a ``PreparedDataset`` (no audio read)."""
-        if self.kind == "mel":
-            if dataset.n_mels != self.dim:
-                raise InputError(
-                    f"the dataset's mel has n_mels={dataset.n_mels}, the MAE reads {self.dim}",
-                    dataset.directory,
-                    f"prepare the data with --n-mels {self.dim}",
-                )
-            return dataset.file_arrays(file_index)[1]  # (M, T)
-        stream = getattr(dataset, "stream", None)
-        if stream is None:
+    @property
+    def stream(self) -> str:
+        """The prepared-dataset stream that holds this input."""
+        return "mel" if self.kind == "mel" else "latent"
+
+    def open_dataset(self, directories: Sequence[str | os.PathLike], split: str = "train"):
+        """``PreparedDataset`` of the stream this MAE reads; ``InputError`` when it cannot serve it."""
+        from ..data.dataset import PreparedDataset
+
+        ds = PreparedDataset([Path(d) for d in directories], split=split, streams=(self.stream,))
+        m = ds.manifest
+        if self.kind == "mel" and ds.n_mels != self.dim:
             raise InputError(
-                "this MAE reads the codec latent, and the dataset stores no latent stream",
-                dataset.directory,
-                "prepare the data with its latent stream, or use an MAE trained on mel",
+                f"the dataset's mel has n_mels={ds.n_mels}, the MAE reads {self.dim}",
+                ds.directory,
+                f"prepare the data with --n-mels {self.dim}",
             )
-        return stream(file_index, "latent")  # (D, T)
+        if self.kind == "latent":
+            if not _same_codec(str(m.get("codec")), str(self.codec)):
+                raise InputError(
+                    f"the dataset's latent is codec {m.get('codec')!r}'s, the MAE reads codec {self.codec!r}'s",
+                    ds.directory,
+                    f"prepare the data with --codec {self.codec} --latent",
+                )
+            if self.dim is not None and m.get("latent_dim") != self.dim:
+                raise InputError(
+                    f"the dataset's latent has width {m.get('latent_dim')}, the MAE reads {self.dim}",
+                    ds.directory,
+                )
+        return ds
+
+    @staticmethod
+    def dataset_features(dataset, file_index: int) -> torch.Tensor:
+        """The stored ``(C, T)`` input of file ``file_index`` of a dataset from ``open_dataset``."""
+        return dataset.file_arrays(file_index)[0]
+
+
+def _same_codec(a: str, b: str) -> bool:
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    if pa.exists() and pb.exists():
+        return pa.resolve() == pb.resolve()
+    return a == b
 
 
 def default_chunk_frames(model: torch.nn.Module) -> int:

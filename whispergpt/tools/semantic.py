@@ -25,7 +25,7 @@ Tokenizer directory (``SemanticTokenizer.save_pretrained``)
 
 Fitting: scikit-learn's ``MiniBatchKMeans`` (k-means++ init, ``n_init`` restarts, fixed
 ``random_state``) on the pooled frames of a prepared dataset's split, read from the stored streams
-(``MAEInput.dataset_features``); frames are visited in the dataset's file order, so the result is a
+(``MAEInput.open_dataset``); frames are visited in the dataset's file order, so the result is a
 function of (data, MAE, layer, rate, clusters, seed), whatever the thread count. ``--max-frames``
 subsamples (seeded) first. ``--threads``: OpenMP threads of the fit; on a machine shared with other
 jobs, oversubscribed OpenMP threads spin: measured 9x slower than ``--threads 1`` there.
@@ -259,8 +259,6 @@ def fit_semantic(
     threads: int | None = None,
 ) -> SemanticTokenizer:
     """Fit a tokenizer on the ``split`` of ``datasets`` and write it to ``out`` (replacing an older tokenizer there)."""
-    from ..data.dataset import PreparedDataset
-
     group_size(rate)
     if clusters < 1:
         raise ValueError(f"--clusters must be >= 1, got {clusters}")
@@ -275,7 +273,7 @@ def fit_semantic(
     model, directory = load_mae(mae_checkpoint, dev)
     layer = check_layer(model, layer)
     inputs = MAEInput.from_checkpoint(model, directory, dev)
-    ds = PreparedDataset([Path(d) for d in datasets], split=split)
+    ds = inputs.open_dataset(datasets, split)
     t0 = time.perf_counter()
     x = dataset_frames(model, inputs, ds, layer, rate, progress)
     t_features = time.perf_counter() - t0
