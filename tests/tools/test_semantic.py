@@ -108,3 +108,39 @@ def test_cli_errors_exit_2_with_expected_and_actual(tmp_path, mae_dir, tiny_code
     assert json.loads((tmp_path / "tok" / "config.json").read_text())["frames"] == 50
     with pytest.raises(ValueError, match="not a semantic tokenizer"):
         SemanticTokenizer.from_pretrained(mae_dir)
+
+
+def test_prepare_semantic_stores_the_aligned_tokens_and_inspect_shows_them(
+    tmp_path, mae_dir, tiny_dataset, tiny_codec_dir, capsys
+):
+    from whispergpt.audio import save_audio
+    from whispergpt.data.cli import main_inspect, main_prepare
+
+    tok_dir = tmp_path / "tok"
+    tok = fit_semantic(mae_dir, [tiny_dataset], tok_dir, clusters=6, layer=1, device="cpu", progress=False)
+    wav = tmp_path / "wav"
+    wav.mkdir()
+    g = torch.Generator().manual_seed(0)
+    for i, n in enumerate((24000, 7040)):  # 75 and 22 frames (22 = 3 * 7 + 1: a last group of one frame)
+        save_audio(wav / f"w{i}.wav", 0.2 * torch.randn(n, generator=g))
+    out = tmp_path / "ds"
+    common = [str(wav), "--codec", str(tiny_codec_dir), "--bandwidth", "1.5", "--val-fraction", "0",
+              "--no-decoded-mel", "--no-progress", "--device", "cpu"]  # fmt: skip
+    assert main_prepare([*common, "--out", str(out), "--semantic", str(tok_dir)]) == 0
+    ds = PreparedDataset(out, "train", streams=("codes", "semantic"))
+    for i, f in enumerate(ds.files):
+        codes, sem = ds.file_arrays(i)
+        assert sem.dtype == torch.int64 and sem.shape == (codes.shape[1],)
+        assert sem.equal(tok.audio_frame_tokens(load_audio(f["path"])))
+        assert sem.equal(sem[(torch.arange(len(sem)) // 3) * 3])  # constant over each group of 3
+    capsys.readouterr()
+    assert main_inspect([str(out), "--verify"]) == 0
+    shown = capsys.readouterr().out
+    assert (
+        "semantic     6 clusters of MAE layer 1 at 25 Hz (codec frame t carries semantic token t // 3)"
+        in shown
+    )
+    assert "verify       all 1 shards ok" in shown
+    # a folder that is not a tokenizer: exit 2 before any work
+    assert main_prepare([*common, "--out", str(tmp_path / "ds2"), "--semantic", str(mae_dir)]) == 2
+    assert "not a semantic tokenizer" in capsys.readouterr().err and not (tmp_path / "ds2").exists()

@@ -205,6 +205,40 @@ class SemanticTokenizer:
         return cls(config, centroids, mae if (mae / "config.json").is_file() else None)
 
 
+# -- prepare --semantic DIR -----------------------------------------------------------------------
+SEMANTIC_STORAGE_MAX = 32767  # the stream is stored as int16 (data.streams)
+
+
+def stream_writer(work) -> np.ndarray:
+    """The ``semantic`` stream of one file for ``prepare --semantic DIR``: ``(T,)`` tokens on the codec
+    grid (the alignment rule), from the file's audio through the tokenizer's own MAE copy."""
+    tok = work.state.get("semantic_tokenizer")
+    if tok is None:  # loaded once per prepare run, on its device
+        tok = work.state["semantic_tokenizer"] = SemanticTokenizer.from_pretrained(work.settings["semantic"])
+    return tok.audio_frame_tokens(work.wave, work.wave.device).numpy()
+
+
+def register_stream_writer(directory: str | os.PathLike) -> dict:
+    """Check the tokenizer at ``directory``, make the ``semantic`` stream use it, and return what the
+    manifest records about it (``semantic_tokenizer``)."""
+    import dataclasses
+
+    from ..data.streams import STREAMS, register_stream
+
+    tok = SemanticTokenizer.from_pretrained(directory)
+    if tok.clusters > SEMANTIC_STORAGE_MAX + 1:
+        raise InputError(
+            f"the semantic stream is stored as int16: at most {SEMANTIC_STORAGE_MAX + 1} clusters, got {tok.clusters}",
+            directory,
+        )
+    if tok.mae_dir is None:
+        raise InputError("the tokenizer folder holds no mae/ checkpoint copy", directory, "fit it again")
+    register_stream(dataclasses.replace(STREAMS["semantic"], writer=stream_writer))
+    c = tok.config
+    return dict(clusters=c.clusters, layer=c.layer, rate=c.rate, group=c.group, mae_input=c.mae_input,
+                mae_checkpoint=c.mae_checkpoint, rule=f"codec frame t carries semantic token t // {c.group}")  # fmt: skip
+
+
 # -- fitting --------------------------------------------------------------------------------------
 def dataset_frames(
     model: torch.nn.Module, inputs: MAEInput, dataset, layer: int, rate: float, progress: bool = False
