@@ -20,18 +20,18 @@ import numpy as np
 import torch
 from bench_train import device_name, median, time_calls
 
-# (d_model, n_layers) of the MAE per mode; the gpu size is the paper's base encoder as we read it
-MAE_SIZES = {"quick": (64, 2), "cpu": (256, 4), "gpu": (768, 10)}
+# (d_model, n_layers, n_heads) of the MAE per mode: mae_tiny, mae_quickstart and mae_base's encoders
+MAE_SIZES = {"quick": (64, 2, 2), "cpu": (128, 4, 4), "gpu": (768, 10, 12)}
 
 
-def _mae(d_model: int, n_layers: int, in_dim: int, input: str):
+def _mae(d_model: int, n_layers: int, n_heads: int, in_dim: int, input: str):
     import dataclasses
 
     from whispergpt.models import encodecmae
 
     fields = {f.name for f in dataclasses.fields(encodecmae.EnCodecMAEConfig)}
     want = dict(input=input, in_dim=in_dim, num_codebooks=8, codebook_size=1024, n_layers=n_layers,
-                d_model=d_model, n_heads=max(1, d_model // 64))  # fmt: skip
+                d_model=d_model, n_heads=n_heads)  # fmt: skip
     cfg = encodecmae.EnCodecMAEConfig(**{k: v for k, v in want.items() if k in fields})
     torch.manual_seed(0)
     return encodecmae.EnCodecMAE(cfg).eval()
@@ -55,7 +55,7 @@ def run_embed_benchmark(
     if seconds <= 0 or batch < 1 or repeats < 1:
         raise ValueError(f"need seconds > 0, batch >= 1, repeats >= 1; got {seconds}, {batch}, {repeats}")
     device = torch.device(device)
-    d_model, n_layers = MAE_SIZES[mode]
+    d_model, n_layers, n_heads = MAE_SIZES[mode]
     g = torch.Generator().manual_seed(0)
     waves = [0.1 * torch.randn(int(seconds * SAMPLE_RATE), generator=g) for _ in range(batch)]
     rows = []
@@ -65,7 +65,7 @@ def run_embed_benchmark(
         else:
             codec = Codec(EncodecModel(EncodecConfig(target_bandwidths=[1.5, 3.0, 6.0, 12.0, 24.0])), 6.0)
             feats = MAEInput("latent", 128, "encodec_24khz-random", 6.0, device, codec.to(device))
-        model = _mae(d_model, n_layers, int(feats.dim), kind).to(device)
+        model = _mae(d_model, n_layers, n_heads, int(feats.dim), kind).to(device)
 
         def job(model=model, feats=feats):
             for w in waves:
