@@ -8,7 +8,9 @@
 
 Sections: ``train`` (bench_train.py: tokens/s vs transformers' MusicgenForCausalLM), ``sampling``
 (bench_sampling.py: frames/s vs MusicgenForCausalLM.generate), ``prepare`` (bench_prepare.py:
-codec encode x real time), ``fine`` (bench_fine.py: the fine acoustic stage x real time). Every comparison is a ratio measured in this process, median of
+codec encode x real time), ``fine`` (bench_fine.py: the fine acoustic stage x real time),
+``mae_tools`` (bench_mae_tools.py: ``embed`` x real time, semantic k-means fit time).
+Every comparison is a ratio measured in this process, median of
 repeats. See benchmarks/README.md and docs/PERFORMANCE.md.
 """
 
@@ -30,23 +32,26 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-SECTIONS = ("train", "sampling", "prepare", "fine")
+SECTIONS = ("train", "sampling", "prepare", "fine", "mae_tools")
 
 # Per mode: sizes and repeat counts. "quick" exists for CI and must stay well under a minute.
 MODES: dict[str, dict] = {
     "quick": dict(
         train_size="quick", train_repeats=3, train_steps=1, train_warmup=1,
         prepare_seconds=1.0, prepare_batch=1, prepare_repeats=2, prepare_codecs=("tiny-1.5kbps",),
+        embed_seconds=1.0, embed_batch=1, embed_inputs=("mel",), kmeans_hours=0.02, kmeans_dim=32, kmeans_clusters=16,
     ),
     "cpu": dict(
         train_size="cpu", train_repeats=5, train_steps=2, train_warmup=1,
         prepare_seconds=5.0, prepare_batch=2, prepare_repeats=3,
         prepare_codecs=("encodec-24khz-6kbps", "tiny-1.5kbps"),
+        embed_seconds=10.0, embed_batch=2, embed_inputs=("mel", "latent"), kmeans_hours=1.0, kmeans_dim=256, kmeans_clusters=512,
     ),
     "gpu": dict(
         train_size="gpu", train_repeats=5, train_steps=10, train_warmup=3,
         prepare_seconds=30.0, prepare_batch=8, prepare_repeats=5,
         prepare_codecs=("encodec-24khz-6kbps", "tiny-1.5kbps"),
+        embed_seconds=30.0, embed_batch=8, embed_inputs=("mel", "latent"), kmeans_hours=1.0, kmeans_dim=768, kmeans_clusters=512,
     ),
 }  # fmt: skip
 
@@ -162,6 +167,22 @@ def run_sections(args: argparse.Namespace, mode: str, device) -> dict:
                 from bench_fine import run_fine_benchmark
 
                 rows = run_fine_benchmark(mode, device, args.repeats)
+            elif section == "mae_tools":
+                import importlib.util
+
+                from bench_mae_tools import run_embed_benchmark, run_kmeans_benchmark
+
+                rows = []
+                if importlib.util.find_spec("whispergpt.models.encodecmae") is None:
+                    results["notes"][section] = (
+                        "whispergpt/models/encodecmae.py is not present: embed skipped"
+                    )
+                else:
+                    rows += run_embed_benchmark(
+                        mode, seconds=cfg["embed_seconds"], batch=cfg["embed_batch"], device=device,
+                        repeats=args.repeats or cfg["prepare_repeats"], inputs=cfg["embed_inputs"],
+                    )  # fmt: skip
+                rows += run_kmeans_benchmark(cfg["kmeans_hours"], cfg["kmeans_dim"], cfg["kmeans_clusters"])
             else:
                 try:
                     import bench_sampling

@@ -84,6 +84,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "hear and see an augment recipe (WAVs + PNG)",
     ),
     "data": ("whispergpt.tools.demo", "main", "build the demo corpus (data demo)"),
+    "embed": ("whispergpt.tools.embed", "main", "EnCodecMAE embeddings of audio files"),
+    "probe": ("whispergpt.tools.probe", "main", "linear probes of EnCodecMAE vs baselines"),
+    "semantic": ("whispergpt.tools.semantic", "main", "fit a semantic tokenizer (semantic fit)"),
     "quickstart": ("whispergpt.tools.quickstart", "main", "the README's end-to-end demo"),
 }
 

@@ -65,6 +65,11 @@ def main_prepare(argv: list[str]) -> int:
         action="store_true",
         help="also store latent.npy: the codec encoder's continuous output before quantization (EnCodecMAE input)",
     )
+    ap.add_argument(
+        "--semantic",
+        metavar="TOKENIZER_DIR",
+        help="also store semantic.npy: one semantic token per frame from a `whispergpt semantic fit` folder",
+    )
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument(
         "--augment", type=recipe_arg, metavar="RECIPE.yaml", help="add augmented copies of the train files"
@@ -89,6 +94,7 @@ def main_prepare(argv: list[str]) -> int:
         mel_dtype=args.mel_dtype,
         latent=args.latent,
         decoded_coarse_mel=False if args.no_coarse_mel else None,
+        semantic=args.semantic,
     )
     return 0
 
@@ -120,6 +126,12 @@ def summarize(directory: str | os.PathLike, max_skipped: int = 10) -> str:
         lines.append(f"{s:<12} {v['files']} files, {v['frames']} frames, {hours:.3f} h")
     if m.get("augment"):
         lines.append(f"augment      {m['augment']}")
+    if "semantic" in streams:
+        t = m.get("semantic_tokenizer") or {}
+        lines.append(
+            f"semantic     {t.get('clusters')} clusters of MAE layer {t.get('layer')} at {t.get('rate')} Hz "
+            f"({t.get('rule')}); tokenizer {m.get('semantic')}"
+        )
     lines.append(f"shards       {len(m['shards'])}")
     skipped = m.get("skipped", [])
     lines.append(f"skipped      {len(skipped)} files")

@@ -6,6 +6,7 @@ Usage::
                        [--val-fraction 0.05] [--seed 0] [--batch-seconds 60] [--shard-seconds 1800]
                        [--device auto|cpu|cuda] [--augment RECIPE.yaml [--copies 1]]
                        [--no-decoded-mel] [--no-coarse-mel] [--mel-dtype float16|float32] [--latent]
+                       [--semantic TOKENIZER_DIR]
     whispergpt inspect DIR [--max-skipped 10]
 
 SRC is an audio file, a folder (searched recursively for ``audio.AUDIO_EXTENSIONS``, any case) or
@@ -19,6 +20,7 @@ Dataset layout (``format_version`` 2)
     DIR/manifest.json    sample_rate, frame_rate, hop_length, num_codebooks (K), codebook_size (V),
                          n_mels (M), codec, bandwidth, codec_config, seed, val_fraction, augment,
                          decoded_mel, decoded_coarse_mel, latent, mel_dtype, streams, [latent_dim],
+                         semantic (tokenizer dir or null), [semantic_tokenizer: clusters, layer, rate...],
                          splits: {train: {files, frames, seconds}, val: {...}},
                          shards: [{name, split, files, frames}], skipped: [{path, reason}], format_version
     DIR/shards/<split>-<NNNNN>/   one completed shard: one time-major ``.npy`` per stored stream
@@ -30,7 +32,9 @@ Column ``t`` of a file's codes and mel is frame ``t`` (samples ``[t*320, (t+1)*3
 ``log_mel`` do). Read it with ``whispergpt.data.PreparedDataset``. The decoded mels (on by
 default; ``--no-decoded-mel`` drops both, ``--no-coarse-mel`` the second) are what sampling feeds back: ``mel_decoded`` decodes
 all K codebooks (delay/parallel models), ``mel_decoded_coarse`` codebook 0 alone (coarse models).
-``--latent`` adds ``Codec.latent`` (what the codes quantize; the EnCodecMAE input). Measured
+``--latent`` adds ``Codec.latent`` (what the codes quantize; the EnCodecMAE input). ``--semantic
+DIR`` adds one semantic token per frame from a ``whispergpt semantic fit`` tokenizer (alignment
+rule: ``whispergpt.tools.semantic``; codec frame ``t`` gets token ``t // 3`` at 25 Hz). Measured
 costs of each: docs/DATA.md.
 
 Crash safety and resume
@@ -325,12 +329,14 @@ def prepare(
     mel_dtype: str = "float16",
     latent: bool = False,
     decoded_coarse_mel: bool | None = None,
+    semantic: str | os.PathLike | None = None,
 ) -> dict:
     """Encode ``sources`` into the dataset at ``out`` (resuming if it exists); returns the manifest.
 
     Streams stored: codes and mel always; ``decoded_mel`` the log-mel of the all-codebook decode,
     ``decoded_coarse_mel`` (default: as ``decoded_mel``) of the codebook-0 decode; ``latent`` the
-    codec encoder's output. ``mel_dtype``: float16 or float32 for every mel stream.
+    codec encoder's output; ``semantic`` (a ``whispergpt semantic fit`` folder) the per-frame
+    semantic tokens (``whispergpt.tools.semantic``). ``mel_dtype``: float16 or float32 for every mel stream.
     Raises ``ValueError`` for bad arguments / a mismatched existing dataset, and
     ``NoUsableAudioError`` (after writing the manifest) when no file at all could be used.
     """
@@ -350,9 +356,15 @@ def prepare(
     out = Path(out)
     root = out / SHARDS_DIR
     coarse = decoded_mel if decoded_coarse_mel is None else decoded_coarse_mel
+    semantic_info = None
+    if semantic is not None:  # checked before any work; the stream's writer is the tokenizer's
+        from ..tools.semantic import register_stream_writer
+
+        semantic_info = register_stream_writer(semantic)
+        semantic = str(Path(semantic).resolve())
     settings = dict(codec=str(codec), bandwidth=float(bandwidth), n_mels=int(n_mels), seed=int(seed),
                     val_fraction=float(val_fraction), decoded_mel=bool(decoded_mel), decoded_coarse_mel=bool(coarse),
-                    latent=bool(latent), mel_dtype=str(mel_dtype), augment=aug.settings())  # fmt: skip
+                    latent=bool(latent), mel_dtype=str(mel_dtype), augment=aug.settings(), semantic=semantic)  # fmt: skip
     streams = [name for name, st in STREAMS.items() if st.enabled(settings)]  # registry order
     skipped: dict[str, str] = {}
     old = None
@@ -422,6 +434,8 @@ def prepare(
     )
     if latent:
         base["latent_dim"] = latent_dim(cdc)
+    if semantic_info is not None:
+        base["semantic_tokenizer"] = semantic_info
 
     def write_manifest() -> dict:
         manifest = dict(base)

@@ -1,0 +1,31 @@
+"""Fixtures for the EnCodecMAE tools (embed, probe, semantic): tiny checkpoints (``mae_stub``)."""
+
+from __future__ import annotations
+
+import pytest
+from mae_stub import make_mae
+
+
+@pytest.fixture(scope="session")
+def mae_dir(tmp_path_factory, tiny_dataset):
+    """A tiny mel EnCodecMAE checkpoint (80 mels, 2 layers, D=32) with a training record."""
+    from whispergpt.data.dataset import read_manifest
+    from whispergpt.training.record import write_training_record
+
+    d = tmp_path_factory.mktemp("mae") / "mae-mel"
+    make_mae("mel", 80).save_pretrained(d)
+    write_training_record(d, read_manifest(tiny_dataset), "truth", [tiny_dataset], steps=0)
+    return d
+
+
+@pytest.fixture(scope="session")
+def mae_latent_dir(tmp_path_factory, tiny_dataset, tiny_codec):
+    """A tiny latent EnCodecMAE reading the tiny codec's latent (its width from the codec)."""
+    from whispergpt.data.dataset import read_manifest
+    from whispergpt.training.record import write_training_record
+
+    width = int(tiny_codec.model.config.hidden_size)
+    d = tmp_path_factory.mktemp("mae") / "mae-latent"
+    make_mae("latent", width).save_pretrained(d)
+    write_training_record(d, read_manifest(tiny_dataset), "truth", [tiny_dataset], steps=0)
+    return d
