@@ -140,7 +140,8 @@ def plan(preset: dict, scale: str, sets: dict[str, str], out: Path, seeds: list[
                 cfg = resolve_config(json.loads(json.dumps(raw)))
                 key = json.dumps(cfg.model.__dict__, sort_keys=True, default=str)
                 if key not in flops:
-                    flops[key] = whispergpt_flops_per_frame(WhisperGPT(cfg.model))
+                    net = WhisperGPT(cfg.model)
+                    flops[key] = dict(whispergpt_flops_per_frame(net), params=net.num_parameters())
                 t = cfg.train
                 record = dict(set=set_name, setting=setting, model=model, seed=seed, data=str(data_dir),
                               mel=cfg.data.mel_source, max_steps=t.max_steps, eval_every=t.eval_every,
