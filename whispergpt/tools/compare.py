@@ -4,6 +4,8 @@ Usage::
 
     whispergpt compare --speech DIR --music DIR --out DIR [--scale tiny|paper] [--tokens N]
                        [--launcher CMD] [--processes N] [key=value ...]
+    whispergpt compare --preset paper --out DIR [--scale cpu|gpu|tiny] [--seeds N] [--jobs N]
+                       [--speech DIR --music DIR | --corpus DIR] [--estimate [A,B]] [key=value ...]
 
 For each prepared set (``--speech``, ``--music``: ``whispergpt prepare`` outputs with a ``val``
 split) it trains the three paper recipes (``paper_gpt_s``, ``paper_gpt_l``, ``paper_hybrid``) for
@@ -30,6 +32,10 @@ the real audio) and ``OUT/<set>/score/<recipe>/`` their scores (``whispergpt sco
 GPT-L as the one judge); ``OUT/compare.{json,md}`` the tables.
 Resumable: a run whose ``final/`` exists is not trained again (a killed run resumes from its last
 checkpoint), and an evaluation newer than its three models is reused. Delete a folder to redo it.
+
+``--preset NAME`` runs a whole comparison instead (models x settings x seeds x sets, trained to
+convergence, with seed spread, equal-FLOPs reading and curves): ``tools/preset.py``, e.g.
+``whispergpt compare --preset paper --out runs/paper`` (issue 20; docs/EVAL.md).
 
 Training and evaluation run in this process by default, or as subprocesses through ``--launcher``
 (output in ``train.log`` / ``eval.log``), e.g. ``--launcher "accelerate launch --num_processes 8"
