@@ -4,7 +4,10 @@
 offline with random weights (throughput does not depend on the weights): the full-size default
 ``EncodecModel(EncodecConfig())`` (the architecture of ``facebook/encodec_24khz``) at 6 kbps
 (K = 8), and the tiny test codec (``Codec.random(tiny=True)``) at 1.5 kbps. The mel row is
-``whispergpt.audio.log_mel`` on the same audio, the other half of ``whispergpt prepare``.
+``whispergpt.audio.log_mel`` on the same audio, the other half of ``whispergpt prepare``; the
+``decode`` rows are the decodes behind the stored decoded mels (all codebooks: ``mel_decoded``;
+codebook 0 alone: ``mel_decoded_coarse``). The ``latent`` stream costs nothing extra: it is the
+encoder output that ``encode`` quantizes.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ def run_prepare_benchmark(
     repeats: int = 3,
     codecs: tuple[str, ...] = ("encodec-24khz-6kbps", "tiny-1.5kbps"),
 ) -> list[dict]:
-    """Encode ``batch`` clips of ``seconds`` each, ``repeats`` times; median x real time per codec."""
+    """Encode (and decode) ``batch`` clips of ``seconds`` each, ``repeats`` times; median x real time."""
     from whispergpt.audio import SAMPLE_RATE, log_mel
 
     if seconds <= 0 or batch < 1 or repeats < 1:
@@ -51,6 +54,13 @@ def run_prepare_benchmark(
     for name, codec in build_codecs(codecs).items():
         codec.to(device)
         jobs[name] = (lambda c=codec: c.encode(wave), f"{codec.num_codebooks} codebooks")
+        # the decoded mels' decodes (prepare's mel_decoded and mel_decoded_coarse streams)
+        codes = codec.encode(wave)  # (B, K, T)
+        jobs[f"{name} decode"] = (
+            lambda c=codec, x=codes: c.decode(x),
+            f"all {codec.num_codebooks} codebooks",
+        )
+        jobs[f"{name} decode coarse"] = (lambda c=codec, x=codes: c.decode(x[:, :1]), "codebook 0 alone")
     jobs["log-mel (80 bins)"] = (lambda: log_mel(wave), "whispergpt.audio.log_mel")
     rows = []
     for name, (fn, what) in jobs.items():

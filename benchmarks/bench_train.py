@@ -7,12 +7,16 @@ bf16 autocast over fp32 weights on CUDA, as ``whispergpt train`` does) and the s
 zero_grad. The models are timed round-robin within each repeat, so that a change in machine load
 hits all of them; a ratio is the median over repeats of the per-repeat ratio.
 
+``run_trainer_benchmark`` times the real loop (``Trainer.run`` on a small prepared dataset) next
+to that bare step: ``python benchmarks/bench_train.py --size quick|cpu|gpu``.
+
 Also the shared helpers of the benchmark scripts (``Size``, timing, peaks, FLOP counting); every
 benchmark returns flat ``dict`` rows that ``run.py`` prints as markdown and writes to JSON.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -345,3 +349,112 @@ def run_train_benchmark(
             row["vs_musicgen"] = round(median([bt / mt for bt, mt in zip(base["times"], e["times"])]), 3)
         rows.append(row)
     return rows
+
+
+# --------------------------------------------------------------------------------------------
+# The real trainer loop (issue 22 item 7): Trainer.run on a small prepared dataset
+# --------------------------------------------------------------------------------------------
+def run_trainer_benchmark(
+    size: Size, steps: int = 6, warmup: int = 2, workdir: str | None = None
+) -> list[dict]:
+    """Tokens/s of ``Trainer.run`` (on CUDA when available, as ``whispergpt train``) (data loader, accumulation, clipping, the loss check, AdamW,
+    scheduler, logging) next to the bare step of ``run_train_benchmark`` at the same size.
+
+    The dataset is written in format 2 (time-major, float16 mel) by ``bench_loader.write_dataset``
+    with random values, enough audio for distinct crops; the run logs every step, never evaluates
+    and checkpoints once at the end (not timed: the loop's ``tokens_per_s`` in metrics.jsonl
+    covers the step itself, and ``wall_s`` the whole ``run`` with start-up and the checkpoint).
+    ``vs_bare_step`` is the trainer's tokens/s over the bare step's: what the loop costs on top.
+    """
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from bench_loader import write_dataset
+
+    from whispergpt.config import resolve_config
+    from whispergpt.training.trainer import Trainer
+
+    if steps < 1 or warmup < 0:
+        raise ValueError(f"need steps >= 1, warmup >= 0; got {steps}, {warmup}")
+    K, T, B = size.num_codebooks, size.frames, size.batch
+    hours = max(60.0, 4 * T * B / 75) / 3600  # >= 1 min of audio, >= 4 batches of distinct frames
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        data = Path(tmp) / "data"
+        write_dataset(data, "format2-fp16", hours, K, size.n_mels, shard_seconds=1800.0, V=size.codebook_size)
+        model = dict(
+            num_codebooks=K, codebook_size=size.codebook_size, n_mels=size.n_mels, pattern="delay",
+            fusion="concat", d_model=size.d_model, n_layers=size.n_layers, n_heads=size.n_heads,
+            context=T, mel_dim=size.mel_dim, mel_heads=size.mel_heads, dropout=0.0,
+        )  # fmt: skip
+        train = dict(max_steps=warmup + steps, batch_size=B, warmup_steps=1, log_every=1, eval_every=0,
+                     eval_batches=0, save_every=10**9, keep_last=1)  # fmt: skip
+        cfg = resolve_config(
+            dict(
+                out_dir=str(Path(tmp) / "run"),
+                model=model,
+                train=train,
+                data=dict(dir=str(data)),
+                logging=dict(wandb=False, progress=False),
+            )  # fmt: skip
+        )
+        t0 = time.perf_counter()
+        trainer = Trainer(cfg)
+        try:
+            trainer.run()
+        finally:
+            trainer.acc.end_training()
+        wall = time.perf_counter() - t0
+        logged = [json.loads(x) for x in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
+        tps = [r["tokens_per_s"] for r in logged if "tokens_per_s" in r and r["step"] > warmup]
+        device = trainer.acc.device
+    bare = run_train_benchmark(size, device=device, repeats=3, steps=2, warmup=1, models=("ours-hybrid",))[0]
+    loop = median(tps)
+    return [
+        dict(bench="train-loop", model="ours-hybrid", size=size.name, what="bare step (run_train_benchmark)",
+             batch=B, frames=T, tokens_per_s=bare["tokens_per_s"], vs_bare_step=1.0, wall_s=None, steps=None),
+        dict(bench="train-loop", model="ours-hybrid", size=size.name, what=f"Trainer.run on {device}",
+             batch=B, frames=T, tokens_per_s=round(loop, 1), vs_bare_step=round(loop / bare["tokens_per_s"], 3),
+             wall_s=round(wall, 2), steps=warmup + steps, tokens_per_s_all=[round(x, 1) for x in tps]),
+    ]  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python benchmarks/bench_train.py [--size quick|cpu|gpu] [--steps N]``: the trainer loop."""
+    import argparse
+    import json
+    import sys
+    from pathlib import Path
+
+    p = argparse.ArgumentParser(description="Trainer.run tokens/s vs the bare training step.")
+    p.add_argument("--size", choices=list(TRAIN_SIZES), default="quick")
+    p.add_argument("--steps", type=int, default=6, help="timed steps (after --warmup)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", default=None, help="JSON path (default: print only)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()
+    rows = run_trainer_benchmark(TRAIN_SIZES[args.size], args.steps, args.warmup)
+    load_after = os.getloadavg()
+    cols = ["what", "size", "batch", "frames", "tokens_per_s", "vs_bare_step", "wall_s", "steps"]
+    print("\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
+    for r in rows:
+        print("| " + " | ".join("–" if r[c] is None else str(r[c]) for c in cols) + " |")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    print(f"\n{device_name(device)}; load average before {load_before}, after "
+          f"{tuple(round(x, 2) for x in load_after)}")  # fmt: skip
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        meta = dict(command=" ".join(sys.argv), torch=torch.__version__, load_before=load_before,
+                    load_after=load_after, device=device_name(device))  # fmt: skip
+        Path(args.out).write_text(json.dumps(dict(meta=meta, rows=rows), indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -127,16 +127,19 @@ def test_token_only_model_needs_no_codec():
     assert torch.equal(model(r.codes).logits.argmax(-1), r.codes)
 
 
+@pytest.mark.parametrize("pattern", ["delay", "coarse"])
 @pytest.mark.parametrize("decoder", ["stream", pytest.param("window", marks=pytest.mark.slow)])
-def test_feedback_mel_equals_mel_of_final_decode(tiny_codec, decoder):
+def test_feedback_mel_equals_mel_of_final_decode(tiny_codec, decoder, pattern):
     """The mel fed during sampling is log_mel(codec.decode(final codes)) within MEL_ATOL, also
     past the decode window (40 frames > 32), and the tolerance is tight enough to catch a
-    one-frame misalignment or a too-short window."""
-    model = tiny_model("delay", context=64)  # lag 1; coarse (lag 0) is checked in the long-form test
+    one-frame misalignment or a too-short window. Coarse: the decode of codebook 0 alone (what
+    prepare stores as mel_decoded_coarse; tests/data/test_streams.py ties the two)."""
+    model = tiny_model(pattern, context=64)  # delay: lag 1; coarse: lag 0
     pc = prompt_codes(tiny_codec, frames=4)
     r = generate(model, tiny_codec, frames=36, prompt_codes=pc, decoder=decoder,
                  generator=torch.Generator().manual_seed(3))  # fmt: skip
-    ref = log_mel(tiny_codec.decode(r.codes))
+    assert r.codes.shape[1] == (1 if pattern == "coarse" else 2)
+    ref = log_mel(tiny_codec.decode(r.codes[:, :1] if pattern == "coarse" else r.codes))
     torch.testing.assert_close(r.fed_mel, ref, atol=MEL_ATOL, rtol=0)
     torch.testing.assert_close(r.audio, tiny_codec.decode(r.codes))
     # the tolerance is meaningful: a one-frame shift or a 4-frame window is far outside it

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -257,10 +258,11 @@ class DataConfig:
     num_workers: int | None = None  # DataLoader workers per process; null: 0 on CPU, min(4, cpus) on CUDA
     train_split: str = "train"
     val_split: str = "val"
-    # mel the hybrid reads: "truth" (original audio, the paper's setting), "decoded" (codec-decoded
-    # tokens: what sampling can feed back), "auto" = decoded when the dataset stores it and the
-    # pattern generates every codebook the decoded mel used (not coarse), else truth
-    mel_source: Literal["auto", "truth", "decoded"] = "auto"
+    # mel the hybrid reads: "truth" (original audio, the paper's setting), "decoded" (audio decoded
+    # from all codebooks: what delay/parallel sampling feeds back), "decoded_coarse" (from codebook
+    # 0 alone: what coarse sampling feeds back); "auto" = the decoded mel the pattern samples
+    # (decoded_coarse for coarse) when the dataset stores it, else truth
+    mel_source: Literal["auto", "truth", "decoded", "decoded_coarse"] = "auto"
 
     def __post_init__(self) -> None:
         if self.frames is not None and self.frames < 1:
@@ -389,22 +391,46 @@ def resolve_config(data: dict) -> RunConfig:
             )
     cfg = from_dict(RunConfig, data)
     context = getattr(cfg, name).context
+    coarse = cfg.task == "lm" and cfg.model.pattern == "coarse"
     if cfg.task != "lm":
         # only the decoder feeds a decoded mel back while sampling; other tasks read the truth
         cfg.data.mel_source = "truth" if cfg.data.mel_source == "auto" else cfg.data.mel_source
     elif cfg.data.mel_source == "auto":
-        usable = manifest.get("decoded_mel") and cfg.model.pattern != "coarse" and cfg.model.fusion != "none"
-        cfg.data.mel_source = "decoded" if usable else "truth"
-    if cfg.task == "lm" and cfg.data.mel_source == "decoded" and cfg.model.pattern == "coarse":
+        cfg.data.mel_source = _auto_mel_source(manifest, coarse, cfg.model.fusion != "none", data_dir)
+    if cfg.task == "lm" and cfg.data.mel_source == "decoded" and coarse:
         raise ConfigError(
             "data.mel_source=decoded needs a pattern that generates all codebooks (delay or parallel): "
-            "the stored decoded mel uses every codebook, a coarse model only samples codebook 0"
+            "the stored decoded mel uses every codebook, a coarse model only samples codebook 0; "
+            "use decoded_coarse"
+        )
+    if cfg.task == "lm" and cfg.data.mel_source == "decoded_coarse" and not coarse:
+        raise ConfigError(
+            f"data.mel_source=decoded_coarse is the mel of codebook 0 alone, what a coarse model samples; "
+            f"a {cfg.model.pattern} model samples every codebook: use decoded"
         )
     if cfg.data.frames is None:
         cfg.data.frames = context
     elif cfg.data.frames > context:
         raise ConfigError(f"data.frames={cfg.data.frames} exceeds {name}.context={context}")
     return cfg
+
+
+def _auto_mel_source(manifest: dict, coarse: bool, hybrid: bool, data_dir) -> str:
+    """``data.mel_source: auto``: the decoded mel the pattern's sampler feeds back, when stored."""
+    from .data.streams import stored_streams
+
+    stored = stored_streams(manifest)
+    want = "mel_decoded_coarse" if coarse else "mel_decoded"
+    if hybrid and want in stored:
+        return "decoded_coarse" if coarse else "decoded"
+    if hybrid and coarse:
+        print(
+            f"warning: data.mel_source auto -> truth: {data_dir} stores no coarse-decoded mel, so this model "
+            "trains on the original audio's mel while sampling will feed it the mel of audio decoded from "
+            "codebook 0; prepare the data again (this version's `whispergpt prepare` stores it) to match",
+            file=sys.stderr,
+        )
+    return "truth"
 
 
 def load_run_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> RunConfig:

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from whispergpt.data import PreparedDataset
+from whispergpt.errors import InputError
 
 K, M, V = 3, 4, 1024
 # (split, shard, file lengths in frames)
@@ -28,10 +29,13 @@ def code_value(file_id: int, t: int, k: int) -> int:
 
 
 def mel_value(file_id: int, t: int, m: int) -> float:
-    return file_id * 1000.0 + t + m / 10
+    return file_id * 64.0 + t + m / 8  # < 256 in steps of 1/8: exact in float16 too
 
 
-def make_dataset(root: Path) -> Path:
+def make_dataset(root: Path, fmt: int = 1) -> Path:
+    """The LAYOUT in format ``fmt``: 1 = channel-major (K, N) / (M, N) float32 (what older versions
+    wrote), 2 = time-major (N, K) / (N, M) with a float16 mel (values chosen to be exact in float16)
+    and a ``semantic`` (N,) stream."""
     shards, splits, file_id = [], {"train": [0, 0], "val": [0, 0]}, 0
     for split, name, lengths in LAYOUT:
         d = root / "shards" / name
@@ -46,24 +50,33 @@ def make_dataset(root: Path) -> Path:
             )
             offset += n
             file_id += 1
-        np.save(d / "codes.npy", np.concatenate(codes, axis=1))
-        np.save(d / "mel.npy", np.concatenate(mels, axis=1))
+        codes, mel = np.concatenate(codes, axis=1), np.concatenate(mels, axis=1)
+        if fmt == 1:
+            np.save(d / "codes.npy", codes)
+            np.save(d / "mel.npy", mel)
+        else:
+            np.save(d / "codes.npy", np.ascontiguousarray(codes.T))  # (N, K)
+            np.save(d / "mel.npy", np.ascontiguousarray(mel.T).astype(np.float16))  # (N, M)
+            np.save(d / "semantic.npy", codes[0] % 7)  # (N,)
         (d / "index.json").write_text(json.dumps(index))
         shards.append(dict(name=name, split=split, files=len(lengths), frames=offset))
         splits[split][0] += len(lengths)
         splits[split][1] += offset
     manifest = dict(
-        format_version=1, sample_rate=24000, frame_rate=75, hop_length=320, num_codebooks=K, codebook_size=V,
+        format_version=fmt, sample_rate=24000, frame_rate=75, hop_length=320, num_codebooks=K, codebook_size=V,
         n_mels=M, codec="tiny", bandwidth=1.5, skipped=[], shards=shards,
         splits={s: dict(files=f, frames=n, seconds=n / 75) for s, (f, n) in splits.items()},
     )  # fmt: skip
+    if fmt == 2:
+        manifest.update(streams=["codes", "mel", "semantic"], mel_dtype="float16")
     (root / "manifest.json").write_text(json.dumps(manifest))
     return root
 
 
-@pytest.fixture
-def ds_dir(tmp_path) -> Path:
-    return make_dataset(tmp_path / "ds")
+@pytest.fixture(params=[1, 2], ids=["format1", "format2"])
+def ds_dir(tmp_path, request) -> Path:
+    """Every reader test runs on both layouts: the same values must come back."""
+    return make_dataset(tmp_path / "ds", request.param)
 
 
 def expected(file_id: int, start: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,7 +142,7 @@ def test_random_crop(ds_dir):
         codes, mel = ds.random_crop(gen)
         assert codes.shape == (K, 8) and mel.shape == (M, 8)
         # recover (file, start) from the values; codes and mel must agree
-        fid, start = int(mel[0, 0]) // 1000, int(mel[0, 0]) % 1000
+        fid, start = int(mel[0, 0]) // 64, int(mel[0, 0]) % 64
         assert torch.equal(codes, expected(fid, start, 8)[0]) and torch.equal(mel, expected(fid, start, 8)[1])
         draws.append((fid, start))
     files = [f for f, _ in draws]
@@ -188,16 +201,19 @@ def test_validation_errors(tmp_path, ds_dir):
 
     bad = tmp_path / "v2"
     shutil.copytree(ds_dir, bad)
-    (bad / "manifest.json").write_text(json.dumps(dict(manifest, format_version=2)))
-    with pytest.raises(ValueError, match="format_version"):
+    (bad / "manifest.json").write_text(json.dumps(dict(manifest, format_version=3)))
+    with pytest.raises(ValueError, match="format_version 3"):
         PreparedDataset(bad)
 
     short = tmp_path / "short"
     shutil.copytree(ds_dir, short)
-    np.save(short / "shards" / "train-00001" / "mel.npy", np.zeros((M, 24), np.float32))
-    with pytest.raises(
-        ValueError, match=r"broken shard train-00001: mel.npy has shape \(4, 24\), expected \(4, 25\)"
-    ):
+    if manifest["format_version"] == 1:
+        np.save(short / "shards" / "train-00001" / "mel.npy", np.zeros((M, 24), np.float32))
+        shapes = r"\(4, 24\), expected \(4, 25\)"
+    else:
+        np.save(short / "shards" / "train-00001" / "mel.npy", np.zeros((24, M), np.float16))
+        shapes = r"\(24, 4\), expected \(25, 4\)"
+    with pytest.raises(ValueError, match=rf"broken shard train-00001: mel.npy has shape {shapes}"):
         PreparedDataset(short)
 
     gone = tmp_path / "gone"
@@ -221,7 +237,7 @@ def test_code_ids_out_of_range_are_rejected_at_open(tmp_path, ds_dir):
         shutil.copytree(ds_dir, bad)
         path = bad / "shards" / "train-00001" / "codes.npy"
         codes = np.load(path)
-        codes[1, 7] = value
+        codes[(1, 7) if codes.shape[0] == K else (7, 1)] = value  # format 1 (K, N), format 2 (N, K)
         np.save(path, codes)
         with pytest.raises(
             ValueError, match=rf"train-00001: codes.npy holds codes outside \[0, {V}\) \({shown}"
@@ -295,7 +311,8 @@ def test_decoded_mel_is_log_mel_of_decoded_codes(tmp_path, tiny_codec, tiny_code
     codes, mel_t = truth.file_arrays(0)
     codes_d, mel_d = decoded.file_arrays(0)
     assert torch.equal(codes, codes_d)
-    torch.testing.assert_close(mel_d, log_mel(tiny_codec.decode(codes[None]))[0], rtol=0, atol=1e-4)
+    # float16 on disk: rounding error <= 4.9e-4 for |mel| < 2
+    torch.testing.assert_close(mel_d, log_mel(tiny_codec.decode(codes[None]))[0], rtol=0, atol=1e-3)
     assert (mel_d - mel_t).abs().mean() > 1e-2  # the random codec is lossy: a different mel
     with pytest.raises(ValueError, match="mel_source"):
         PreparedDataset(out, "train", mel_source="oracle")
@@ -309,5 +326,5 @@ def test_decoded_mel_is_log_mel_of_decoded_codes(tmp_path, tiny_codec, tiny_code
         progress=False,
         decoded_mel=False,
     )
-    with pytest.raises(ValueError, match="no decoded mel"):
+    with pytest.raises(InputError, match=r"no 'mel_decoded' stream \(mel_source decoded\).*--no-decoded-mel"):
         PreparedDataset(plain, "train", mel_source="decoded")

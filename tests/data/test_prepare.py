@@ -98,7 +98,8 @@ def test_codes_and_mel_equal_direct_encoding(prepared, tiny_codec):
             codes, mel = ds.file_arrays(i)
             assert codes.dtype == torch.int64 and mel.dtype == torch.float32
             assert torch.equal(codes, tiny_codec.encode(wave)[0])
-            torch.testing.assert_close(mel, log_mel(wave, n_mels=16), rtol=0, atol=1e-6)
+            # float16 on disk (the default): rounding error <= 4.9e-4 for |mel| < 2
+            torch.testing.assert_close(mel, log_mel(wave, n_mels=16), rtol=0, atol=1e-3)
 
 
 def test_batched_encoding_equals_one_by_one(tiny_codec):
@@ -247,7 +248,7 @@ def test_resume_encodes_nothing_and_adds_new_files(tmp_path, corpus, tiny_codec_
     m1 = run_prepare([src], out, tiny_codec_dir, val_fraction=0.0)
     counted = []
     real = prep.encode_batch
-    monkeypatch.setattr(prep, "encode_batch", lambda c, w: counted.extend(w) or real(c, w))
+    monkeypatch.setattr(prep, "encode_batch", lambda c, w, **k: counted.extend(w) or real(c, w, **k))
     m2 = run_prepare([src], out, tiny_codec_dir, val_fraction=0.0)
     assert counted == [] and m2["splits"] == m1["splits"] and m2["shards"] == m1["shards"]
     write(src / "x9.wav", tone(0.5, seed=9))
@@ -270,7 +271,7 @@ def test_interrupted_shard_is_ignored_and_resume_works(tmp_path, tiny_codec_dir,
     def dying_save(path, arr):
         saves.append(path)
         real_save(path, arr)
-        if len(saves) == 4:  # shard 1: codes, mel, mel_decoded; shard 2: codes -> die
+        if len(saves) == 5:  # shard 1: codes, mel, mel_decoded, mel_decoded_coarse; shard 2: codes -> die
             raise KeyboardInterrupt
 
     monkeypatch.setattr(prep.np, "save", dying_save)
@@ -298,7 +299,7 @@ def test_interrupted_shard_is_ignored_and_resume_works(tmp_path, tiny_codec_dir,
     (out / "manifest.json").write_text(json.dumps(stale))
     assert len(PreparedDataset(out).files) == 2
     counted = []
-    monkeypatch.setattr(prep, "encode_batch", lambda c, w: counted.extend(w) or [])
+    monkeypatch.setattr(prep, "encode_batch", lambda c, w, **k: counted.extend(w) or [])
     m3 = run_prepare([src], out, tiny_codec_dir, val_fraction=0.0, shard_seconds=0.9)
     assert counted == [] and m3["shards"] == m2["shards"] and len(PreparedDataset(out).files) == 4
 

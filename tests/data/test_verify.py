@@ -55,11 +55,12 @@ def test_clean_dataset_verifies(ds, capsys):
         ("codes.npy", "truncate", "codes.npy is truncated"),
         ("mel.npy", "truncate", "mel.npy is truncated"),
         ("mel_decoded.npy", "truncate", "mel_decoded.npy is truncated"),
+        ("mel_decoded_coarse.npy", "truncate", "mel_decoded_coarse.npy is truncated"),
         ("codes.npy", "append", "codes.npy is too long"),
         ("mel.npy", "header", "mel.npy has no valid .npy header"),
         ("index.json", "truncate", "index.json is unreadable"),
         ("codes.npy", "delete", "codes.npy is missing"),
-        ("mel.npy", "dtype", "mel.npy has dtype float64"),
+        ("mel.npy", "dtype", "mel.npy has dtype float64, expected float16"),
         ("codes.npy", "shape", "codes.npy has shape"),
     ],
 )
@@ -77,9 +78,9 @@ def test_cheap_check_names_each_damage(ds, name, damage, expect):
     elif damage == "dtype":
         np.save(path, np.load(path).astype(np.float64))
     elif damage == "shape":
-        np.save(path, np.load(path)[:, :-1])
+        np.save(path, np.load(path)[:-1])  # one frame short of index.json
     m = json.loads((ds / "manifest.json").read_text())
-    problem = check_shard(sdir, m["num_codebooks"], m["n_mels"], ["mel.npy", "mel_decoded.npy"])
+    problem = check_shard(sdir, m)
     assert problem is not None and expect in problem
     broken, total = verify_dataset(ds)
     assert total == 2 and [b[0] for b in broken] == [sdir.name] and expect in broken[0][1]
@@ -88,11 +89,11 @@ def test_cheap_check_names_each_damage(ds, name, damage, expect):
 def test_full_check_reads_values(ds, capsys):
     sdir = shard_dir(ds, "val")
     mel = np.load(sdir / "mel.npy", mmap_mode="r+")
-    mel[3, 17] = np.nan
+    mel[17, 3] = np.nan  # time-major (N, M)
     mel.flush()
     del mel
     codes = np.load(shard_dir(ds) / "codes.npy", mmap_mode="r+")
-    codes[1, 5] = 4000  # V = 1024
+    codes[5, 1] = 4000  # V = 1024
     codes.flush()
     del codes
     assert verify_dataset(ds, full=False) == ([], 2)  # sizes and headers are fine

@@ -1,6 +1,6 @@
 """Fault injection for the killed-worker test: rank ``RANK`` SIGKILLs itself in training step ``STEP``.
 
-Patches ``nll_per_codebook`` in the trainer module's namespace (what the loop calls), like
+Patches ``nll_per_codebook`` in ``training/tasks.py``'s namespace (what the decoder task's loss calls), like
 ``nan_fault.py``; run under ``accelerate launch``::
 
     kill_fault.py RANK STEP CONFIG.yaml [key=value ...]
@@ -12,11 +12,11 @@ import os
 import signal
 import sys
 
-from whispergpt.training import trainer
+from whispergpt.training import tasks, trainer
 
 if __name__ == "__main__":
     rank, step = int(sys.argv[1]), int(sys.argv[2])
-    real, calls = trainer.nll_per_codebook, [0]
+    real, calls = tasks.nll_per_codebook, [0]
 
     def patched(logits, codes):
         if logits.requires_grad and int(os.environ.get("RANK", "0")) == rank:
@@ -25,5 +25,5 @@ if __name__ == "__main__":
                 os.kill(os.getpid(), signal.SIGKILL)
         return real(logits, codes)
 
-    trainer.nll_per_codebook = patched
+    tasks.nll_per_codebook = patched
     sys.exit(trainer.main(sys.argv[3:]))

@@ -1,6 +1,6 @@
 """Fault injection for the non-finite-loss tests: the training loss turns NaN from a given step on.
 
-Patches ``nll_per_codebook`` in the trainer module's namespace (what the loop calls), counting only
+Patches ``nll_per_codebook`` in ``training/tasks.py``'s namespace (what the decoder task's loss calls), counting only
 training calls (with grad), so evaluation does not shift the count. As a script it runs
 ``whispergpt train`` with the fault, e.g. under ``accelerate launch``::
 
@@ -13,12 +13,12 @@ import sys
 
 import torch
 
-from whispergpt.training import trainer
+from whispergpt.training import tasks, trainer
 
 
 def nan_from_step(step: int, grad_accum: int = 1):
     """A ``nll_per_codebook`` whose summed nats are NaN from optimizer step ``step`` (1-based) on."""
-    real = trainer.nll_per_codebook
+    real = tasks.nll_per_codebook
     calls = 0
 
     def patched(logits: torch.Tensor, codes: torch.Tensor):
@@ -34,5 +34,5 @@ def nan_from_step(step: int, grad_accum: int = 1):
 
 
 if __name__ == "__main__":
-    trainer.nll_per_codebook = nan_from_step(int(sys.argv[1]), int(sys.argv[2]))
+    tasks.nll_per_codebook = nan_from_step(int(sys.argv[1]), int(sys.argv[2]))
     sys.exit(trainer.main(sys.argv[3:]))

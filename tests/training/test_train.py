@@ -24,7 +24,7 @@ from whispergpt.training import (
     lr_at,
     main,
     sample_seed,
-    trainer,
+    tasks,
     val_indices,
 )
 from whispergpt.training import checkpoint as ckpt_io
@@ -70,7 +70,7 @@ def test_config_fills_model_shape_from_dataset(data_dir, tmp_path):
     "extra,expected",
     [
         ([], "decoded"),  # auto: the dataset stores the decoded mel and delay samples every codebook
-        (["model.pattern=coarse"], "truth"),  # coarse samples codebook 0 only: decoded mel would differ
+        (["model.pattern=coarse"], "decoded_coarse"),  # coarse samples codebook 0 only: its own decoded mel
         (["model.fusion=none"], "truth"),
         (["data.mel_source=truth"], "truth"),
     ],
@@ -229,7 +229,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint_then_resumes_with_w
         "model.context=32",
     ]
     with monkeypatch.context() as m:
-        m.setattr(trainer, "nll_per_codebook", nan_from_step(3))
+        m.setattr(tasks, "nll_per_codebook", nan_from_step(3))
         assert main(args) == 3
     err = capsys.readouterr().err
     assert "non-finite training loss" in err and "step 3" in err

@@ -1,4 +1,4 @@
-"""Multi-process training on CPU (gloo): DDP, DeepSpeed ZeRO-2 (save, resume, consolidate), ZeRO-3.
+"""Multi-process training on CPU (gloo): DDP, DeepSpeed ZeRO-2 (save, resume, consolidate), ZeRO-1/3.
 
 Every run trains the same tiny model on the same data with 2 processes, so DDP is the reference:
 ZeRO only changes where optimizer state and weights live, not the maths (up to float rounding).
@@ -143,12 +143,13 @@ def test_deepspeed_zero2_save_resume_consolidate(ddp_run, data_dir, tmp_path):
     assert_close_runs(out, ddp_run)
 
 
-def test_deepspeed_zero3_trains_and_consolidates(ddp_run, data_dir, tmp_path):
+@pytest.mark.parametrize("stage", ["zero1", "zero3"])
+def test_deepspeed_zero_trains_and_consolidates(ddp_run, data_dir, tmp_path, stage):
     pytest.importorskip("deepspeed")
     from whispergpt.models import WhisperGPT
 
-    out = tmp_path / "zero3"
-    done = launch("zero3.yaml", data_dir, out)
+    out = tmp_path / stage
+    done = launch(f"{stage}.yaml", data_dir, out)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     assert "DEEPSPEED: 2 process(es)" in done.stdout
     assert_close_runs(out, ddp_run)

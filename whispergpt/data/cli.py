@@ -6,11 +6,14 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from ..cli import command, make_parser
 from ..errors import InputError
 from .augment import recipe_arg
 from .dataset import SHARDS_DIR, read_manifest, verify_dataset
 from .prepare import SPLITS, prepare
+from .streams import MEL_DTYPES, STREAMS, stored_streams, time_major
 
 
 @command("prepare")
@@ -43,7 +46,24 @@ def main_prepare(argv: list[str]) -> int:
     ap.add_argument(
         "--no-decoded-mel",
         action="store_true",
-        help="skip mel_decoded.npy (log-mel of the codec-decoded tokens, what sampling feeds back)",
+        help="skip mel_decoded.npy and mel_decoded_coarse.npy (log-mel of the audio decoded from all "
+        "codebooks / from codebook 0 alone: what delay / coarse sampling feeds back)",
+    )
+    ap.add_argument(
+        "--no-coarse-mel",
+        action="store_true",
+        help="skip mel_decoded_coarse.npy (only coarse models train on it): one decode per file less",
+    )
+    ap.add_argument(
+        "--mel-dtype",
+        choices=MEL_DTYPES,
+        default="float16",
+        help="on-disk dtype of every mel stream (float16: half the bytes, error <= 5e-4; see docs/DATA.md)",
+    )
+    ap.add_argument(
+        "--latent",
+        action="store_true",
+        help="also store latent.npy: the codec encoder's continuous output before quantization (EnCodecMAE input)",
     )
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument(
@@ -66,6 +86,9 @@ def main_prepare(argv: list[str]) -> int:
         decoded_mel=not args.no_decoded_mel,
         augment=args.augment,
         copies=args.copies,
+        mel_dtype=args.mel_dtype,
+        latent=args.latent,
+        decoded_coarse_mel=False if args.no_coarse_mel else None,
     )
     return 0
 
@@ -74,12 +97,22 @@ def summarize(directory: str | os.PathLike, max_skipped: int = 10) -> str:
     """The human summary ``whispergpt inspect`` prints."""
     m = read_manifest(directory)
     fr = m["frame_rate"]
+    streams = stored_streams(m)
+
+    def stored(name: str) -> str:
+        return "stored" if name in streams else "not stored"
+
+    bytes_per_frame = sum(
+        int(np.prod(STREAMS[s].frame_shape(m))) * STREAMS[s].storage(m).itemsize for s in streams
+    )
     lines = [
         f"dataset      {directory}",
         f"codec        {m.get('codec')} @ {m.get('bandwidth')} kbps: K={m['num_codebooks']} codebooks, "
         f"V={m['codebook_size']}, {fr} Hz, {m['sample_rate']} Hz audio",
-        f"mel          M={m['n_mels']} bins; decoded mel (log-mel of codec-decoded tokens) "
-        f"{'stored' if m.get('decoded_mel') else 'not stored'}",
+        f"mel          M={m['n_mels']} bins, {m.get('mel_dtype', 'float32')}; decoded mel (log-mel of codec-decoded "
+        f"tokens): all codebooks {stored('mel_decoded')}, codebook 0 alone {stored('mel_decoded_coarse')}",
+        f"format       {m['format_version']} ({'time-major' if time_major(m) else 'channel-major, older version'}); "
+        f"streams {', '.join(streams)}; {bytes_per_frame} bytes/frame",
         f"split        seed={m.get('seed')} val_fraction={m.get('val_fraction')}",
     ]
     for s, v in m["splits"].items():

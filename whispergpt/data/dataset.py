@@ -1,10 +1,20 @@
-"""Reader for datasets written by ``whispergpt prepare`` (layout documented in ``whispergpt.prepare``).
+"""Reader for datasets written by ``whispergpt prepare`` (layout: ``whispergpt.data.streams``).
 
-``PreparedDataset(dir, split="train", frames=N, mel_source="truth")`` memory-maps the completed shards of one split and
-returns time-aligned ``(codes (K, N) int64, mel (M, N) float32)`` torch tensors: column ``t`` of
-both is frame ``t`` of the 75 Hz grid. Nothing is loaded into RAM beyond the requested crop.
-``mel_source="decoded"`` reads the log-mel of the codec-decoded tokens instead of the original
-audio's (``mel_decoded.npy``): the mel a sampler can actually feed back.
+``PreparedDataset(dir, split="train", frames=N, mel_source="truth", streams=("codes", "mel"))``
+memory-maps the completed shards of one split and returns, per item, a tuple of time-aligned torch
+tensors in the order of ``streams``: column ``t`` of each is frame ``t`` of the 75 Hz grid.
+Nothing is loaded into RAM beyond the requested crop. Streams:
+
+- ``codes`` ``(K, N)`` int64; ``latent`` ``(C, N)`` float32 (``Codec.latent``, with ``prepare
+  --latent``); ``semantic`` ``(N,)`` int64 (``prepare --semantic``); any other registered stream
+  (``whispergpt.data.streams.STREAMS``) by its name;
+- ``mel`` ``(M, N)`` float32, from the array ``mel_source`` names: ``truth`` (the original audio's
+  log-mel), ``decoded`` (of the codec-decoded tokens, all K codebooks: what a delay/parallel
+  sampler feeds back) or ``decoded_coarse`` (of codebook 0 alone: what a coarse sampler feeds back).
+
+A stream the dataset lacks is an ``InputError`` naming the stream and the prepare flag that stores
+it. Both layouts are read: format 2 (time-major, a crop is one contiguous read per array; mel
+float16 or float32) and format 1 (channel-major, older datasets).
 
 - ``crop(i, start, frames)``: an explicit window of file ``i``;
 - ``file_arrays(i)``: a whole file (evaluation tiles these itself);
@@ -15,13 +25,13 @@ audio's (``mel_decoded.npy``): the mel a sampler can actually feed back.
 - ``len(ds)`` / ``ds[j]``: deterministic tiling at stride ``frames`` (windows that would run past
   the end of a file are dropped); with ``frames=None`` an item is a whole file.
 
-Verification: ``check_shard`` tests one shard directory against what its ``index.json`` says
-(each ``.npy`` header's dtype and shape, and the file size the header implies, so a truncated or
-padded file is caught without reading it); ``full=True`` also reads the data (codes in
-``[0, V)``, finite mel). The reader runs the cheap check on every shard it opens, so ``train``
-names a broken shard in one line before it starts; ``verify_dataset`` (``whispergpt inspect
---verify``) runs the full one on every shard of the manifest; ``prepare`` runs the cheap one on
-resume and re-encodes the files of a broken shard.
+Verification: ``check_shard`` tests one shard directory against what its ``index.json`` and the
+manifest say (each ``.npy`` header's dtype and shape, and the file size the header implies, so a
+truncated or padded file is caught without reading it); ``full=True`` also reads the data (codes
+in ``[0, V)``, other integer streams >= 0, float streams finite). The reader runs the cheap check
+on every shard it opens, so ``train`` names a broken shard in one line before it starts;
+``verify_dataset`` (``whispergpt inspect --verify``) runs the full one on every shard of the
+manifest; ``prepare`` runs the cheap one on resume and re-encodes the files of a broken shard.
 
 Only shards listed in ``manifest.json`` are read: a shard directory renamed into place by a run
 that died before rewriting the manifest, or a ``.tmp-*`` directory, is invisible here (``prepare``
@@ -34,18 +44,24 @@ from __future__ import annotations
 import bisect
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import InputError
+from .streams import MEL_STREAMS, STREAMS, Stream, expected_shape, stored_streams, time_major
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # what prepare writes: time-major shards (whispergpt.data.streams)
+READABLE_FORMATS = (1, 2)  # 1: channel-major shards, before named streams
 MANIFEST = "manifest.json"
 SHARDS_DIR = "shards"
-# which array a crop's mel comes from: the original audio's, or the codec-decoded tokens' audio's
-MEL_SOURCES = {"truth": "mel.npy", "decoded": "mel_decoded.npy"}
+# which array a crop's mel comes from (data.mel_source): the original audio's, or the codec-decoded
+# tokens' audio's (all codebooks, or codebook 0 alone)
+MEL_SOURCES = {source: STREAMS[name].file for source, name in MEL_STREAMS.items()}
+DEFAULT_STREAMS = ("codes", "mel")
+_NP_ITEM = {"int": np.int64, "float": np.float32}
 # manifest keys that must agree for several prepared folders to be read as one dataset
 _UNION_KEYS = ("num_codebooks", "codebook_size", "n_mels", "frame_rate", "sample_rate", "codec", "bandwidth")
 
@@ -62,15 +78,18 @@ def read_manifest(directory: str | os.PathLike) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: manifest is not valid JSON ({e})") from e
     version = manifest.get("format_version") if isinstance(manifest, dict) else None
-    if version != FORMAT_VERSION:
-        raise ValueError(f"{path}: unsupported format_version {version!r}, expected {FORMAT_VERSION}")
-    missing = [
-        k
-        for k in ("num_codebooks", "codebook_size", "n_mels", "frame_rate", "sample_rate", "splits", "shards")
-        if k not in manifest
-    ]
+    if version not in READABLE_FORMATS:
+        raise ValueError(
+            f"{path}: unsupported format_version {version!r}, expected one of {list(READABLE_FORMATS)} "
+            "(a newer whispergpt wrote it? upgrade, or prepare the data again)"
+        )
+    required = ["num_codebooks", "codebook_size", "n_mels", "frame_rate", "sample_rate", "splits", "shards"]
+    missing = [k for k in required + (["streams"] if version >= 2 else []) if k not in manifest]
     if missing:
         raise ValueError(f"{path}: manifest lacks keys {missing}")
+    unknown = [s for s in stored_streams(manifest) if s not in STREAMS]
+    if unknown:
+        raise ValueError(f"{path}: unknown streams {unknown} (known: {sorted(STREAMS)}); upgrade whispergpt")
     return manifest
 
 
@@ -87,26 +106,34 @@ def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
         return tuple(shape), np.dtype(dtype), f.tell()
 
 
+def _dtype_ok(stream: Stream, dtype: np.dtype, manifest: dict) -> str | None:
+    """None if ``dtype`` is what ``stream`` may hold on disk, else what was expected."""
+    if stream.kind == "int":  # any integer type reads the same; prepare writes the registered one
+        return None if np.issubdtype(dtype, np.integer) else "integer"
+    want = stream.storage(manifest)
+    return None if dtype == want else str(want)
+
+
 def check_shard(
     sdir: str | os.PathLike,
-    num_codebooks: int,
-    n_mels: int,
-    mel_files: list[str] | tuple[str, ...] = ("mel.npy",),
+    manifest: dict,
+    streams: Sequence[str] | None = None,
     frames: int | None = None,
-    codebook_size: int | None = None,
     full: bool = False,
 ) -> str | None:
     """None if the shard ``sdir`` is sound, else one phrase saying what is wrong.
 
-    Cheap (default): ``index.json`` parses and its offsets tile the frames; ``codes.npy`` is
-    integer ``(K, N)``, each of ``mel_files`` float32 ``(M, N)``, ``N`` the index's total (and
-    ``frames``, the manifest's count, when given); every file's size is what its header implies.
-    ``full`` also reads every value: codes in ``[0, codebook_size)``, mel finite.
+    ``streams``: the stored streams to check (default: all the manifest lists). Cheap (default):
+    ``index.json`` parses and its offsets tile the frames; each stream's ``.npy`` has the dtype
+    and the shape (``streams.expected_shape``: time-major in format 2) the manifest implies, ``N``
+    the index's total (and ``frames``, the manifest's count, when given); every file's size is
+    what its header implies. ``full`` also reads every value (``_check_values``).
     """
     sdir = Path(sdir)
+    names = stored_streams(manifest) if streams is None else list(streams)
     try:
         index = json.loads((sdir / "index.json").read_text())
-        n_total, offset = 0, 0
+        offset = 0
         for f in index:
             if int(f["offset"]) != offset:
                 return f"index.json: offset of {f['path']} is {f['offset']}, expected {offset}"
@@ -118,49 +145,57 @@ def check_shard(
         return f"index.json is unreadable ({e})"
     if frames is not None and frames != n_total:
         return f"index.json holds {n_total} frames, the manifest says {frames}"
-    expected = {"codes.npy": (num_codebooks, "integer")} | {m: (n_mels, "float32") for m in mel_files}
-    for name, (rows, kind) in expected.items():
-        path = sdir / name
+    for name in names:
+        stream = STREAMS[name]
+        path = sdir / stream.file
         try:
             shape, dtype, data_offset = _npy_header(path)
             size = path.stat().st_size
         except FileNotFoundError:
-            return f"{name} is missing"
+            return f"{stream.file} is missing"
         except (OSError, ValueError, SyntaxError) as e:
-            return f"{name} has no valid .npy header ({e})"
-        ok_dtype = np.issubdtype(dtype, np.integer) if kind == "integer" else dtype == np.float32
-        if not ok_dtype:
-            return f"{name} has dtype {dtype}, expected {kind}"
-        if shape != (rows, n_total):
-            return f"{name} has shape {shape}, expected {(rows, n_total)}"
-        want = data_offset + int(np.prod(shape)) * dtype.itemsize
-        if size != want:
-            state = "truncated" if size < want else "too long"
-            return f"{name} is {state}: {size} bytes, its header implies {want}"
+            return f"{stream.file} has no valid .npy header ({e})"
+        want_dtype = _dtype_ok(stream, dtype, manifest)
+        if want_dtype is not None:
+            return f"{stream.file} has dtype {dtype}, expected {want_dtype}"
+        want = expected_shape(stream, manifest, n_total)
+        if shape != want:
+            return f"{stream.file} has shape {shape}, expected {want}"
+        need = data_offset + int(np.prod(shape)) * dtype.itemsize
+        if size != need:
+            state = "truncated" if size < need else "too long"
+            return f"{stream.file} is {state}: {size} bytes, its header implies {need}"
     if full:
-        return _check_values(sdir, mel_files, codebook_size)
+        return _check_values(sdir, manifest, names)
     return None
 
 
-def _check_values(
-    sdir: Path, mel_files: list[str] | tuple[str, ...], codebook_size: int | None
-) -> str | None:
-    """Read every value in column blocks (bounded memory): codes in range, mel finite."""
-    for name in ("codes.npy", *mel_files):
+def _check_values(sdir: Path, manifest: dict, streams: Sequence[str]) -> str | None:
+    """Read every value in frame blocks (bounded memory): codes in ``[0, V)``, other integer
+    streams >= 0, float streams finite."""
+    tm = time_major(manifest)
+    V = int(manifest["codebook_size"])
+    for name in streams:
+        stream = STREAMS[name]
         try:
-            arr = np.load(sdir / name, mmap_mode="r")
+            arr = np.load(sdir / stream.file, mmap_mode="r")
         except (OSError, ValueError) as e:
-            return f"{name} cannot be read ({e})"
-        step = max(1, (1 << 24) // max(1, arr.shape[0]))
-        for a in range(0, arr.shape[1], step):
-            block = np.asarray(arr[:, a : a + step])  # (rows, <=step)
-            if name == "codes.npy":
+            return f"{stream.file} cannot be read ({e})"
+        n = arr.shape[0] if tm else arr.shape[-1]
+        per_frame = max(1, arr.size // max(1, n))
+        step = max(1, (1 << 24) // per_frame)
+        for a in range(0, n, step):
+            block = np.asarray(arr[a : a + step] if tm else arr[:, a : a + step])
+            if stream.kind == "int":
                 lo, hi = int(block.min(initial=0)), int(block.max(initial=0))
-                if lo < 0 or (codebook_size is not None and hi >= codebook_size):
-                    return f"codes.npy holds codes outside [0, {codebook_size}) (min {lo}, max {hi})"
+                if name == "codes" and (lo < 0 or hi >= V):
+                    return f"{stream.file} holds codes outside [0, {V}) (min {lo}, max {hi})"
+                if lo < 0:
+                    return f"{stream.file} holds negative values (min {lo})"
             elif not np.isfinite(block).all():
-                col = a + int(np.argwhere(~np.isfinite(block))[0][1])
-                return f"{name} holds non-finite values (first at frame {col})"
+                bad = np.argwhere(~np.isfinite(block))[0]
+                frame = a + int(bad[0] if tm else bad[-1])
+                return f"{stream.file} holds non-finite values (first at frame {frame})"
     return None
 
 
@@ -168,16 +203,12 @@ def verify_dataset(directory: str | os.PathLike, full: bool = True) -> tuple[lis
     """Check every shard of ``DIR/manifest.json`` (``check_shard``); ``([(shard, problem)], n_shards)``."""
     directory = Path(directory)
     m = read_manifest(directory)
-    mel_files = ["mel.npy"] + (["mel_decoded.npy"] if m.get("decoded_mel") else [])
     broken = []
     for shard in m["shards"]:
         problem = check_shard(
             directory / SHARDS_DIR / shard["name"],
-            int(m["num_codebooks"]),
-            int(m["n_mels"]),
-            mel_files,
+            m,
             frames=int(shard["frames"]) if "frames" in shard else None,
-            codebook_size=int(m["codebook_size"]),
             full=full,
         )
         if problem is not None:
@@ -195,8 +226,49 @@ def broken_shard_error(root: str | os.PathLike, shard: str, problem: str) -> Inp
     )
 
 
+def missing_stream_error(root: str | os.PathLike, name: str, asked: str) -> InputError:
+    """A dataset lacks stored stream ``name`` (asked for as ``asked``): say which flag stores it."""
+    what = f"the dataset has no {name!r} stream" + (f" (mel_source {asked})" if asked != name else "")
+    hint = f"prepare it again into a new --out with {STREAMS[name].flag}"
+    if name == "mel_decoded_coarse":
+        hint += "; or train with data.mel_source=truth"
+    elif name == "mel_decoded":
+        hint += " (it was prepared with --no-decoded-mel or by an older version); or use mel_source truth"
+    return InputError(what, root, hint)
+
+
+class _Rows:
+    """Frames ``[a, b)`` of a time-major ``.npy`` with one ``pread`` and no readahead.
+
+    A memmap crop faults pages in and the kernel's readahead (8 MiB on some VMs) reads far past
+    the crop: bench_loader measured ~12x the crop's bytes read from disk. Here the file is opened
+    per read (no descriptor is held, so any number of shards can be open) with
+    ``POSIX_FADV_RANDOM``, and exactly the crop's bytes are read into a fresh array.
+    """
+
+    def __init__(self, path: Path):
+        shape, self.dtype, self.offset = _npy_header(path)
+        self.path, self.frame_shape = path, shape[1:]
+        self.frame_bytes = int(np.prod(self.frame_shape)) * self.dtype.itemsize
+
+    def read(self, a: int, b: int) -> np.ndarray:
+        out = np.empty((b - a, *self.frame_shape), self.dtype)
+        view = memoryview(out).cast("B")
+        with open(self.path, "rb", buffering=0) as f:
+            if hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
+            f.seek(self.offset + a * self.frame_bytes)
+            got = 0
+            while got < len(view):
+                n = f.readinto(view[got:])
+                if not n:
+                    raise ValueError(f"{self.path}: ends before frame {b} (truncated?)")
+                got += n
+        return out
+
+
 class PreparedDataset(torch.utils.data.Dataset):
-    """Aligned ``(codes (K, N) int64, mel (M, N) float32)`` crops of one split of a prepared dataset."""
+    """Aligned crops of one split of a prepared dataset: a tuple of tensors in the order of ``streams``."""
 
     def __init__(
         self,
@@ -204,6 +276,7 @@ class PreparedDataset(torch.utils.data.Dataset):
         split: str = "train",
         frames: int | None = None,
         mel_source: str = "truth",
+        streams: Sequence[str] = DEFAULT_STREAMS,
     ):
         # Several prepared folders (e.g. speech and music prepared apart) read as one dataset when
         # they agree on the codec and the grid; files keep their order, folder by folder.
@@ -228,40 +301,52 @@ class PreparedDataset(torch.utils.data.Dataset):
             raise ValueError(f"frames must be a positive int or None, got {frames!r}")
         if mel_source not in MEL_SOURCES:
             raise ValueError(f"mel_source must be one of {list(MEL_SOURCES)}, got {mel_source!r}")
-        if mel_source == "decoded":
-            for d, m in zip(self.directories, self.manifests):
-                if not m.get("decoded_mel"):
-                    raise ValueError(
-                        f"{d} has no decoded mel (prepared with --no-decoded-mel or an older version): "
-                        "prepare it again without that flag, or use mel_source truth"
-                    )
+        streams = (streams,) if isinstance(streams, str) else tuple(streams)
+        if not streams:
+            raise ValueError("streams must name at least one stream, got ()")
+        known = ["mel"] + sorted(STREAMS)
+        unknown = [s for s in streams if s not in known]
+        if unknown:
+            raise ValueError(f"unknown streams {unknown}; expected some of {known}")
         self.mel_source = mel_source
-        self._mel_file = MEL_SOURCES[mel_source]
+        self.streams = streams
+        # the stored stream each requested name reads ("mel" through mel_source)
+        self._stored = tuple(MEL_STREAMS[mel_source] if s == "mel" else s for s in streams)
+        for d, m in zip(self.directories, self.manifests):
+            have = stored_streams(m)
+            for asked, name in zip(streams, self._stored):
+                if name not in have:
+                    raise missing_stream_error(d, name, mel_source if asked == "mel" else name)
+        if "latent" in self._stored:
+            for d, m in zip(self.directories[1:], self.manifests[1:]):
+                if m.get("latent_dim") != self.manifest.get("latent_dim"):
+                    raise ValueError(f"{d}: latent_dim differs from {self.directory}'s")
         self.split = split
         self.frames = frames
-        self._arrays: dict[tuple[int, str], tuple[np.ndarray, np.ndarray]] = {}  # (dir, shard) -> memmaps
+        self._time_major = [time_major(m) for m in self.manifests]
+        self._arrays: dict[tuple[int, str], tuple[np.ndarray, ...]] = {}  # (dir, shard) -> memmaps
 
-        K, M = self.num_codebooks, self.n_mels
         self.files: list[dict] = []
         for root_index, (root, manifest) in enumerate(zip(self.directories, self.manifests)):
-            self._read_shards(root_index, root, manifest, split, K, M)
+            self._read_shards(root_index, root, manifest, split)
         self._arrays.clear()  # opened only to validate; each process reopens lazily
         self.total_frames = sum(f["frames"] for f in self.files)
         self._build_tiling()
 
-    def _read_shards(self, root_index: int, root: Path, manifest: dict, split: str, K: int, M: int) -> None:
+    def _read_shards(self, root_index: int, root: Path, manifest: dict, split: str) -> None:
+        checked = sorted(set(self._stored) | {"codes"})
         for shard in manifest["shards"]:
             if shard["split"] != split:
                 continue
             sdir = root / SHARDS_DIR / shard["name"]
-            problem = check_shard(sdir, K, M, [self._mel_file], frames=shard.get("frames"))
+            problem = check_shard(sdir, manifest, checked, frames=shard.get("frames"))
             if problem is not None:  # header + size only: names a truncated file before training
                 raise broken_shard_error(root, shard["name"], problem)
             # check_shard has validated index.json, the shapes and the sizes; codes are read once
             # here so that the training step needs no range check (no host-device sync): an id >= V
             # would silently read the next codebook's embedding rows
             index = json.loads((sdir / "index.json").read_text())
-            bad_codes = _check_values(sdir, (), self.codebook_size)
+            bad_codes = _check_values(sdir, manifest, ["codes"])
             if bad_codes is not None:
                 raise ValueError(f"{sdir}: {bad_codes}; prepare the data again with this dataset's codec")
             for f in index:
@@ -297,23 +382,25 @@ class PreparedDataset(torch.utils.data.Dataset):
     def sample_rate(self) -> int:
         return int(self.manifest["sample_rate"])
 
-    # -- pickling: memmaps are per process ----------------------------------------------------
+    # -- pickling: readers and memmaps are per process ----------------------------------------------------
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_arrays"] = {}
         return state
 
-    def _open(self, root_index: int, shard: str) -> tuple[np.ndarray, np.ndarray]:
+    def _open(self, root_index: int, shard: str) -> tuple:
+        """Per process, per shard: a ``_Rows`` reader per stream (format 2) or memmaps (format 1)."""
         arrays = self._arrays.get((root_index, shard))
         if arrays is None:
             sdir = self.directories[root_index] / SHARDS_DIR / shard
+            paths = [sdir / STREAMS[n].file for n in self._stored]
             try:
-                arrays = (
-                    np.load(sdir / "codes.npy", mmap_mode="r"),
-                    np.load(sdir / self._mel_file, mmap_mode="r"),
-                )
+                if self._time_major[root_index]:
+                    arrays = tuple(_Rows(p) for p in paths)
+                else:
+                    arrays = tuple(np.load(p, mmap_mode="r") for p in paths)
             except (OSError, ValueError) as e:
-                raise ValueError(f"{sdir}: cannot memory-map shard arrays ({e})") from e
+                raise ValueError(f"{sdir}: cannot open shard arrays ({e})") from e
             self._arrays[(root_index, shard)] = arrays
         return arrays
 
@@ -325,25 +412,35 @@ class PreparedDataset(torch.utils.data.Dataset):
             )
         return self.files[file_index]
 
-    def crop(self, file_index: int, start: int, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Frames ``[start, start + frames)`` of file ``file_index``: ``(codes (K,N) int64, mel (M,N) float32)``."""
+    def crop(self, file_index: int, start: int, frames: int) -> tuple[torch.Tensor, ...]:
+        """Frames ``[start, start + frames)`` of file ``file_index``: one tensor per stream,
+        ``(rows, N)`` (``(N,)`` for one value per frame), private copies in the item dtype. From a
+        format-2 dataset they are transposed views of time-major ``(N, rows)`` memory (not
+        contiguous: ``.contiguous()`` where a layout matters)."""
         f = self._check_file(file_index)
         if frames < 1 or start < 0 or start + frames > f["frames"]:
             raise ValueError(
                 f"crop [{start}, {start + frames}) is outside file {file_index} ({f['path']}) of {f['frames']} frames"
             )
-        codes, mel = self._open(f["root"], f["shard"])
+        arrays = self._open(f["root"], f["shard"])
         a, b = f["offset"] + start, f["offset"] + start + frames
-        return (
-            torch.from_numpy(np.asarray(codes[:, a:b], dtype=np.int64)),  # (K, N)
-            torch.from_numpy(np.array(mel[:, a:b], dtype=np.float32)),  # (M, N), copied out of the memmap
-        )
+        out = []
+        if self._time_major[f["root"]]:
+            for name, rows in zip(self._stored, arrays):
+                block = torch.from_numpy(rows.read(a, b))  # (N, rows): one contiguous read
+                # (rows, N) view of time-major memory: no transposition here (it costs ~15x the
+                # read); torch.stack in collate makes it contiguous, the model reads mel time-major
+                out.append(block.to(STREAMS[name].item_dtype).movedim(0, -1))
+        else:  # format 1: (rows, N_total), one strided read per row
+            for name, arr in zip(self._stored, arrays):
+                out.append(torch.from_numpy(np.array(arr[:, a:b], dtype=_NP_ITEM[STREAMS[name].kind])))
+        return tuple(out)
 
-    def file_arrays(self, file_index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The whole of file ``file_index``: ``(codes (K,T) int64, mel (M,T) float32)``."""
+    def file_arrays(self, file_index: int) -> tuple[torch.Tensor, ...]:
+        """The whole of file ``file_index``: one ``(rows, T)`` tensor per stream."""
         return self.crop(file_index, 0, self._check_file(file_index)["frames"])
 
-    def random_crop(self, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def random_crop(self, generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
         """A uniform draw over all valid ``(file, start)`` windows of ``frames`` frames."""
         if self.frames is None:
             raise ValueError("random_crop needs PreparedDataset(..., frames=N)")
@@ -378,7 +475,7 @@ class PreparedDataset(torch.utils.data.Dataset):
             return len(self.files)
         return self._tiles_cum[-1] if self._tiles_cum else 0
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
         n = len(self)
         if index < 0:
             index += n
@@ -394,5 +491,6 @@ class PreparedDataset(torch.utils.data.Dataset):
         where = str(self.directory) if len(self.directories) == 1 else [str(d) for d in self.directories]
         return (
             f"PreparedDataset({where!r}, split={self.split!r}, frames={self.frames}, "
-            f"files={len(self.files)}, total_frames={self.total_frames}, K={self.num_codebooks}, M={self.n_mels})"
+            f"files={len(self.files)}, total_frames={self.total_frames}, K={self.num_codebooks}, M={self.n_mels}, "
+            f"streams={self.streams})"
         )

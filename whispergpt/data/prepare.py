@@ -5,45 +5,46 @@ Usage::
     whispergpt prepare SRC... --out DIR --codec NAME_OR_PATH [--bandwidth 6] [--n-mels 80]
                        [--val-fraction 0.05] [--seed 0] [--batch-seconds 60] [--shard-seconds 1800]
                        [--device auto|cpu|cuda] [--augment RECIPE.yaml [--copies 1]]
+                       [--no-decoded-mel] [--no-coarse-mel] [--mel-dtype float16|float32] [--latent]
     whispergpt inspect DIR [--max-skipped 10]
 
 SRC is an audio file, a folder (searched recursively for ``audio.AUDIO_EXTENSIONS``, any case) or
 a text file listing paths (one per line, ``#`` comments, relative paths resolved against the list
 file's folder). A missing SRC is an error before any work is done.
 
-Dataset layout (``format_version`` 1)
+Dataset layout (``format_version`` 2)
 -------------------------------------
 ::
 
-    DIR/manifest.json               sample_rate, frame_rate, hop_length, num_codebooks (K),
-                                    codebook_size (V), n_mels (M), codec, bandwidth, codec_config,
-                                    seed, val_fraction, splits: {train: {files, frames, seconds},
-                                    val: {...}}, shards: [{name, split, files, frames}],
-                                    skipped: [{path, reason}], format_version, augment
-    DIR/shards/<split>-<NNNNN>/     one completed shard
-        codes.npy                   (K, N_total) int16, files concatenated along time
-        mel.npy                     (M, N_total) float32, causal log-mel (audio.log_mel), same grid
-        mel_decoded.npy             (M, N_total) float32, causal log-mel of codec.decode(codes) (all
-                                    K codebooks): what sampling feeds back (absent with
-                                    --no-decoded-mel; manifest ``decoded_mel`` says which)
-        index.json                  [{path, frames, offset, seconds, split[, augment]}], offset into N_total
+    DIR/manifest.json    sample_rate, frame_rate, hop_length, num_codebooks (K), codebook_size (V),
+                         n_mels (M), codec, bandwidth, codec_config, seed, val_fraction, augment,
+                         decoded_mel, decoded_coarse_mel, latent, mel_dtype, streams, [latent_dim],
+                         splits: {train: {files, frames, seconds}, val: {...}},
+                         shards: [{name, split, files, frames}], skipped: [{path, reason}], format_version
+    DIR/shards/<split>-<NNNNN>/   one completed shard: one time-major ``.npy`` per stored stream
+                                  (codes, mel, mel_decoded, mel_decoded_coarse, latent; see
+                                  ``whispergpt.data.streams``) + index.json
 
 Column ``t`` of a file's codes and mel is frame ``t`` (samples ``[t*320, (t+1)*320)``); a file of
 ``S`` samples has ``S // 320`` frames (trailing partial hop dropped, as both ``Codec.encode`` and
-``log_mel`` do). Read it with ``whispergpt.data.PreparedDataset``.
+``log_mel`` do). Read it with ``whispergpt.data.PreparedDataset``. The decoded mels (on by
+default; ``--no-decoded-mel`` drops both, ``--no-coarse-mel`` the second) are what sampling feeds back: ``mel_decoded`` decodes
+all K codebooks (delay/parallel models), ``mel_decoded_coarse`` codebook 0 alone (coarse models).
+``--latent`` adds ``Codec.latent`` (what the codes quantize; the EnCodecMAE input). Measured
+costs of each: docs/DATA.md.
 
 Crash safety and resume
 -----------------------
-A shard is written into ``DIR/shards/.tmp-<name>-<pid>/`` and renamed into place only once its
-three files are complete; ``manifest.json`` is written to a temp file and ``os.replace``-d, after
+A shard is written into ``DIR/shards/.tmp-<name>-<pid>/`` and renamed into place only once all its
+files are complete; ``manifest.json`` is written to a temp file and ``os.replace``-d, after
 every shard. Readers use only shards named in the manifest; ``prepare`` on an existing DIR
 rebuilds the shard list from the completed shard directories on disk (so a shard renamed just
 before a crash is kept), deletes stale ``.tmp-*`` directories, and encodes only files not yet in a
 completed shard. A shard failing the cheap check (``dataset.check_shard``) is moved aside to
 ``.bad-<name>`` and its files are encoded again (``inspect --verify`` checks values too); a failed
 write (full disk) removes the temp shard and stops with one line. Codec, bandwidth, n_mels, seed,
-val_fraction and augment must match the existing
-manifest (else ``ValueError``: use a new ``--out``). Unreadable files are retried on resume; the
+val_fraction, augment and the stored streams must match the existing manifest (else
+``ValueError``: use a new ``--out``); a format-1 dataset (older version) cannot be extended. Unreadable files are retried on resume; the
 ``skipped`` list is keyed by path, so it stays deduplicated.
 
 Split
@@ -69,10 +70,10 @@ tiny random codec (10 s of noise, 1 s chunks) and 99.98% of codes on the full-si
 (random codebooks, 27 s of speech, 10 s chunks; 99.45% without the context). Batched vs one-by-one
 is bit-exact on one thread; with several threads, last-bit float differences can flip a near-tie
 code (~1% of frames seen with random tiny codebooks). The mel is computed per file on the whole waveform
-(cheap, exact). The decoded mel decodes each file's codes (``Codec.decode`` is causal, so whole-
+(cheap, exact). The decoded mels decode each file's codes (``Codec.decode`` is causal, so whole-
 file decoding equals what the sampler's feedback loop reconstructs frame by frame, up to its
 stated window error); long files are decoded in ``batch_seconds`` chunks with ``CONTEXT_SECONDS``
-of left context, like encoding. It roughly doubles the preparation time. Work runs under ``torch.inference_mode`` on ``--device`` (``auto``: CUDA when
+of left context, like encoding. Each decode costs about one encode. Work runs under ``torch.inference_mode`` on ``--device`` (``auto``: CUDA when
 available).
 """
 
@@ -89,11 +90,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..audio import AUDIO_EXTENSIONS, HOP_LENGTH, SAMPLE_RATE, AudioLoadError, log_mel, num_frames
+from ..audio import AUDIO_EXTENSIONS, HOP_LENGTH, SAMPLE_RATE, AudioLoadError, num_frames
 from ..errors import WhisperGPTError
 from ..runtime import move_aside, resolve_device, write_json_atomic
 from .augment import AugmentedCopies, AugmentRecipe
 from .dataset import FORMAT_VERSION, MANIFEST, SHARDS_DIR, check_shard, read_manifest
+from .encode import decode_long, encode_batch, encode_long, latent_dim  # noqa: F401 (public here too)
+from .streams import MEL_DTYPES, STREAMS, FileWork
 
 CONTEXT_SECONDS = 2.0
 SPLITS = ("train", "val")
@@ -190,79 +193,27 @@ def assign_splits(paths: Sequence[Path], val_fraction: float, seed: int) -> dict
     return {name: ("val" if name in val else "train") for name in names}
 
 
-# -- encoding -----------------------------------------------------------------------------------
-def encode_long(codec, wave: torch.Tensor, chunk_frames: int, context_frames: int) -> torch.Tensor:
-    """Encode ``(S,)`` audio in chunks of ``chunk_frames`` with ``context_frames`` of left context.
-
-    Returns ``(K, S // 320)`` codes; each chunk is encoded from ``context_frames`` earlier frames
-    (discarded) so the encoder's receptive field and LSTM state are warmed up.
-    """
-    if chunk_frames < 1 or context_frames < 0:
-        raise ValueError(
-            f"chunk_frames must be >= 1 and context_frames >= 0, got {chunk_frames}, {context_frames}"
-        )
-    T = num_frames(wave.shape[-1])
-    parts = []
-    for s in range(0, T, chunk_frames):
-        a = max(0, s - context_frames)
-        e = min(T, s + chunk_frames)
-        codes = codec.encode(wave[None, a * HOP_LENGTH : e * HOP_LENGTH])[0]  # (K, e - a)
-        parts.append(codes[:, s - a :])
-    out = torch.cat(parts, dim=-1) if parts else codec.encode(wave[None, :0])[0]
-    assert out.shape[-1] == T
-    return out
-
-
-def encode_batch(codec, waves: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """Encode several ``(S_i,)`` waves in one padded call; returns ``(K, S_i // 320)`` codes each."""
-    S = max(w.shape[-1] for w in waves)
-    batch = torch.zeros(len(waves), S, dtype=torch.float32)  # (B, S), zero-padded at the end
-    for i, w in enumerate(waves):
-        batch[i, : w.shape[-1]] = w
-    codes = codec.encode(batch).cpu()  # (B, K, T)
-    return [codes[i, :, : num_frames(w.shape[-1])] for i, w in enumerate(waves)]
-
-
-def decode_long(codec, codes: torch.Tensor, chunk_frames: int, context_frames: int) -> torch.Tensor:
-    """Decode ``(K, T)`` codes to ``(T * 320,)`` audio in chunks with ``context_frames`` of left context."""
-    T = codes.shape[-1]
-    parts = []
-    for s in range(0, T, chunk_frames):
-        a = max(0, s - context_frames)
-        e = min(T, s + chunk_frames)
-        audio = codec.decode(codes[None, :, a:e])[0]  # (S_chunk,)
-        parts.append(audio[(s - a) * HOP_LENGTH :])
-    return torch.cat(parts) if parts else codes.new_zeros(0, dtype=torch.float32)
-
-
 class _ShardWriter:
     """Accumulates encoded files of one split and writes them as atomic shard directories."""
 
-    def __init__(self, root: Path, split: str, next_index: int, shard_frames: int, on_shard):
+    def __init__(self, root: Path, split: str, next_index: int, shard_frames: int, on_shard, manifest: dict):
         self.root, self.split, self.index, self.shard_frames = root, split, next_index, shard_frames
         self.on_shard = on_shard
-        self.codes: list[np.ndarray] = []
-        self.mels: list[np.ndarray] = []
-        self.mels_decoded: list[np.ndarray] = []
+        self.streams = [STREAMS[n] for n in manifest["streams"]]
+        self.storage = {st.name: st.storage(manifest) for st in self.streams}
+        self.arrays: dict[str, list[np.ndarray]] = {st.name: [] for st in self.streams}
         self.entries: list[dict] = []
         self.frames = 0
 
     def add(
-        self,
-        path: str,
-        codes: torch.Tensor,
-        mel: torch.Tensor,
-        seconds: float,
-        mel_decoded: torch.Tensor | None,
-        extra: dict | None = None,
+        self, path: str, arrays: dict[str, np.ndarray], seconds: float, extra: dict | None = None
     ) -> None:
-        T = codes.shape[-1]
-        assert mel.shape[-1] == T, (codes.shape, mel.shape)
-        self.codes.append(codes.numpy().astype(np.int16))
-        self.mels.append(mel.numpy().astype(np.float32, copy=False))
-        if mel_decoded is not None:
-            assert mel_decoded.shape == mel.shape, (mel_decoded.shape, mel.shape)
-            self.mels_decoded.append(mel_decoded.numpy().astype(np.float32, copy=False))
+        """One file's stream arrays, each ``(T, *frame_shape)`` (time-major)."""
+        T = arrays["codes"].shape[0]
+        for st in self.streams:
+            a = arrays[st.name]
+            assert a.shape[0] == T, (st.name, a.shape, T)
+            self.arrays[st.name].append(np.ascontiguousarray(a, dtype=self.storage[st.name]))  # C order
         self.entries.append(dict(path=path, frames=T, offset=self.frames, seconds=seconds, split=self.split, **(extra or {})))  # fmt: skip
         self.frames += T
         if self.frames >= self.shard_frames:
@@ -270,11 +221,8 @@ class _ShardWriter:
 
     def _write(self, tmp: Path) -> None:
         tmp.mkdir(parents=True)
-        np.save(tmp / "codes.npy", np.concatenate(self.codes, axis=1))  # (K, N_total)
-        np.save(tmp / "mel.npy", np.concatenate(self.mels, axis=1))  # (M, N_total)
-        if self.mels_decoded:
-            assert len(self.mels_decoded) == len(self.mels)
-            np.save(tmp / "mel_decoded.npy", np.concatenate(self.mels_decoded, axis=1))  # (M, N_total)
+        for st in self.streams:
+            np.save(tmp / st.file, np.concatenate(self.arrays[st.name], axis=0))  # (N_total, *frame_shape)
         (tmp / "index.json").write_text(json.dumps(self.entries, indent=1))
         for f in tmp.iterdir():  # data on disk before the rename makes the shard visible
             with open(f, "rb") as fh:
@@ -299,26 +247,27 @@ class _ShardWriter:
             ) from e
         os.rename(tmp, final)
         shard = dict(name=name, split=self.split, files=len(self.entries), frames=self.frames)
-        self.codes, self.mels, self.mels_decoded, self.entries, self.frames = [], [], [], [], 0
+        self.arrays = {st.name: [] for st in self.streams}
+        self.entries, self.frames = [], 0
         self.index += 1
         self.on_shard(shard)
 
 
-def _scan_shards(root: Path, old: dict | None = None) -> tuple[list[dict], set[str]]:
+def _scan_shards(root: Path, manifest: dict, check: bool) -> tuple[list[dict], set[str]]:
     """Completed shards on disk (``[{name, split, files, frames}]``) and the paths they hold; with
-    the existing manifest ``old``, broken shards (cheap check) are moved aside, their files not done."""
+    ``check`` (resuming), broken shards (cheap check) are moved aside, their files not done."""
     shards, done = [], set()
     if not root.is_dir():
         return shards, done
+    files = [STREAMS[n].file for n in manifest["streams"]] + ["index.json"]
     for d in sorted(root.iterdir()):
         if d.name.startswith(".") or not d.is_dir():
             continue
         split = d.name.rsplit("-", 1)[0]
-        if split not in SPLITS or not all((d / f).is_file() for f in ("codes.npy", "mel.npy", "index.json")):
+        if split not in SPLITS or not all((d / f).is_file() for f in files):
             continue
-        if old is not None:
-            mel_files = ["mel.npy"] + (["mel_decoded.npy"] if old.get("decoded_mel") else [])
-            problem = check_shard(d, int(old["num_codebooks"]), int(old["n_mels"]), mel_files)
+        if check:
+            problem = check_shard(d, manifest)
             if problem is not None:
                 moved = move_aside(d)
                 print(f"prepare: shard {d.name} is broken ({problem}); moved aside to {moved.name}, "
@@ -373,9 +322,15 @@ def prepare(
     decoded_mel: bool = True,
     augment: str | os.PathLike | AugmentRecipe | None = None,
     copies: int = 1,
+    mel_dtype: str = "float16",
+    latent: bool = False,
+    decoded_coarse_mel: bool | None = None,
 ) -> dict:
     """Encode ``sources`` into the dataset at ``out`` (resuming if it exists); returns the manifest.
 
+    Streams stored: codes and mel always; ``decoded_mel`` the log-mel of the all-codebook decode,
+    ``decoded_coarse_mel`` (default: as ``decoded_mel``) of the codebook-0 decode; ``latent`` the
+    codec encoder's output. ``mel_dtype``: float16 or float32 for every mel stream.
     Raises ``ValueError`` for bad arguments / a mismatched existing dataset, and
     ``NoUsableAudioError`` (after writing the manifest) when no file at all could be used.
     """
@@ -387,17 +342,27 @@ def prepare(
         raise ValueError(f"n_mels must be >= 1, got {n_mels}")
     if batch_seconds <= 0 or shard_seconds <= 0:
         raise ValueError(f"batch_seconds and shard_seconds must be > 0, got {batch_seconds}, {shard_seconds}")
+    if mel_dtype not in MEL_DTYPES:
+        raise ValueError(f"mel_dtype must be one of {list(MEL_DTYPES)}, got {mel_dtype!r}")
     aug = AugmentedCopies(augment, copies, seed)  # train copies SRC#augN (none without a recipe)
     candidates, unreadable = scan_sources(sources)  # errors on a missing SRC before any work
     split_of = assign_splits(candidates, val_fraction, seed)
     out = Path(out)
     root = out / SHARDS_DIR
+    coarse = decoded_mel if decoded_coarse_mel is None else decoded_coarse_mel
     settings = dict(codec=str(codec), bandwidth=float(bandwidth), n_mels=int(n_mels), seed=int(seed),
-                    val_fraction=float(val_fraction), decoded_mel=bool(decoded_mel), augment=aug.settings())  # fmt: skip
+                    val_fraction=float(val_fraction), decoded_mel=bool(decoded_mel), decoded_coarse_mel=bool(coarse),
+                    latent=bool(latent), mel_dtype=str(mel_dtype), augment=aug.settings())  # fmt: skip
+    streams = [name for name, st in STREAMS.items() if st.enabled(settings)]  # registry order
     skipped: dict[str, str] = {}
     old = None
     if (out / MANIFEST).exists():
         old = read_manifest(out)
+        if old["format_version"] != FORMAT_VERSION:
+            raise ValueError(
+                f"{out} holds a format-{old['format_version']} dataset (channel-major shards, written by an "
+                f"older whispergpt): it still trains, but files cannot be added to it; use a new --out"
+            )
         diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
         if diff:
             raise ValueError(
@@ -412,7 +377,7 @@ def prepare(
     root.mkdir(parents=True, exist_ok=True)
     for d in root.glob(".tmp-*"):  # debris of an interrupted run: never valid
         shutil.rmtree(d, ignore_errors=True)
-    shards, done = _scan_shards(root, old)
+    shards, done = _scan_shards(root, old or dict(streams=streams), check=old is not None)
     for p in done:
         skipped.pop(p, None)
     for p in list(skipped):  # a folder or a link was skipped by the scan, which this run redoes
@@ -442,13 +407,21 @@ def prepare(
             codebook_dim=cfg.codebook_dim,
             target_bandwidths=[float(b) for b in cfg.target_bandwidths],
         ),
+        streams=streams,
         mel="causal log-mel, 1024-sample window ending at (t+1)*320, see whispergpt.audio",
         mel_decoded=(
             f"the same log-mel of codec.decode(codes) with all {cdc.num_codebooks} codebooks (mel_decoded.npy)"
             if decoded_mel
             else None
         ),
+        mel_decoded_coarse=(
+            "the same log-mel of codec.decode(codes[:1]), codebook 0 alone (mel_decoded_coarse.npy)"
+            if coarse
+            else None
+        ),
     )
+    if latent:
+        base["latent_dim"] = latent_dim(cdc)
 
     def write_manifest() -> dict:
         manifest = dict(base)
@@ -487,9 +460,12 @@ def prepare(
     print(
         f"prepare: {len(candidates)} candidate files ({len(done)} already done, {n_pending} to encode) -> {out}; "
         f"codec {codec} @ {bandwidth} kbps (K={cdc.num_codebooks}, V={cdc.codebook_size}), n_mels={n_mels}, "
-        f"device {dev}",
+        f"device {dev}; streams {', '.join(streams)}, mel {mel_dtype}",
         flush=True,
     )
+    need_latent = any(STREAMS[name].needs_latent for name in streams)
+    want_latent = dict(with_latent=True) if need_latent else {}  # the plain call otherwise (tests wrap it)
+    state: dict = {}  # the stream writers' per-run scratch
     t0 = time.perf_counter()
     audio_seconds = 0.0
     n_encoded = 0
@@ -500,20 +476,20 @@ def prepare(
             for split in SPLITS:
                 next_index = 1 + max((int(sh["name"].rsplit("-", 1)[1]) for sh in shards if sh["split"] == split),
                                      default=-1)  # fmt: skip
-                writer = _ShardWriter(root, split, next_index, shard_frames, on_shard)
+                writer = _ShardWriter(root, split, next_index, shard_frames, on_shard, base)
                 for batch in _batches(pending[split], batch_seconds, skip, aug.load):
                     waves = [w for _, w in batch]
                     if len(batch) == 1 and waves[0].shape[-1] > batch_seconds * SAMPLE_RATE:
-                        codes = [encode_long(cdc, waves[0], chunk_frames, context_frames).cpu()]
+                        encoded = encode_long(cdc, waves[0], chunk_frames, context_frames, **want_latent)
+                        codes, latents = ([encoded[0]], [encoded[1]]) if need_latent else ([encoded], [None])
                     else:
-                        codes = encode_batch(cdc, waves)
-                    for (p, w), c in zip(batch, codes):
-                        mel = log_mel(w.to(dev), n_mels=n_mels).cpu()  # (M, T)
-                        mel_dec = None
-                        if decoded_mel:
-                            audio = decode_long(cdc, c.to(dev), chunk_frames, context_frames)  # (T*320,)
-                            mel_dec = log_mel(audio, n_mels=n_mels).cpu()  # (M, T)
-                        writer.add(p, c, mel, w.shape[-1] / SAMPLE_RATE, mel_dec, aug.pop_record(p))
+                        encoded = encode_batch(cdc, waves, **want_latent)
+                        codes, latents = encoded if need_latent else (encoded, [None] * len(waves))
+                    for (p, w), c, lat in zip(batch, codes, latents):
+                        work = FileWork(p, w.to(dev), c.cpu(), None if lat is None else lat.float().cpu(), cdc,
+                                        settings, chunk_frames, context_frames, state)  # fmt: skip
+                        arrays = {name: STREAMS[name].writer(work) for name in streams}  # (T, ...) each
+                        writer.add(p, arrays, w.shape[-1] / SAMPLE_RATE, aug.pop_record(p))
                         written.add(p)
                         skipped.pop(p, None)  # skipped by an earlier run, readable now
                         audio_seconds += w.shape[-1] / SAMPLE_RATE

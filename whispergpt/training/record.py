@@ -2,7 +2,8 @@
 
 Every checkpoint training writes (``checkpoints/step-*`` and ``final/``) holds
 ``training_data.json`` (``TRAINING_DATA_FILE``): the codec and bandwidth the data was prepared
-with, K, V, M, sample rate, the mel source, the data directories and the step. Sampling picks the
+with, K, V, M, sample rate, the mel source (``data.mel_source`` as resolved: truth, decoded, or
+decoded_coarse for a coarse model: the mel of codebook 0 alone), the data directories and the step. Sampling picks the
 same codec from it and evaluation reports the mel source; neither needs the trainer.
 
 Legacy runs wrote the record into ``final/`` only: for their step checkpoints the record of the
