@@ -325,7 +325,9 @@ def _scripted_val(monkeypatch, by_step: dict[int, float], crash_at: int | None =
         v = by_step[self.step]
         return dict(val_nll=v, val_ppl=float(np.exp(v)), val_nll_per_codebook=[v, v])
 
-    monkeypatch.setattr(trainer.Trainer, "evaluate", evaluate)
+    from whispergpt.training.trainer import Trainer
+
+    monkeypatch.setattr(Trainer, "evaluate", evaluate)
 
 
 def test_early_stop_writes_final_and_a_rerun_does_not_train_further(data_dir, tmp_path, monkeypatch, capsys):

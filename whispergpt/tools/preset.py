@@ -164,8 +164,10 @@ def _env(threads: int) -> dict:
 
 
 def _eval_args(run: Run, checkpoint: Path, out: Path) -> list[str]:
+    # eval's "decoded" decodes the codebooks the model generates: decoded_coarse for coarse
+    mel = "decoded" if run.record["mel"].startswith("decoded") else run.record["mel"]
     return ["eval", "--checkpoint", str(checkpoint), "--data", run.record["data"], "--split", "val",
-            "--mel", run.record["mel"], "--out", str(out)]  # fmt: skip
+            "--mel", mel, "--out", str(out)]  # fmt: skip
 
 
 def _call(launch: list[str] | None, args: list[str], log: Path, threads: int) -> None:
