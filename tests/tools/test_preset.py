@@ -111,3 +111,16 @@ def test_paper_preset_end_to_end_tiny_then_resumes(tiny_dataset, tmp_path, capsy
     shutil.rmtree(one / "final")
     (one / "eval.json").unlink()
     assert pr.run_preset("paper", out, "tiny", {"speech": str(tiny_dataset)}, seeds=2)["runs_done_now"] == 1
+
+
+def test_compare_cli_checks_its_flags(tmp_path, capsys):
+    from whispergpt.tools.compare import main
+
+    out = ["--out", str(tmp_path / "o")]
+    assert main(out) == 2  # neither a preset nor the two sets
+    assert main([*out, "--speech", str(tmp_path)]) == 2  # one set alone
+    assert main([*out, "--preset", "paper", "--tokens", "5"]) == 2
+    assert main([*out, "--preset", "paper", "--estimate", "5"]) == 2  # two step counts
+    assert main([*out, "--preset", "nope", "--speech", str(tmp_path), "--music", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "give both --speech and --music" in err and "preset 'nope' not found" in err

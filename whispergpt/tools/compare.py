@@ -360,6 +360,9 @@ def main(argv: list[str]) -> int:
     if args.preset:
         from .preset import run_preset
 
+        if args.tokens is not None:
+            ap.error("--tokens sizes the runs of --scale tiny|paper; a preset's budget is train.max_steps=N")
+
         steps = None
         if args.estimate:
             try:
