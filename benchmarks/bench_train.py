@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from whispergpt.models.flops import matmul_params, train_flops_per_step  # noqa: F401 (used here and by tests)
+
 # Dense bf16 tensor-core peaks (no 2:4 sparsity), FLOP/s, from the vendors' data sheets. MFU on any
 # other GPU is reported as null rather than guessed.
 BF16_PEAK_FLOPS: dict[str, float] = {
@@ -102,33 +104,6 @@ def peak_memory_mib(device: torch.device) -> float | None:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return None
-
-
-def matmul_params(module: nn.Module) -> int:
-    """Parameters that take part in matmuls: ``nn.Linear`` weights (output heads included).
-
-    Embedding tables (lookups, no FLOPs), biases and norm gains are left out, as in the usual
-    ``6 N`` accounting (Kaplan et al. 2020; PaLM appendix B).
-    """
-    return sum(m.weight.numel() for m in module.modules() if isinstance(m, nn.Linear))
-
-
-def train_flops_per_step(
-    n_matmul: int, stacks: list[tuple[int, int]], batch: int, positions: int, causal: bool = False
-) -> float:
-    """Model FLOPs of one training step (forward + backward), PaLM's formula.
-
-    ``6 * N * B * P + sum over stacks of 12 * L * W * P * B * P``: ``N`` matmul parameters, ``B``
-    sequences of ``P`` positions, and for each transformer stack of ``L`` layers and width ``W``
-    the attention score/value products (``QK^T`` and ``AV``: 2 * 2 * W * P FLOPs per position and
-    layer forward, x3 for forward + backward), counted without the causal halving, as PaLM does;
-    ``causal=True`` halves that term (a causal kernel computes only the lower triangle, as
-    FlashAttention-style kernels and nanoGPT/Megatron MFU do: 6 instead of 12). Recomputation is
-    not counted (it is hardware FLOPs, not model FLOPs).
-    """
-    per_layer = 6 if causal else 12
-    attn = sum(per_layer * layers * width * positions for layers, width in stacks)
-    return float(batch * positions * (6 * n_matmul + attn))
 
 
 def state_bytes(model: nn.Module, opt: torch.optim.Optimizer | None = None) -> int:

@@ -297,12 +297,16 @@ class TrainConfig:
     # PATH: that checkpoint (or that run's newest valid one); "none": never resume (an error if
     # out_dir already holds checkpoints, so a script cannot silently continue an old run)
     resume_from: str | None = None
+    # stop once val NLL has not improved on its best for this many evaluations in a row (every
+    # eval_every steps); 0: off, train to max_steps. A stopped run writes its last checkpoint and
+    # final/ there, and a rerun of it does not train further.
+    early_stop_patience: int = 0
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "grad_accum", "save_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "eval_every", "keep_last"):
+        for name in ("warmup_steps", "eval_every", "keep_last", "early_stop_patience"):
             if getattr(self, name) < 0:
                 raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if not (self.lr > 0 and 0 <= self.min_lr <= self.lr):
@@ -317,6 +321,8 @@ class TrainConfig:
             raise ValueError(f"train.eval_batches must be an integer or 'full', got {self.eval_batches!r}")
         if isinstance(self.eval_batches, int) and self.eval_batches < 0:
             raise ValueError(f"train.eval_batches must be >= 0, got {self.eval_batches}")
+        if self.early_stop_patience and not self.eval_every:
+            raise ValueError("train.early_stop_patience needs periodic validation: set train.eval_every > 0")
         if self.resume_from is not None and (not isinstance(self.resume_from, str) or not self.resume_from):
             raise ValueError(f"train.resume_from must be null, none or a path, got {self.resume_from!r}")
 

@@ -314,3 +314,68 @@ def test_resume_after_sigkill_is_bit_exact(data_dir, tmp_path):
     )
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert [s for s, _ in ckpt_io.list_checkpoints(cut)] == [20, 24]  # keep_last=2
+
+
+def _scripted_val(monkeypatch, by_step: dict[int, float], crash_at: int | None = None) -> None:
+    """Trainer.evaluate returns ``by_step[step]`` (raises at ``crash_at``: a run killed mid-way)."""
+
+    def evaluate(self):
+        if self.step == crash_at:
+            raise KeyboardInterrupt("killed")
+        v = by_step[self.step]
+        return dict(val_nll=v, val_ppl=float(np.exp(v)), val_nll_per_codebook=[v, v])
+
+    from whispergpt.training.trainer import Trainer
+
+    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+
+
+def test_early_stop_writes_final_and_a_rerun_does_not_train_further(data_dir, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    args = [str(TINY), *quiet(data_dir, out, "train.max_steps=8", "train.eval_every=1", "train.save_every=4",
+            "train.early_stop_patience=2", "train.batch_size=2", "model.context=16")]  # fmt: skip
+    # best 4.0 at step 2, then two evaluations without a new best (an equal value is no improvement)
+    _scripted_val(monkeypatch, {1: 5.0, 2: 4.0, 3: 4.5, 4: 4.0, 5: 3.0})
+    assert main(args) == 0
+    assert (
+        "step 4: early stop, val NLL has not improved on 4.0000 for 2 evaluations" in capsys.readouterr().out
+    )
+    assert [s for s, _ in ckpt_io.list_checkpoints(out)] == [4]
+    state = ckpt_io.read_trainer_state(ckpt_io.latest_checkpoint(out))
+    assert (state["step"], state["best_val_nll"], state["evals_since_best"]) == (4, 4.0, 2)
+    assert (out / "final" / "model.safetensors").is_file()
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last == dict(step=4, early_stop=True, best_val_nll=4.0)
+    losses, _ = read_metrics(out)
+    assert sorted(losses) == [1, 2, 3, 4]
+
+    assert main(args) == 0  # the stopped run is complete: resumed at step 4, nothing trained
+    assert "resuming from" in capsys.readouterr().out
+    assert sorted(read_metrics(out)[0]) == [1, 2, 3, 4]
+    assert [s for s, _ in ckpt_io.list_checkpoints(out)] == [4]
+
+    # patience 0 (off) never stops: the same values train to max_steps
+    off = tmp_path / "off"
+    _scripted_val(monkeypatch, dict.fromkeys(range(1, 9), 4.0))
+    assert main([str(TINY), *quiet(data_dir, off, "train.max_steps=3", "train.eval_every=1", "train.batch_size=2",
+                 "model.context=16")]) == 0  # fmt: skip
+    assert sorted(read_metrics(off)[0]) == [1, 2, 3]
+
+
+def test_early_stop_counter_survives_a_resume(data_dir, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    args = [str(TINY), *quiet(data_dir, out, "train.max_steps=8", "train.eval_every=1", "train.save_every=2",
+            "train.early_stop_patience=2", "train.batch_size=2", "model.context=16")]  # fmt: skip
+    vals = {1: 5.0, 2: 6.0, 3: 6.5, 4: 1.0}
+    _scripted_val(monkeypatch, vals, crash_at=3)  # killed after the step-2 checkpoint (1 eval without a best)
+    assert main(args) != 0
+    assert ckpt_io.read_trainer_state(ckpt_io.latest_checkpoint(out))["evals_since_best"] == 1
+    _scripted_val(monkeypatch, vals)
+    assert main(args) == 0  # stops at step 3, as the uninterrupted run would (not at 4)
+    assert ckpt_io.read_trainer_state(ckpt_io.latest_checkpoint(out))["step"] == 3
+    assert (out / "final" / "model.safetensors").is_file()
+
+
+def test_early_stop_needs_periodic_validation(data_dir, tmp_path):
+    with pytest.raises(ConfigError, match="early_stop_patience needs periodic validation"):
+        load_run_config(TINY, quiet(data_dir, tmp_path, "train.early_stop_patience=3", "train.eval_every=0"))

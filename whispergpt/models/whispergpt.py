@@ -1,7 +1,7 @@
 """The Whisper-GPT hybrid decoder (Verma 2024) and its token-only baseline.
 
 At every pattern step (see ``whispergpt.patterns``) the model reads the tokens placed at the
-previous step (codebook embeddings summed, MusicGen-style) and, unless ``fusion="none"``, the
+previous step (codebook embeddings summed, MusicGen-style, or concatenated: ``token_input``) and, unless ``fusion="none"``, the
 lagged log-mel frame passed through a small causal transformer (the "mel branch", width
 ``mel_dim``). The two are fused (``concat`` | ``sum`` | ``interleave``), a pre-norm GPT decoder
 runs over the steps, and ``Ks`` heads predict the tokens placed at the current step.
@@ -59,6 +59,7 @@ from .blocks import (  # noqa: F401  (re-exported: the old home of the blocks)
 from .depth import DepthState, DepthTransformer, DepthWeights
 from .loss import chunked_nll, nll_per_codebook  # noqa: F401  (nll_per_codebook: re-exported)
 from .registry import check_model_type
+from .token_input import check_token_input, embed_tokens, table_width
 
 FUSIONS = ("concat", "sum", "interleave", "none")
 POS_EMBS = ("rope", "learned")
@@ -86,6 +87,7 @@ class WhisperGPTConfig:
     mel_layers: int = 2
     mel_heads: int = 2
     pos_emb: Literal["rope", "learned"] = "rope"
+    token_input: Literal["sum", "concat"] = "sum"  # a step's codebook embeddings: see token_input.py
     tie_weights: bool = False
     bias: bool = True
     rope_base: float = 10000.0
@@ -130,6 +132,8 @@ class WhisperGPTConfig:
                 raise ValueError(
                     "tie_weights: pattern 'depth' has no temporal head to tie; use tie_weights=false"
                 )
+        tok_width = self.d_model - self.mel_dim if self.fusion == "concat" else self.d_model
+        check_token_input(self.token_input, tok_width, self.input_codebooks, self.tie_weights)
         if self.tie_weights and self.fusion == "concat":
             raise ValueError(
                 "tie_weights needs token embeddings of width d_model, but fusion 'concat' gives them "
@@ -231,7 +235,8 @@ class WhisperGPT(nn.Module):
         max_steps = c.max_steps
         tok_dim = c.d_model - c.mel_dim if c.fusion == "concat" else c.d_model
         # Kin tables of V + 1 rows (id V = BOS/pad) in one Embedding, addressed with offsets.
-        self.tok_emb = nn.Embedding(self.num_input_codebooks * (c.codebook_size + 1), tok_dim)
+        width = table_width(c.token_input, tok_dim, self.num_input_codebooks)
+        self.tok_emb = nn.Embedding(self.num_input_codebooks * (c.codebook_size + 1), width)
         self.register_buffer(
             "tok_offsets", torch.arange(self.num_input_codebooks) * (c.codebook_size + 1), persistent=False
         )
@@ -321,8 +326,8 @@ class WhisperGPT(nn.Module):
         start = 0 if cache is None else cache.steps
         if cache is not None and start + P > cache.max_steps:
             raise ValueError(f"cache holds {cache.max_steps} steps, this call needs {start + P}")
-        # token embedding: sum over the Kin codebooks -> (B, P, E)
-        x = self.tok_emb(step_tokens + self.tok_offsets[None, :, None]).sum(dim=1)
+        # token embedding of the Kin codebooks (summed or concatenated) -> (B, P, E)
+        x = embed_tokens(self.tok_emb, step_tokens + self.tok_offsets[None, :, None], c.token_input)
         if self.mel_branch is not None:
             if step_mel is None:
                 if start + P > 1 + c.mel_lag:
@@ -425,8 +430,7 @@ class WhisperGPT(nn.Module):
         c, start = self.config, cache.steps
         B = step_tokens.shape[0]
         w = self._decode_weights()
-        # token embedding summed over the Kin codebooks: (B, Kin) -> (B, E)
-        x = self.tok_emb(step_tokens + self.tok_offsets).sum(dim=1)
+        x = embed_tokens(self.tok_emb, step_tokens + self.tok_offsets, c.token_input)  # (B, Kin) -> (B, E)
         pos = start
         if self.mel_branch is not None:
             m = self.mel_branch.step(step_mel, cache.mel, start, B, w and w.mel)  # (B, mel_dim)

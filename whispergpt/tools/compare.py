@@ -4,6 +4,8 @@ Usage::
 
     whispergpt compare --speech DIR --music DIR --out DIR [--scale tiny|paper] [--tokens N]
                        [--launcher CMD] [--processes N] [key=value ...]
+    whispergpt compare --preset paper --out DIR [--scale cpu|gpu|tiny] [--seeds N] [--jobs N]
+                       [--speech DIR --music DIR | --corpus DIR] [--estimate [A,B]] [key=value ...]
 
 For each prepared set (``--speech``, ``--music``: ``whispergpt prepare`` outputs with a ``val``
 split) it trains the three paper recipes (``paper_gpt_s``, ``paper_gpt_l``, ``paper_hybrid``) for
@@ -30,6 +32,10 @@ the real audio) and ``OUT/<set>/score/<recipe>/`` their scores (``whispergpt sco
 GPT-L as the one judge); ``OUT/compare.{json,md}`` the tables.
 Resumable: a run whose ``final/`` exists is not trained again (a killed run resumes from its last
 checkpoint), and an evaluation newer than its three models is reused. Delete a folder to redo it.
+
+``--preset NAME`` runs a whole comparison instead (models x settings x seeds x sets, trained to
+convergence, with seed spread, equal-FLOPs reading and curves): ``tools/preset.py``, e.g.
+``whispergpt compare --preset paper --out runs/paper`` (issue 20; docs/EVAL.md).
 
 Training and evaluation run in this process by default, or as subprocesses through ``--launcher``
 (output in ``train.log`` / ``eval.log``), e.g. ``--launcher "accelerate launch --num_processes 8"
@@ -59,9 +65,9 @@ CONFIGS = recipes_dir()
 
 
 def scales(configs: str | os.PathLike = CONFIGS) -> list[str]:
-    """The scales ``configs/compare/<scale>/`` defines."""
+    """The scales ``configs/compare/<scale>/`` defines (folders with a ``scale.yaml``)."""
     root = Path(configs) / "compare"
-    return sorted(d.name for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
+    return sorted(d.name for d in root.iterdir() if (d / "scale.yaml").is_file()) if root.is_dir() else []
 
 
 def _set_by(overrides: list[str], key: str) -> bool:
@@ -95,14 +101,14 @@ def run_config(recipe: str, data_dir: str, out_dir: Path, scale: str, tokens: in
     return cfg
 
 
-def _run(cmd: list[str], log: Path) -> None:
-    """Run ``cmd``, teeing its output into ``log``; ``RuntimeError`` naming the log if it fails."""
+def _run(cmd: list[str], log: Path, env: dict | None = None) -> None:
+    """Run ``cmd`` (in ``env``), its output appended to ``log``; ``CommandFailed`` naming the log."""
     log.parent.mkdir(parents=True, exist_ok=True)
     print("$ " + shlex.join(cmd), flush=True)
     with open(log, "a") as f:
         f.write("$ " + shlex.join(cmd) + "\n")
         f.flush()
-        r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
+        r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
     if r.returncode != 0:
         sys.stderr.write("".join(log.read_text().splitlines(keepends=True)[-20:]))
         raise CommandFailed(
@@ -285,17 +291,29 @@ def main(argv: list[str]) -> int:
     ap = make_parser(
         "whispergpt compare",
         "Train the paper's GPT-S / GPT-L / hybrid recipes on a speech and a music set for the "
-        "same number of tokens, evaluate them, and write the paper-style table.",
+        "same number of tokens, evaluate them, and write the paper-style table. With --preset: "
+        "a whole comparison (models x settings x seeds x sets, trained to convergence) in one "
+        "command, with its seed spread, equal-FLOPs reading and curves (docs/EVAL.md).",
         """
+        whispergpt compare --preset paper --out runs/paper
+        whispergpt compare --preset paper --out runs/paper --estimate
+        whispergpt compare --preset paper --scale gpu --out runs/paper-gpu --minutes 60
+        whispergpt compare --preset paper --out runs/paper \
+            --speech runs/quickstart/prepared/speech --music runs/quickstart/prepared/music
         whispergpt compare --speech data/prepared/speech --music data/prepared/music --out runs/compare
         whispergpt compare --speech ds/s --music ds/m --out runs/c --scale tiny train.lr=1e-3 \
             --launcher "accelerate launch" --processes 2
         """,
     )
-    ap.add_argument("--speech", required=True, help="prepared speech dataset (with a val split)")
-    ap.add_argument("--music", required=True, help="prepared music dataset (with a val split)")
+    ap.add_argument("--speech", default=None, help="prepared speech dataset (with a val split)")
+    ap.add_argument("--music", default=None, help="prepared music dataset (with a val split)")
     ap.add_argument("--out", required=True, help="output folder (resumed if it exists)")
-    ap.add_argument("--scale", default="tiny", help=f"a folder of CONFIGS/compare: {', '.join(scales())}")
+    ap.add_argument(
+        "--scale",
+        default=None,
+        help=f"a folder of CONFIGS/compare: {', '.join(scales())} (default tiny); "
+        "with --preset one of the preset's scales (paper: cpu, gpu, tiny; default cpu)",
+    )
     ap.add_argument("--tokens", type=int, default=None, help="training frames per run (default: per scale)")
     ap.add_argument(
         "--launcher", default=None, help='command prefix for train/eval, e.g. "accelerate launch"'
@@ -315,12 +333,52 @@ def main(argv: list[str]) -> int:
         "--prompt-seconds", type=float, default=None, help="prompt length (default: half the context)"
     )
     ap.add_argument("--seconds", type=float, default=2.0, help="seconds each model continues a prompt")
+    preset = ap.add_argument_group("presets (--preset)")
+    preset.add_argument(
+        "--preset", default=None, help="a preset name (configs/compare/presets: paper) or file"
+    )
+    preset.add_argument("--seeds", type=int, default=None, help="run only the preset's first N seeds")
+    preset.add_argument("--jobs", type=int, default=None, help="runs at once (default: the scale's)")
+    preset.add_argument("--corpus", default=None, help="an existing demo corpus (speech/, music/) to prepare")
+    preset.add_argument(
+        "--minutes", type=float, default=None, help="demo corpus minutes (default: the preset's)"
+    )
+    preset.add_argument("--no-install", action="store_true", help="do not install missing corpus tools")
+    preset.add_argument(
+        "--estimate",
+        nargs="?",
+        const="5,35",
+        default=None,
+        metavar="A,B",
+        help="train nothing: time A and B steps of each model and extrapolate the wall time (default 5,35)",
+    )
     ap.add_argument("overrides", nargs="*", help="key=value overrides for every run, e.g. train.lr=1e-3")
     args = ap.parse_args(argv)
+    if (args.speech is None) != (args.music is None):
+        ap.error("give both --speech and --music, or neither (with --preset: the demo corpus)")
+    sets = None if args.speech is None else {"speech": args.speech, "music": args.music}
+    if args.preset:
+        from .preset import run_preset
+
+        if args.tokens is not None:
+            ap.error("--tokens sizes the runs of --scale tiny|paper; a preset's budget is train.max_steps=N")
+
+        steps = None
+        if args.estimate:
+            try:
+                steps = tuple(int(x) for x in args.estimate.split(","))
+                assert len(steps) == 2
+            except (ValueError, AssertionError):
+                ap.error(f"--estimate takes two step counts A,B (e.g. 5,35), got {args.estimate!r}")
+        run_preset(args.preset, args.out, args.scale, sets, args.seeds, args.jobs, args.launcher, args.processes,
+                   args.overrides, args.corpus, args.minutes, not args.no_install, steps)  # fmt: skip
+        return 0
+    if sets is None:
+        ap.error("--speech and --music are required without --preset")
     compare(
-        {"speech": args.speech, "music": args.music},
+        sets,
         args.out,
-        scale=args.scale,
+        scale=args.scale or "tiny",
         tokens=args.tokens,
         launcher=args.launcher,
         processes=args.processes,

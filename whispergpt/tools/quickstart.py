@@ -70,6 +70,26 @@ class Runner:
         (self.done_dir / name).write_text(f"{self.timings[name]:.1f}\n")
 
 
+def demo_sets(runner: Runner, corpus: Path, build: bool, minutes: float, sources: str | None, codec: str,
+              bandwidth: float, install: bool = True, val_fraction: float = 0.15) -> dict[str, Path]:  # fmt: skip
+    """Steps 1-2 (also ``compare --preset``'s data): the demo corpus in ``corpus`` (built unless
+    ``build`` is false: an existing folder with speech/ and music/), then its speech and music
+    prepared apart with ``codec``, so each can be evaluated alone. Returns the prepared sets
+    (``runner.out/prepared/{speech,music}``); finished steps are skipped."""
+    if build:
+        demo = ["data", "demo", "--out", str(corpus), "--minutes", str(minutes)]
+        if sources:
+            demo += ["--sources", sources]
+        if install:
+            demo.append("--install")
+        runner.run("corpus", demo)
+    prepared = {m: runner.out / "prepared" / m for m in ("speech", "music")}
+    for m, dst in prepared.items():
+        cmd = ["prepare", str(corpus / m), "--out", str(dst), "--codec", codec, "--bandwidth", str(bandwidth)]
+        runner.run(f"prepare-{m}", [*cmd, "--val-fraction", str(val_fraction)])
+    return prepared
+
+
 def _first_val_file(prepared: Path) -> str | None:
     """A held-out (val) file of a prepared dataset, to prompt the sampler with."""
     manifest = prepared / "manifest.json"
@@ -132,34 +152,11 @@ def main(argv: list[str]) -> int:
     runner = Runner(out, dry_run=args.dry_run)
     t_start = time.time()
     corpus = Path(args.corpus) if args.corpus else out / "corpus"
-    prepared = {m: out / "prepared" / m for m in ("speech", "music")}
     runs = {"hybrid": out / "train" / "hybrid", "token_only": out / "train" / "token_only"}
 
-    # 1. corpus
-    if args.corpus is None:
-        demo = ["data", "demo", "--out", str(corpus), "--minutes", str(args.minutes)]
-        if args.sources:
-            demo += ["--sources", args.sources]
-        if not args.no_install:
-            demo.append("--install")
-        runner.run("corpus", demo)
-
-    # 2. prepare speech and music apart, so each can be evaluated alone
-    for m, dst in prepared.items():
-        runner.run(
-            f"prepare-{m}",
-            [
-                "prepare",
-                str(corpus / m),
-                "--out",
-                str(dst),
-                "--codec",
-                args.codec,
-                "--bandwidth",
-                str(args.bandwidth),
-            ]
-            + ["--val-fraction", "0.15"],
-        )
+    # 1-2. corpus, then speech and music prepared apart
+    prepared = demo_sets(runner, corpus, args.corpus is None, args.minutes, args.sources, args.codec, args.bandwidth,
+              install=not args.no_install)  # fmt: skip
 
     # 3. train the hybrid and its token-only twin on speech + music, same data, same steps
     data_dirs = f"[{prepared['speech']}, {prepared['music']}]"

@@ -172,6 +172,7 @@ class Trainer:
         self.step = 0
         self.tokens_seen = 0
         self.best_val: float | None = None
+        self.evals_since_best = 0  # evaluations in a row without a new best (train.early_stop_patience)
         self.elapsed_before = 0.0
         self.wandb_id: str | None = None
 
@@ -264,6 +265,7 @@ class Trainer:
                 step=self.step,
                 tokens_seen=self.tokens_seen,
                 best_val_nll=self.best_val,
+                evals_since_best=self.evals_since_best,
                 elapsed_s=self.elapsed_before + (time.perf_counter() - self.t_start),
                 wandb_run_id=self.wandb_id,
                 world_size=self.world,
@@ -318,6 +320,7 @@ class Trainer:
             )
         self.tokens_seen = int(state.get("tokens_seen", 0))
         self.best_val = state.get("best_val_nll")
+        self.evals_since_best = int(state.get("evals_since_best", 0))
         self.elapsed_before = float(state.get("elapsed_s", 0.0))
         self.wandb_id = state.get("wandb_run_id")
 
@@ -328,7 +331,7 @@ class Trainer:
         )
 
     def save_final(self) -> Path:
-        """``out_dir/final``: the HF files of the last checkpoint (always written at max_steps)."""
+        """``out_dir/final``: the HF files of the last checkpoint (always written at max_steps or an early stop)."""
         final = self.out / "final"
         if self.acc.is_main_process:
             last = ckpt_io.latest_checkpoint(self.out)
@@ -385,6 +388,11 @@ class Trainer:
         )
         raise NonFiniteLossError(f"{what} at step {self.step + 1}; stopped before the update", self.out)
 
+    def stopped_early(self) -> bool:
+        """``train.early_stop_patience`` evaluations in a row without a new best val NLL."""
+        patience = self.cfg.train.early_stop_patience
+        return bool(patience) and self.evals_since_best >= patience
+
     def run(self) -> Path:
         from tqdm.auto import tqdm
 
@@ -426,7 +434,7 @@ class Trainer:
         self.model.train()
         window_tokens, window_time = 0, 0.0
         try:
-            while self.step < tc.max_steps:
+            while self.step < tc.max_steps and not self.stopped_early():
                 t0 = time.perf_counter()
                 total = torch.zeros(2, dtype=torch.float64, device=acc.device)  # (nats, tokens)
                 for _ in range(tc.grad_accum):
@@ -482,11 +490,21 @@ class Trainer:
                     if metrics is not None:
                         loggers.log(dict(step=self.step, **metrics))
                         if self.best_val is None or metrics["val_nll"] < self.best_val:
-                            self.best_val = metrics["val_nll"]
+                            self.best_val, self.evals_since_best = metrics["val_nll"], 0
+                        else:
+                            self.evals_since_best += 1
                         if acc.is_main_process:
                             bar.write(f"step {self.step}: val_nll {metrics['val_nll']:.4f}")
-                if self.step % tc.save_every == 0 or self.step == tc.max_steps:
+                stop = self.stopped_early()  # val NLL is reduced over ranks: all ranks agree
+                if self.step % tc.save_every == 0 or self.step == tc.max_steps or stop:
                     self.save_checkpoint()
+                if stop:
+                    loggers.log(dict(step=self.step, early_stop=True, best_val_nll=self.best_val))
+                    if acc.is_main_process:
+                        bar.write(
+                            f"step {self.step}: early stop, val NLL has not improved on "
+                            f"{self.best_val:.4f} for {tc.early_stop_patience} evaluations"
+                        )
             final = self.save_final()
         finally:
             bar.close()
