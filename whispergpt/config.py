@@ -292,7 +292,9 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 10  # metrics.jsonl / wandb period in steps
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
-    compile: bool = False  # torch.compile the model
+    # torch.compile the model; null: on for CUDA without DeepSpeed (one warm-up compile, then faster
+    # steps), off on CPU (the compile costs more than a short CPU run saves)
+    compile: bool | None = None
     # null: the newest checkpoint of out_dir that verifies (broken newer ones are moved aside);
     # PATH: that checkpoint (or that run's newest valid one); "none": never resume (an error if
     # out_dir already holds checkpoints, so a script cannot silently continue an old run)
