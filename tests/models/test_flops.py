@@ -42,3 +42,16 @@ def test_paper_sizes_match_the_documented_estimate(name, lo, hi):
                                        "n_mels": 80}, "model")  # fmt: skip
     f = whispergpt_flops_per_frame(WhisperGPT(cfg))["flops_per_frame"]
     assert lo < f * 32 * 512 * 20000 < hi
+
+
+def test_depth_adds_its_stack_of_k_positions_per_frame():
+    delay, depth = small_model("delay", "none"), small_model("depth", "none")
+    c, K = depth.config, depth.config.num_codebooks
+    d = depth.depth
+    expected = 6 * matmul_params(depth.decoder) + 6 * c.n_layers * c.d_model * c.context  # no temporal head
+    expected += 6 * (matmul_params(d.ctx) + K * matmul_params(d.stack) + d.head.numel())
+    expected += 6 * K * c.depth_layers * c.depth_dim * K
+    got = whispergpt_flops_per_frame(depth)
+    assert got["flops_per_frame"] == expected
+    assert got["n_matmul"] == matmul_params(depth) + d.head.numel()  # the heads are a Parameter
+    assert got["flops_per_frame"] != whispergpt_flops_per_frame(delay)["flops_per_frame"]

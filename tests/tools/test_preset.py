@@ -14,7 +14,8 @@ from whispergpt.tools import preset as pr
 def test_paper_preset_plans_every_run(tiny_dataset, tmp_path):
     """settings x models x seeds x sets + the ablation; configs layered as documented."""
     p = pr.load_preset("paper")
-    assert list(p["settings"]) == ["paper", "delay"] and p["models"] == ["hybrid", "twin", "large"]
+    assert list(p["settings"]) == ["paper", "delay", "depth"] and p["models"] == ["hybrid", "twin", "large"]
+    assert p["default_settings"] == ["paper", "delay"]  # depth on request: --settings paper,delay,depth
     assert p["seeds"] == [0, 1, 2]
     runs = pr.plan(
         p, "cpu", {"speech": str(tiny_dataset), "music": str(tiny_dataset)}, tmp_path, [0, 1, 2], []
@@ -44,6 +45,14 @@ def test_paper_preset_plans_every_run(tiny_dataset, tmp_path):
     rec = {k[1:3]: r.record for k, r in by.items() if k[0] == "speech" and k[3] == 0}
     assert rec[("paper", "large")]["n_matmul"] >= 4 * rec[("paper", "hybrid")]["n_matmul"]
     assert rec[("paper", "hybrid")]["frames_per_step"] == 8 * 225
+    # depth (issue 14) on request: 3 models x 3 seeds x 2 sets more, all generation-consistent
+    more = pr.plan(p, "cpu", {"speech": str(tiny_dataset), "music": str(tiny_dataset)}, tmp_path, [0, 1, 2], [],
+                   settings=["paper", "delay", "depth"])  # fmt: skip
+    depth = [r for r in more if r.setting == "depth"]
+    assert len(more) == len(runs) + 18 and {r.model for r in depth} == {"hybrid", "twin", "large"}
+    assert {(r.record["mel"], resolve_config(r.raw).model.pattern) for r in depth} == {("decoded", "depth")}
+    size = {r.model: r.record["params"] for r in depth if r.seed == 0 and r.set == "speech"}
+    assert size["large"] >= 4 * size["hybrid"]  # the depth transformers scale with the width
     # a command-line override goes on top of everything
     again = pr.plan(p, "cpu", {"speech": str(tiny_dataset)}, tmp_path, [0], ["train.max_steps=7"])
     assert {resolve_config(r.raw).train.max_steps for r in again} == {7}

@@ -47,8 +47,9 @@ def whispergpt_flops_per_frame(model: nn.Module) -> dict:
     """Training FLOPs per frame of a ``WhisperGPT`` (the module docstring's formula, causal).
 
     A frame is one pattern step: one decoder position (two with ``fusion: interleave``), one
-    position of the mel branch, and the ``Ks`` head rows that score its tokens. ``delay``'s
-    ``K - 1`` extra steps per window are left out (under 1 % at a few hundred frames).
+    position of the mel branch, and the ``Ks`` head rows that score its tokens; with ``depth``,
+    also the depth transformer's ``K`` positions (a stack of context ``K``) and their heads.
+    ``delay``'s ``K - 1`` extra steps per window are left out (under 1 % at a few hundred frames).
     Returns ``{"n_matmul", "flops_per_frame", "context"}``.
     """
     c = model.config
@@ -56,10 +57,17 @@ def whispergpt_flops_per_frame(model: nn.Module) -> dict:
     n_decoder = matmul_params(model.decoder)
     n_mel = matmul_params(model.mel_branch) if model.mel_branch is not None else 0
     n_proj = matmul_params(model.mel_proj) if model.mel_proj is not None else 0
-    n_head = model.num_scored_codebooks * c.codebook_size * c.d_model  # tied or not, it is a matmul
+    depth = getattr(model, "depth", None)
+    # the temporal heads (tied or not, a matmul); with pattern depth the heads are the depth stack's
+    n_head = 0 if depth is not None else model.num_scored_codebooks * c.codebook_size * c.d_model
     flops = 6 * (pps * n_decoder + n_mel + pps * n_proj + n_head)
     flops += 6 * pps * c.n_layers * c.d_model * (pps * c.context)
     if model.mel_branch is not None:
         flops += 6 * c.mel_layers * c.mel_dim * c.context
     n = n_decoder + n_mel + n_proj + n_head
+    if depth is not None:  # per frame: one context projection, then K positions of the depth stack
+        K, n_ctx, n_stack = c.num_codebooks, matmul_params(depth.ctx), matmul_params(depth.stack)
+        n_heads = depth.head.numel()  # (K, V, depth_dim): each position runs its own head
+        flops += 6 * (n_ctx + K * n_stack + n_heads) + 6 * K * c.depth_layers * c.depth_dim * K
+        n += n_ctx + n_stack + n_heads
     return dict(n_matmul=n, flops_per_frame=float(flops), context=c.context)

@@ -4,7 +4,7 @@ Usage::
 
     whispergpt compare --speech DIR --music DIR --out DIR [--scale tiny|paper] [--tokens N]
                        [--launcher CMD] [--processes N] [key=value ...]
-    whispergpt compare --preset paper --out DIR [--scale cpu|gpu|tiny] [--seeds N] [--jobs N]
+    whispergpt compare --preset paper --out DIR [--scale cpu|gpu|tiny] [--seeds N] [--settings A,B] [--jobs N]
                        [--speech DIR --music DIR | --corpus DIR] [--estimate [A,B]] [key=value ...]
 
 For each prepared set (``--speech``, ``--music``: ``whispergpt prepare`` outputs with a ``val``
@@ -298,6 +298,7 @@ def main(argv: list[str]) -> int:
         whispergpt compare --preset paper --out runs/paper
         whispergpt compare --preset paper --out runs/paper --estimate
         whispergpt compare --preset paper --scale gpu --out runs/paper-gpu --minutes 60
+        whispergpt compare --preset paper --out runs/paper --settings paper,delay,depth
         whispergpt compare --preset paper --out runs/paper \
             --speech runs/quickstart/prepared/speech --music runs/quickstart/prepared/music
         whispergpt compare --speech data/prepared/speech --music data/prepared/music --out runs/compare
@@ -338,6 +339,9 @@ def main(argv: list[str]) -> int:
         "--preset", default=None, help="a preset name (configs/compare/presets: paper) or file"
     )
     preset.add_argument("--seeds", type=int, default=None, help="run only the preset's first N seeds")
+    preset.add_argument(
+        "--settings", default=None, help="comma list of the preset's settings (default: its default_settings)"
+    )
     preset.add_argument("--jobs", type=int, default=None, help="runs at once (default: the scale's)")
     preset.add_argument("--corpus", default=None, help="an existing demo corpus (speech/, music/) to prepare")
     preset.add_argument(
@@ -371,7 +375,8 @@ def main(argv: list[str]) -> int:
             except (ValueError, AssertionError):
                 ap.error(f"--estimate takes two step counts A,B (e.g. 5,35), got {args.estimate!r}")
         run_preset(args.preset, args.out, args.scale, sets, args.seeds, args.jobs, args.launcher, args.processes,
-                   args.overrides, args.corpus, args.minutes, not args.no_install, steps)  # fmt: skip
+                   args.overrides, args.corpus, args.minutes, not args.no_install, steps,
+                   args.settings.split(",") if args.settings else None)  # fmt: skip
         return 0
     if sets is None:
         ap.error("--speech and --music are required without --preset")

@@ -184,7 +184,7 @@ def markdown(summary: dict) -> str:
         rows.setdefault((g["setting"], g["model"]), {})[g["set"]] = g
     out = [
         "Val NLL in nats per token on each set's whole val split (`whispergpt eval`, teacher-forced; "
-        "`coarse`: codebook 0, `delay`: all codebooks), mean ± sd over seeds. FLOPs: training FLOPs "
+        "`coarse`: codebook 0; `delay`, `depth`: all codebooks), mean ± sd over seeds. FLOPs: training FLOPs "
         "per frame, 6 N + 6 L W C per stack (N matmul parameters, C context).",
         "",
         "| setting | model | mel | params | FLOPs/frame | "

@@ -42,7 +42,8 @@ from ..config import apply_overrides, deep_merge, load_recipe, recipes_dir
 from ..errors import CommandFailed
 from ..runtime import write_atomic, write_json_atomic
 
-PRESET_KEYS = {"corpus", "sets", "seeds", "default_scale", "settings", "models", "ablations", "scales"}
+PRESET_KEYS = {"corpus", "sets", "seeds", "default_scale", "settings", "default_settings", "models", "ablations",
+               "scales"}  # fmt: skip
 SCALE_KEYS = {"jobs", "common", "models"}
 
 
@@ -79,6 +80,9 @@ def load_preset(name_or_path: str | os.PathLike) -> dict:
     preset.setdefault("sets", ["speech", "music"])
     preset.setdefault("seeds", [0, 1, 2])
     preset.setdefault("ablations", {})
+    preset.setdefault("default_settings", list(preset["settings"]))
+    if set(preset["default_settings"]) - set(preset["settings"]):
+        raise ValueError(f"{p}: default_settings must name settings, got {preset['default_settings']}")
     preset["path"] = str(p)
     return preset
 
@@ -117,7 +121,7 @@ def run_config(preset: dict, scale: str, setting: str, model: str, seed: int, da
 
 
 def plan(preset: dict, scale: str, sets: dict[str, str], out: Path, seeds: list[int],
-         overrides: list[str], processes: int = 1) -> list[Run]:  # fmt: skip
+         overrides: list[str], processes: int = 1, settings: list[str] | None = None) -> list[Run]:  # fmt: skip
     """Every run, validated against its dataset now (before hours of training), with its FLOPs;
     seed-major (a cut-short preset has whole seeds), the costliest first within a seed."""
     from ..config import resolve_config
@@ -128,8 +132,9 @@ def plan(preset: dict, scale: str, sets: dict[str, str], out: Path, seeds: list[
         raise ValueError(
             f"scale must be one of {sorted(preset['scales'])} (preset {preset['path']}), got {scale!r}"
         )
-    combos = [(st, m) for st in preset["settings"] for m in preset["models"]]
-    combos += [(ab["setting"], name) for name, ab in preset["ablations"].items()]
+    settings = settings or preset["default_settings"]
+    combos = [(st, m) for st in settings for m in preset["models"]]
+    combos += [(ab["setting"], name) for name, ab in preset["ablations"].items() if ab["setting"] in settings]
     flops: dict[str, dict] = {}
     runs = []
     for seed in seeds:
@@ -241,7 +246,7 @@ def run_preset(preset_name: str | os.PathLike, out: str | os.PathLike, scale: st
                sets: dict[str, str] | None = None, seeds: int | None = None, jobs: int | None = None,
                launcher: str | None = None, processes: int = 1, overrides: list[str] | None = None,
                corpus: str | None = None, minutes: float | None = None, install: bool = True,
-               estimate_steps: tuple[int, int] | None = None) -> dict:  # fmt: skip
+               estimate_steps: tuple[int, int] | None = None, settings: list[str] | None = None) -> dict:  # fmt: skip
     """The whole preset (see the module docstring); returns the report's summary (or the estimate)."""
     import shlex
 
@@ -262,13 +267,21 @@ def run_preset(preset_name: str | os.PathLike, out: str | os.PathLike, scale: st
             f"--seeds must be in [1, {len(all_seeds)}] (the preset's seeds: {all_seeds}), got {seeds}"
         )
     seed_list = all_seeds[:seeds] if seeds else all_seeds
+    settings = settings or list(preset["default_settings"])
+    if not settings or set(settings) - set(preset["settings"]):
+        raise ValueError(
+            f"--settings must name settings of the preset ({sorted(preset['settings'])}), got {settings}"
+        )
+    settings = [
+        st for st in preset["settings"] if st in settings
+    ]  # the preset's order: the first is the reference
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     threads = int(os.environ.get("OMP_NUM_THREADS") or max(1, (os.cpu_count() or 1) // jobs))
     sets = sets or demo_data(preset, out, corpus, minutes, install)
     sets = {k: str(v) for k, v in sets.items() if k in preset["sets"]}
     launch = shlex.split(launcher) if launcher else [sys.executable]
-    runs = plan(preset, scale, sets, out, seed_list, overrides or [], processes)
+    runs = plan(preset, scale, sets, out, seed_list, overrides or [], processes, settings)
     if estimate_steps:
         return estimate(runs, out, launch, threads, jobs, estimate_steps)
     if jobs == 1 and not launcher:
@@ -279,7 +292,7 @@ def run_preset(preset_name: str | os.PathLike, out: str | os.PathLike, scale: st
     finished = [r for r in runs if (r.dir / "eval.json").is_file() and (r.dir / "run.json").is_file()]
     records = [read_run(r.dir) for r in finished]
     ablations = {name: ab["model"] for name, ab in preset["ablations"].items()}
-    summary = summarize(records, list(preset["models"]), list(preset["settings"]), ablations)
+    summary = summarize(records, list(preset["models"]), settings, ablations)
     summary.update(preset=preset["path"], scale=scale, seeds=seed_list, jobs=jobs, threads=threads,
                    wall_s=time.perf_counter() - t0, runs_done_now=worked, failures=failures,
                    runs=[{k: v for k, v in r.items()} for r in records])  # fmt: skip
