@@ -25,16 +25,12 @@ MAE_SIZES = {"quick": (64, 2, 2), "cpu": (128, 4, 4), "gpu": (768, 10, 12)}
 
 
 def _mae(d_model: int, n_layers: int, n_heads: int, in_dim: int, input: str):
-    import dataclasses
+    from whispergpt.models.encodecmae import EnCodecMAE, EnCodecMAEConfig
 
-    from whispergpt.models import encodecmae
-
-    fields = {f.name for f in dataclasses.fields(encodecmae.EnCodecMAEConfig)}
-    want = dict(input=input, in_dim=in_dim, num_codebooks=8, codebook_size=1024, n_layers=n_layers,
-                d_model=d_model, n_heads=n_heads)  # fmt: skip
-    cfg = encodecmae.EnCodecMAEConfig(**{k: v for k, v in want.items() if k in fields})
+    cfg = EnCodecMAEConfig(input=input, in_dim=in_dim, num_codebooks=8, codebook_size=1024, n_layers=n_layers,
+                           d_model=d_model, n_heads=n_heads)  # fmt: skip
     torch.manual_seed(0)
-    return encodecmae.EnCodecMAE(cfg).eval()
+    return EnCodecMAE(cfg).eval()
 
 
 def run_embed_benchmark(
