@@ -42,10 +42,7 @@ def run_embed_benchmark(
     inputs: tuple[str, ...] = ("mel", "latent"),
 ) -> list[dict]:
     """Embed ``batch`` clips of ``seconds``; median x real time per MAE input kind."""
-    from transformers import EncodecConfig, EncodecModel
-
     from whispergpt.audio import SAMPLE_RATE
-    from whispergpt.codec import Codec
     from whispergpt.tools.mae_features import MAEInput, encode_frames
 
     if seconds <= 0 or batch < 1 or repeats < 1:
@@ -59,6 +56,10 @@ def run_embed_benchmark(
         if kind == "mel":
             feats = MAEInput("mel", 80, device=device)
         else:
+            from transformers import EncodecConfig, EncodecModel
+
+            from whispergpt.codec import Codec
+
             codec = Codec(EncodecModel(EncodecConfig(target_bandwidths=[1.5, 3.0, 6.0, 12.0, 24.0])), 6.0)
             feats = MAEInput("latent", 128, "encodec_24khz-random", 6.0, device, codec.to(device))
         model = _mae(d_model, n_layers, n_heads, int(feats.dim), kind).to(device)
