@@ -292,7 +292,9 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 10  # metrics.jsonl / wandb period in steps
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
-    compile: bool = False  # torch.compile the model
+    # torch.compile the model; null: on for CUDA without DeepSpeed (one warm-up compile, then faster
+    # steps), off on CPU (the compile costs more than a short CPU run saves)
+    compile: bool | None = None
     # null: the newest checkpoint of out_dir that verifies (broken newer ones are moved aside);
     # PATH: that checkpoint (or that run's newest valid one); "none": never resume (an error if
     # out_dir already holds checkpoints, so a script cannot silently continue an old run)
@@ -361,8 +363,8 @@ DATA_SHAPE_KEYS = ("num_codebooks", "codebook_size", "n_mels")
 
 
 def _data_shape(name: str, section_cls: type, section: dict, manifest: dict, data_dir: str) -> dict[str, int]:
-    """The dataset's value of each shape field the section has (``DATA_SHAPE_KEYS``, and
-    EnCodecMAE's ``in_dim``: the width of the stream it reads)."""
+    """The dataset's value of each shape field the section has (``DATA_SHAPE_KEYS``; EnCodecMAE's
+    ``in_dim``, the width of the stream it reads, and ``kmeans_clusters``, its semantic tokenizer's)."""
     fields = {f.name: f for f in dataclasses.fields(section_cls)}
     want = {k: int(manifest[k]) for k in DATA_SHAPE_KEYS if k in fields}
     if "in_dim" in fields:
@@ -374,6 +376,14 @@ def _data_shape(name: str, section_cls: type, section: dict, manifest: dict, dat
                 "(no latent_dim in its manifest): prepare it with --latent, or use input=mel"
             )
         want["in_dim"] = int(manifest[key])
+    if "kmeans_clusters" in fields and section.get("targets", fields["targets"].default) != "codes":
+        tokenizer = manifest.get("semantic_tokenizer")  # prepare --semantic: the tokenizer's settings
+        if not isinstance(tokenizer, dict) or "clusters" not in tokenizer:
+            raise ConfigError(
+                f"{name}.targets={section.get('targets')} trains on the semantic stream, and the dataset "
+                f"{data_dir} stores none: prepare it with --semantic TOKENIZER_DIR (whispergpt semantic fit)"
+            )
+        want["kmeans_clusters"] = int(tokenizer["clusters"])
     return want
 
 

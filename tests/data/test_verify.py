@@ -131,7 +131,7 @@ def test_prepare_reencodes_only_the_broken_shard(ds, tiny_dataset, tiny_codec_di
     sdir = shard_dir(ds)
     val = shard_dir(ds, "val")
     val_before = (val / "codes.npy").read_bytes()
-    original = np.load(sdir / "codes.npy")
+    original = np.load(sdir / "codes.npy").T  # time-major (N, K) on disk -> (K, N)
     truncate(sdir / "mel.npy", 0.9)
     wav = tiny_dataset.parent / "wav"
     kw = dict(bandwidth=1.5, n_mels=80, val_fraction=0.34, seed=0, device="cpu", progress=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -42,11 +43,8 @@ def test_config_takes_the_input_width_and_targets_from_the_dataset(tiny_dataset,
 
 
 @pytest.mark.parametrize("targets", ["kmeans", "both"])
-def test_semantic_targets_read_the_semantic_stream(tiny_dataset, tmp_path, targets):
-    over = quiet(tiny_dataset, tmp_path, f"mae.targets={targets}", "mae.kmeans_clusters=16", "mae.input=mel")
-    cfg = load_run_config(MAE_TINY, over)
-    assert get_task("mae").streams(cfg) == ("codes", "mel", "semantic")
-    with pytest.raises(ConfigError, match="needs kmeans_clusters"):
+def test_semantic_targets_need_the_semantic_stream(tiny_dataset, tmp_path, targets):
+    with pytest.raises(ConfigError, match="prepare it with --semantic"):
         load_run_config(MAE_TINY, quiet(tiny_dataset, tmp_path, f"mae.targets={targets}"))
 
 
@@ -161,3 +159,31 @@ def test_ddp_and_deepspeed_zero3_train_the_same_mae(tiny_dataset, tmp_path):
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-4, msg=k)
     assert isinstance(load_pretrained(runs["zero3.yaml"] / "final"), EnCodecMAE)
+
+
+@pytest.mark.slow
+def test_self_training_on_the_latent_and_semantic_streams(tiny_dataset, tiny_codec_dir, mae_run, tmp_path):
+    # the paper's setting: the codec latent in, and (second stage) k-means tokens of a trained
+    # MAE's features as targets next to the codes
+    from whispergpt.data import read_manifest
+    from whispergpt.data.prepare import prepare
+    from whispergpt.tools.semantic import fit_semantic
+
+    tok = tmp_path / "tok"
+    fit_semantic(mae_run / "final", [tiny_dataset], tok, clusters=6, layer=1, device="cpu", progress=False)
+    data = tmp_path / "semantic-ds"
+    prepare([tiny_dataset.parent / "wav"], data, tiny_codec_dir, bandwidth=1.5, n_mels=80, val_fraction=0.34,
+            seed=0, device="cpu", progress=False, latent=True, semantic=tok)  # fmt: skip
+    over = ["mae.input=latent", "mae.targets=both"]
+    cfg = load_run_config(MAE_TINY, quiet(data, tmp_path, *over))
+    assert cfg.mae.kmeans_clusters == 6 and cfg.mae.in_dim == read_manifest(data)["latent_dim"]
+    assert get_task("mae").streams(cfg) == ("codes", "latent", "semantic")
+    with pytest.raises(ConfigError, match="does not match the dataset"):
+        load_run_config(MAE_TINY, quiet(data, tmp_path, *over, "mae.kmeans_clusters=7"))
+    out = tmp_path / "st"
+    assert main([str(MAE_TINY), *quiet(data, out, *over, "train.max_steps=2", "train.eval_every=2",
+                 "train.save_every=2", "train.batch_size=2", "train.eval_batches=1", "mae.context=32")]) == 0  # fmt: skip
+    last = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if "val_nll" in x][-1]
+    assert len(last["val_nll_per_codebook"]) == 3  # 2 codebooks + the cluster stream
+    model = load_pretrained(out / "final")
+    assert model.config.input == "latent" and model.kmeans_head.out_features == 6

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from whispergpt.config import RunConfig
 from whispergpt.training import load_run_config, trainer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -107,3 +108,12 @@ def test_loader_workers_default_by_device(monkeypatch):
     assert DataConfig().num_workers is None  # the default is the device-dependent one
     with pytest.raises(ValueError, match="num_workers must be >= 0 or null"):
         DataConfig(num_workers=-1)
+
+
+def test_compile_defaults_to_on_for_cuda_only():
+    assert RunConfig().train.compile is None
+    assert trainer.use_compile(None, torch.device("cuda"), deepspeed=False) is True
+    assert trainer.use_compile(None, torch.device("cuda"), deepspeed=True) is False
+    assert trainer.use_compile(None, torch.device("cpu"), deepspeed=False) is False
+    assert trainer.use_compile(True, torch.device("cpu"), deepspeed=False) is True
+    assert trainer.use_compile(False, torch.device("cuda"), deepspeed=False) is False

@@ -84,6 +84,14 @@ def fused_adamw_supported(device: torch.device) -> bool:
     return False
 
 
+def use_compile(requested: bool | None, device: torch.device, deepspeed: bool) -> bool:
+    """``train.compile``; null: on for CUDA (the step is launch-bound at small sizes and fuses
+    well), off on CPU and under DeepSpeed (its engine wraps the module; not measured here)."""
+    if requested is not None:
+        return requested
+    return device.type == "cuda" and not deepspeed
+
+
 def loader_workers(requested: int | None, device: torch.device) -> int:
     """``data.num_workers``; null: 0 on CPU (the crops are memmap slices, cheaper than a worker's
     IPC), ``min(4, CPU cores)`` on CUDA so crops are cut while the GPU runs the step."""
@@ -152,7 +160,7 @@ class Trainer:
         model: torch.nn.Module = TaskModule(self.core, self.task)
         if self.is_ds and acc.state.deepspeed_plugin.zero_stage == 3:
             _register_zero3_external_params(model)
-        if tc.compile:
+        if use_compile(tc.compile, acc.device, self.is_ds):
             model = torch.compile(model)
         fused = not self.is_ds and fused_adamw_supported(acc.device)  # DeepSpeed wraps its own
         if fused:
