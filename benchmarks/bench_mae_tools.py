@@ -25,16 +25,12 @@ MAE_SIZES = {"quick": (64, 2, 2), "cpu": (128, 4, 4), "gpu": (768, 10, 12)}
 
 
 def _mae(d_model: int, n_layers: int, n_heads: int, in_dim: int, input: str):
-    import dataclasses
+    from whispergpt.models.encodecmae import EnCodecMAE, EnCodecMAEConfig
 
-    from whispergpt.models import encodecmae
-
-    fields = {f.name for f in dataclasses.fields(encodecmae.EnCodecMAEConfig)}
-    want = dict(input=input, in_dim=in_dim, num_codebooks=8, codebook_size=1024, n_layers=n_layers,
-                d_model=d_model, n_heads=n_heads)  # fmt: skip
-    cfg = encodecmae.EnCodecMAEConfig(**{k: v for k, v in want.items() if k in fields})
+    cfg = EnCodecMAEConfig(input=input, in_dim=in_dim, num_codebooks=8, codebook_size=1024, n_layers=n_layers,
+                           d_model=d_model, n_heads=n_heads)  # fmt: skip
     torch.manual_seed(0)
-    return encodecmae.EnCodecMAE(cfg).eval()
+    return EnCodecMAE(cfg).eval()
 
 
 def run_embed_benchmark(
@@ -46,10 +42,7 @@ def run_embed_benchmark(
     inputs: tuple[str, ...] = ("mel", "latent"),
 ) -> list[dict]:
     """Embed ``batch`` clips of ``seconds``; median x real time per MAE input kind."""
-    from transformers import EncodecConfig, EncodecModel
-
     from whispergpt.audio import SAMPLE_RATE
-    from whispergpt.codec import Codec
     from whispergpt.tools.mae_features import MAEInput, encode_frames
 
     if seconds <= 0 or batch < 1 or repeats < 1:
@@ -63,6 +56,10 @@ def run_embed_benchmark(
         if kind == "mel":
             feats = MAEInput("mel", 80, device=device)
         else:
+            from transformers import EncodecConfig, EncodecModel
+
+            from whispergpt.codec import Codec
+
             codec = Codec(EncodecModel(EncodecConfig(target_bandwidths=[1.5, 3.0, 6.0, 12.0, 24.0])), 6.0)
             feats = MAEInput("latent", 128, "encodec_24khz-random", 6.0, device, codec.to(device))
         model = _mae(d_model, n_layers, n_heads, int(feats.dim), kind).to(device)

@@ -39,19 +39,19 @@ MODES: dict[str, dict] = {
     "quick": dict(
         train_size="quick", train_repeats=3, train_steps=1, train_warmup=1,
         prepare_seconds=1.0, prepare_batch=1, prepare_repeats=2, prepare_codecs=("tiny-1.5kbps",),
-        embed_seconds=1.0, embed_batch=1, embed_inputs=("mel",), kmeans_hours=0.02, kmeans_dim=32, kmeans_clusters=16,
+        embed_seconds=1.0, embed_batch=1, embed_inputs=("mel",), kmeans_hours=0.02, kmeans_dim=32, kmeans_clusters=16, kmeans_threads=(1,),
     ),
     "cpu": dict(
         train_size="cpu", train_repeats=5, train_steps=2, train_warmup=1,
         prepare_seconds=5.0, prepare_batch=2, prepare_repeats=3,
         prepare_codecs=("encodec-24khz-6kbps", "tiny-1.5kbps"),
-        embed_seconds=10.0, embed_batch=2, embed_inputs=("mel", "latent"), kmeans_hours=1.0, kmeans_dim=256, kmeans_clusters=512,
+        embed_seconds=10.0, embed_batch=2, embed_inputs=("mel", "latent"), kmeans_hours=1.0, kmeans_dim=256, kmeans_clusters=512, kmeans_threads=(None, 1),
     ),
     "gpu": dict(
         train_size="gpu", train_repeats=5, train_steps=10, train_warmup=3,
         prepare_seconds=30.0, prepare_batch=8, prepare_repeats=5,
         prepare_codecs=("encodec-24khz-6kbps", "tiny-1.5kbps"),
-        embed_seconds=30.0, embed_batch=8, embed_inputs=("mel", "latent"), kmeans_hours=1.0, kmeans_dim=768, kmeans_clusters=512,
+        embed_seconds=30.0, embed_batch=8, embed_inputs=("mel", "latent"), kmeans_hours=1.0, kmeans_dim=768, kmeans_clusters=512, kmeans_threads=(None, 1),
     ),
 }  # fmt: skip
 
@@ -168,21 +168,18 @@ def run_sections(args: argparse.Namespace, mode: str, device) -> dict:
 
                 rows = run_fine_benchmark(mode, device, args.repeats)
             elif section == "mae_tools":
-                import importlib.util
-
                 from bench_mae_tools import run_embed_benchmark, run_kmeans_benchmark
 
-                rows = []
-                if importlib.util.find_spec("whispergpt.models.encodecmae") is None:
-                    results["notes"][section] = (
-                        "whispergpt/models/encodecmae.py is not present: embed skipped"
-                    )
-                else:
-                    rows += run_embed_benchmark(
-                        mode, seconds=cfg["embed_seconds"], batch=cfg["embed_batch"], device=device,
-                        repeats=args.repeats or cfg["prepare_repeats"], inputs=cfg["embed_inputs"],
-                    )  # fmt: skip
-                rows += run_kmeans_benchmark(cfg["kmeans_hours"], cfg["kmeans_dim"], cfg["kmeans_clusters"])
+                rows = run_embed_benchmark(
+                    mode, seconds=cfg["embed_seconds"], batch=cfg["embed_batch"], device=device,
+                    repeats=args.repeats or cfg["prepare_repeats"], inputs=cfg["embed_inputs"],
+                )  # fmt: skip
+                rows += run_kmeans_benchmark(
+                    cfg["kmeans_hours"],
+                    cfg["kmeans_dim"],
+                    cfg["kmeans_clusters"],
+                    threads=cfg["kmeans_threads"],
+                )
             else:
                 try:
                     import bench_sampling

@@ -1,9 +1,9 @@
-"""Fixtures for the EnCodecMAE tools (embed, probe, semantic): tiny checkpoints (``mae_stub``)."""
+"""Fixtures for the EnCodecMAE tools (embed, probe, semantic): tiny checkpoints (``tiny_mae``)."""
 
 from __future__ import annotations
 
 import pytest
-from mae_stub import make_mae
+from tiny_mae import make_mae
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from mae_stub import make_mae
 
 from whispergpt.audio import log_mel, save_audio
 from whispergpt.tools.embed import load_embedding, main
@@ -140,11 +139,3 @@ def test_not_an_mae_and_layer_out_of_range_exit_2(tmp_path, mae_dir, tiny_codec_
     assert main([str(mae_dir), wav, "--out", str(tmp_path / "o"), "--layer", "0"]) == 2
     assert main([str(mae_dir), str(tmp_path / "missing.wav"), "--out", str(tmp_path / "o")]) == 2
     assert "no such file or folder" in capsys.readouterr().err
-
-
-def test_the_stand_in_or_real_model_follows_the_interface():
-    m = make_mae("mel", 80, n_layers=3)
-    x = torch.randn(2, 80, 17)
-    assert (
-        m.num_layers == 3 and m.encode(x).shape == (2, 17, 32) and m.encode(x, layer=1).shape == (2, 17, 32)
-    )

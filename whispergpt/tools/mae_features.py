@@ -35,17 +35,6 @@ MAE_MODEL_TYPE = "encodecmae"
 DEFAULT_CHUNK_SECONDS = 10.0
 
 
-def _mae_module():
-    try:
-        from ..models import encodecmae
-    except ImportError as e:
-        raise InputError(
-            f"EnCodecMAE is not part of this install ({e})",
-            hint="install a whispergpt version with whispergpt/models/encodecmae.py",
-        ) from e
-    return encodecmae
-
-
 def check_mae_checkpoint(directory: str | os.PathLike) -> None:
     """``InputError`` naming the model type unless ``directory`` holds an EnCodecMAE (``models.registry``)."""
     from ..models.registry import model_type_of
@@ -71,15 +60,19 @@ def load_mae(path: str | os.PathLike, device: str | torch.device = "cpu") -> tup
         check_mae_checkpoint(p)  # name a non-MAE checkpoint before the checksum pass
     directory = resolve_checkpoint(p)
     check_mae_checkpoint(directory)
-    model = _mae_module().EnCodecMAE.from_pretrained(directory)
+    from ..models.encodecmae import EnCodecMAE
+
+    model = EnCodecMAE.from_pretrained(directory)
     return model.to(device).eval(), directory
 
 
 def random_mae(config: Any, seed: int = 0) -> torch.nn.Module:
     """A freshly initialised EnCodecMAE of ``config`` (the probe's "same size, untrained" baseline)."""
+    from ..models.encodecmae import EnCodecMAE
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return _mae_module().EnCodecMAE(config).eval()
+        return EnCodecMAE(config).eval()
 
 
 def check_layer(model: torch.nn.Module, layer: int | None) -> int:
