@@ -27,7 +27,9 @@ def bits_per_second(nats_per_frame: float, frame_rate: float = FRAME_RATE) -> fl
     return nats_per_frame * frame_rate / LN2
 
 
-def _row(name: str, strategy: str, fusion: str, mel: str, per: list[dict], K: int) -> dict:
+def _row(
+    name: str, strategy: str, fusion: str, mel: str, per: list[dict], K: int, params: int | None
+) -> dict:
     codebooks = [p["codebook"] for p in per]
     nats = sum(p["nll"] for p in per)
     return dict(
@@ -37,6 +39,7 @@ def _row(name: str, strategy: str, fusion: str, mel: str, per: list[dict], K: in
         mel_source=mel,
         codebooks=codebooks,
         num_codebooks=K,
+        params=params,
         complete=codebooks == list(range(K)),
         nats_per_frame=nats,
         bits_per_second=bits_per_second(nats),
@@ -51,7 +54,8 @@ def bits_rows(report: dict) -> list[dict]:
         c = e["config"]
         for ev in e["evaluations"]:
             per = ev["metrics"]["per_codebook"]
-            rows.append(_row(e["name"], c["pattern"], c["fusion"], ev["mel_source"], per, c["num_codebooks"]))
+            K, params = c["num_codebooks"], c.get("num_parameters")
+            rows.append(_row(e["name"], c["pattern"], c["fusion"], ev["mel_source"], per, K, params))
     stacks = []
     for a in rows:
         if a["complete"] or a["codebooks"][:1] != [0]:
@@ -69,9 +73,10 @@ def bits_rows(report: dict) -> list[dict]:
                         a["codebooks"] + b["codebooks"], a["nll_per_codebook"] + b["nll_per_codebook"]
                     )
                 ]
-                name = f"{a['name']} + {b['name']}"
+                name, strategy = f"{a['name']} + {b['name']}", f"{a['strategy']}+fine"
+                params = None if None in (a["params"], b["params"]) else a["params"] + b["params"]
                 stacks.append(
-                    _row(name, f"{a['strategy']}+fine", a["fusion"], a["mel_source"], per, a["num_codebooks"])
+                    _row(name, strategy, a["fusion"], a["mel_source"], per, a["num_codebooks"], params)
                 )
     return rows + stacks
 

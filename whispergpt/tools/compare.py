@@ -297,6 +297,7 @@ def main(argv: list[str]) -> int:
         """
         whispergpt compare --preset paper --out runs/paper
         whispergpt compare --preset paper --out runs/paper --estimate
+        whispergpt compare --preset strategies --out runs/strategies --seeds 1
         whispergpt compare --preset paper --scale gpu --out runs/paper-gpu --minutes 60
         whispergpt compare --preset paper --out runs/paper --settings paper,delay,depth
         whispergpt compare --preset paper --out runs/paper \
@@ -336,7 +337,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--seconds", type=float, default=2.0, help="seconds each model continues a prompt")
     preset = ap.add_argument_group("presets (--preset)")
     preset.add_argument(
-        "--preset", default=None, help="a preset name (configs/compare/presets: paper) or file"
+        "--preset", default=None, help="a preset name (configs/compare/presets: paper, strategies) or file"
     )
     preset.add_argument("--seeds", type=int, default=None, help="run only the preset's first N seeds")
     preset.add_argument(

@@ -44,7 +44,7 @@ from ..runtime import write_atomic, write_json_atomic
 
 PRESET_KEYS = {"corpus", "sets", "seeds", "default_scale", "settings", "default_settings", "models", "ablations",
                "scales"}  # fmt: skip
-SCALE_KEYS = {"jobs", "common", "models"}
+SCALE_KEYS = {"jobs", "common", "models", "fine"}  # fine: a fine stage per set and seed (compare_bits)
 
 
 def presets_dir() -> Path:
@@ -250,6 +250,7 @@ def run_preset(preset_name: str | os.PathLike, out: str | os.PathLike, scale: st
     """The whole preset (see the module docstring); returns the report's summary (or the estimate)."""
     import shlex
 
+    from .compare_bits import bits_report, fine_runs
     from .compare_report import markdown, plot_curves, read_run, summarize
 
     preset = load_preset(preset_name)
@@ -282,13 +283,17 @@ def run_preset(preset_name: str | os.PathLike, out: str | os.PathLike, scale: st
     sets = {k: str(v) for k, v in sets.items() if k in preset["sets"]}
     launch = shlex.split(launcher) if launcher else [sys.executable]
     runs = plan(preset, scale, sets, out, seed_list, overrides or [], processes, settings)
+    fine = fine_runs(preset, scale, sets, out, seed_list, overrides or [])
     if estimate_steps:
         return estimate(runs, out, launch, threads, jobs, estimate_steps)
     if jobs == 1 and not launcher:
         launch = None  # one at a time: in this process, as compare's own runs
-    print(f"{len(runs)} runs, {jobs} at a time, {threads} thread(s) each; output in {out}", flush=True)
+    print(
+        f"{len(runs) + len(fine)} runs, {jobs} at a time, {threads} thread(s) each; output in {out}",
+        flush=True,
+    )
     t0 = time.perf_counter()
-    worked, failures = execute(runs, jobs, launch, threads)
+    worked, failures = execute(runs + fine, jobs, launch, threads)
     finished = [r for r in runs if (r.dir / "eval.json").is_file() and (r.dir / "run.json").is_file()]
     records = [read_run(r.dir) for r in finished]
     ablations = {name: ab["model"] for name, ab in preset["ablations"].items()}
@@ -297,13 +302,17 @@ def run_preset(preset_name: str | os.PathLike, out: str | os.PathLike, scale: st
                    wall_s=time.perf_counter() - t0, runs_done_now=worked, failures=failures,
                    runs=[{k: v for k, v in r.items()} for r in records])  # fmt: skip
     text = markdown(summary)
+    bits = bits_report(runs + fine)  # every strategy on bits/s over all K codebooks, coarse + fine paired
+    if bits:
+        summary["bits_per_second"] = bits["rows"]
+        text += "\n" + bits["markdown"]
     write_atomic(out / "compare.md", text)
     write_json_atomic(out / "compare.json", summary)
     if records:
         plot_curves(records, summary, out)
     print(text, flush=True)
     if failures:
-        raise CommandFailed(f"{len(failures)} of {len(runs)} runs failed: " + "; ".join(failures), 1,
+        raise CommandFailed(f"{len(failures)} of {len(runs) + len(fine)} runs failed: " + "; ".join(failures), 1,
                             hint="fix the cause and rerun the same command: finished runs are kept")  # fmt: skip
     return summary
 
