@@ -55,10 +55,15 @@ class StreamingDecoder:
     ``addmm`` over ``(k, Cin)`` columns with the weight stored as the right operand (for a one-frame
     push the carried window is its own column matrix, no unfold). The codec must not be trained
     while a decoder built on it is used.
+
+    ``static=True``: the carried state lives in buffers allocated once (by the priming push) and
+    updated in place, so a one-frame push always reads and writes the same memory with the same
+    shapes (traceable once, capturable in a CUDA graph); the output is the same.
     """
 
-    def __init__(self, codec, batch: int, num_codebooks: int) -> None:
+    def __init__(self, codec, batch: int, num_codebooks: int, static: bool = False) -> None:
         self.codec = codec
+        self.static = static
         with torch.no_grad(), parametrize.cached():
             self._build(codec, num_codebooks)
         prime = codec.silence_codes()[:num_codebooks].expand(num_codebooks, batch, PRIME_FRAMES)
@@ -159,6 +164,23 @@ class StreamingDecoder:
             x = self._apply(op, x)
         return x[..., 0].float()  # (B, n*320, 1) -> (B, n*320)
 
+    def _keep(self, i: int, value) -> None:
+        """Carry ``value`` (a tensor, or a tuple of lists of tensors) to the next push as state ``i``."""
+        old = self.state[i]
+        if not self.static:
+            self.state[i] = value
+        elif old is None:  # the priming push allocates the buffers
+            self.state[i] = (
+                value.clone()
+                if isinstance(value, torch.Tensor)
+                else tuple([t.clone() for t in part] for part in value)
+            )
+        elif isinstance(value, torch.Tensor):
+            old.copy_(value)
+        else:
+            for dst, src in zip((t for part in old for t in part), (t for part in value for t in part)):
+                dst.copy_(src)
+
     def _apply(self, op: tuple, x: torch.Tensor) -> torch.Tensor:
         # x: (B, n, C), time-major
         st = self.state
@@ -174,7 +196,7 @@ class StreamingDecoder:
                     xx = pad_left(x.transpose(1, 2), pad, mode).transpose(1, 2)
                 else:
                     xx = torch.cat([prev, x], 1)
-                st[i] = xx[:, -pad:]
+                self._keep(i, xx[:, -pad:])
                 x = xx
             if k > 1:
                 if n == 1 and pad == dil * (k - 1):  # the window (B, span, Cin) is the only one
@@ -191,12 +213,11 @@ class StreamingDecoder:
             head = z[:, :, 0].reshape(B, n * r, c_out)  # out[i*r + j] (a view when n == 1)
             spill = z[:, :, 1].reshape(B, n * r, c_out)  # out[(i+1)*r + j]
             tail = st[i]
-            st[i] = spill[:, -r:]
             if tail is None:
                 tail = spill.new_zeros(B, r, c_out)
-            if n == 1:
-                return head + b + tail
-            return head + b + torch.cat([tail, spill[:, :-r]], 1)
+            out = head + b + (tail if n == 1 else torch.cat([tail, spill[:, :-r]], 1))
+            self._keep(i, spill[:, -r:])  # after its last read: the static buffer is ``tail``
+            return out
         if kind == "convT":
             _, w, b, r, i = op
             y = F.conv_transpose1d(x.transpose(1, 2), w, b, r).transpose(1, 2)  # (B, n*r + k - r, C)
@@ -205,7 +226,7 @@ class StreamingDecoder:
             if tail is not None:  # overlap-add the previous chunk's trimmed tail (bias counted once)
                 y = y.clone()
                 y[:, : tail.shape[1]] += tail
-            st[i] = y[:, n:] - b
+            self._keep(i, y[:, n:] - b)
             return y[:, :n]
         if kind == "res":
             _, block, short = op
@@ -224,10 +245,10 @@ class StreamingDecoder:
                 inp, c = torch.lstm_cell(inp, (h, c), w_ih, w_hh, b_ih, b_hh)
                 new_h.append(inp)
                 new_c.append(c)
-            st[i] = (new_h, new_c)
+            self._keep(i, (new_h, new_c))
             return (inp + x[:, 0]).unsqueeze(1)
         seq = x.transpose(0, 1)  # (n, B, C)
         hc = None if st[i] is None else (torch.stack(st[i][0]), torch.stack(st[i][1]))
         out, (h, c) = lstm(seq, hc)
-        st[i] = (list(h.unbind(0)), list(c.unbind(0)))
+        self._keep(i, (list(h.unbind(0)), list(c.unbind(0))))
         return (out + seq).transpose(0, 1)
