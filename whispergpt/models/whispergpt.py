@@ -205,7 +205,8 @@ class WhisperGPT(nn.Module):
             else nn.Linear(c.d_model, self.num_scored_codebooks * c.codebook_size, bias=False)
         )
         self._init_weights()
-        self._decode_memo: _DecodeWeights | None = None
+        self._decode_memo: _DecodeWeights | None = None  # the last used; all: _decode_memos[dtype]
+        self._decode_memos: dict[str, _DecodeWeights] = {}
 
     def _init_weights(self) -> None:
         # GPT-2: N(0, 0.02) everywhere, residual output projections scaled by 1/sqrt(2 * layers).
@@ -443,17 +444,18 @@ class WhisperGPT(nn.Module):
         ref = self.tok_emb.weight
         if torch.is_grad_enabled() or ref.device.type != "cpu" or torch.compiler.is_compiling():
             return None
-        memo = self._decode_memo
+        memo = self._decode_memos.get(decode_dtype)
         params = list(self.parameters()) if memo is None else memo.params
         key = (decode_dtype, *((p._version, p.data_ptr()) for p in params))
         if memo is not None and memo.key == key:
+            self._decode_memo = memo
             return memo
         mb, proj = self.mel_branch, self.mel_proj
 
         def lin(m: nn.Linear) -> FastLinear | Int8Linear:
             return decode_linear(m.weight, m.bias, decode_dtype)
 
-        memo = self._decode_memo = _DecodeWeights(
+        memo = self._decode_memo = self._decode_memos[decode_dtype] = _DecodeWeights(
             params=params,
             key=key,
             decoder=[BlockWeights.of(b, decode_dtype) for b in self.decoder.blocks],
