@@ -154,3 +154,17 @@ def test_decode_dtype_is_checked_and_reaches_the_cache(tiny_codec, monkeypatch):
     monkeypatch.setattr(WhisperGPT, "new_cache", lambda self, *a, **k: seen.append(k) or real(self, *a, **k))
     generate(model, tiny_codec, frames=3, decode_dtype="int8", decode_audio=False)
     assert seen and seen[0]["decode_dtype"] == "int8"
+
+
+def test_stream_decoder_tokens_equal_the_full_redecode(tiny_codec):
+    """The streaming decoder's fused ops (bias and shortcut inside the matmuls, the LSTM cell as one
+    matmul) leave the sampled tokens those of re-decoding every frame from the start (window >= T)."""
+    model = tiny_model("delay", "concat", context=40)
+    out = {}
+    for decoder, window in (("stream", 32), ("window", 64)):
+        out[decoder] = generate(
+            model, tiny_codec, frames=30, num_samples=2, generator=torch.Generator().manual_seed(5),
+            decoder=decoder, decode_window=window, decode_audio=False,
+        )  # fmt: skip
+    assert torch.equal(out["stream"].codes, out["window"].codes)
+    torch.testing.assert_close(out["stream"].fed_mel, out["window"].fed_mel, atol=1e-4, rtol=0)
