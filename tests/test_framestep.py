@@ -168,3 +168,22 @@ def test_stream_decoder_tokens_equal_the_full_redecode(tiny_codec):
         )  # fmt: skip
     assert torch.equal(out["stream"].codes, out["window"].codes)
     torch.testing.assert_close(out["stream"].fed_mel, out["window"].fed_mel, atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow
+def test_compiled_static_step_matches_and_traces_once(tiny_codec, tmp_path, monkeypatch):
+    """``compile=True``: greedy tokens of the eager path, and a second generate call (new cache,
+    new decoder, new frame step) reuses the traced graphs instead of tracing again."""
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    torch._dynamo.reset()
+    model = tiny_model("delay", "concat", context=24)
+    kw = dict(frames=30, num_samples=2, temperature=0.0, decode_audio=False)
+    ref = generate(model, tiny_codec, **kw)
+    got = generate(model, tiny_codec, compile=True, **kw)
+    traced = counters["stats"]["unique_graphs"]
+    again = generate(model, tiny_codec, compile=True, **kw)
+    assert counters["stats"]["unique_graphs"] == traced > 0
+    assert torch.equal(got.codes, ref.codes) and torch.equal(again.codes, ref.codes)
+    torch.testing.assert_close(got.fed_mel, ref.fed_mel, atol=1e-4, rtol=0)

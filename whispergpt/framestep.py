@@ -30,6 +30,7 @@ import torch
 
 from .audio import HOP_LENGTH, WIN_LENGTH, log_mel_frame
 from .codec.streaming import StreamingDecoder
+from .models.decoding import warm_static_tables
 
 COMPILE_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 
@@ -86,6 +87,10 @@ class FrameStep:
         self._feed, self._step, self._feed_step = self._run_feed, self._run_step, self._run_feed_step
         if compile:
             compile_cache_dir()
+            # tables memoised outside the trace, so that the graph reads them instead of rebuilding them
+            warm_static_tables(model, cache)
+            if self.n_mels:
+                log_mel_frame(self.win, self.n_mels)
             mode = "reduce-overhead" if dev.type == "cuda" else None
             self._feed, self._step, self._feed_step = (
                 torch.compile(fn, mode=mode, dynamic=False)

@@ -291,10 +291,11 @@ class Stack(nn.Module):
         if self.pos is not None or len(self.blocks) == 0:
             return None
         hd = self.ln_f.normalized_shape[0] // self.heads
-        if torch.compiler.is_compiling():  # no Python-side memo inside a traced graph
-            return rope_cos_sin(0, end, hd, self.rope_base, device, dtype)
         key = (device, dtype)
         tables = self._rope_tables.get(key)
+        if torch.compiler.is_compiling():  # a traced graph reads a memo built before, never writes one
+            ok = tables is not None and tables[0].shape[0] >= end
+            return tables if ok else rope_cos_sin(0, end, hd, self.rope_base, device, dtype)
         if tables is None or tables[0].shape[0] < end:
             # normal tensors even when first built under inference_mode: training reuses them
             with torch.inference_mode(False), torch.no_grad():

@@ -79,3 +79,11 @@ class _DecodeWeights:
     mel: tuple[FastLinear | Int8Linear, list[BlockWeights]] | None
     mel_proj: FastLinear | Int8Linear | None
     head: FastLinear | Int8Linear
+
+
+def warm_static_tables(model, cache: WhisperGPTCache) -> None:
+    """Build the RoPE tables a static step over ``cache`` reads, so that a ``torch.compile``d step
+    reads them rather than recomputing them in every call."""
+    model.decoder.rope(cache.main[0].k.shape[2], cache.main[0].k.device)
+    if model.mel_branch is not None:
+        model.mel_branch.stack.rope(cache.max_steps, cache.main[0].k.device)

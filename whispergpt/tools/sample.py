@@ -4,7 +4,7 @@
 
     python sample.py --checkpoint DIR [--codec NAME_OR_PATH] [--prompt WAV] [--prompt-seconds S]
         --seconds S --out DIR [--num-samples N] [--temperature 1.0] [--top-k 250] [--top-p 0.0]
-        [--seed 0] [--device auto] [--precision auto|fp32|bf16] [--decode-dtype fp32|bf16|int8]
+        [--seed 0] [--device auto] [--precision auto|fp32|bf16] [--decode-dtype fp32|bf16|int8] [--compile]
         [--prompt-mel decoded|truth] [--decoder auto|stream|window]
         [--decode-window 32] [--context-keep 0.75] [--no-progress]
 
@@ -93,6 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
         "benchmarks/bench_decode_dtype.py); the prompt's prefill keeps --precision",
     )
     ap.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the per-frame step (static shapes; CUDA: as CUDA graphs). The first run "
+        "compiles for a minute or more (cached under ~/.cache/whispergpt/inductor); tokens can differ "
+        "from the default path by float rounding",
+    )
+    ap.add_argument(
         "--decode-window",
         type=int,
         default=DEFAULT_DECODE_WINDOW,
@@ -164,6 +171,7 @@ def generate_options(args: argparse.Namespace) -> dict:
         context_keep=args.context_keep,
         progress=not args.no_progress,
         decode_dtype=args.decode_dtype,
+        compile=args.compile,
     )
 
 
