@@ -79,6 +79,26 @@ def open_bench_codec(kind: str):
     raise ValueError(f"unknown codec kind {kind!r}: expected one of tiny, shipped, full")
 
 
+def load_baseline(path: str):
+    """Another checkout's ``whispergpt`` package (the folder holding it, e.g. a ``git archive`` of an
+    older commit), imported side by side as ``whispergpt_baseline``: its rows run in the same
+    rounds as ours, so before/after ratios are paired too."""
+    import importlib
+    import importlib.util
+
+    pkg = Path(path) / "whispergpt"
+    if not (pkg / "generate.py").is_file():
+        raise ValueError(f"--baseline {path}: no whispergpt/generate.py there")
+    spec = importlib.util.spec_from_file_location(
+        "whispergpt_baseline", pkg / "__init__.py", submodule_search_locations=[str(pkg)]
+    )
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["whispergpt_baseline"] = mod
+    spec.loader.exec_module(mod)
+    names = ("generate", "models", "codec")
+    return tuple(importlib.import_module(f"whispergpt_baseline.{n}") for n in names)
+
+
 def _musicgen_generate(model, batch: int, frames: int) -> Callable[[], torch.Tensor]:
     """``MusicgenForCausalLM.generate`` of ``frames`` frames from the pad/start token, top-k 250."""
     dev = next(model.parameters()).device
@@ -121,6 +141,7 @@ def run_sampling_benchmark(
     variants: tuple[str, ...] = (),
     frames: int | None = None,
     clock: str = "wall",
+    baseline: str | None = None,
 ) -> list[dict]:
     """One row per (model, codec, variant, batch); see the module docstring and benchmarks/README.md.
 
@@ -131,7 +152,9 @@ def run_sampling_benchmark(
     ``extra_ms_per_frame`` = median of (hybrid - token-only) / frames; ``*_iqr`` their
     interquartile ranges. ``clock``: ``wall`` (perf_counter) or ``cpu`` (process CPU time: on a
     shared machine it leaves out the time other processes hold the cores; use it with 1 thread).
-    ``compile`` (run.py --compile) adds the ``compile`` variant.
+    ``compile`` (run.py --compile) adds the ``compile`` variant. ``baseline``: the folder of
+    another checkout's ``whispergpt`` package (``load_baseline``): rows of variant ``baseline``
+    run its ``generate`` on copies of the same models and codecs.
     """
     from bench_train import Size, build_musicgen
 
@@ -161,6 +184,19 @@ def run_sampling_benchmark(
         cfg = WhisperGPTConfig(num_codebooks=K, codebook_size=V, n_mels=80, pattern="delay", fusion=fusion,
                                mel_heads=2, **size)  # fmt: skip
         models[fusion] = WhisperGPT(cfg).to(dev).eval()
+    base = None
+    if baseline:
+        b_gen, b_models, b_codec = load_baseline(baseline)
+        b_model = {}
+        for fusion, m in models.items():
+            b_model[fusion] = (
+                b_models.WhisperGPT(b_models.WhisperGPTConfig(**m.config.to_dict())).to(dev).eval()
+            )
+            b_model[fusion].load_state_dict(m.state_dict())
+        b_codecs = {
+            k: b_codec.Codec(c.model, bandwidth=c.bandwidth, name=c.name) for k, (c, _) in opened.items()
+        }
+        base = (b_gen.generate, b_model, b_codecs)
     mg = None
     if musicgen:
         torch.manual_seed(0)
@@ -181,28 +217,28 @@ def run_sampling_benchmark(
                 "",
             )
 
-        def ours(fusion: str, codec, dec: str | None, opts: dict, batch: int = batch) -> Callable:
-            return lambda seed: generate(
-                models[fusion], codec, frames=frames, num_samples=batch,
+        def ours(
+            fusion: str, kind: str, dec: str | None, variant: str, batch: int = batch, base=base
+        ) -> Callable:
+            gen, model, codec = generate, models[fusion], opened[kind][0]
+            if variant == "baseline":
+                gen, model, codec = base[0], base[1][fusion], base[2][kind]
+            return lambda seed: gen(
+                model, codec, frames=frames, num_samples=batch,
                 generator=torch.Generator(device=dev).manual_seed(seed), decoder=dec or "auto",
-                decode_window=decode_window, decode_audio=False, **opts,
+                decode_window=decode_window, decode_audio=False, **VARIANTS.get(variant, {}),
             )  # fmt: skip
 
-        first_codec = next(iter(opened.values()))[0]
-        for variant in ("", *variants):
+        first = next(iter(opened))
+        for variant in ("", *variants, *(("baseline",) if base else ())):
             opts = VARIANTS.get(variant, {})
-            calls[f"ours-token{'/' + variant if variant else ''}"] = (
-                ours("none", first_codec, None, opts),
-                "-",
-                None,
-                variant,
-            )
-            for kind, (codec, label) in opened.items():
+            calls[f"ours-token{'/' + variant if variant else ''}"] = (ours("none", first, None, variant), "-", None, variant)  # fmt: skip
+            for kind, (_, label) in opened.items():
                 for dec in decoders:
                     if dec == "window" and (opts.get("static") or opts.get("compile")):
                         continue  # the static step needs the stream decoder
                     name = f"ours-hybrid/{kind}/{dec}{'/' + variant if variant else ''}"
-                    calls[name] = (ours("concat", codec, dec, opts), label, dec, variant)  # fmt: skip
+                    calls[name] = (ours("concat", kind, dec, variant), label, dec, variant)
         names = list(calls)
         times: dict[str, list[float]] = {n: [] for n in names}
         with torch.inference_mode():
@@ -276,6 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--decoders", default="stream", help="feedback-loop decoders: stream, window")
     ap.add_argument("--variants", default="", help=f"extra rows of ours: {', '.join(VARIANTS)}")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="wall or process CPU time")
+    ap.add_argument(
+        "--baseline", default=None, help="folder holding another checkout's whispergpt/: paired before rows"
+    )
     ap.add_argument("--no-musicgen", action="store_true", help="skip the MusicGen generate rows")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--out", default="runs/benchmarks/sampling.json", help="JSON output path")
@@ -287,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         mode=args.mode, quick=args.quick, device=args.device, repeats=args.repeats,
         batches=tuple(int(b) for b in args.batches.split(",")), decode_window=args.decode_window,
         decoders=split(args.decoders), musicgen=not args.no_musicgen, codecs=split(args.codecs) or None,
-        variants=split(args.variants), frames=args.frames, clock=args.clock,
+        variants=split(args.variants), frames=args.frames, clock=args.clock, baseline=args.baseline,
     )  # fmt: skip
     print(markdown(rows))
     out = Path(args.out)

@@ -50,6 +50,23 @@ def test_static_step_gives_the_tokens_of_the_default_path(tiny_codec, pattern, f
         torch.testing.assert_close(out[True].stream_audio, out[False].stream_audio, atol=1e-6, rtol=0)
 
 
+def test_static_span_grows_in_powers_of_two(tiny_codec):
+    """Spans 64, 128, then max_steps: the static path's tokens over all three equal the default's."""
+    model = tiny_model("delay", "concat", context=150)
+    cache = model.new_cache(1, 151, static=True)
+    spans = []
+    for steps in (0, 63, 64, 127, 128, 150):
+        cache.steps = steps
+        spans.append(cache.static_span())
+    assert spans == [64, 64, 128, 128, 151, 151]
+    out = [
+        generate(model, tiny_codec, frames=140, generator=torch.Generator().manual_seed(2), decode_audio=False,
+                 static=static).codes
+        for static in (False, True)
+    ]  # fmt: skip
+    assert torch.equal(out[0], out[1])
+
+
 @pytest.mark.parametrize("pattern,fusion", [("delay", "concat"), ("parallel", "interleave")])
 def test_static_cache_steps_equal_dynamic_steps(pattern, fusion):
     """``model.step`` with a static cache (after a prefill) gives the logits of a dynamic one."""

@@ -10,9 +10,10 @@ step, or before a re-prefill) and ``step(tok, mel)`` (no frame to decode yet).
 with ``static``: KV written at a device index, attention over the whole cache, masked), the
 streaming decoder keeps its state in fixed buffers updated in place, the mel window is a fixed
 ``(B, 1024)`` ring buffer, and the inputs are copied into fixed buffers. One ``feed_step`` is then
-device work only, with the same shapes and addresses at every frame: traced once by
-``torch.compile`` (``compile=True``), or capturable as one CUDA graph. The tokens equal those of
-the default path (``tests/test_framestep.py``).
+device work only, with the same shapes and addresses at every frame of a span (attention reads
+the first ``span`` cache positions, a power of two >= 64: ``WhisperGPTCache.static_span``):
+traced by ``torch.compile`` (``compile=True``) once per span, or capturable as one CUDA graph per
+span. The tokens equal those of the default path (``tests/test_framestep.py``).
 
 ``compile=True`` compiles the static calls with ``torch.compile`` (on CUDA ``mode="reduce-overhead"``,
 which captures them as CUDA graphs). Inductor's compiled code is cached on disk
@@ -114,12 +115,12 @@ class FrameStep:
         self.win.copy_(torch.cat([self.win[:, HOP_LENGTH:], new], dim=1))
         return new, log_mel_frame(self.win, self.n_mels)
 
-    def _run_step(self) -> torch.Tensor:
-        return self.model._step_static(self.tok, self.mel_in if self.n_mels else None, self.cache)
+    def _run_step(self, span: int) -> torch.Tensor:
+        return self.model._step_static(self.tok, self.mel_in if self.n_mels else None, self.cache, span)
 
-    def _run_feed_step(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _run_feed_step(self, span: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         new, mel = self._run_feed()
-        return self.model._step_static(self.tok, mel, self.cache), new, mel
+        return self.model._step_static(self.tok, mel, self.cache, span), new, mel
 
     # -- what generate calls ------------------------------------------------------------------
     def _store(self, f: int, new: torch.Tensor, mel: torch.Tensor) -> None:
@@ -145,7 +146,7 @@ class FrameStep:
         self.tok.copy_(tok)
         if mel is not None:
             self.mel_in.copy_(mel)
-        logits = self._step()
+        logits = self._step(self.cache.static_span())
         self.cache.steps += 1
         return logits
 
@@ -156,7 +157,7 @@ class FrameStep:
             return self.model._step(tok, self.fed_mel[:, :, f], self.cache)
         self.tok.copy_(tok)
         self.frame.copy_(self.codes[:, :, f : f + 1])
-        logits, new, mel = self._feed_step()
+        logits, new, mel = self._feed_step(self.cache.static_span())
         self.cache.steps += 1
         self._store(f, new, mel)
         return logits

@@ -135,7 +135,7 @@ class BlockWeights:
 class StaticPos:
     """A decode position held on the device, for static-shape steps (no host value read, so a
     step can be traced once or captured in a CUDA graph): ``index (1,)`` long and ``mask (1, L)``
-    bool, True at the cache positions ``<= index``."""
+    bool, True at the cache positions ``<= index``; attention reads the first ``L`` positions."""
 
     index: torch.Tensor
     mask: torch.Tensor
@@ -205,7 +205,7 @@ class CausalSelfAttention(nn.Module):
 
         ``w``: this block's ``BlockWeights`` (inference on CPU) or None (the modules themselves).
         ``pos``: a host int, or a ``StaticPos`` (static shapes: the K/V written with
-        ``index_copy_``, attention over the whole cache with positions after ``pos`` masked).
+        ``index_copy_``, attention over the mask's span with positions after ``pos`` masked).
         """
         B, D = x.shape
         qkv_lin, proj_lin = (self.qkv, self.proj) if w is None else (w.qkv, w.proj)
@@ -214,10 +214,11 @@ class CausalSelfAttention(nn.Module):
         if rope is not None:
             qk = apply_rope(qk, *rope)
         p = self.dropout if self.training else 0.0
-        if isinstance(pos, StaticPos):  # write at a device index, attend over the whole cache, masked
+        if isinstance(pos, StaticPos):  # write at a device index, attend over the first L, masked
             kv.k.index_copy_(2, pos.index, qk[:, 1, :, None].to(kv.k.dtype))
             kv.v.index_copy_(2, pos.index, v[:, :, None].to(kv.v.dtype))
-            keys, values, mask = kv.k.to(qk.dtype), kv.v.to(qk.dtype), pos.mask
+            n = pos.mask.shape[-1]
+            keys, values, mask = kv.k[:, :, :n].to(qk.dtype), kv.v[:, :, :n].to(qk.dtype), pos.mask
         else:
             kv.k[:, :, pos] = qk[:, 1]
             kv.v[:, :, pos] = v

@@ -20,8 +20,10 @@ class WhisperGPTCache:
     ``step``/``forward_steps``. A cache is tied to its batch size and ``max_steps``.
     ``decode_dtype``: the weights ``step`` reads on CPU (``fp32``, ``bf16`` or ``int8``, see
     ``blocks.decode_linear``). ``static``: ``step`` takes its position from ``pos`` (a ``(1,)``
-    long tensor on the device, kept equal to ``steps``) and attends over the whole cache with a
-    mask, so every step has the same shapes and reads no host value (one trace, or one CUDA graph).
+    long tensor on the device, kept equal to ``steps``) and attends over the first ``span``
+    positions with a mask, so a step has fixed shapes and reads no host value (traceable, capturable
+    in a CUDA graph). ``span`` (``static_span``) grows in powers of two from 64 up to ``max_steps``:
+    a few shapes (one trace or graph each) instead of every step attending over the whole cache.
     """
 
     def __init__(
@@ -53,15 +55,24 @@ class WhisperGPTCache:
     def static(self) -> bool:
         return self.pos is not None
 
-    def static_pos(self, positions_per_step: int = 1, offset: int = 0) -> tuple[StaticPos, StaticPos]:
-        """``(mel stack's, main stack's)`` ``StaticPos`` of the current step (device ops only);
-        the main stack holds ``positions_per_step`` positions per step, this one at ``offset``."""
+    def static_span(self) -> int:
+        """Steps the next static step attends over: a power of two >= 64 covering ``steps + 1``,
+        capped at ``max_steps`` (a host value: the caller passes it to the traced step)."""
+        need = self.steps + 1
+        return min(self.max_steps, max(64, 1 << (need - 1).bit_length()))
+
+    def static_pos(
+        self, span: int, positions_per_step: int = 1, offset: int = 0
+    ) -> tuple[StaticPos, StaticPos]:
+        """``(mel stack's, main stack's)`` ``StaticPos`` of the current step over the first
+        ``span`` steps (device ops only); the main stack holds ``positions_per_step`` positions
+        per step, this one at ``offset``."""
         idx = self.pos
-        at_mel = StaticPos(idx, (self._positions[: self.max_steps] <= idx)[None])  # (1, L)
+        at_mel = StaticPos(idx, (self._positions[:span] <= idx)[None])  # (1, span)
         if positions_per_step == 1:
             return at_mel, at_mel
         main = idx * positions_per_step + offset
-        return at_mel, StaticPos(main, (self._positions <= main)[None])
+        return at_mel, StaticPos(main, (self._positions[: span * positions_per_step] <= main)[None])
 
 
 @dataclass
@@ -82,8 +93,9 @@ class _DecodeWeights:
 
 
 def warm_static_tables(model, cache: WhisperGPTCache) -> None:
-    """Build the RoPE tables a static step over ``cache`` reads, so that a ``torch.compile``d step
-    reads them rather than recomputing them in every call."""
+    """Build the RoPE tables and the decode weight copies a static step over ``cache`` reads, so
+    that a ``torch.compile``d step reads them rather than recomputing them in every call."""
+    model._decode_weights(cache.decode_dtype)
     model.decoder.rope(cache.main[0].k.shape[2], cache.main[0].k.device)
     if model.mel_branch is not None:
         model.mel_branch.stack.rope(cache.max_steps, cache.main[0].k.device)

@@ -386,14 +386,12 @@ class WhisperGPT(nn.Module):
         if cache.static:
             if step_mel is None and self.mel_branch is not None:  # a pad step: any values
                 step_mel = torch.zeros(step_tokens.shape[0], self.config.n_mels, device=step_tokens.device)
-            logits = self._step_static(step_tokens, step_mel, cache)
+            logits = self._step_static(step_tokens, step_mel, cache, cache.static_span())
             cache.steps += 1
             return logits
-        c, start = self.config, cache.steps
-        B = step_tokens.shape[0]
+        c, start, B = self.config, cache.steps, step_tokens.shape[0]
         w = self._decode_weights(cache.decode_dtype)
-        # token embedding summed over the Kin codebooks: (B, Kin) -> (B, E)
-        x = self.tok_emb(step_tokens + self.tok_offsets).sum(dim=1)
+        x = self.tok_emb(step_tokens + self.tok_offsets).sum(dim=1)  # (B, Kin) -> (B, E)
         pos = start
         if self.mel_branch is not None:
             m = self.mel_branch.step(step_mel, cache.mel, start, B, w and w.mel)  # (B, mel_dim)
@@ -412,16 +410,16 @@ class WhisperGPT(nn.Module):
         return logits.view(B, self.num_scored_codebooks, c.codebook_size)
 
     def _step_static(
-        self, step_tokens: torch.Tensor, step_mel: torch.Tensor | None, cache: WhisperGPTCache
+        self, step_tokens: torch.Tensor, step_mel: torch.Tensor | None, cache: WhisperGPTCache, span: int
     ) -> torch.Tensor:
         """``_step`` of a static cache, device ops only: the position is ``cache.pos`` (advanced
-        here, in place), ``cache.steps`` is the caller's to advance; ``step_mel`` is required
-        (any values) when the model has a mel branch. Traceable once for every position."""
+        here, in place), ``cache.steps`` and ``span`` (``cache.static_span()``) are the caller's;
+        ``step_mel`` is required (any values) with a mel branch. One trace per ``span``."""
         c = self.config
         B = step_tokens.shape[0]
         w = self._decode_weights(cache.decode_dtype)
         x = self.tok_emb(step_tokens + self.tok_offsets).sum(dim=1)  # (B, Kin) -> (B, E)
-        at_mel, at = cache.static_pos(c.positions_per_step, c.positions_per_step - 1)
+        at_mel, at = cache.static_pos(span, c.positions_per_step, c.positions_per_step - 1)
         if self.mel_branch is not None:
             m = self.mel_branch.step(step_mel, cache.mel, at_mel, B, w and w.mel)  # (B, mel_dim)
             mel_proj = self.mel_proj if w is None else w.mel_proj
@@ -430,7 +428,7 @@ class WhisperGPT(nn.Module):
             elif c.fusion == "sum":
                 x = x + mel_proj(m)
             else:  # interleave: the mel position (2p) first, then the tokens (2p + 1)
-                _, at_m = cache.static_pos(2, 0)
+                _, at_m = cache.static_pos(span, 2, 0)
                 self.decoder.step(self.drop(mel_proj(m).to(x.dtype)), cache.main, at_m, w and w.decoder)
         h = self.decoder.step(self.drop(x), cache.main, at, w and w.decoder)  # (B, D)
         cache.pos.add_(1)
@@ -438,17 +436,20 @@ class WhisperGPT(nn.Module):
         return logits.view(B, self.num_scored_codebooks, c.codebook_size)
 
     def _decode_weights(self, decode_dtype: str = "fp32") -> _DecodeWeights | None:
-        """Decode copies (``blocks.decode_linear``) for ``_step``, or None where the modules run
-        as they are: with autograd (gradients must reach the parameters), off CPU (cuBLAS takes
-        either layout at full speed) and inside ``torch.compile`` (it fuses the layouts itself)."""
+        """Decode copies (``blocks.decode_linear``) for ``_step``; None with autograd (gradients must
+        reach the parameters) and off CPU (cuBLAS takes either layout at full speed). A traced step
+        reads the copies built before it (inductor keeps F.linear's slow transposed operand)."""
         ref = self.tok_emb.weight
-        if torch.is_grad_enabled() or ref.device.type != "cpu" or torch.compiler.is_compiling():
+        if torch.is_grad_enabled() or ref.device.type != "cpu":
             return None
+        if torch.compiler.is_compiling():
+            return self._decode_memos.get(decode_dtype)
         memo = self._decode_memos.get(decode_dtype)
         params = list(self.parameters()) if memo is None else memo.params
         key = (decode_dtype, *((p._version, p.data_ptr()) for p in params))
         if memo is not None and memo.key == key:
-            self._decode_memo = memo
+            if self._decode_memo is not memo:  # (nn.Module.__setattr__ is not free)
+                self._decode_memo = memo
             return memo
         mb, proj = self.mel_branch, self.mel_proj
 
