@@ -275,7 +275,7 @@ def run_sampling_benchmark(
                 e = paired(times[name], base, lambda h, b: (h - b) / frames * 1e3)
                 row.update(overhead_pct=round(s["median"], 1), overhead_iqr=_spread(s, 0), overhead_stats=s,
                            extra_ms_per_frame=round(e["median"], 3), extra_ms_iqr=_spread(e, 2))  # fmt: skip
-            row.update(rounds=rounds, clock=clock, times_s=[round(x, 4) for x in times[name]])
+            row.update(repeats=rounds, clock=clock, times_s=[round(x, 4) for x in times[name]])
             rows.append(row)
     for row in rows:
         row["load_avg"] = f"{min(load):.1f}-{max(load):.1f}"
