@@ -1,20 +1,25 @@
 #!/usr/bin/env python
-"""Sampling throughput: token-only (``fusion=none``) vs hybrid (``fusion=concat``, mel feedback loop).
+"""Sampling throughput vs MusicGen, and the hybrid's feedback-loop overhead with realistic codecs.
 
-    python benchmarks/bench_sampling.py --quick                  # CI smoke, < 30 s on CPU
-    python benchmarks/bench_sampling.py                          # CPU sizes, ~1-2 min
-    python benchmarks/bench_sampling.py --device cuda            # GPU sizes, full-size codec
-    python benchmarks/bench_sampling.py --out runs/benchmarks/sampling.json
+    python benchmarks/bench_sampling.py --quick                       # CI smoke, tiny codec
+    python benchmarks/bench_sampling.py --threads 1                   # CPU: shipped + full EnCodec codecs
+    python benchmarks/bench_sampling.py --threads 1 --clock cpu       # a shared machine: process CPU time
+    python benchmarks/bench_sampling.py --variants int8,static,compile --no-musicgen
+    python benchmarks/bench_sampling.py --device cuda                 # GPU sizes
 
-Both models have the same dims and the ``delay`` pattern; both run ``whispergpt.generate.generate``
-(KV cache, top-k 250, same seed) without the final full decode, so the hybrid's extra time is the
-mel branch plus the feedback loop (window decode + one mel frame per step). See benchmarks/README.md.
+Rows: ``musicgen`` (transformers ``MusicgenForCausalLM.generate``), ``ours-token``
+(``fusion=none``) and one ``ours-hybrid`` row per codec (``fusion=concat``, mel feedback loop with
+the streaming decoder); ``--variants`` adds rows of ours with another step (``static``,
+``compile``) or decode weights (``int8``, ``bf16``). Every round runs every row once, round-robin
+(order rotated per round), after a warm-up round; ratios are taken within a round (paired) and
+reported as the median with the interquartile range over rounds. See benchmarks/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -28,12 +33,25 @@ if str(HERE) not in sys.path:  # bench_train (MusicGen builder) when run as a sc
     sys.path.insert(0, str(HERE))
 
 SIZES: dict[str, dict] = {
-    # model dims, frames generated per sample, codec ("tiny": Codec.random(); "full": EnCodec 24 kHz dims)
-    "quick": dict(d_model=64, n_layers=2, n_heads=4, mel_dim=16, mel_layers=1, context=64, frames=16, codec="tiny"),
-    "cpu": dict(d_model=256, n_layers=4, n_heads=4, mel_dim=32, mel_layers=2, context=256, frames=150, codec="tiny"),
-    "gpu": dict(d_model=1024, n_layers=12, n_heads=16, mel_dim=32, mel_layers=2, context=1500, frames=750,
-                codec="full"),
+    # model dims and frames generated per sample
+    "quick": dict(d_model=64, n_layers=2, n_heads=4, mel_dim=16, mel_layers=1, context=64, frames=16),
+    "cpu": dict(d_model=256, n_layers=4, n_heads=4, mel_dim=32, mel_layers=2, context=320, frames=300),
+    "gpu": dict(d_model=1024, n_layers=12, n_heads=16, mel_dim=32, mel_layers=2, context=1500, frames=750),
 }  # fmt: skip
+# feedback-loop codecs per mode: "tiny" = Codec.random(tiny=True) (CI only), "shipped" = the codec
+# in the package (what the quickstart and the offline default use), "full" = EnCodec 24 kHz dims
+# (facebook/encodec_24khz's config, random weights: the cost does not depend on them)
+CODECS = {"quick": ("tiny",), "cpu": ("shipped", "full"), "gpu": ("shipped", "full")}
+ROUNDS = {"quick": 2, "cpu": 7, "gpu": 7}
+# --variants: rows of ours with other generate options (each also gets its own token-only row)
+VARIANTS: dict[str, dict] = {
+    "static": dict(static=True),
+    "compile": dict(compile=True),
+    "int8": dict(decode_dtype="int8"),
+    "bf16": dict(decode_dtype="bf16"),
+    "int8+compile": dict(decode_dtype="int8", compile=True),
+}
+K, V = 2, 1024  # 1.5 kbps
 
 
 def _device(device) -> torch.device:
@@ -47,7 +65,41 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
-def _musicgen_generate(model, batch: int, frames: int, K: int, V: int) -> Callable[[], torch.Tensor]:
+def open_bench_codec(kind: str):
+    """``(Codec, label)`` of a feedback-loop codec kind (see ``CODECS``), K=2 codebooks."""
+    from whispergpt.codec import Codec
+    from whispergpt.codec.codec import SHIPPED_CODEC_DIR
+
+    if kind == "shipped":
+        return Codec.from_pretrained(SHIPPED_CODEC_DIR, bandwidth=1.5), "shipped (whispergpt-small-24khz)"
+    if kind == "full":
+        return Codec.random(bandwidth=1.5, seed=0, tiny=False), "EnCodec 24 kHz dims (random)"
+    if kind == "tiny":
+        return Codec.random(bandwidth=1.5, seed=0, tiny=True), "Codec.random(tiny=True)"
+    raise ValueError(f"unknown codec kind {kind!r}: expected one of tiny, shipped, full")
+
+
+def load_baseline(path: str):
+    """Another checkout's ``whispergpt`` package (the folder holding it, e.g. a ``git archive`` of an
+    older commit), imported side by side as ``whispergpt_baseline``: its rows run in the same
+    rounds as ours, so before/after ratios are paired too."""
+    import importlib
+    import importlib.util
+
+    pkg = Path(path) / "whispergpt"
+    if not (pkg / "generate.py").is_file():
+        raise ValueError(f"--baseline {path}: no whispergpt/generate.py there")
+    spec = importlib.util.spec_from_file_location(
+        "whispergpt_baseline", pkg / "__init__.py", submodule_search_locations=[str(pkg)]
+    )
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["whispergpt_baseline"] = mod
+    spec.loader.exec_module(mod)
+    names = ("generate", "models", "codec")
+    return tuple(importlib.import_module(f"whispergpt_baseline.{n}") for n in names)
+
+
+def _musicgen_generate(model, batch: int, frames: int) -> Callable[[], torch.Tensor]:
     """``MusicgenForCausalLM.generate`` of ``frames`` frames from the pad/start token, top-k 250."""
     dev = next(model.parameters()).device
     ids = torch.full((batch * K, 1), V, dtype=torch.long, device=dev)  # (B*K, 1): start token per codebook
@@ -64,6 +116,17 @@ def _musicgen_generate(model, batch: int, frames: int, K: int, V: int) -> Callab
     return run
 
 
+def paired(a: list[float], b: list[float], fn) -> dict:
+    """``fn(a_i, b_i)`` over paired rounds -> median, interquartile range and min/max."""
+    vals = sorted(fn(x, y) for x, y in zip(a, b))
+    q = statistics.quantiles(vals, n=4, method="inclusive") if len(vals) > 1 else [vals[0]] * 3
+    return dict(median=statistics.median(vals), q1=q[0], q3=q[2], min=vals[0], max=vals[-1], n=len(vals))
+
+
+def _spread(s: dict, digits: int) -> str:
+    return f"{s['q1']:.{digits}f}-{s['q3']:.{digits}f}"
+
+
 def run_sampling_benchmark(
     mode: str | None = None,
     quick: bool = False,
@@ -71,136 +134,162 @@ def run_sampling_benchmark(
     repeats: int | None = None,
     batches: tuple[int, ...] = (1, 8),
     decode_window: int = 32,
-    decoders: tuple[str, ...] | None = None,
+    decoders: tuple[str, ...] = ("stream",),
     compile: bool = False,
     musicgen: bool = True,
+    codecs: tuple[str, ...] | None = None,
+    variants: tuple[str, ...] = (),
+    frames: int | None = None,
+    clock: str = "wall",
+    baseline: str | None = None,
 ) -> list[dict]:
-    """One row per (model, batch): frames/s, real-time factor, ratio vs MusicGen, hybrid overhead.
+    """One row per (model, codec, variant, batch); see the module docstring and benchmarks/README.md.
 
-    Models: ``musicgen`` (transformers ``MusicgenForCausalLM.generate``, same D/L/H/K/V, built
-    offline), ``ours-token`` (``fusion=none``) and ``ours-hybrid`` (``fusion=concat``, mel feedback
-    loop with the codec's ``decoders``); all sample with top-k 250, temperature 1, from nothing.
-    ``frames_per_s`` = frames generated per sample / wall seconds of the call (prefill + loop; our
-    final full decode is skipped, MusicGen has none), the same definition on every row, so the
-    batch's throughput is ``batch * frames_per_s``; ``rtf`` = audio seconds of the whole batch per
-    wall second. Each repeat times every model once, round-robin (order rotated per repeat) after a
-    warm-up round; ``seconds`` is the median over repeats, ``vs_musicgen`` the median over repeats
-    of (MusicGen time / this model's time) in the same repeat, ``overhead_pct`` (hybrid rows) the
-    median of (hybrid time / token-only time - 1) * 100 in the same repeat.
-    ``decoders``: feedback-loop decoders measured (default ``stream``, plus ``window`` outside quick).
-    ``compile`` is accepted for ``run.py`` and ignored (sampling steps one position at a time).
+    ``frames_per_s`` = frames generated per sample / seconds of the call (prefill + loop; our final
+    full decode is skipped, MusicGen has none); ``rtf`` = audio seconds of the batch per second.
+    ``repeats`` = rounds. ``vs_musicgen`` = median over rounds of MusicGen's time / this row's;
+    ``overhead_pct`` (hybrid rows) = median of (hybrid / token-only of the same variant - 1) x 100,
+    ``extra_ms_per_frame`` = median of (hybrid - token-only) / frames; ``*_iqr`` their
+    interquartile ranges. ``clock``: ``wall`` (perf_counter) or ``cpu`` (process CPU time: on a
+    shared machine it leaves out the time other processes hold the cores; use it with 1 thread).
+    ``compile`` (run.py --compile) adds the ``compile`` variant. ``baseline``: the folder of
+    another checkout's ``whispergpt`` package (``load_baseline``): rows of variant ``baseline``
+    run its ``generate`` on copies of the same models and codecs.
     """
     from bench_train import Size, build_musicgen
 
     from whispergpt.audio import FRAME_RATE
-    from whispergpt.codec import Codec
     from whispergpt.generate import generate
     from whispergpt.models import WhisperGPT, WhisperGPTConfig
 
+    if clock not in ("wall", "cpu"):
+        raise ValueError(f"clock must be wall or cpu, got {clock!r}")
+    timer = time.perf_counter if clock == "wall" else time.process_time
     dev = _device(device)
     mode = "quick" if quick else (mode or ("gpu" if dev.type == "cuda" else "cpu"))
     size = dict(SIZES[mode])
-    frames, codec_kind = size.pop("frames"), size.pop("codec")
-    repeats = repeats or 3
-    decoders = decoders or (("stream",) if mode == "quick" else ("stream", "window"))
-    K, V = 2, 1024
-    # Codec.random: random EnCodec weights at 1.5 kbps (K=2, V=1024); "tiny" = shrunk widths
-    # (the cost of a decode step, not its output, is what is measured)
-    codec = Codec.random(bandwidth=1.5, seed=0, tiny=codec_kind == "tiny").to(dev)
-    codec_name = "Codec.random(tiny=True)" if codec_kind == "tiny" else "Codec.random (EnCodec 24 kHz dims)"
+    frames = frames or size.pop("frames")
+    size.pop("frames", None)
+    rounds = repeats or ROUNDS[mode]
+    variants = tuple(variants) + (("compile",) if compile and "compile" not in variants else ())
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        raise ValueError(f"unknown variants {unknown}: expected some of {sorted(VARIANTS)}")
+    opened = {kind: open_bench_codec(kind) for kind in (codecs or CODECS[mode])}
+    for codec, _ in opened.values():
+        codec.to(dev)
     models = {}
     for fusion in ("none", "concat"):
         torch.manual_seed(0)
         cfg = WhisperGPTConfig(num_codebooks=K, codebook_size=V, n_mels=80, pattern="delay", fusion=fusion,
                                mel_heads=2, **size)  # fmt: skip
         models[fusion] = WhisperGPT(cfg).to(dev).eval()
+    base = None
+    if baseline:
+        b_gen, b_models, b_codec = load_baseline(baseline)
+        b_model = {}
+        for fusion, m in models.items():
+            b_model[fusion] = (
+                b_models.WhisperGPT(b_models.WhisperGPTConfig(**m.config.to_dict())).to(dev).eval()
+            )
+            b_model[fusion].load_state_dict(m.state_dict())
+        b_codecs = {
+            k: b_codec.Codec(c.model, bandwidth=c.bandwidth, name=c.name) for k, (c, _) in opened.items()
+        }
+        base = (b_gen.generate, b_model, b_codecs)
     mg = None
     if musicgen:
         torch.manual_seed(0)
         mg_size = Size(mode, d_model=size["d_model"], n_layers=size["n_layers"], n_heads=size["n_heads"],
                        num_codebooks=K, codebook_size=V, frames=frames, batch=1)  # fmt: skip
         mg = build_musicgen(mg_size, max_positions=frames + K).to(dev).eval()
+    load = [os.getloadavg()[0]]
     rows = []
     for batch in batches:
-        calls: dict[str, Callable[[int], object]] = {}
+        # name -> (call(seed), model, codec label, decoder, variant)
+        calls: dict[str, tuple] = {}
         if mg is not None:
-            run_mg = _musicgen_generate(mg, batch, frames, K, V)
-            calls["musicgen"] = lambda seed, run_mg=run_mg: (torch.manual_seed(seed), run_mg())
+            run_mg = _musicgen_generate(mg, batch, frames)
+            calls["musicgen"] = (
+                lambda seed, run_mg=run_mg: (torch.manual_seed(seed), run_mg()),
+                "-",
+                None,
+                "",
+            )
 
-        def ours(fusion: str, dec: str | None, batch: int = batch) -> Callable[[int], object]:
-            return lambda seed: generate(
-                models[fusion], codec, frames=frames, num_samples=batch,
+        def ours(
+            fusion: str, kind: str, dec: str | None, variant: str, batch: int = batch, base=base
+        ) -> Callable:
+            gen, model, codec = generate, models[fusion], opened[kind][0]
+            if variant == "baseline":
+                gen, model, codec = base[0], base[1][fusion], base[2][kind]
+            return lambda seed: gen(
+                model, codec, frames=frames, num_samples=batch,
                 generator=torch.Generator(device=dev).manual_seed(seed), decoder=dec or "auto",
-                decode_window=decode_window, decode_audio=False,
+                decode_window=decode_window, decode_audio=False, **VARIANTS.get(variant, {}),
             )  # fmt: skip
 
-        calls["ours-token"] = ours("none", None)
-        for dec in decoders:
-            calls[f"ours-hybrid/{dec}"] = ours("concat", dec)
+        first = next(iter(opened))
+        for variant in ("", *variants, *(("baseline",) if base else ())):
+            opts = VARIANTS.get(variant, {})
+            calls[f"ours-token{'/' + variant if variant else ''}"] = (ours("none", first, None, variant), "-", None, variant)  # fmt: skip
+            for kind, (_, label) in opened.items():
+                for dec in decoders:
+                    if dec == "window" and (opts.get("static") or opts.get("compile")):
+                        continue  # the static step needs the stream decoder
+                    name = f"ours-hybrid/{kind}/{dec}{'/' + variant if variant else ''}"
+                    calls[name] = (ours("concat", kind, dec, variant), label, dec, variant)
         names = list(calls)
         times: dict[str, list[float]] = {n: [] for n in names}
         with torch.inference_mode():
-            for r in range(repeats + 1):  # round 0 warms up; the order rotates per round
+            for r in range(rounds + 1):  # round 0 warms up (and compiles); the order rotates per round
                 for name in names[r % len(names) :] + names[: r % len(names)]:
                     _sync(dev)
-                    t0 = time.perf_counter()
-                    calls[name](r)
+                    t0 = timer()
+                    calls[name][0](r)
                     _sync(dev)
                     if r > 0:
-                        times[name].append(time.perf_counter() - t0)
+                        times[name].append(timer() - t0)
+        load.append(os.getloadavg()[0])
         for name in names:
+            _, label, dec, variant = calls[name]
             t = statistics.median(times[name])
-            dec = name.split("/")[1] if "/" in name else None
-            rows.append(
-                dict(
-                    device=str(dev),
-                    mode=mode,
-                    model=name.split("/")[0],
-                    d_model=size["d_model"],
-                    n_layers=size["n_layers"],
-                    codec="-"
-                    if dec is None
-                    else f"{codec_name}, {dec}" + (f" W={decode_window}" if dec == "window" else ""),
-                    batch=batch,
-                    frames=frames,
-                    seconds=round(t, 4),
-                    frames_per_s=round(frames / t, 1),
-                    rtf=round(frames * batch / FRAME_RATE / t, 3),
-                    vs_musicgen=None
-                    if "musicgen" not in times
-                    else round(statistics.median(m / x for m, x in zip(times["musicgen"], times[name])), 3),
-                    overhead_pct=None
-                    if dec is None
-                    else round(
-                        statistics.median(
-                            (x / b - 1) * 100 for x, b in zip(times[name], times["ours-token"])
-                        ),
-                        1,
-                    ),
-                    repeats=repeats,
-                    times_s=[round(x, 4) for x in times[name]],
+            row = dict(
+                device=str(dev), mode=mode, model=name.split("/")[0], variant=variant or "-",
+                d_model=size["d_model"], n_layers=size["n_layers"],
+                codec="-" if dec is None else label + (f", window W={decode_window}" if dec == "window" else ""),
+                batch=batch, frames=frames, seconds=round(t, 4), frames_per_s=round(frames / t, 1),
+                rtf=round(frames * batch / FRAME_RATE / t, 3),
+            )  # fmt: skip
+            if "musicgen" in times:
+                s = paired(times["musicgen"], times[name], lambda m, x: m / x)
+                row.update(
+                    vs_musicgen=round(s["median"], 3), vs_musicgen_iqr=_spread(s, 2), vs_musicgen_stats=s
                 )
-            )
+            else:
+                row.update(vs_musicgen=None, vs_musicgen_iqr=None)
+            row.update(overhead_pct=None, overhead_iqr=None, extra_ms_per_frame=None)
+            if dec is not None:
+                base = times[f"ours-token{'/' + variant if variant else ''}"]
+                s = paired(times[name], base, lambda h, b: (h / b - 1) * 100)
+                e = paired(times[name], base, lambda h, b: (h - b) / frames * 1e3)
+                row.update(overhead_pct=round(s["median"], 1), overhead_iqr=_spread(s, 0), overhead_stats=s,
+                           extra_ms_per_frame=round(e["median"], 3), extra_ms_iqr=_spread(e, 2))  # fmt: skip
+            row.update(repeats=rounds, clock=clock, times_s=[round(x, 4) for x in times[name]])
+            rows.append(row)
+    for row in rows:
+        row["load_avg"] = f"{min(load):.1f}-{max(load):.1f}"
     return rows
 
 
+COLUMNS = ["model", "variant", "codec", "batch", "frames", "frames_per_s", "vs_musicgen", "vs_musicgen_iqr",
+           "overhead_pct", "overhead_iqr", "extra_ms_per_frame", "load_avg"]  # fmt: skip
+
+
 def markdown(rows: list[dict]) -> str:
-    cols = [
-        "device",
-        "model",
-        "d_model",
-        "n_layers",
-        "codec",
-        "batch",
-        "frames",
-        "frames_per_s",
-        "rtf",
-        "vs_musicgen",
-        "overhead_pct",
-    ]
-    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    out = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for row in rows:
-        out.append("| " + " | ".join("–" if row[c] is None else str(row[c]) for c in cols) + " |")
+        out.append("| " + " | ".join("–" if row.get(c) is None else str(row[c]) for c in COLUMNS) + " |")
     return "\n".join(out)
 
 
@@ -208,16 +297,23 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python benchmarks/bench_sampling.py", description=__doc__.splitlines()[0]
     )
-    ap.add_argument("--quick", action="store_true", help="CI smoke sizes (< 30 s on CPU)")
+    ap.add_argument("--quick", action="store_true", help="CI smoke sizes, tiny codec")
     ap.add_argument(
         "--mode", choices=list(SIZES), default=None, help="size preset (default: gpu on CUDA, else cpu)"
     )
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--repeats", type=int, default=None, help="timed rounds (default per mode)")
+    ap.add_argument("--frames", type=int, default=None, help="frames per sample (default per mode)")
     ap.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
-    ap.add_argument("--decode-window", type=int, default=32)
     ap.add_argument(
-        "--decoders", default=None, help="feedback-loop decoders, e.g. stream,window (default per mode)"
+        "--codecs", default=None, help="feedback-loop codecs: tiny, shipped, full (default per mode)"
+    )
+    ap.add_argument("--decode-window", type=int, default=32)
+    ap.add_argument("--decoders", default="stream", help="feedback-loop decoders: stream, window")
+    ap.add_argument("--variants", default="", help=f"extra rows of ours: {', '.join(VARIANTS)}")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="wall or process CPU time")
+    ap.add_argument(
+        "--baseline", default=None, help="folder holding another checkout's whispergpt/: paired before rows"
     )
     ap.add_argument("--no-musicgen", action="store_true", help="skip the MusicGen generate rows")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -225,18 +321,14 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    split = lambda s: tuple(x for x in s.split(",") if x) if s else ()  # noqa: E731
     rows = run_sampling_benchmark(
-        mode=args.mode,
-        quick=args.quick,
-        device=args.device,
-        repeats=args.repeats,
-        batches=tuple(int(b) for b in args.batches.split(",")),
-        decode_window=args.decode_window,
-        decoders=tuple(args.decoders.split(",")) if args.decoders else None,
-        musicgen=not args.no_musicgen,
-    )
-    table = markdown(rows)
-    print(table)
+        mode=args.mode, quick=args.quick, device=args.device, repeats=args.repeats,
+        batches=tuple(int(b) for b in args.batches.split(",")), decode_window=args.decode_window,
+        decoders=split(args.decoders), musicgen=not args.no_musicgen, codecs=split(args.codecs) or None,
+        variants=split(args.variants), frames=args.frames, clock=args.clock, baseline=args.baseline,
+    )  # fmt: skip
+    print(markdown(rows))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = dict(torch=torch.__version__, threads=torch.get_num_threads(), command=" ".join(sys.argv))

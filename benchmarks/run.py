@@ -188,7 +188,9 @@ def run_sections(args: argparse.Namespace, mode: str, device) -> dict:
                         raise
                     results["notes"][section] = "benchmarks/bench_sampling.py is not present: skipped"
                     continue
-                kwargs = dict(mode=mode, quick=mode == "quick", device=device, compile=args.compile)
+                kwargs = dict(
+                    mode=mode, quick=mode == "quick", device=device, compile=args.compile, clock=args.clock
+                )
                 if args.repeats:
                     kwargs["repeats"] = args.repeats
                 rows = _call_filtered(bench_sampling.run_sampling_benchmark, **kwargs)
@@ -214,6 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=None, help="repeats per measurement (default: per mode)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--compile", action="store_true", help="torch.compile the models (both sides)")
+    p.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="sampling: wall time, or process CPU time (a shared machine; with --threads 1)",
+    )
     p.add_argument(
         "--out",
         default=None,

@@ -58,8 +58,9 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn.utils import parametrize
 
-from .audio import FRAME_RATE, HOP_LENGTH, WIN_LENGTH, log_mel, log_mel_frame
+from .audio import FRAME_RATE, HOP_LENGTH, log_mel
 from .codec.streaming import StreamingDecoder
+from .framestep import FrameStep
 from .models import patterns as pt
 
 DEFAULT_DECODE_WINDOW = 32
@@ -205,6 +206,9 @@ def generate(
     context_keep: float = DEFAULT_CONTEXT_KEEP,
     decode_audio: bool = True,
     progress: bool = False,
+    decode_dtype: str = "fp32",
+    static: bool = False,
+    compile: bool = False,
 ) -> GenerationResult:
     """Generate ``frames`` new frames for ``num_samples`` samples (after an optional prompt).
 
@@ -214,6 +218,9 @@ def generate(
     prompt mel (the ``truth`` mode). ``decoder``: incremental decode of the feedback loop,
     ``stream`` (exact, ``StreamingDecoder``), ``window`` (``decode_window`` frames re-decoded per
     step) or ``auto`` (stream when the codec's layers support it). ``context_keep``: fraction of the context kept when it is full.
+    ``decode_dtype`` (``fp32`` | ``bf16`` | ``int8``, CPU): the weights of the one-position step
+    (``WhisperGPT.new_cache``); the prefill runs in the model's dtype. ``static``: the static-shape
+    per-frame step (``whispergpt.framestep``, same tokens); ``compile``: that step ``torch.compile``d.
     """
     c = model.config
     check_sampling_args(temperature, top_k, top_p)
@@ -227,6 +234,7 @@ def generate(
         raise ValueError(f"decoder must be auto, stream or window, got {decoder!r}")
     if not 0.0 < context_keep < 1.0:
         raise ValueError(f"context_keep must be in (0, 1), got {context_keep}")
+    static = static or compile
     hybrid = c.fusion != "none"
     if (hybrid or decode_audio) and codec is None:
         raise ValueError("a codec is needed for hybrid models (mel feedback) and for decode_audio=True")
@@ -285,11 +293,13 @@ def generate(
             raise ValueError(
                 f"codec {codec.name} has decoder layers StreamingDecoder does not know: use window"
             )
+        if static and decoder != "stream":
+            raise ValueError("the static step (static/compile) needs the stream decoder")
         # stored time-major (B, T, M): the frame fed at each step is then one contiguous row
         fed_mel = torch.zeros(B, T, M, device=dev).transpose(1, 2)  # (B, M, T) view
         stream = torch.zeros(B, T * HOP_LENGTH, device=dev)
         if decoder == "stream":
-            streamer = StreamingDecoder(codec, B, Kin)
+            streamer = StreamingDecoder(codec, B, Kin, static=static)
         if Tp:
             head = codes[:, :, :Tp]
             stream[:, : Tp * HOP_LENGTH] = (streamer.push(head) if streamer else codec.decode(head)).to(dev)
@@ -298,21 +308,15 @@ def generate(
             else:
                 fed_mel[:, :, :Tp] = log_mel(stream[:, : Tp * HOP_LENGTH], M)
 
-    def feed_frame(f: int) -> None:
-        # incremental decode of frame f (all samples at once) and its causal mel frame
-        if streamer is not None:
-            new = streamer.push(codes[:, :, f : f + 1])  # (B, 320)
-        else:
-            lo = max(0, f - W + 1)
-            new = codec.decode(codes[:, :, lo : f + 1])[:, -HOP_LENGTH:]  # (B, 320)
-        end = (f + 1) * HOP_LENGTH
-        stream[:, end - HOP_LENGTH : end] = new.to(dev)
-        fed_mel[:, :, f] = log_mel_frame(stream[:, max(0, end - WIN_LENGTH) : end], M)
+    def window_decode(f: int) -> torch.Tensor:  # frame f's samples from the last W frames
+        lo = max(0, f - W + 1)
+        return codec.decode(codes[:, :, lo : f + 1])[:, -HOP_LENGTH:]  # (B, 320)
 
     def prefill(s0: int, s_last: int):
-        """A new cache holding global steps s0 .. s_last as positions 0 .. n-1; logits of s_last."""
+        """The cache refilled with global steps s0 .. s_last as positions 0 .. n-1; logits of s_last
+        (positions from n on keep stale values that no step reads: they are past its end, or masked)."""
         n = s_last - s0 + 1
-        cache = model.new_cache(B, capacity)
+        cache.reset()
         toks = placed.new_full((B, Kin, n), V)  # position q reads window step q - 1
         if n > 1:
             toks[:, :, 1:] = placed[:, :, s0:s_last]
@@ -325,12 +329,17 @@ def generate(
             first = 1 + lag  # positions before this read the learned pad vector
             if n > first:
                 mel[:, :, first:] = fed_mel[:, :, s0 : s0 + n - first]
-        return cache, model.forward_steps(toks, mel, cache)[:, :, -1]
+        return model.forward_steps(toks, mel, cache)[:, :, -1]
 
     keep = min(capacity - 1, max(1, round(context_keep * capacity)))
     if capacity < 2:
         raise ValueError(f"the model's context holds {capacity} step(s); sampling needs >= 2")
-    cache, logits = prefill(0, Tp)
+    cache = model.new_cache(B, capacity, decode_dtype=decode_dtype, static=static)
+    logits = prefill(0, Tp)
+    frame_step = FrameStep(
+        model, cache, codes, stream, fed_mel, streamer or (window_decode if hybrid else None), compile
+    )
+    frame_step.start(Tp * HOP_LENGTH)
     s0 = 0
     reprefills = 0
     _device_sync(dev)
@@ -349,20 +358,25 @@ def generate(
             if fixed_any[s]:
                 tok = torch.where(fixed[:, s], placed[:, :, s], tok)
             placed[:, :, s] = tok  # also fills frame space (``codes`` is a view of ``placed``)
-            f = s - lag  # the frame completed by this step
-            if f >= Tp and hybrid:
-                feed_frame(f)
+            f = s - lag  # the frame completed by this step: decoded, its mel read at step s + 1
+            feed = hybrid and f >= Tp
+            full = s + 1 - s0 >= capacity  # cache full: rebuild it from the last `keep` positions
+            if feed and not full and s < P - 1:
+                logits = frame_step.feed_step(tok, f)  # decode + mel + model step, one call
+                continue
+            if feed:
+                frame_step.feed(f)
             if s == P - 1:
                 break
-            if s + 1 - s0 >= capacity:  # cache full: rebuild it from the last `keep` positions
+            if full:
                 s0 = s + 2 - keep
-                cache, logits = prefill(s0, s + 1)
+                logits = prefill(s0, s + 1)
                 reprefills += 1
                 continue
             step_mel = None
             if hybrid:
                 step_mel = fed_mel[:, :, f] if f >= 0 else zero_mel
-            logits = model.step(tok, step_mel, cache)
+            logits = frame_step.step(tok, step_mel)
     _device_sync(dev)
     t_loop = time.perf_counter()
     codes = codes.contiguous()

@@ -196,3 +196,22 @@ def test_cli_precision_bf16_casts_the_model(tmp_path, ckpt_dir, tiny_codec_dir):
     assert json.loads((out / "generation.json").read_text())["model"]["dtype"] == "bfloat16"
     assert main([*argv, "--no-progress"]) == 0  # auto on CPU: fp32
     assert json.loads((out / "generation.json").read_text())["model"]["dtype"] == "float32"
+
+
+def test_cli_decode_dtype_and_compile_reach_generate(tmp_path, ckpt_dir, tiny_codec_dir, monkeypatch):
+    import whispergpt.tools.sample as sample_mod
+
+    seen = []
+    real = sample_mod.generate
+
+    def spy(*a, **k):  # compiling is tested in tests/test_framestep.py; here only the wiring
+        seen.append((k["decode_dtype"], k.pop("compile")))
+        return real(*a, **k)
+
+    monkeypatch.setattr(sample_mod, "generate", spy)
+    out = tmp_path / "out"
+    argv = ["--checkpoint", str(ckpt_dir), "--codec", str(tiny_codec_dir), "--seconds", "0.05", "--out", str(out)]  # fmt: skip
+    assert main([*argv, "--decode-dtype", "int8", "--compile", "--no-progress"]) == 0
+    assert main([*argv, "--no-progress"]) == 0
+    assert seen == [("int8", True), ("fp32", False)]
+    assert json.loads((out / "generation.json").read_text())["args"]["decode_dtype"] == "fp32"

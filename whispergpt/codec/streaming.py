@@ -50,15 +50,21 @@ class StreamingDecoder:
     Speed (one push per generated frame is the hybrid sampler's feedback-loop cost): the decoder is
     flattened once into a list of ops with the weight-norm weights materialised (no
     parametrization per call), codebooks are looked up in one stacked table, and a one-frame
-    push runs the LSTM one ``lstm_cell`` per layer (the fused LSTM kernel costs ~0.7 ms per call on
-    CPU whatever the length). Activations are time-major ``(B, n, C)`` and every conv is one
-    ``addmm`` over ``(k, Cin)`` columns with the weight stored as the right operand (for a one-frame
-    push the carried window is its own column matrix, no unfold). The codec must not be trained
-    while a decoder built on it is used.
+    push runs the LSTM cell written out, one ``addmm`` per layer (the fused LSTM kernel costs ~0.7 ms
+    per call on CPU whatever the length). Activations are time-major ``(B, n, C)`` and every conv is
+    one ``addmm`` over ``(k, Cin)`` columns with the weight stored as the right operand (for a
+    one-frame push the carried window is its own column matrix, no unfold); biases and the residual
+    blocks' k=1 shortcut ride in those ``addmm`` calls (no separate adds). The codec must not be
+    trained while a decoder built on it is used.
+
+    ``static=True``: the carried state lives in buffers allocated once (by the priming push) and
+    updated in place, so a one-frame push always reads and writes the same memory with the same
+    shapes (traceable once, capturable in a CUDA graph); the output is the same.
     """
 
-    def __init__(self, codec, batch: int, num_codebooks: int) -> None:
+    def __init__(self, codec, batch: int, num_codebooks: int, static: bool = False) -> None:
         self.codec = codec
+        self.static = static
         with torch.no_grad(), parametrize.cached():
             self._build(codec, num_codebooks)
         prime = codec.silence_codes()[:num_codebooks].expand(num_codebooks, batch, PRIME_FRAMES)
@@ -125,22 +131,34 @@ class StreamingDecoder:
             if k != 2 * r:  # EnCodec uses k = 2r; anything else takes the generic path
                 return ("convT", w.clone(), b, r, self._slot())
             # out[i*r + j] = x[i] @ w[:, :, j]: one matmul gives both halves of each input's span;
-            # columns (half, j, o), so that for one input frame each half is a (r, Cout) view
+            # columns (half, j, o), so that for one input frame each half is a (r, Cout) view; the
+            # bias rides in the matmul, on the head half only (added once per output sample)
             w2 = w.permute(0, 2, 1).reshape(w.shape[0], -1).contiguous()  # (Cin, k*Cout)
-            return ("convT2", w2, b, r, w.shape[1], self._slot())
+            b2 = torch.cat([b.repeat(r), torch.zeros_like(b).repeat(r)])  # (k*Cout,)
+            return ("convT2", w2, b2, r, w.shape[1], self._slot())
         if isinstance(m, me.EncodecLSTM):
             lstm = m.lstm
-            cells = [
-                tuple(
-                    getattr(lstm, f"{name}_l{i}").detach()
-                    for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+            # one-frame step per layer: gates = [x, h] @ [W_ih; W_hh]^T + b_ih + b_hh as one addmm
+            # with the weights stored as its right operand, (2C, 4C): at C = 512 (EnCodec 24 kHz)
+            # and batch 8 ~1.6x faster than torch.lstm_cell, which multiplies by transposed weights
+            cells = []
+            for i in range(lstm.num_layers):
+                w_ih, w_hh = (
+                    getattr(lstm, f"weight_ih_l{i}").detach(),
+                    getattr(lstm, f"weight_hh_l{i}").detach(),
                 )
-                for i in range(lstm.num_layers)
-            ]
+                b = getattr(lstm, f"bias_ih_l{i}").detach() + getattr(lstm, f"bias_hh_l{i}").detach()
+                cells.append((torch.cat([w_ih, w_hh], 1).t().contiguous(), b))
             return ("lstm", lstm, cells, self._slot())
         if isinstance(m, me.EncodecResnetBlock):
             block = [self._op(sub) for sub in m.block]
             short = None if isinstance(m.shortcut, torch.nn.Identity) else self._op(m.shortcut)
+            last = block[-1]
+            if short is not None and last[0] == short[0] == "conv" and last[3] == short[3] == 1:
+                # both k=1 convs (EnCodec's): out = x @ Ws + bs + h @ Wl + bl, the shortcut
+                # product being the last conv's addmm input (no separate residual add)
+                bias = sum(b for b in (last[2], short[2]) if b is not None)
+                return ("res1", block[:-1], last[1], short[1], bias)
             return ("res", block, short)
         if isinstance(m, torch.nn.ELU):
             return ("elu", float(m.alpha))
@@ -159,6 +177,23 @@ class StreamingDecoder:
             x = self._apply(op, x)
         return x[..., 0].float()  # (B, n*320, 1) -> (B, n*320)
 
+    def _keep(self, i: int, value) -> None:
+        """Carry ``value`` (a tensor, or a tuple of lists of tensors) to the next push as state ``i``."""
+        old = self.state[i]
+        if not self.static:
+            self.state[i] = value
+        elif old is None:  # the priming push allocates the buffers
+            self.state[i] = (
+                value.clone()
+                if isinstance(value, torch.Tensor)
+                else tuple([t.clone() for t in part] for part in value)
+            )
+        elif isinstance(value, torch.Tensor):
+            old.copy_(value)
+        else:
+            for dst, src in zip((t for part in old for t in part), (t for part in value for t in part)):
+                dst.copy_(src)
+
     def _apply(self, op: tuple, x: torch.Tensor) -> torch.Tensor:
         # x: (B, n, C), time-major
         st = self.state
@@ -174,7 +209,7 @@ class StreamingDecoder:
                     xx = pad_left(x.transpose(1, 2), pad, mode).transpose(1, 2)
                 else:
                     xx = torch.cat([prev, x], 1)
-                st[i] = xx[:, -pad:]
+                self._keep(i, xx[:, -pad:])
                 x = xx
             if k > 1:
                 if n == 1 and pad == dil * (k - 1):  # the window (B, span, Cin) is the only one
@@ -185,18 +220,17 @@ class StreamingDecoder:
             x = x.reshape(B * n, -1)
             return (torch.mm(x, wt) if b is None else torch.addmm(b, x, wt)).view(B, n, -1)
         if kind == "convT2":
-            _, w2, b, r, c_out, i = op
+            _, w2, b2, r, c_out, i = op
             B, n, _ = x.shape
-            z = torch.mm(x.reshape(B * n, -1), w2).view(B, n, 2, r, c_out)  # (B, n, half, j, Cout)
-            head = z[:, :, 0].reshape(B, n * r, c_out)  # out[i*r + j] (a view when n == 1)
+            z = torch.addmm(b2, x.reshape(B * n, -1), w2).view(B, n, 2, r, c_out)  # (B, n, half, j, Cout)
+            head = z[:, :, 0].reshape(B, n * r, c_out)  # out[i*r + j] + bias (a view when n == 1)
             spill = z[:, :, 1].reshape(B, n * r, c_out)  # out[(i+1)*r + j]
             tail = st[i]
-            st[i] = spill[:, -r:]
             if tail is None:
                 tail = spill.new_zeros(B, r, c_out)
-            if n == 1:
-                return head + b + tail
-            return head + b + torch.cat([tail, spill[:, :-r]], 1)
+            out = head + (tail if n == 1 else torch.cat([tail, spill[:, :-r]], 1))
+            self._keep(i, spill[:, -r:])  # after its last read: the static buffer is ``tail``
+            return out
         if kind == "convT":
             _, w, b, r, i = op
             y = F.conv_transpose1d(x.transpose(1, 2), w, b, r).transpose(1, 2)  # (B, n*r + k - r, C)
@@ -205,8 +239,20 @@ class StreamingDecoder:
             if tail is not None:  # overlap-add the previous chunk's trimmed tail (bias counted once)
                 y = y.clone()
                 y[:, : tail.shape[1]] += tail
-            st[i] = y[:, n:] - b
+            self._keep(i, y[:, n:] - b)
             return y[:, :n]
+        if kind == "res1":
+            _, block, w_last, w_short, bias = op
+            h = x
+            for sub in block:
+                h = self._apply(sub, h)
+            B, n = x.shape[:2]
+            skip = (
+                torch.mm(x.reshape(B * n, -1), w_short)
+                if isinstance(bias, int)
+                else torch.addmm(bias, x.reshape(B * n, -1), w_short)
+            )
+            return torch.addmm(skip, h.reshape(B * n, -1), w_last).view(B, n, -1)
         if kind == "res":
             _, block, short = op
             h = x
@@ -215,19 +261,23 @@ class StreamingDecoder:
             return (x if short is None else self._apply(short, x)) + h
         _, lstm, cells, i = op  # lstm
         if x.shape[1] == 1 and st[i] is not None:
-            # one step: one lstm_cell per layer (the fused sequence kernel costs ~0.7 ms per call
-            # on CPU whatever the length; lstm_cell ~30 us less than the cell written out in Python)
+            # one step, the cell written out (the fused sequence kernel costs ~0.7 ms per call on
+            # CPU whatever the length): gates (i, f, g, o) in PyTorch's order
             hs, cs = st[i]
             inp = x[:, 0]  # (B, C)
+            C = inp.shape[1]
             new_h, new_c = [], []
-            for (w_ih, w_hh, b_ih, b_hh), h, c in zip(cells, hs, cs):
-                inp, c = torch.lstm_cell(inp, (h, c), w_ih, w_hh, b_ih, b_hh)
+            for (wt, b), h, c in zip(cells, hs, cs):
+                g = torch.addmm(b, torch.cat([inp, h], 1), wt)  # (B, 4C)
+                s = torch.sigmoid(g)  # i, f, o used; the g gate's slot is unused
+                c = torch.addcmul(s[:, C : 2 * C] * c, s[:, :C], torch.tanh(g[:, 2 * C : 3 * C]))
+                inp = s[:, 3 * C :] * torch.tanh(c)
                 new_h.append(inp)
                 new_c.append(c)
-            st[i] = (new_h, new_c)
+            self._keep(i, (new_h, new_c))
             return (inp + x[:, 0]).unsqueeze(1)
         seq = x.transpose(0, 1)  # (n, B, C)
         hc = None if st[i] is None else (torch.stack(st[i][0]), torch.stack(st[i][1]))
         out, (h, c) = lstm(seq, hc)
-        st[i] = (list(h.unbind(0)), list(c.unbind(0)))
+        self._keep(i, (list(h.unbind(0)), list(c.unbind(0))))
         return (out + seq).transpose(0, 1)

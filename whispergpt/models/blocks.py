@@ -47,6 +47,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return (x.to(cos.dtype) * cos + rotated.to(sin.dtype) * sin).to(x.dtype)
 
 
+DECODE_DTYPES = ("fp32", "bf16", "int8")
+
+
 @dataclass
 class FastLinear:
     """A ``nn.Linear`` for inference on CPU: its weight detached as ``addmm``'s right operand.
@@ -54,34 +57,88 @@ class FastLinear:
     MKL's sgemm with a transposed right operand (what ``F.linear`` passes) is ~1.3x slower at
     batch 1 and ~3x slower at batch 8 for these small-row products (benchmarks/
     bench_decode_compile.py), so the one-position decode path keeps an ``(in, out)`` copy.
+    A bf16 copy (``decode_dtype="bf16"``) takes inputs of any dtype: they are cast to bf16 for
+    the product and the result cast back.
     """
 
     wt: torch.Tensor  # (in, out), contiguous
     b: torch.Tensor | None
 
     @classmethod
-    def of(cls, weight: torch.Tensor, bias: torch.Tensor | None = None) -> FastLinear:
+    def of(
+        cls, weight: torch.Tensor, bias: torch.Tensor | None = None, dtype: torch.dtype | None = None
+    ) -> FastLinear:
         """From a ``(out, in)`` weight (and bias), e.g. ``FastLinear.of(lin.weight, lin.bias)``."""
-        return cls(weight.detach().t().contiguous(), None if bias is None else bias.detach())
+        dtype = weight.dtype if dtype is None else dtype
+        wt = weight.detach().t().to(dtype).contiguous()
+        return cls(wt, None if bias is None else bias.detach().to(dtype))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != self.wt.dtype:
+            return self(x.to(self.wt.dtype)).to(x.dtype)
         return torch.mm(x, self.wt) if self.b is None else torch.addmm(self.b, x, self.wt)
+
+
+class Int8Linear:
+    """A ``nn.Linear`` with int8 weights (one scale per output channel) for inference on CPU:
+    torch.ao's dynamic quantization (``DynamicQuantizedLinear``, fbgemm/x86 kernels), which
+    quantizes the input per call. At batch 1 a decode step mostly reads weights: a quarter of
+    the bytes of fp32 (benchmarks/bench_decode_dtype.py measures speed and quality)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+        import warnings
+
+        from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
+        from torch.ao.quantization import per_channel_dynamic_qconfig
+
+        lin = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+        with torch.no_grad():
+            lin.weight.copy_(weight.detach().float())
+            if bias is not None:
+                lin.bias.copy_(bias.detach().float())
+        lin.qconfig = per_channel_dynamic_qconfig
+        with warnings.catch_warnings():  # torch >= 2.10 warns that quantized tensors are deprecated
+            warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
+            self.q = DynamicQuantizedLinear.from_float(lin)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.q(x.float()).to(x.dtype)
+
+
+def decode_linear(
+    weight: torch.Tensor, bias: torch.Tensor | None = None, decode_dtype: str = "fp32"
+) -> FastLinear | Int8Linear:
+    """The one-position decode path's copy of a linear layer's weights in ``decode_dtype``
+    (``fp32``: the weights' own dtype)."""
+    if decode_dtype == "int8":
+        return Int8Linear(weight, bias)
+    return FastLinear.of(weight, bias, torch.bfloat16 if decode_dtype == "bf16" else None)
 
 
 @dataclass
 class BlockWeights:
-    """A ``Block``'s linears as ``FastLinear``s (its norms are used as they are)."""
+    """A ``Block``'s linears as decode copies (``decode_linear``); its norms are used as they are."""
 
-    qkv: FastLinear
-    proj: FastLinear
-    fc: FastLinear
-    out: FastLinear
+    qkv: FastLinear | Int8Linear
+    proj: FastLinear | Int8Linear
+    fc: FastLinear | Int8Linear
+    out: FastLinear | Int8Linear
 
     @classmethod
-    def of(cls, block: Block) -> BlockWeights:
+    def of(cls, block: Block, decode_dtype: str = "fp32") -> BlockWeights:
         a = block.attn
         lin = (a.qkv, a.proj, block.fc, block.out)
-        return cls(*(FastLinear.of(m.weight, m.bias) for m in lin))
+        return cls(*(decode_linear(m.weight, m.bias, decode_dtype) for m in lin))
+
+
+@dataclass
+class StaticPos:
+    """A decode position held on the device, for static-shape steps (no host value read, so a
+    step can be traced once or captured in a CUDA graph): ``index (1,)`` long and ``mask (1, L)``
+    bool, True at the cache positions ``<= index``; attention reads the first ``L`` positions."""
+
+    index: torch.Tensor
+    mask: torch.Tensor
 
 
 def _drop(m: nn.Dropout, x: torch.Tensor) -> torch.Tensor:
@@ -140,11 +197,18 @@ class CausalSelfAttention(nn.Module):
         return self.resid_drop(self.proj(y))
 
     def step(
-        self, x: torch.Tensor, rope: tuple | None, kv: LayerKV, pos: int, w: BlockWeights | None = None
+        self,
+        x: torch.Tensor,
+        rope: tuple | None,
+        kv: LayerKV,
+        pos: int | StaticPos,
+        w: BlockWeights | None = None,
     ) -> torch.Tensor:
         """One position ``x (B, D)`` at absolute index ``pos``: writes its K/V, attends to ``0..pos``.
 
         ``w``: this block's ``BlockWeights`` (inference on CPU) or None (the modules themselves).
+        ``pos``: a host int, or a ``StaticPos`` (static shapes: the K/V written with
+        ``index_copy_``, attention over the mask's span with positions after ``pos`` masked).
         """
         B, D = x.shape
         qkv_lin, proj_lin = (self.qkv, self.proj) if w is None else (w.qkv, w.proj)
@@ -152,12 +216,19 @@ class CausalSelfAttention(nn.Module):
         qk, v = qkv[:, :2], qkv[:, 2]  # (B, 2, H, hd): q and k rotated in one call
         if rope is not None:
             qk = apply_rope(qk, *rope)
-        kv.k[:, :, pos] = qk[:, 1]
-        kv.v[:, :, pos] = v
-        end = pos + 1
-        keys, values = kv.k[:, :, :end].to(qk.dtype), kv.v[:, :, :end].to(qk.dtype)
         p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(qk[:, 0, :, None], keys, values, dropout_p=p)  # (B,H,1,hd)
+        if isinstance(pos, StaticPos):  # write at a device index, attend over the first L, masked
+            kv.k.index_copy_(2, pos.index, qk[:, 1, :, None].to(kv.k.dtype))
+            kv.v.index_copy_(2, pos.index, v[:, :, None].to(kv.v.dtype))
+            n = pos.mask.shape[-1]
+            keys, values, mask = kv.k[:, :, :n].to(qk.dtype), kv.v[:, :, :n].to(qk.dtype), pos.mask
+        else:
+            kv.k[:, :, pos] = qk[:, 1]
+            kv.v[:, :, pos] = v
+            end = pos + 1
+            keys, values, mask = kv.k[:, :, :end].to(qk.dtype), kv.v[:, :, :end].to(qk.dtype), None
+        q = qk[:, 0, :, None]
+        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, dropout_p=p)  # (B,H,1,hd)
         return _drop(self.resid_drop, proj_lin(y.reshape(B, D)))
 
 
@@ -186,7 +257,12 @@ class Block(nn.Module):
         return x + self._mlp(x)
 
     def step(
-        self, x: torch.Tensor, rope: tuple | None, kv: LayerKV, pos: int, w: BlockWeights | None = None
+        self,
+        x: torch.Tensor,
+        rope: tuple | None,
+        kv: LayerKV,
+        pos: int | StaticPos,
+        w: BlockWeights | None = None,
     ) -> torch.Tensor:
         """``forward`` for one position ``x (B, D)`` at absolute index ``pos`` (``w``: see
         ``CausalSelfAttention.step``)."""
@@ -232,10 +308,11 @@ class Stack(nn.Module):
         if self.pos is not None or len(self.blocks) == 0:
             return None
         hd = self.ln_f.normalized_shape[0] // self.heads
-        if torch.compiler.is_compiling():  # no Python-side memo inside a traced graph
-            return rope_cos_sin(0, end, hd, self.rope_base, device, dtype)
         key = (device, dtype)
         tables = self._rope_tables.get(key)
+        if torch.compiler.is_compiling():  # a traced graph reads a memo built before, never writes one
+            ok = tables is not None and tables[0].shape[0] >= end
+            return tables if ok else rope_cos_sin(0, end, hd, self.rope_base, device, dtype)
         if tables is None or tables[0].shape[0] < end:
             # normal tensors even when first built under inference_mode: training reuses them
             with torch.inference_mode(False), torch.no_grad():
@@ -256,18 +333,30 @@ class Stack(nn.Module):
         return self.ln_f(x)
 
     def step(
-        self, x: torch.Tensor, kvs: list[LayerKV], pos: int, weights: list[BlockWeights] | None = None
+        self,
+        x: torch.Tensor,
+        kvs: list[LayerKV],
+        pos: int | StaticPos,
+        weights: list[BlockWeights] | None = None,
     ) -> torch.Tensor:
         """One position ``x (B, W)`` at absolute index ``pos`` -> final-norm output ``(B, W)``.
 
-        ``weights``: one ``BlockWeights`` per block (inference on CPU), or None.
+        ``weights``: one ``BlockWeights`` per block (inference on CPU), or None. ``pos``: a host
+        int or a ``StaticPos`` (see ``CausalSelfAttention.step``; its range is the caller's to keep).
         """
-        self._check_positions(pos + 1)
-        if self.pos is not None:
-            x = x + self.pos.weight[pos]
-        rope = self.rope(pos + 1, x.device)
-        if rope is not None:
-            rope = (rope[0][pos], rope[1][pos])  # (hd,)
+        if isinstance(pos, StaticPos):
+            if self.pos is not None:
+                x = x + self.pos.weight.index_select(0, pos.index)
+            rope = self.rope(pos.mask.shape[-1], x.device)
+            if rope is not None:
+                rope = (rope[0].index_select(0, pos.index), rope[1].index_select(0, pos.index))  # (1, hd)
+        else:
+            self._check_positions(pos + 1)
+            if self.pos is not None:
+                x = x + self.pos.weight[pos]
+            rope = self.rope(pos + 1, x.device)
+            if rope is not None:
+                rope = (rope[0][pos], rope[1][pos])  # (hd,)
         for i, (block, kv) in enumerate(zip(self.blocks, kvs)):
             x = block.step(x, rope, kv, pos, None if weights is None else weights[i])
         return self.ln_f(x)
@@ -303,16 +392,19 @@ class MelBranch(nn.Module):
         self,
         mel: torch.Tensor | None,
         kvs: list[LayerKV],
-        pos: int,
+        pos: int | StaticPos,
         batch: int,
-        fast: tuple[FastLinear, list[BlockWeights]] | None = None,
+        fast: tuple[FastLinear | Int8Linear, list[BlockWeights]] | None = None,
     ) -> torch.Tensor:
         """One position: ``mel (B, M)`` (None while the frame index is negative) -> ``(B, mel_dim)``.
 
-        ``fast``: ``(inp, stack weights)`` as ``FastLinear``/``BlockWeights`` (inference on CPU), or None.
+        ``fast``: ``(inp, stack weights)`` as ``decode_linear``/``BlockWeights`` copies (inference on
+        CPU), or None. With a ``StaticPos`` the pad vector is chosen on the device (``mel`` required).
         """
         inp, weights = (self.inp, None) if fast is None else fast
-        if pos < 1 + self.lag or mel is None:
+        if isinstance(pos, StaticPos):
+            x = torch.where(pos.index < 1 + self.lag, self.pad, inp(mel.to(self.inp.weight.dtype)))
+        elif pos < 1 + self.lag or mel is None:
             x = self.pad.expand(batch, -1)
         else:
             x = inp(mel.to(self.inp.weight.dtype))

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import BlockWeights, FastLinear, LayerKV, Stack
+from .blocks import BlockWeights, FastLinear, Int8Linear, LayerKV, Stack, decode_linear
 
 if TYPE_CHECKING:
     from .whispergpt import WhisperGPTConfig
@@ -56,18 +56,19 @@ class DepthState:
 
 @dataclass
 class DepthWeights:
-    """``FastLinear`` copies for inference on CPU (see ``WhisperGPT._decode_weights``)."""
+    """Decode copies (``blocks.decode_linear``) for inference on CPU (see
+    ``WhisperGPT._decode_weights``)."""
 
-    ctx: FastLinear
+    ctx: FastLinear | Int8Linear
     blocks: list[BlockWeights]
-    heads: list[FastLinear]  # one per codebook
+    heads: list[FastLinear | Int8Linear]  # one per codebook
 
     @classmethod
-    def of(cls, depth: DepthTransformer) -> DepthWeights:
+    def of(cls, depth: DepthTransformer, decode_dtype: str = "fp32") -> DepthWeights:
         return cls(
-            FastLinear.of(depth.ctx.weight, depth.ctx.bias),
-            [BlockWeights.of(b) for b in depth.stack.blocks],
-            [FastLinear.of(head) for head in depth.head],
+            decode_linear(depth.ctx.weight, depth.ctx.bias, decode_dtype),
+            [BlockWeights.of(b, decode_dtype) for b in depth.stack.blocks],
+            [decode_linear(head, None, decode_dtype) for head in depth.head],
         )
 
 

@@ -46,17 +46,22 @@ from torch import nn
 
 from . import patterns as pt
 from .blocks import (  # noqa: F401  (re-exported: the old home of the blocks)
+    DECODE_DTYPES,
     Block,
     BlockWeights,
     CausalSelfAttention,
     FastLinear,
+    Int8Linear,
     LayerKV,
     MelBranch,
     Stack,
+    StaticPos,
     apply_rope,
+    decode_linear,
     rope_cos_sin,
 )
-from .depth import DepthState, DepthTransformer, DepthWeights
+from .decoding import WhisperGPTCache, _DecodeWeights
+from .depth import DepthTransformer, DepthWeights
 from .loss import chunked_nll, nll_per_codebook  # noqa: F401  (nll_per_codebook: re-exported)
 from .registry import check_model_type
 from .token_input import check_token_input, embed_tokens, table_width
@@ -183,38 +188,6 @@ class WhisperGPTOutput:
     logits: torch.Tensor
 
 
-class WhisperGPTCache:
-    """Incremental-decoding state: per-layer KV buffers and ``steps`` (input positions consumed).
-
-    Made by ``WhisperGPT.new_cache``; ``steps`` is the index of the next pattern step fed to
-    ``step``/``forward_steps``. A cache is tied to its batch size and ``max_steps``.
-    """
-
-    def __init__(
-        self, main: list[LayerKV], mel: list[LayerKV] | None, max_steps: int, depth: DepthState | None = None
-    ) -> None:
-        self.main, self.mel, self.max_steps, self.depth = main, mel, max_steps, depth
-        self.steps = 0
-
-
-@dataclass
-class _DecodeWeights:
-    """The ``FastLinear`` copies ``step`` uses in inference on CPU, memoised on the model by
-    ``WhisperGPT._decode_weights`` and rebuilt when ``key`` (every parameter's ``_version`` and
-    storage) changes: optimizer steps, ``load_state_dict``, ``.to()``, in-place edits under
-    ``no_grad``. Not detected: writes through ``param.data`` (they bypass ``_version``) and
-    Parameter objects swapped for new ones (``params`` is read once: walking the modules per
-    step costs as much as a small step)."""
-
-    params: list[nn.Parameter]
-    key: tuple
-    decoder: list[BlockWeights]
-    mel: tuple[FastLinear, list[BlockWeights]] | None
-    mel_proj: FastLinear | None
-    head: FastLinear | None  # None with pattern depth (its heads are in ``depth``)
-    depth: DepthWeights | None
-
-
 # ---------------------------------------------------------------------------------------------
 # The model
 # ---------------------------------------------------------------------------------------------
@@ -255,7 +228,8 @@ class WhisperGPT(nn.Module):
             else nn.Linear(c.d_model, self.num_scored_codebooks * c.codebook_size, bias=False)
         )
         self._init_weights()
-        self._decode_memo: _DecodeWeights | None = None
+        self._decode_memo: _DecodeWeights | None = None  # the last used; all: _decode_memos[dtype]
+        self._decode_memos: dict[str, _DecodeWeights] = {}
 
     def _init_weights(self) -> None:
         # GPT-2: N(0, 0.02) everywhere, residual output projections scaled by 1/sqrt(2 * layers).
@@ -352,6 +326,8 @@ class WhisperGPT(nn.Module):
             h = h[:, 1::2]  # logits only at the token position of each step
         if cache is not None:
             cache.steps += P
+            if cache.static:
+                cache.pos.fill_(cache.steps)  # a host value written, nothing read back
         return h
 
     def _frame_logits(self, h: torch.Tensor, T: int) -> torch.Tensor:
@@ -376,12 +352,30 @@ class WhisperGPT(nn.Module):
         max_steps: int,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        decode_dtype: str = "fp32",
+        static: bool = False,
     ) -> WhisperGPTCache:
-        """An empty cache for ``max_steps`` pattern steps (defaults: the model's device and dtype)."""
+        """An empty cache for ``max_steps`` pattern steps (defaults: the model's device and dtype).
+
+        ``decode_dtype`` (``fp32`` | ``bf16`` | ``int8``): the weight copies ``step`` reads in
+        inference on CPU (``fp32`` = the weights' own dtype; see ``blocks.decode_linear``).
+        ``static``: static-shape steps (see ``WhisperGPTCache``).
+        """
         if batch_size < 1 or max_steps < 1:
             raise ValueError(f"batch_size and max_steps must be >= 1, got {batch_size}, {max_steps}")
+        if decode_dtype not in DECODE_DTYPES:
+            raise ValueError(f"decode_dtype must be one of {list(DECODE_DTYPES)}, got {decode_dtype!r}")
+        if static and self.depth is not None:
+            raise ValueError(
+                "static steps (sample --compile) do not cover pattern 'depth' yet; use the default step"
+            )
         ref = self.tok_emb.weight
         device = ref.device if device is None else torch.device(device)
+        if decode_dtype != "fp32" and device.type != "cpu":
+            raise ValueError(
+                f"decode_dtype {decode_dtype!r} is for CPU decoding; on {device.type} use bf16 weights "
+                "(sample --precision bf16)"
+            )
         dtype = ref.dtype if dtype is None else dtype
         main = self.decoder.new_kv(batch_size, max_steps * self.config.positions_per_step, device, dtype)
         mel = (
@@ -390,7 +384,7 @@ class WhisperGPT(nn.Module):
             else self.mel_branch.stack.new_kv(batch_size, max_steps, device, dtype)
         )
         depth = None if self.depth is None else self.depth.new_state(batch_size, device, dtype)
-        return WhisperGPTCache(main, mel, max_steps, depth)
+        return WhisperGPTCache(main, mel, max_steps, decode_dtype=decode_dtype, static=static, depth=depth)
 
     def step(
         self, step_tokens: torch.Tensor, step_mel: torch.Tensor | None, cache: WhisperGPTCache
@@ -427,9 +421,14 @@ class WhisperGPT(nn.Module):
     ) -> torch.Tensor:
         """``step`` without its argument checks: the same ``Block``/``Stack`` modules as
         ``forward_steps``, through their one-position ``step`` entry points."""
-        c, start = self.config, cache.steps
-        B = step_tokens.shape[0]
-        w = self._decode_weights()
+        if cache.static:
+            if step_mel is None and self.mel_branch is not None:  # a pad step: any values
+                step_mel = torch.zeros(step_tokens.shape[0], self.config.n_mels, device=step_tokens.device)
+            logits = self._step_static(step_tokens, step_mel, cache, cache.static_span())
+            cache.steps += 1
+            return logits
+        c, start, B = self.config, cache.steps, step_tokens.shape[0]
+        w = self._decode_weights(cache.decode_dtype)
         x = embed_tokens(self.tok_emb, step_tokens + self.tok_offsets, c.token_input)  # (B, Kin) -> (B, E)
         pos = start
         if self.mel_branch is not None:
@@ -463,29 +462,63 @@ class WhisperGPT(nn.Module):
             raise ValueError(f"tokens must be (B,) = ({B},), got shape {tuple(tokens.shape)}")
         return self.depth.step(tokens, cache.depth)  # with the weights the frame's ``step`` chose
 
-    def _decode_weights(self) -> _DecodeWeights | None:
-        """``FastLinear`` copies for ``_step``, or None where the modules run as they are: with
-        autograd (gradients must reach the parameters), off CPU (cuBLAS takes either layout at
-        full speed) and inside ``torch.compile`` (it fuses the layouts itself)."""
+    def _step_static(
+        self, step_tokens: torch.Tensor, step_mel: torch.Tensor | None, cache: WhisperGPTCache, span: int
+    ) -> torch.Tensor:
+        """``_step`` of a static cache, device ops only: the position is ``cache.pos`` (advanced
+        here, in place), ``cache.steps`` and ``span`` (``cache.static_span()``) are the caller's;
+        ``step_mel`` is required (any values) with a mel branch. One trace per ``span``."""
+        c = self.config
+        B = step_tokens.shape[0]
+        w = self._decode_weights(cache.decode_dtype)
+        x = embed_tokens(self.tok_emb, step_tokens + self.tok_offsets, c.token_input)  # (B, Kin) -> (B, E)
+        at_mel, at = cache.static_pos(span, c.positions_per_step, c.positions_per_step - 1)
+        if self.mel_branch is not None:
+            m = self.mel_branch.step(step_mel, cache.mel, at_mel, B, w and w.mel)  # (B, mel_dim)
+            mel_proj = self.mel_proj if w is None else w.mel_proj
+            if c.fusion == "concat":
+                x = torch.cat([x, m.to(x.dtype)], dim=-1)
+            elif c.fusion == "sum":
+                x = x + mel_proj(m)
+            else:  # interleave: the mel position (2p) first, then the tokens (2p + 1)
+                _, at_m = cache.static_pos(span, 2, 0)
+                self.decoder.step(self.drop(mel_proj(m).to(x.dtype)), cache.main, at_m, w and w.decoder)
+        h = self.decoder.step(self.drop(x), cache.main, at, w and w.decoder)  # (B, D)
+        cache.pos.add_(1)
+        logits = F.linear(h, self._head_weight()) if w is None else w.head(h)  # (B, Ks*V)
+        return logits.view(B, self.num_scored_codebooks, c.codebook_size)
+
+    def _decode_weights(self, decode_dtype: str = "fp32") -> _DecodeWeights | None:
+        """Decode copies (``blocks.decode_linear``) for ``_step``; None with autograd (gradients must
+        reach the parameters) and off CPU (cuBLAS takes either layout at full speed). A traced step
+        reads the copies built before it (inductor keeps F.linear's slow transposed operand)."""
         ref = self.tok_emb.weight
-        if torch.is_grad_enabled() or ref.device.type != "cpu" or torch.compiler.is_compiling():
+        if torch.is_grad_enabled() or ref.device.type != "cpu":
             return None
-        memo = self._decode_memo
+        if torch.compiler.is_compiling():
+            return self._decode_memos.get(decode_dtype)
+        memo = self._decode_memos.get(decode_dtype)
         params = list(self.parameters()) if memo is None else memo.params
-        key = tuple((p._version, p.data_ptr()) for p in params)
+        key = (decode_dtype, *((p._version, p.data_ptr()) for p in params))
         if memo is not None and memo.key == key:
+            if self._decode_memo is not memo:  # (nn.Module.__setattr__ is not free)
+                self._decode_memo = memo
             return memo
         mb, proj = self.mel_branch, self.mel_proj
-        memo = self._decode_memo = _DecodeWeights(
+
+        def lin(m: nn.Linear) -> FastLinear | Int8Linear:
+            return decode_linear(m.weight, m.bias, decode_dtype)
+
+        memo = self._decode_memo = self._decode_memos[decode_dtype] = _DecodeWeights(
             params=params,
             key=key,
-            decoder=[BlockWeights.of(b) for b in self.decoder.blocks],
+            decoder=[BlockWeights.of(b, decode_dtype) for b in self.decoder.blocks],
             mel=None
             if mb is None
-            else (FastLinear.of(mb.inp.weight, mb.inp.bias), [BlockWeights.of(b) for b in mb.stack.blocks]),
-            mel_proj=None if proj is None else FastLinear.of(proj.weight, proj.bias),
-            head=None if self.depth is not None else FastLinear.of(self._head_weight()),
-            depth=None if self.depth is None else DepthWeights.of(self.depth),
+            else (lin(mb.inp), [BlockWeights.of(b, decode_dtype) for b in mb.stack.blocks]),
+            mel_proj=None if proj is None else lin(proj),
+            head=None if self.depth is not None else decode_linear(self._head_weight(), None, decode_dtype),
+            depth=None if self.depth is None else DepthWeights.of(self.depth, decode_dtype),
         )
         return memo
 

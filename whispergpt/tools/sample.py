@@ -4,7 +4,8 @@
 
     python sample.py --checkpoint DIR [--codec NAME_OR_PATH] [--prompt WAV] [--prompt-seconds S]
         --seconds S --out DIR [--num-samples N] [--temperature 1.0] [--top-k 250] [--top-p 0.0]
-        [--seed 0] [--device auto] [--precision auto|fp32|bf16] [--prompt-mel decoded|truth] [--decoder auto|stream|window]
+        [--seed 0] [--device auto] [--precision auto|fp32|bf16] [--decode-dtype fp32|bf16|int8] [--compile]
+        [--prompt-mel decoded|truth] [--decoder auto|stream|window]
         [--decode-window 32] [--context-keep 0.75] [--no-progress] [--fine DIR [--fine-temperature 0]]
 
 Writes ``sample_<i>.wav`` (prompt + continuation), ``sample_<i>_continuation.wav``,
@@ -30,6 +31,7 @@ from ..audio import FRAME_RATE, HOP_LENGTH, SAMPLE_RATE, log_mel
 from ..cli import command, make_parser
 from ..codec.codec import match_codec  # noqa: F401 (legacy name, importable from here)
 from ..generate import DEFAULT_CONTEXT_KEEP, DEFAULT_DECODE_WINDOW, check_sampling_args, generate
+from ..models.blocks import DECODE_DTYPES
 from ..runtime import choose_precision, resolve_device
 from ..training.record import resolve_checkpoint, training_codec
 from .plots import save_spectrogram
@@ -84,6 +86,21 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="model weights dtype (auto: bf16 on a bf16-capable CUDA device, else fp32); "
         "the codec and the fed mel stay fp32",
+    )
+    ap.add_argument(
+        "--decode-dtype",
+        choices=DECODE_DTYPES,
+        default="fp32",
+        help="CPU: the weights each sampling step reads, fp32 (default), bf16, or int8 (weight and "
+        "activation int8 per step, torch.ao dynamic quantization; quality and speed: "
+        "benchmarks/bench_decode_dtype.py); the prompt's prefill keeps --precision",
+    )
+    ap.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the per-frame step (static shapes; CUDA: as CUDA graphs). The first run "
+        "compiles for a minute or more (cached under ~/.cache/whispergpt/inductor); tokens can differ "
+        "from the default path by float rounding",
     )
     ap.add_argument(
         "--decode-window",
@@ -165,6 +182,8 @@ def generate_options(args: argparse.Namespace) -> dict:
         decode_window=args.decode_window,
         context_keep=args.context_keep,
         progress=not args.no_progress,
+        decode_dtype=args.decode_dtype,
+        compile=args.compile,
     )
 
 
@@ -179,6 +198,10 @@ def run(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     _check_args(args)
     device = resolve_device(args.device)
+    if args.decode_dtype != "fp32" and device.type != "cpu":
+        raise ValueError(
+            f"--decode-dtype {args.decode_dtype} is for CPU sampling; on {device} use --precision bf16"
+        )
     dtype = torch.bfloat16 if choose_precision(args.precision, device) == "bf16" else torch.float32
     ckpt = resolve_checkpoint(args.checkpoint)
     try:

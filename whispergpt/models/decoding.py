@@ -1,0 +1,105 @@
+"""Incremental-decoding state of ``WhisperGPT``: the KV cache (``WhisperGPTCache``, dynamic or
+static shapes) and the memoised weight copies its one-position step reads on CPU (``_DecodeWeights``,
+in the cache's ``decode_dtype``). ``WhisperGPT.new_cache`` / ``step`` are the public entry points.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .blocks import BlockWeights, FastLinear, Int8Linear, LayerKV, StaticPos
+from .depth import DepthState, DepthWeights
+
+
+class WhisperGPTCache:
+    """Incremental-decoding state: per-layer KV buffers and ``steps`` (input positions consumed).
+
+    Made by ``WhisperGPT.new_cache``; ``steps`` is the index of the next pattern step fed to
+    ``step``/``forward_steps``. A cache is tied to its batch size and ``max_steps``.
+    ``decode_dtype``: the weights ``step`` reads on CPU (``fp32``, ``bf16`` or ``int8``, see
+    ``blocks.decode_linear``). ``static``: ``step`` takes its position from ``pos`` (a ``(1,)``
+    long tensor on the device, kept equal to ``steps``) and attends over the first ``span``
+    positions with a mask, so a step has fixed shapes and reads no host value (traceable, capturable
+    in a CUDA graph). ``span`` (``static_span``) grows in powers of two from 64 up to ``max_steps``:
+    a few shapes (one trace or graph each) instead of every step attending over the whole cache.
+    ``depth``: pattern ``depth``'s per-frame state (``WhisperGPT.depth_step``), else None.
+    """
+
+    def __init__(
+        self,
+        main: list[LayerKV],
+        mel: list[LayerKV] | None,
+        max_steps: int,
+        decode_dtype: str = "fp32",
+        static: bool = False,
+        depth: DepthState | None = None,
+    ) -> None:
+        self.main, self.mel, self.max_steps, self.depth = main, mel, max_steps, depth
+        self.steps = 0
+        self.decode_dtype = decode_dtype
+        self.pos: torch.Tensor | None = None
+        self._positions: torch.Tensor | None = None  # arange of the main stack's cache length
+        if static:
+            ref = (main or mel)[0].k
+            self.pos = torch.zeros(1, dtype=torch.long, device=ref.device)
+            self._positions = torch.arange(main[0].k.shape[2] if main else max_steps, device=ref.device)
+
+    def reset(self) -> None:
+        """Back to step 0, buffers kept: the next prefill overwrites positions from 0, and no step
+        reads a position past its own (dynamic: sliced off; static: masked)."""
+        self.steps = 0
+        if self.pos is not None:
+            self.pos.zero_()
+
+    @property
+    def static(self) -> bool:
+        return self.pos is not None
+
+    def static_span(self) -> int:
+        """Steps the next static step attends over: a power of two >= 64 covering ``steps + 1``,
+        capped at ``max_steps`` (a host value: the caller passes it to the traced step)."""
+        need = self.steps + 1
+        return min(self.max_steps, max(64, 1 << (need - 1).bit_length()))
+
+    def static_pos(
+        self, span: int, positions_per_step: int = 1, offset: int = 0
+    ) -> tuple[StaticPos, StaticPos]:
+        """``(mel stack's, main stack's)`` ``StaticPos`` of the current step over the first
+        ``span`` steps (device ops only); the main stack holds ``positions_per_step`` positions
+        per step, this one at ``offset``."""
+        idx = self.pos
+        at_mel = StaticPos(idx, (self._positions[:span] <= idx)[None])  # (1, span)
+        if positions_per_step == 1:
+            return at_mel, at_mel
+        main = idx * positions_per_step + offset
+        return at_mel, StaticPos(main, (self._positions[: span * positions_per_step] <= main)[None])
+
+
+@dataclass
+class _DecodeWeights:
+    """The decode copies (``blocks.decode_linear``, in one ``decode_dtype``) ``step`` uses in
+    inference on CPU, memoised on the model by ``WhisperGPT._decode_weights`` and rebuilt when
+    ``key`` (the dtype, every parameter's ``_version`` and storage) changes: optimizer steps, ``load_state_dict``, ``.to()``, in-place edits under
+    ``no_grad``. Not detected: writes through ``param.data`` (they bypass ``_version``) and
+    Parameter objects swapped for new ones (``params`` is read once: walking the modules per
+    step costs as much as a small step)."""
+
+    params: list[nn.Parameter]
+    key: tuple
+    decoder: list[BlockWeights]
+    mel: tuple[FastLinear | Int8Linear, list[BlockWeights]] | None
+    mel_proj: FastLinear | Int8Linear | None
+    head: FastLinear | Int8Linear | None  # None with pattern depth (its heads are in ``depth``)
+    depth: DepthWeights | None
+
+
+def warm_static_tables(model, cache: WhisperGPTCache) -> None:
+    """Build the RoPE tables and the decode weight copies a static step over ``cache`` reads, so
+    that a ``torch.compile``d step reads them rather than recomputing them in every call."""
+    model._decode_weights(cache.decode_dtype)
+    model.decoder.rope(cache.main[0].k.shape[2], cache.main[0].k.device)
+    if model.mel_branch is not None:
+        model.mel_branch.stack.rope(cache.max_steps, cache.main[0].k.device)
