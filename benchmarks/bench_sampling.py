@@ -184,7 +184,7 @@ def run_sampling_benchmark(
         cfg = WhisperGPTConfig(num_codebooks=K, codebook_size=V, n_mels=80, pattern="delay", fusion=fusion,
                                mel_heads=2, **size)  # fmt: skip
         models[fusion] = WhisperGPT(cfg).to(dev).eval()
-    base = None
+    before = None
     if baseline:
         b_gen, b_models, b_codec = load_baseline(baseline)
         b_model = {}
@@ -196,7 +196,7 @@ def run_sampling_benchmark(
         b_codecs = {
             k: b_codec.Codec(c.model, bandwidth=c.bandwidth, name=c.name) for k, (c, _) in opened.items()
         }
-        base = (b_gen.generate, b_model, b_codecs)
+        before = (b_gen.generate, b_model, b_codecs)
     mg = None
     if musicgen:
         torch.manual_seed(0)
@@ -218,11 +218,11 @@ def run_sampling_benchmark(
             )
 
         def ours(
-            fusion: str, kind: str, dec: str | None, variant: str, batch: int = batch, base=base
+            fusion: str, kind: str, dec: str | None, variant: str, batch: int = batch, before=before
         ) -> Callable:
             gen, model, codec = generate, models[fusion], opened[kind][0]
             if variant == "baseline":
-                gen, model, codec = base[0], base[1][fusion], base[2][kind]
+                gen, model, codec = before[0], before[1][fusion], before[2][kind]
             return lambda seed: gen(
                 model, codec, frames=frames, num_samples=batch,
                 generator=torch.Generator(device=dev).manual_seed(seed), decoder=dec or "auto",
@@ -230,7 +230,7 @@ def run_sampling_benchmark(
             )  # fmt: skip
 
         first = next(iter(opened))
-        for variant in ("", *variants, *(("baseline",) if base else ())):
+        for variant in ("", *variants, *(("baseline",) if before else ())):
             opts = VARIANTS.get(variant, {})
             calls[f"ours-token{'/' + variant if variant else ''}"] = (ours("none", first, None, variant), "-", None, variant)  # fmt: skip
             for kind, (_, label) in opened.items():
@@ -270,9 +270,9 @@ def run_sampling_benchmark(
                 row.update(vs_musicgen=None, vs_musicgen_iqr=None)
             row.update(overhead_pct=None, overhead_iqr=None, extra_ms_per_frame=None)
             if dec is not None:
-                base = times[f"ours-token{'/' + variant if variant else ''}"]
-                s = paired(times[name], base, lambda h, b: (h / b - 1) * 100)
-                e = paired(times[name], base, lambda h, b: (h - b) / frames * 1e3)
+                ref = times[f"ours-token{'/' + variant if variant else ''}"]
+                s = paired(times[name], ref, lambda h, b: (h / b - 1) * 100)
+                e = paired(times[name], ref, lambda h, b: (h - b) / frames * 1e3)
                 row.update(overhead_pct=round(s["median"], 1), overhead_iqr=_spread(s, 0), overhead_stats=s,
                            extra_ms_per_frame=round(e["median"], 3), extra_ms_iqr=_spread(e, 2))  # fmt: skip
             row.update(repeats=rounds, clock=clock, times_s=[round(x, 4) for x in times[name]])

@@ -203,3 +203,28 @@ def test_top_k_fast_path_draws_the_filtered_distribution():
     want = filter_logits(logits[:1] / 0.7, top_k=3).softmax(-1)[0]
     assert set(draws.unique().tolist()) == {1, 3, 6}
     torch.testing.assert_close(freq, want, atol=0.015, rtol=0)
+
+
+@pytest.mark.slow  # imports a second copy of the package and its codecs
+def test_sampling_baseline_rows_over_two_batches(tmp_path):
+    """``--baseline``: an archived copy of the package runs beside ours, paired, at every batch size
+    (a name clash once broke the second batch)."""
+    import shutil
+
+    import bench_sampling
+
+    import whispergpt
+
+    shutil.copytree(Path(whispergpt.__file__).parent, tmp_path / "old" / "whispergpt")
+    rows = bench_sampling.run_sampling_benchmark(
+        quick=True,
+        device="cpu",
+        repeats=1,
+        batches=(1, 2),
+        frames=4,
+        musicgen=False,
+        baseline=str(tmp_path / "old"),
+    )
+    names = [(r["model"], r["batch"], r.get("variant")) for r in rows]
+    for b in (1, 2):
+        assert ("ours-token", b, "baseline") in names and ("ours-hybrid", b, "baseline") in names
