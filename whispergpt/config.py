@@ -300,8 +300,9 @@ class TrainConfig:
     # out_dir already holds checkpoints, so a script cannot silently continue an old run)
     resume_from: str | None = None
     # stop once val NLL has not improved on its best for this many evaluations in a row (every
-    # eval_every steps); 0: off, train to max_steps. A stopped run writes its last checkpoint and
-    # final/ there, and a rerun of it does not train further.
+    # eval_every steps); 0: off, train to max_steps. With it on, every new best is checkpointed and
+    # copied to out_dir/best/, and final/ holds those best weights (the last ones stay in
+    # checkpoints/); a stopped run does not train further when rerun.
     early_stop_patience: int = 0
 
     def __post_init__(self) -> None:

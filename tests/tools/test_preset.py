@@ -33,7 +33,7 @@ def test_paper_preset_plans_every_run(tiny_dataset, tmp_path):
     assert (hyb.model.pattern, hyb.data.mel_source, hyb.model.fusion) == ("coarse", "truth", "concat")
     assert (twin.model.fusion, twin.model.d_model, twin.model.n_layers) == ("none", 128, 4)
     assert (large.model.d_model, large.model.n_layers, large.train.lr) == (256, 6, 1e-3)  # its own lr
-    assert hyb.train.seed == 1 and hyb.train.early_stop_patience == 6 and hyb.train.eval_batches == "full"
+    assert hyb.train.seed == 1 and hyb.train.early_stop_patience == 8 and hyb.train.eval_batches == "full"
     d_hyb, d_concat = cfg[("speech", "delay", "hybrid", 1)], cfg[("speech", "delay", "twin-concat", 1)]
     assert (d_hyb.model.pattern, d_hyb.data.mel_source) == ("delay", "decoded")
     assert (d_concat.model.token_input, d_concat.model.fusion, d_concat.model.pattern) == (

@@ -29,7 +29,7 @@ def test_strategies_preset_plans_three_strategies_and_a_fine_stage(tiny_dataset,
     (f,) = [r for r in fine if r.set == "speech"]
     fc = resolve_config(f.raw)
     assert fc.task == "fine" and (fc.fine.d_model, fc.fine.context, fc.fine.num_codebooks) == (128, 225, 2)
-    assert fc.train.lr == 2e-3 and fc.train.max_steps == 9 and fc.train.early_stop_patience == 6
+    assert fc.train.lr == 2e-3 and fc.train.max_steps == 9 and fc.train.early_stop_patience == 8
     assert f.dir == tmp_path / "runs" / "speech" / "fine" / "fine" / "seed0"
     assert pr.load_preset("paper")["scales"]["cpu"].get("fine") is None  # other presets: no fine runs
 

@@ -340,10 +340,25 @@ def test_early_stop_writes_final_and_a_rerun_does_not_train_further(data_dir, tm
     assert (
         "step 4: early stop, val NLL has not improved on 4.0000 for 2 evaluations" in capsys.readouterr().out
     )
-    assert [s for s, _ in ckpt_io.list_checkpoints(out)] == [4]
+    kept = [s for s, _ in ckpt_io.list_checkpoints(out)]
+    assert kept[-1] == 4 and set(kept) <= {1, 2, 4}  # each new best (1, 2) is checkpointed too
     state = ckpt_io.read_trainer_state(ckpt_io.latest_checkpoint(out))
-    assert (state["step"], state["best_val_nll"], state["evals_since_best"]) == (4, 4.0, 2)
-    assert (out / "final" / "model.safetensors").is_file()
+    assert (state["step"], state["best_val_nll"], state["evals_since_best"], state["best_step"]) == (
+        4,
+        4.0,
+        2,
+        2,
+    )
+    # final/ holds the best weights (step 2), not the last ones (step 4)
+    final, best = (
+        load_file(out / "final" / "model.safetensors"),
+        load_file(out / "best" / "model.safetensors"),
+    )
+    last_w = load_file(ckpt_io.latest_checkpoint(out) / "model.safetensors")
+    assert all(torch.equal(final[k], best[k]) for k in final)
+    assert any(not torch.equal(final[k], last_w[k]) for k in final)
+    for d in ("final", "best"):
+        assert json.loads((out / d / "training_data.json").read_text())["steps"] == 2
     last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert last == dict(step=4, early_stop=True, best_val_nll=4.0)
     losses, _ = read_metrics(out)
@@ -352,7 +367,7 @@ def test_early_stop_writes_final_and_a_rerun_does_not_train_further(data_dir, tm
     assert main(args) == 0  # the stopped run is complete: resumed at step 4, nothing trained
     assert "resuming from" in capsys.readouterr().out
     assert sorted(read_metrics(out)[0]) == [1, 2, 3, 4]
-    assert [s for s, _ in ckpt_io.list_checkpoints(out)] == [4]
+    assert [s for s, _ in ckpt_io.list_checkpoints(out)] == kept
 
     # patience 0 (off) never stops: the same values train to max_steps
     off = tmp_path / "off"

@@ -181,6 +181,9 @@ class Trainer:
         self.tokens_seen = 0
         self.best_val: float | None = None
         self.evals_since_best = 0  # evaluations in a row without a new best (train.early_stop_patience)
+        self.best_step: int | None = None
+        # early stopping keeps the best weights (out_dir/best/, then final/): the last ones overfit
+        self.keep_best = bool(cfg.train.early_stop_patience)
         self.elapsed_before = 0.0
         self.wandb_id: str | None = None
 
@@ -273,6 +276,7 @@ class Trainer:
                 step=self.step,
                 tokens_seen=self.tokens_seen,
                 best_val_nll=self.best_val,
+                best_step=self.best_step,
                 evals_since_best=self.evals_since_best,
                 elapsed_s=self.elapsed_before + (time.perf_counter() - self.t_start),
                 wandb_run_id=self.wandb_id,
@@ -329,32 +333,45 @@ class Trainer:
         self.tokens_seen = int(state.get("tokens_seen", 0))
         self.best_val = state.get("best_val_nll")
         self.evals_since_best = int(state.get("evals_since_best", 0))
+        self.best_step = state.get("best_step")
         self.elapsed_before = float(state.get("elapsed_s", 0.0))
         self.wandb_id = state.get("wandb_run_id")
 
-    def _write_record(self, directory: Path) -> None:
+    def _write_record(self, directory: Path, step: int | None = None) -> None:
         d = self.cfg.data
         write_training_record(
-            directory, self.train_ds.manifest, d.mel_source, self.train_ds.directories, self.step
-        )
+            directory, self.train_ds.manifest, d.mel_source, self.train_ds.directories,
+            self.step if step is None else step,
+        )  # fmt: skip
 
     def save_final(self) -> Path:
-        """``out_dir/final``: the HF files of the last checkpoint (always written at max_steps or an early stop)."""
-        final = self.out / "final"
+        """``out_dir/final``: the HF files of the last checkpoint (always written at max_steps or an
+        early stop), or with early stopping on, of ``out_dir/best`` (the best val NLL's weights)."""
+        src, step = None, self.step
         if self.acc.is_main_process:
-            last = ckpt_io.latest_checkpoint(self.out)
-            assert last is not None and ckpt_io.read_trainer_state(last)["step"] == self.step, last
-            tmp = self.out / ".tmp-final"
+            src = ckpt_io.latest_checkpoint(self.out)
+            assert src is not None and ckpt_io.read_trainer_state(src)["step"] == self.step, src
+            best = self.out / "best"
+            if self.keep_best and (best / "model.safetensors").is_file():
+                src, step = best, self.best_step
+        return self._export(src, "final", step)
+
+    def _export(self, src: Path | None, name: str, step: int) -> Path:
+        """``out_dir/<name>``, atomically: the model files of checkpoint ``src`` (main process;
+        every rank calls it) with the training record of ``step``."""
+        out = self.out / name
+        if self.acc.is_main_process:
+            tmp = self.out / f".tmp-{name}"
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir()
-            for name in ("config.json", "model.safetensors"):
-                shutil.copy2(last / name, tmp / name)
+            for f in ("config.json", "model.safetensors"):
+                shutil.copy2(src / f, tmp / f)
             # what the model was trained on, so eval and sampling can pick the same codec and mel
-            self._write_record(tmp)
+            self._write_record(tmp, step)
             ckpt_io.write_files_manifest(tmp)
-            ckpt_io.replace_dir(tmp, final)
+            ckpt_io.replace_dir(tmp, out)
         self.acc.wait_for_everyone()
-        return final
+        return out
 
     # -- evaluation -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -493,19 +510,23 @@ class Trainer:
                     )
                     bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tps:,.0f}")
                     window_tokens, window_time = 0, 0.0
+                new_best = False
                 if (tc.eval_every and self.step % tc.eval_every == 0) or self.step == tc.max_steps:
                     metrics = self.evaluate()
                     if metrics is not None:
                         loggers.log(dict(step=self.step, **metrics))
                         if self.best_val is None or metrics["val_nll"] < self.best_val:
                             self.best_val, self.evals_since_best = metrics["val_nll"], 0
+                            self.best_step, new_best = self.step, self.keep_best
                         else:
                             self.evals_since_best += 1
                         if acc.is_main_process:
                             bar.write(f"step {self.step}: val_nll {metrics['val_nll']:.4f}")
                 stop = self.stopped_early()  # val NLL is reduced over ranks: all ranks agree
-                if self.step % tc.save_every == 0 or self.step == tc.max_steps or stop:
+                if self.step % tc.save_every == 0 or self.step == tc.max_steps or stop or new_best:
                     self.save_checkpoint()
+                if new_best:
+                    self._export(ckpt_io.latest_checkpoint(self.out), "best", self.step)
                 if stop:
                     loggers.log(dict(step=self.step, early_stop=True, best_val_nll=self.best_val))
                     if acc.is_main_process:
