@@ -428,26 +428,38 @@ class WhisperGPT(nn.Module):
             cache.steps += 1
             return logits
         c, start, B = self.config, cache.steps, step_tokens.shape[0]
-        w = self._decode_weights(cache.decode_dtype)
-        x = embed_tokens(self.tok_emb, step_tokens + self.tok_offsets, c.token_input)  # (B, Kin) -> (B, E)
-        pos = start
-        if self.mel_branch is not None:
-            m = self.mel_branch.step(step_mel, cache.mel, start, B, w and w.mel)  # (B, mel_dim)
-            mel_proj = self.mel_proj if w is None else w.mel_proj
-            if c.fusion == "concat":
-                x = torch.cat([x, m.to(x.dtype)], dim=-1)
-            elif c.fusion == "sum":
-                x = x + mel_proj(m)
-            else:  # interleave: the mel position first (its output is not scored), then the tokens
-                pos = 2 * start
-                self.decoder.step(self.drop(mel_proj(m).to(x.dtype)), cache.main, pos, w and w.decoder)
-                pos += 1
-        h = self.decoder.step(self.drop(x), cache.main, pos, w and w.decoder)  # (B, D)
+        w, pps = self._decode_weights(cache.decode_dtype), c.positions_per_step
+        # interleave (pps 2): the mel position first (its output is not scored), then the tokens
+        h = self._step_body(
+            step_tokens, step_mel, cache, w, start, start * pps + pps - 1, start * pps
+        )  # (B, D)
         cache.steps = start + 1
         if self.depth is not None:  # codebook 0 of the frame; depth_step gives the others
             return self.depth.begin(h, cache.depth, w and w.depth)[:, None]
         logits = F.linear(h, self._head_weight()) if w is None else w.head(h)  # (B, Ks*V)
         return logits.view(B, self.num_scored_codebooks, c.codebook_size)
+
+    def _step_body(
+        self, step_tokens: torch.Tensor, step_mel: torch.Tensor | None, cache: WhisperGPTCache,
+        w: _DecodeWeights | None, at_mel: int | StaticPos, at: int | StaticPos, at_interleave: int | StaticPos | None,
+    ) -> torch.Tensor:  # fmt: skip
+        """One position through the mel branch, the fusion and the decoder, for the dynamic cache
+        (int positions) and the static one (``StaticPos``): ``at_mel`` in the mel stack, ``at`` the
+        tokens' position in the main stack, ``at_interleave`` the mel's there (fusion interleave)."""
+        c, B = self.config, step_tokens.shape[0]
+        x = embed_tokens(self.tok_emb, step_tokens + self.tok_offsets, c.token_input)  # (B, Kin) -> (B, E)
+        if self.mel_branch is not None:
+            m = self.mel_branch.step(step_mel, cache.mel, at_mel, B, w and w.mel)  # (B, mel_dim)
+            mel_proj = self.mel_proj if w is None else w.mel_proj
+            if c.fusion == "concat":
+                x = torch.cat([x, m.to(x.dtype)], dim=-1)
+            elif c.fusion == "sum":
+                x = x + mel_proj(m)
+            else:
+                self.decoder.step(
+                    self.drop(mel_proj(m).to(x.dtype)), cache.main, at_interleave, w and w.decoder
+                )
+        return self.decoder.step(self.drop(x), cache.main, at, w and w.decoder)  # (B, D)
 
     def depth_step(self, tokens: torch.Tensor, cache: WhisperGPTCache) -> torch.Tensor:
         """Pattern ``depth``: ``tokens (B,)`` of codebook ``k - 1`` of the current frame -> logits
@@ -468,22 +480,11 @@ class WhisperGPT(nn.Module):
         """``_step`` of a static cache, device ops only: the position is ``cache.pos`` (advanced
         here, in place), ``cache.steps`` and ``span`` (``cache.static_span()``) are the caller's;
         ``step_mel`` is required (any values) with a mel branch. One trace per ``span``."""
-        c = self.config
-        B = step_tokens.shape[0]
+        c, B = self.config, step_tokens.shape[0]
         w = self._decode_weights(cache.decode_dtype)
-        x = embed_tokens(self.tok_emb, step_tokens + self.tok_offsets, c.token_input)  # (B, Kin) -> (B, E)
         at_mel, at = cache.static_pos(span, c.positions_per_step, c.positions_per_step - 1)
-        if self.mel_branch is not None:
-            m = self.mel_branch.step(step_mel, cache.mel, at_mel, B, w and w.mel)  # (B, mel_dim)
-            mel_proj = self.mel_proj if w is None else w.mel_proj
-            if c.fusion == "concat":
-                x = torch.cat([x, m.to(x.dtype)], dim=-1)
-            elif c.fusion == "sum":
-                x = x + mel_proj(m)
-            else:  # interleave: the mel position (2p) first, then the tokens (2p + 1)
-                _, at_m = cache.static_pos(span, 2, 0)
-                self.decoder.step(self.drop(mel_proj(m).to(x.dtype)), cache.main, at_m, w and w.decoder)
-        h = self.decoder.step(self.drop(x), cache.main, at, w and w.decoder)  # (B, D)
+        at_interleave = cache.static_pos(span, 2, 0)[1] if c.fusion == "interleave" else None
+        h = self._step_body(step_tokens, step_mel, cache, w, at_mel, at, at_interleave)  # (B, D)
         cache.pos.add_(1)
         logits = F.linear(h, self._head_weight()) if w is None else w.head(h)  # (B, Ks*V)
         return logits.view(B, self.num_scored_codebooks, c.codebook_size)
