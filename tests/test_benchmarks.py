@@ -228,3 +228,16 @@ def test_sampling_baseline_rows_over_two_batches(tmp_path):
     names = [(r["model"], r["batch"], r.get("variant")) for r in rows]
     for b in (1, 2):
         assert ("ours-token", b, "baseline") in names and ("ours-hybrid", b, "baseline") in names
+
+
+def test_profile_sampling_quick_times_every_part_and_profiles_two(tmp_path):
+    import profile_sampling
+
+    assert profile_sampling.main(["--quick", "--batches", "1", "--frames", "3", "--repeats", "1",
+                                  "--out", str(tmp_path / "p.json")]) == 0  # fmt: skip
+    res = json.loads((tmp_path / "p.json").read_text())
+    assert [r["part"] for r in res["rows"]] == ["step/token", "step/hybrid", "sample", "decode/tiny", "mel"]
+    assert all(r["ms_per_frame"] > 0 for r in res["rows"])
+    assert set(res["profiles"]) == {"step/token", "decode/tiny"}
+    for p in res["profiles"].values():
+        assert 0 < p["matmul_share"] <= 1 and p["ops_per_call"] > 1 and p["top"]
