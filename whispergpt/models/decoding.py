@@ -26,6 +26,8 @@ class WhisperGPTCache:
     in a CUDA graph). ``span`` (``static_span``) grows in powers of two from 64 up to ``max_steps``:
     a few shapes (one trace or graph each) instead of every step attending over the whole cache.
     ``depth``: pattern ``depth``'s per-frame state (``WhisperGPT.depth_step``), else None.
+    ``weights``: the decode weight copies, taken at the first inference step and kept: a cache
+    serves one set of weights (make a new cache after changing them).
     """
 
     def __init__(
@@ -38,6 +40,8 @@ class WhisperGPTCache:
         depth: DepthState | None = None,
     ) -> None:
         self.main, self.mel, self.max_steps, self.depth = main, mel, max_steps, depth
+        # (checking every parameter's version each step cost ~5% of a D256 L4 step on CPU)
+        self.weights: _DecodeWeights | None = None
         self.steps = 0
         self.decode_dtype = decode_dtype
         self.pos: torch.Tensor | None = None

@@ -428,7 +428,11 @@ class WhisperGPT(nn.Module):
             cache.steps += 1
             return logits
         c, start, B = self.config, cache.steps, step_tokens.shape[0]
-        w, pps = self._decode_weights(cache.decode_dtype), c.positions_per_step
+        w = cache.weights
+        if w is None or torch.is_grad_enabled():
+            w = self._decode_weights(cache.decode_dtype)
+            cache.weights = None if torch.is_grad_enabled() else w
+        pps = c.positions_per_step
         # interleave (pps 2): the mel position first (its output is not scored), then the tokens
         h = self._step_body(
             step_tokens, step_mel, cache, w, start, start * pps + pps - 1, start * pps
