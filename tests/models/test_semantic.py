@@ -169,6 +169,15 @@ def test_a_reprefill_restarts_the_prefix_with_the_new_window():
     assert torch.allclose(got, logits(model, w_codes, w_mel, w_sem), atol=ATOL)
 
 
+def test_flops_count_the_prefix_positions():
+    from whispergpt.models.flops import whispergpt_flops_per_frame
+
+    f = {mode: whispergpt_flops_per_frame(make(mode, context=30))["flops_per_frame"] for mode in
+         ("none", "prefix", "aligned")}  # fmt: skip
+    assert f["aligned"] == f["none"]  # an embedding lookup added: no matmul
+    assert 1.2 * f["none"] < f["prefix"] < 1.6 * f["none"]  # 10 prefix positions per 30 frames
+
+
 # -- persistence and bad input ---------------------------------------------------------------------
 @pytest.mark.parametrize("semantic", ["prefix", "aligned"])
 def test_save_load_round_trip(semantic, tmp_path):
