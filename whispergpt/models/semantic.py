@@ -10,7 +10,7 @@ Causality. The semantic stream is generated *before* the acoustic stage (a seman
 it, or it comes from the whole clip), so the acoustic model MAY read semantic tokens of future
 frames: that is the point of the hierarchy. Codec tokens and mel keep the decoder's rule: the logits
 of step ``p`` depend on no code placed at a step ``>= p`` and no mel frame ``>= p - lag``
-(``tests/models/test_semantic.py`` checks both halves).
+(``tests/models/test_semantic_conditioning.py`` checks both halves).
 
 Modes:
 

@@ -153,6 +153,23 @@ def test_prefill_then_steps_equal_forward(semantic, pattern, fusion):
     assert torch.allclose(got, full[:, : got.shape[1]], atol=ATOL)
 
 
+@pytest.mark.parametrize("fusion", ["concat", "interleave"])
+def test_learned_positions_cover_the_prefix(fusion):
+    """Learned positions: the decoder's table has room for the prefix of a full context window."""
+    model = make("prefix", "delay", fusion, context=12, pos_emb="learned")
+    c = model.config
+    assert model.decoder.max_positions == c.max_steps * c.positions_per_step + 4  # ceil(12 / 3) = 4
+    codes, mel, sem = inputs(T=12)
+    tokens, step_mel = pt.build_inputs(codes, mel, "delay", V)
+    P = tokens.shape[-1]
+    with torch.no_grad():
+        cache = model.new_cache(2, P)
+        first = model.forward_steps(tokens[..., :5], step_mel[..., :5], cache, model.step_semantic(sem, 0, 5))
+        rest = [model.step(tokens[..., p], step_mel[..., p], cache)[:, :, None] for p in range(5, P)]
+    got = pt.revert_logits(torch.cat([first, *rest], dim=2), "delay", 12)
+    assert torch.allclose(got, logits(model, codes, mel, sem), atol=ATOL)
+
+
 def test_a_reprefill_restarts_the_prefix_with_the_new_window():
     model = make("prefix", "coarse", "concat")
     codes, mel, sem = inputs(T=12)
