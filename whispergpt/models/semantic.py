@@ -35,8 +35,6 @@ next. A phone lasts ~2-4 semantic frames, so one frame ahead lets the coarse sta
 transition into the next unit. The cost: a training window's last ``lookahead * g`` frames read a
 clamped token, while sampling reads the semantic continuation's true later tokens; 1 keeps that to
 ``g`` frames per window. docs/HIERARCHY.md has the whole rule.
-
-Not covered: static-shape steps (``new_cache(static=True)``) reject semantic models.
 """
 
 from __future__ import annotations
