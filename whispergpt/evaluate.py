@@ -55,6 +55,7 @@ from .data import PreparedDataset
 from .fine_stage import default_overlap, fine_windows, score_fine_windows
 from .metrics.bits import bits_markdown, bits_rows
 from .models import FineModel, WhisperGPT, load_pretrained, nll_per_codebook
+from .models.semantic import check_semantic_tokenizer
 from .runtime import choose_precision, replacing, write_atomic, write_json_atomic
 
 MEL_LABELS = {
@@ -166,6 +167,7 @@ def config_summary(model: WhisperGPT | FineModel) -> dict:
         context=c.context,
         num_codebooks=c.num_codebooks,
         scored_codebooks=model.num_scored_codebooks,
+        semantic=c.semantic,
     )
 
 
@@ -229,6 +231,8 @@ def check_compatible(model: WhisperGPT, ds: PreparedDataset, where: str) -> None
             raise ValueError(f"{where}: model {key}={getattr(c, key)} but the dataset has {key}={have}")
     if getattr(c, "fusion", "none") != "none" and c.n_mels != ds.n_mels:
         raise ValueError(f"{where}: model n_mels={c.n_mels} but the dataset has n_mels={ds.n_mels}")
+    if getattr(c, "semantic", "none") != "none":  # conditioned on semantic tokens: the same tokenizer's
+        check_semantic_tokenizer(c, ds.manifest.get("semantic_tokenizer"), where)
 
 
 def mel_sources(model: WhisperGPT | FineModel, mel: str) -> list[str]:
@@ -247,12 +251,18 @@ def evaluate_windows(
     batch_size: int,
     device: torch.device,
     autocast_dtype: torch.dtype | None = None,
+    semantic_of: dict[int, torch.Tensor] | None = None,
 ) -> None:
     """Run ``windows`` (grouped by length so no padding is needed) and add them to ``totals``.
 
     ``codes_of[i] (K, N_i)`` / ``mel_of[i] (M, N_i)`` hold whole files; ``mel_of`` is None for
-    token-only models.
+    token-only models; ``semantic_of[i] (N_i,)`` for models with ``semantic != none``, else None.
     """
+
+    def cut(arrays: dict[int, torch.Tensor], batch: list[Window]) -> torch.Tensor:
+        """The batch's windows of whole-file arrays ``(..., N_i)`` -> ``(B, ..., T)``."""
+        return torch.stack([arrays[w.file_index][..., w.start : w.end] for w in batch]).to(device)
+
     by_len: dict[int, list[Window]] = {}
     for w in windows:
         by_len.setdefault(w.end - w.start, []).append(w)
@@ -260,14 +270,9 @@ def evaluate_windows(
         group = by_len[length]
         for b in range(0, len(group), batch_size):
             batch = group[b : b + batch_size]
-            codes = torch.stack([codes_of[w.file_index][:, w.start : w.end] for w in batch]).to(
-                device
-            )  # (B, K, T)
-            mel = None
-            if mel_of is not None:
-                mel = torch.stack([mel_of[w.file_index][:, w.start : w.end] for w in batch]).to(
-                    device
-                )  # (B, M, T)
+            codes = cut(codes_of, batch)  # (B, K, T)
+            mel = None if mel_of is None else cut(mel_of, batch)  # (B, M, T)
+            semantic = () if semantic_of is None else (cut(semantic_of, batch),)  # (B, T): conditioned models
             steps = torch.arange(length, device=device)
             mask = (
                 steps[None, :]
@@ -276,7 +281,7 @@ def evaluate_windows(
             with torch.autocast(
                 device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
             ):
-                logits = model(codes, mel).logits  # (B, Ks, T, V)
+                logits = model(codes, mel, *semantic).logits  # (B, Ks, T, V)
             totals.add(logits.float(), codes, mask)
 
 
@@ -393,6 +398,10 @@ def evaluate(
             raise ValueError(f"--overlap must be in [0, context={ctx}) for {ck}, got {ov}")
         models.append((checkpoint_name(ck, names), model.to(device).eval(), mel_sources(model, mel)))
 
+    # the semantic stream, read only when a model is conditioned on it (missing: names prepare --semantic)
+    sem_ds = None
+    if any(getattr(m.config, "semantic", "none") != "none" for _, m, _ in models):
+        sem_ds = PreparedDataset(data, split, streams=("semantic",))
     need_decoded = sorted({decoded_codebooks(m) for _, m, srcs in models if "decoded" in srcs})
     cdc = None
     if need_decoded:
@@ -432,6 +441,7 @@ def evaluate(
         codes_of, truth_of = {}, {}
         for i in group:
             codes_of[i], truth_of[i] = ds.file_arrays(i)  # (K, N), (M, N)
+        sem_of = None if sem_ds is None else {i: sem_ds.file_arrays(i)[0] for i in group}  # (N,) each
         dec_of: dict[int, dict[int, torch.Tensor]] = {
             kd: {i: decoded_mel(cdc, codes_of[i][:kd], ds.n_mels) for i in group} for kd in need_decoded
         }
@@ -448,9 +458,11 @@ def evaluate(
                 mel_of = {"n/a": None, "truth": truth_of}.get(src)
                 if src == "decoded":
                     mel_of = dec_of[decoded_codebooks(model)]
+                conditioned = getattr(model.config, "semantic", "none") != "none"
                 evaluate_windows(
-                    model, codes_of, mel_of, windows, totals[(mi, src)], batch_size, device, autocast_dtype
-                )
+                    model, codes_of, mel_of, windows, totals[(mi, src)], batch_size, device, autocast_dtype,
+                    sem_of if conditioned else None,
+                )  # fmt: skip
 
     entries = []
     for mi, (name, model, srcs) in enumerate(models):

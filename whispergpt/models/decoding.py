@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .blocks import BlockWeights, FastLinear, Int8Linear, LayerKV, StaticPos
+from .blocks import BlockWeights, FastLinear, Int8Linear, LayerKV, StaticPos, decode_linear
 from .depth import DepthState, DepthWeights
 
 
@@ -28,6 +28,8 @@ class WhisperGPTCache:
     ``depth``: pattern ``depth``'s per-frame state (``WhisperGPT.depth_step``), else None.
     ``weights``: the decode weight copies, taken at the first inference step and kept: a cache
     serves one set of weights (make a new cache after changing them).
+    ``prefix``: decoder positions the semantic prefix took (``semantic="prefix"``, set by the call
+    that starts at step 0); step ``p``'s decoder positions follow them.
     """
 
     def __init__(
@@ -43,6 +45,7 @@ class WhisperGPTCache:
         # (checking every parameter's version each step cost ~5% of a D256 L4 step on CPU)
         self.weights: _DecodeWeights | None = None
         self.steps = 0
+        self.prefix = 0
         self.decode_dtype = decode_dtype
         self.pos: torch.Tensor | None = None
         self._positions: torch.Tensor | None = None  # arange of the main stack's cache length
@@ -54,9 +57,14 @@ class WhisperGPTCache:
     def reset(self) -> None:
         """Back to step 0, buffers kept: the next prefill overwrites positions from 0, and no step
         reads a position past its own (dynamic: sliced off; static: masked)."""
-        self.steps = 0
+        self.steps = self.prefix = 0
         if self.pos is not None:
             self.pos.zero_()
+
+    @property
+    def main_positions(self) -> int:
+        """Decoder positions the main stack's KV buffers hold (prefix + steps * positions per step)."""
+        return self.main[0].k.shape[2] if self.main else 0
 
     @property
     def static(self) -> bool:
@@ -69,17 +77,18 @@ class WhisperGPTCache:
         return min(self.max_steps, max(64, 1 << (need - 1).bit_length()))
 
     def static_pos(
-        self, span: int, positions_per_step: int = 1, offset: int = 0
+        self, span: int, positions_per_step: int = 1, offset: int = 0, prefix: int = 0
     ) -> tuple[StaticPos, StaticPos]:
         """``(mel stack's, main stack's)`` ``StaticPos`` of the current step over the first
-        ``span`` steps (device ops only); the main stack holds ``positions_per_step`` positions
-        per step, this one at ``offset``."""
+        ``span`` steps (device ops only); the main stack holds ``prefix`` positions (a semantic
+        prefix), then ``positions_per_step`` positions per step, this one at ``offset``."""
         idx = self.pos
         at_mel = StaticPos(idx, (self._positions[:span] <= idx)[None])  # (1, span)
-        if positions_per_step == 1:
+        if positions_per_step == 1 and prefix == 0:
             return at_mel, at_mel
-        main = idx * positions_per_step + offset
-        return at_mel, StaticPos(main, (self._positions[: span * positions_per_step] <= main)[None])
+        main = idx * positions_per_step + (offset + prefix)
+        n = span * positions_per_step + prefix
+        return at_mel, StaticPos(main, (self._positions[:n] <= main)[None])
 
 
 @dataclass
@@ -98,6 +107,42 @@ class _DecodeWeights:
     mel_proj: FastLinear | Int8Linear | None
     head: FastLinear | Int8Linear | None  # None with pattern depth (its heads are in ``depth``)
     depth: DepthWeights | None
+
+
+def decode_weights(model, decode_dtype: str = "fp32") -> _DecodeWeights | None:
+    """``WhisperGPT._decode_weights``: the decode copies (``blocks.decode_linear``) its ``_step``
+    reads; None with autograd (gradients must reach the parameters) and off CPU (cuBLAS takes
+    either layout at full speed). A traced step reads the copies built before it (inductor keeps
+    F.linear's slow transposed operand)."""
+    ref = model.tok_emb.weight
+    if torch.is_grad_enabled() or ref.device.type != "cpu":
+        return None
+    if torch.compiler.is_compiling():
+        return model._decode_memos.get(decode_dtype)
+    memo = model._decode_memos.get(decode_dtype)
+    params = list(model.parameters()) if memo is None else memo.params
+    key = (decode_dtype, *((p._version, p.data_ptr()) for p in params))
+    if memo is not None and memo.key == key:
+        if model._decode_memo is not memo:  # (nn.Module.__setattr__ is not free)
+            model._decode_memo = memo
+        return memo
+    mb, proj = model.mel_branch, model.mel_proj
+
+    def lin(m: nn.Linear) -> FastLinear | Int8Linear:
+        return decode_linear(m.weight, m.bias, decode_dtype)
+
+    memo = model._decode_memo = model._decode_memos[decode_dtype] = _DecodeWeights(
+        params=params,
+        key=key,
+        decoder=[BlockWeights.of(b, decode_dtype) for b in model.decoder.blocks],
+        mel=None
+        if mb is None
+        else (lin(mb.inp), [BlockWeights.of(b, decode_dtype) for b in mb.stack.blocks]),
+        mel_proj=None if proj is None else lin(proj),
+        head=None if model.depth is not None else decode_linear(model._head_weight(), None, decode_dtype),
+        depth=None if model.depth is None else DepthWeights.of(model.depth, decode_dtype),
+    )
+    return memo
 
 
 def warm_static_tables(model, cache: WhisperGPTCache) -> None:
