@@ -34,6 +34,9 @@ Fine stages (``models/fine.py``) score codebooks ``Kc..K-1`` given the true code
 as they sample (``fine_stage``; ``--overlap`` default ``context // 4``). The ``bits_per_second``
 table (``metrics.bits``) ranks all checkpoints on bits/s over all K codebooks, coarse + fine paired.
 
+Semantic LMs (``models/semantic_lm.py``) score the split's ``semantic`` stream at their own rate
+(``evaluate_semantic``): NLL per semantic token, bits/s over the seconds the tokens cover.
+
 Outputs (main process): a markdown table on stdout; with ``--out X.json`` also ``X.md`` and
 ``X.png`` (NLL per codebook per checkpoint and mel source, and val NLL over training steps from
 each run's ``metrics.jsonl``, found in the checkpoint directory or its parents).
@@ -52,9 +55,10 @@ from pathlib import Path
 import torch
 
 from .data import PreparedDataset
+from .evaluate_semantic import check_semantic_data, score_semantic, semantic_dataset, semantic_summary
 from .fine_stage import default_overlap, fine_windows, score_fine_windows
 from .metrics.bits import bits_markdown, bits_rows
-from .models import FineModel, WhisperGPT, load_pretrained, nll_per_codebook
+from .models import FineModel, SemanticLM, WhisperGPT, load_pretrained, nll_per_codebook
 from .runtime import choose_precision, replacing, write_atomic, write_json_atomic
 
 MEL_LABELS = {
@@ -153,6 +157,8 @@ def summarize_totals(totals: torch.Tensor, frame_rate: float, first_codebook: in
 
 def config_summary(model: WhisperGPT | FineModel) -> dict:
     c = model.config
+    if isinstance(model, SemanticLM):
+        return semantic_summary(model)
     if isinstance(model, FineModel):
         keys = ("d_model", "n_layers", "context", "num_codebooks", "coarse_codebooks")
         return dict(fusion="none", pattern="fine", num_parameters=model.num_parameters(),
@@ -387,7 +393,10 @@ def evaluate(
             model = load_pretrained(ck)
         except OSError as e:
             raise ValueError(str(e)) from e
-        check_compatible(model, ds, ck)
+        if isinstance(model, SemanticLM):  # reads the semantic stream (evaluate_semantic.py)
+            check_semantic_data(model, ds, ck)
+        else:
+            check_compatible(model, ds, ck)
         ctx, ov = model.config.context, overlap_of(model)
         if not 0 <= ov < ctx:
             raise ValueError(f"--overlap must be in [0, context={ctx}) for {ck}, got {ov}")
@@ -416,6 +425,7 @@ def evaluate(
         if note and acc.is_main_process:
             print(f"note: {note}", file=sys.stderr)
 
+    sem_ds = semantic_dataset(ds) if any(isinstance(m, SemanticLM) for _, m, _ in models) else None
     rank, world = acc.process_index, acc.num_processes
     # longest files first, dealt round-robin: balanced ranks; the sums do not depend on the order
     order = sorted(range(len(ds.files)), key=lambda i: (-ds.files[i]["frames"], i))
@@ -437,6 +447,11 @@ def evaluate(
         }
         for mi, (_, model, srcs) in enumerate(models):
             ctx, ov = model.config.context, overlap_of(model)
+            if isinstance(model, SemanticLM):
+                score_semantic(
+                    model, sem_ds, group, ov, totals[(mi, "n/a")], batch_size, device, autocast_dtype
+                )
+                continue
             if isinstance(model, FineModel):
                 windows = [w for i in group for w in fine_windows(ds.files[i]["frames"], ctx, ov, i)]
                 score_fine_windows(
@@ -461,7 +476,8 @@ def evaluate(
             t = totals[(mi, src)].t
             if world > 1:
                 t = acc.reduce(t.contiguous(), "sum")
-            m = summarize_totals(t, ds.frame_rate, first)
+            rate = model.config.rate if isinstance(model, SemanticLM) else ds.frame_rate  # tokens/s
+            m = summarize_totals(t, rate, first)
             evals.append(dict(mel_source=src, mel_label=MEL_LABELS[src], metrics=m))
         metrics_file = find_metrics_file(checkpoints[mi])
         entries.append(

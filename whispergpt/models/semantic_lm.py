@@ -123,6 +123,10 @@ class SemanticLM(nn.Module):
     def group(self) -> int:
         return self.config.group
 
+    @property
+    def num_scored_codebooks(self) -> int:
+        return 1  # one stream of tokens (what evaluation counts per position)
+
     def num_parameters(self) -> int:
         return self.lm.num_parameters()
 
