@@ -126,13 +126,10 @@ def acoustic_tokenizer(config: Any, record: dict | None) -> dict:
     """What the acoustic model says about its semantic tokenizer: its training record's
     ``semantic_tokenizer`` with the cluster count of its config (the width of its semantic table)."""
     t = dict((record or {}).get("semantic_tokenizer") or {})
-    for key in ("semantic_clusters", "semantic_vocab", "semantic_size"):
-        if getattr(config, key, None) is not None:
-            t["clusters"] = int(getattr(config, key))
-            break
-    for key in ("semantic_rate",):
-        if getattr(config, key, None) is not None:
-            t["rate"] = float(getattr(config, key))
+    if getattr(config, "semantic_vocab", None):  # 0/None: not set (taken from the dataset in training)
+        t["clusters"] = int(config.semantic_vocab)
+    if getattr(config, "semantic_rate", None) is not None:
+        t["rate"] = float(config.semantic_rate)
     return t
 
 
@@ -335,3 +332,21 @@ def load_semantic_stage(
                 )
     group_of(c.rate)
     return stage
+
+
+def stages_record(
+    args: Any, acoustic_ckpt: Path, acoustic_config: Any, semantic: SemanticStage, fine=None
+) -> list[dict]:
+    """``generation.json``'s ``stages``: each stage's checkpoint, seed and settings, in order."""
+    stages = [
+        dict(stage="semantic", checkpoint=str(semantic.checkpoint), tokenizer=str(semantic.tokenizer_dir),
+             seed=semantic.seed, temperature=semantic.temperature, top_k=semantic.top_k, top_p=semantic.top_p,
+             context_keep=semantic.context_keep),
+        dict(stage="acoustic", checkpoint=str(acoustic_ckpt), semantic=acoustic_semantic_mode(acoustic_config),
+             seed=args.seed, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+             context_keep=args.context_keep, decoder=args.decoder),
+    ]  # fmt: skip
+    if fine is not None:
+        stages.append(dict(stage="fine", checkpoint=str(fine.checkpoint), seed=fine.seed,
+                           temperature=fine.temperature))  # fmt: skip
+    return stages
