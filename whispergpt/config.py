@@ -397,6 +397,15 @@ def _data_shape(name: str, section_cls: type, section: dict, manifest: dict, dat
             want["kmeans_clusters"] = int(tokenizer["clusters"])
         for key in semantic_keys:
             want[key] = tokenizer[SEMANTIC_SHAPE_KEYS[key]]
+    if "semantic_vocab" in fields and section.get("semantic", fields["semantic"].default) != "none":
+        tokenizer = manifest.get("semantic_tokenizer")  # the acoustic model conditioned on it
+        if not isinstance(tokenizer, dict) or "clusters" not in tokenizer:
+            raise ConfigError(
+                f"{name}.semantic={section.get('semantic')} reads the semantic stream, and the dataset "
+                f"{data_dir} stores none: prepare it with --semantic TOKENIZER_DIR (whispergpt semantic fit)"
+            )
+        want["semantic_vocab"] = int(tokenizer["clusters"])
+        want["semantic_rate"] = tokenizer.get("rate", 25)
     return want
 
 
@@ -429,7 +438,7 @@ def resolve_config(data: dict) -> RunConfig:
         raise ConfigError(f"{name}: expected a mapping, got {model!r}")
     for key, want in _data_shape(name, section_cls, model, manifest, data_dir).items():
         have = model.get(key)
-        if have is None:
+        if have is None or (key == "semantic_vocab" and have == 0):
             model[key] = want
         elif have != want:
             raise ConfigError(

@@ -139,10 +139,14 @@ class FrameStep:
             mel = log_mel_frame(self.win, self.n_mels)
         self._store(f, new, mel)
 
-    def step(self, tok: torch.Tensor, mel: torch.Tensor | None) -> torch.Tensor:
-        """The model's step on ``tok (B, Kin)`` and ``mel (B, M)`` (None for a pad position)."""
+    def step(
+        self, tok: torch.Tensor, mel: torch.Tensor | None, semantic: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The model's step on ``tok (B, Kin)`` and ``mel (B, M)`` (None for a pad position);
+        ``semantic (B,)``: the token the step reads (``semantic="aligned"``; not in the static path)."""
+        assert semantic is None or not self.static, "new_cache rejects static caches of semantic models"
         if not self.static:
-            return self.model._step(tok, mel, self.cache)
+            return self.model._step(tok, mel, self.cache, semantic)
         self.tok.copy_(tok)
         if mel is not None:
             self.mel_in.copy_(mel)
@@ -150,11 +154,12 @@ class FrameStep:
         self.cache.steps += 1
         return logits
 
-    def feed_step(self, tok: torch.Tensor, f: int) -> torch.Tensor:
-        """``feed(f)`` then ``step(tok, mel of f)``: one call (one graph) in the static path."""
+    def feed_step(self, tok: torch.Tensor, f: int, semantic: torch.Tensor | None = None) -> torch.Tensor:
+        """``feed(f)`` then ``step(tok, mel of f, semantic)``: one call (one graph) in the static path."""
+        assert semantic is None or not self.static, "new_cache rejects static caches of semantic models"
         if not self.static:
             self.feed(f)
-            return self.model._step(tok, self.fed_mel[:, :, f], self.cache)
+            return self.model._step(tok, self.fed_mel[:, :, f], self.cache, semantic)
         self.tok.copy_(tok)
         self.frame.copy_(self.codes[:, :, f : f + 1])
         logits, new, mel = self._feed_step(self.cache.static_span())

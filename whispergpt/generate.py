@@ -46,6 +46,12 @@ that step (BOS first, delay's head codebooks padded, mel pad vector for the firs
 positions), with one ``forward_steps`` call, and stepping goes on. So every position the model
 reads lies in ``[0, max_steps)``, as in training, and the re-prefill costs one batched forward
 every ``(1 - context_keep) * max_steps`` steps.
+
+Semantic conditioning (``model.semantic``, ``models/semantic.py``): ``semantic`` gives one token per
+codec frame of prompt + continuation. ``prefix``: each (re-)prefill puts the prefix of the window
+it starts, frames ``[s0, s0 + context)`` (cut at the end), before its steps, as a training crop
+starting at frame ``s0`` has it. ``aligned``: step ``s`` reads the token of frame
+``min(s + lookahead * g, T - 1)``, the same in every window.
 """
 
 from __future__ import annotations
@@ -62,6 +68,7 @@ from .audio import FRAME_RATE, HOP_LENGTH, log_mel
 from .codec.streaming import StreamingDecoder
 from .framestep import FrameStep
 from .models import patterns as pt
+from .models.semantic import check_semantic_range
 
 DEFAULT_DECODE_WINDOW = 32
 DEFAULT_CONTEXT_KEEP = 0.75
@@ -183,6 +190,32 @@ class GenerationResult:
     timings: dict = field(default_factory=dict)
 
 
+def _check_semantic(model, semantic: torch.Tensor | None, B: int, T: int) -> torch.Tensor | None:
+    """``generate``'s ``semantic``: ``(B, T)`` long on the model's device, or None (``semantic=none``)."""
+    c = model.config
+    if c.semantic == "none":
+        if semantic is not None:
+            raise ValueError(
+                "semantic tokens were given, but the model has semantic=none (trained without them)"
+            )
+        return None
+    if semantic is None:
+        raise ValueError(
+            f"the model is conditioned on semantic tokens (semantic={c.semantic!r}): pass semantic "
+            f"(1 or {B}, prompt + new frames = {T}), one token per codec frame"
+        )
+    if not isinstance(semantic, torch.Tensor) or semantic.dim() != 2 or semantic.shape[0] not in (1, B):
+        raise ValueError(f"semantic must be (1 or {B}, {T}), got {getattr(semantic, 'shape', semantic)!r}")
+    if semantic.shape[1] != T:
+        raise ValueError(
+            f"semantic must cover the prompt and the continuation, {T} codec frames, got {semantic.shape[1]}"
+        )
+    if semantic.dtype not in (torch.int64, torch.int32, torch.int16):
+        raise ValueError(f"semantic must be integer tokens, got {semantic.dtype}")
+    check_semantic_range(semantic, c.semantic_vocab)
+    return semantic.to(model.tok_emb.weight.device, torch.long).expand(B, T)
+
+
 def _device_sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -209,6 +242,7 @@ def generate(
     decode_dtype: str = "fp32",
     static: bool = False,
     compile: bool = False,
+    semantic: torch.Tensor | None = None,
 ) -> GenerationResult:
     """Generate ``frames`` new frames for ``num_samples`` samples (after an optional prompt).
 
@@ -221,6 +255,9 @@ def generate(
     ``decode_dtype`` (``fp32`` | ``bf16`` | ``int8``, CPU): the weights of the one-position step
     (``WhisperGPT.new_cache``); the prefill runs in the model's dtype. ``static``: the static-shape
     per-frame step (``whispergpt.framestep``, same tokens); ``compile``: that step ``torch.compile``d.
+    ``semantic (1 or B, Tp + frames)`` long: one semantic token per codec frame of the prompt and the
+    continuation (a semantic LM's continuation repeated ``g`` times per token), required by models
+    with ``config.semantic != "none"`` and rejected by others (``models/semantic.py``).
     """
     c = model.config
     check_sampling_args(temperature, top_k, top_p)
@@ -265,6 +302,7 @@ def generate(
         )
     T = Tp + frames
     P = pt.num_steps(c.pattern, K, T)
+    semantic = _check_semantic(model, semantic, B, T)
     delay, depth = c.pattern == "delay", c.pattern == "depth"
 
     t_start = time.perf_counter()
@@ -329,8 +367,15 @@ def generate(
             first = 1 + lag  # positions before this read the learned pad vector
             if n > first:
                 mel[:, :, first:] = fed_mel[:, :, s0 : s0 + n - first]
-        return model.forward_steps(toks, mel, cache)[:, :, -1]
+        sem = None  # the prefix of the window's frames [s0, s0 + context), or each position's token
+        if sem_steps is not None:
+            sem = sem_steps[:, s0 : s0 + n]
+        elif semantic is not None:
+            sem = model.step_semantic(semantic[:, s0 : min(s0 + c.context, T)], 0, n)
+        return model.forward_steps(toks, mel, cache, sem)[:, :, -1]
 
+    # aligned: the semantic token each global step reads (clamped at the last frame, as in training)
+    sem_steps = model.step_semantic(semantic, 0, P) if c.semantic == "aligned" else None
     keep = min(capacity - 1, max(1, round(context_keep * capacity)))
     if capacity < 2:
         raise ValueError(f"the model's context holds {capacity} step(s); sampling needs >= 2")
@@ -361,8 +406,9 @@ def generate(
             f = s - lag  # the frame completed by this step: decoded, its mel read at step s + 1
             feed = hybrid and f >= Tp
             full = s + 1 - s0 >= capacity  # cache full: rebuild it from the last `keep` positions
+            sem_next = None if sem_steps is None or s == P - 1 else sem_steps[:, s + 1]
             if feed and not full and s < P - 1:
-                logits = frame_step.feed_step(tok, f)  # decode + mel + model step, one call
+                logits = frame_step.feed_step(tok, f, sem_next)  # decode + mel + model step, one call
                 continue
             if feed:
                 frame_step.feed(f)
@@ -376,7 +422,7 @@ def generate(
             step_mel = None
             if hybrid:
                 step_mel = fed_mel[:, :, f] if f >= 0 else zero_mel
-            logits = frame_step.step(tok, step_mel)
+            logits = frame_step.step(tok, step_mel, sem_next)
     _device_sync(dev)
     t_loop = time.perf_counter()
     codes = codes.contiguous()

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .blocks import BlockWeights, FastLinear, Int8Linear, LayerKV, StaticPos
+from .blocks import BlockWeights, FastLinear, Int8Linear, LayerKV, StaticPos, decode_linear
 from .depth import DepthState, DepthWeights
 
 
@@ -26,6 +26,8 @@ class WhisperGPTCache:
     in a CUDA graph). ``span`` (``static_span``) grows in powers of two from 64 up to ``max_steps``:
     a few shapes (one trace or graph each) instead of every step attending over the whole cache.
     ``depth``: pattern ``depth``'s per-frame state (``WhisperGPT.depth_step``), else None.
+    ``prefix``: decoder positions the semantic prefix took (``semantic="prefix"``, set by the call
+    that starts at step 0); step ``p``'s decoder positions follow them.
     """
 
     def __init__(
@@ -39,6 +41,7 @@ class WhisperGPTCache:
     ) -> None:
         self.main, self.mel, self.max_steps, self.depth = main, mel, max_steps, depth
         self.steps = 0
+        self.prefix = 0
         self.decode_dtype = decode_dtype
         self.pos: torch.Tensor | None = None
         self._positions: torch.Tensor | None = None  # arange of the main stack's cache length
@@ -50,9 +53,14 @@ class WhisperGPTCache:
     def reset(self) -> None:
         """Back to step 0, buffers kept: the next prefill overwrites positions from 0, and no step
         reads a position past its own (dynamic: sliced off; static: masked)."""
-        self.steps = 0
+        self.steps = self.prefix = 0
         if self.pos is not None:
             self.pos.zero_()
+
+    @property
+    def main_positions(self) -> int:
+        """Decoder positions the main stack's KV buffers hold (prefix + steps * positions per step)."""
+        return self.main[0].k.shape[2] if self.main else 0
 
     @property
     def static(self) -> bool:
@@ -94,6 +102,42 @@ class _DecodeWeights:
     mel_proj: FastLinear | Int8Linear | None
     head: FastLinear | Int8Linear | None  # None with pattern depth (its heads are in ``depth``)
     depth: DepthWeights | None
+
+
+def decode_weights(model, decode_dtype: str = "fp32") -> _DecodeWeights | None:
+    """``WhisperGPT._decode_weights``: the decode copies (``blocks.decode_linear``) its ``_step``
+    reads; None with autograd (gradients must reach the parameters) and off CPU (cuBLAS takes
+    either layout at full speed). A traced step reads the copies built before it (inductor keeps
+    F.linear's slow transposed operand)."""
+    ref = model.tok_emb.weight
+    if torch.is_grad_enabled() or ref.device.type != "cpu":
+        return None
+    if torch.compiler.is_compiling():
+        return model._decode_memos.get(decode_dtype)
+    memo = model._decode_memos.get(decode_dtype)
+    params = list(model.parameters()) if memo is None else memo.params
+    key = (decode_dtype, *((p._version, p.data_ptr()) for p in params))
+    if memo is not None and memo.key == key:
+        if model._decode_memo is not memo:  # (nn.Module.__setattr__ is not free)
+            model._decode_memo = memo
+        return memo
+    mb, proj = model.mel_branch, model.mel_proj
+
+    def lin(m: nn.Linear) -> FastLinear | Int8Linear:
+        return decode_linear(m.weight, m.bias, decode_dtype)
+
+    memo = model._decode_memo = model._decode_memos[decode_dtype] = _DecodeWeights(
+        params=params,
+        key=key,
+        decoder=[BlockWeights.of(b, decode_dtype) for b in model.decoder.blocks],
+        mel=None
+        if mb is None
+        else (lin(mb.inp), [BlockWeights.of(b, decode_dtype) for b in mb.stack.blocks]),
+        mel_proj=None if proj is None else lin(proj),
+        head=None if model.depth is not None else decode_linear(model._head_weight(), None, decode_dtype),
+        depth=None if model.depth is None else DepthWeights.of(model.depth, decode_dtype),
+    )
+    return memo
 
 
 def warm_static_tables(model, cache: WhisperGPTCache) -> None:

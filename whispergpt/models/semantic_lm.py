@@ -28,17 +28,13 @@ import torch
 from torch import nn
 
 from .registry import read_pretrained, write_pretrained
+from .semantic import group_size
 from .whispergpt import WhisperGPT, WhisperGPTConfig
-
-CODEC_FRAME_RATE = 75  # audio.FRAME_RATE (not imported: model code stays free of the audio stack)
 
 
 def group_of(rate: float) -> int:
     """Codec frames per semantic token, ``75 / rate``; ``ValueError`` unless ``rate`` divides 75."""
-    g = CODEC_FRAME_RATE / float(rate) if rate > 0 else 0.0
-    if rate <= 0 or g != int(g):
-        raise ValueError(f"semantic_lm.rate must divide {CODEC_FRAME_RATE} Hz (e.g. 25, 15, 5), got {rate}")
-    return int(g)
+    return group_size(rate, "semantic_lm.rate")
 
 
 @dataclass

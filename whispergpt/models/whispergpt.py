@@ -25,6 +25,8 @@ Public API:
 - Pattern ``depth`` (``models/depth.py``): the decoder runs once per frame and a small depth
   transformer predicts the frame's K codebooks in order; ``step`` gives codebook 0, ``depth_step``
   codebooks 1..K-1.
+- ``model.semantic`` (``models/semantic.py``): ``none`` | ``prefix`` | ``aligned`` conditioning on
+  semantic tokens, ``semantic (B, T)`` one per codec frame, passed to ``forward``/``nll``.
 - ``save_pretrained(dir)`` / ``WhisperGPT.from_pretrained(dir)``: ``config.json`` + ``model.safetensors``.
 
 Parameter counts (``num_parameters()``) include every parameter: embeddings, heads, mel branch.
@@ -32,13 +34,11 @@ Parameter counts (``num_parameters()``) include every parameter: embeddings, hea
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -60,125 +60,13 @@ from .blocks import (  # noqa: F401  (re-exported: the old home of the blocks)
     decode_linear,
     rope_cos_sin,
 )
-from .decoding import WhisperGPTCache, _DecodeWeights
-from .depth import DepthTransformer, DepthWeights
+from .config import FUSIONS, POS_EMBS, WhisperGPTConfig  # noqa: F401  (re-exported: their old home)
+from .decoding import WhisperGPTCache, _DecodeWeights, decode_weights
+from .depth import DepthTransformer
 from .loss import chunked_nll, nll_per_codebook  # noqa: F401  (nll_per_codebook: re-exported)
 from .registry import check_model_type
-from .token_input import check_token_input, embed_tokens, table_width
-
-FUSIONS = ("concat", "sum", "interleave", "none")
-POS_EMBS = ("rope", "learned")
-
-
-# ---------------------------------------------------------------------------------------------
-# Config
-# ---------------------------------------------------------------------------------------------
-@dataclass
-class WhisperGPTConfig:
-    """Model hyper-parameters. ``fusion="none"`` is the token-only baseline (mel fields ignored)."""
-
-    num_codebooks: int = 8  # K of the data (EnCodec 6 kbps -> 8)
-    codebook_size: int = 1024  # V; token id V is the BOS/pad id
-    n_mels: int = 80  # M
-    pattern: Literal["coarse", "parallel", "delay", "depth"] = "coarse"
-    fusion: Literal["concat", "sum", "interleave", "none"] = "concat"
-    d_model: int = 256
-    n_layers: int = 4
-    n_heads: int = 4
-    mlp_ratio: float = 4.0
-    dropout: float = 0.0
-    context: int = 512  # frames per training window
-    mel_dim: int = 32  # mel branch width (paper: 32)
-    mel_layers: int = 2
-    mel_heads: int = 2
-    pos_emb: Literal["rope", "learned"] = "rope"
-    token_input: Literal["sum", "concat"] = "sum"  # a step's codebook embeddings: see token_input.py
-    tie_weights: bool = False
-    bias: bool = True
-    rope_base: float = 10000.0
-    depth_layers: int = 2  # pattern depth: the depth transformer (ignored by other patterns)
-    depth_dim: int = 128
-    depth_heads: int = 4
-
-    def __post_init__(self) -> None:
-        pt.check_pattern(self.pattern, self.num_codebooks)  # also: depth needs K >= 2
-        if self.fusion not in FUSIONS:
-            raise ValueError(f"fusion must be one of {list(FUSIONS)}, got {self.fusion!r}")
-        if self.pos_emb not in POS_EMBS:
-            raise ValueError(f"pos_emb must be one of {list(POS_EMBS)}, got {self.pos_emb!r}")
-        for name in ("num_codebooks", "n_mels", "d_model", "n_layers", "n_heads", "context"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.codebook_size < 2:
-            raise ValueError(f"codebook_size must be >= 2, got {self.codebook_size}")
-        if self.mlp_ratio <= 0:
-            raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        self._check_heads("d_model", self.d_model, "n_heads", self.n_heads)
-        if self.fusion != "none":
-            if self.mel_dim < 1 or self.mel_layers < 0:
-                raise ValueError(
-                    f"fusion {self.fusion!r} needs mel_dim >= 1 and mel_layers >= 0, "
-                    f"got mel_dim={self.mel_dim}, mel_layers={self.mel_layers}"
-                )
-            if self.mel_layers > 0:
-                self._check_heads("mel_dim", self.mel_dim, "mel_heads", self.mel_heads)
-            if self.fusion == "concat" and self.mel_dim >= self.d_model:
-                raise ValueError(
-                    f"fusion 'concat' needs mel_dim < d_model (the token embedding gets d_model - mel_dim), "
-                    f"got mel_dim={self.mel_dim}, d_model={self.d_model}"
-                )
-        if self.pattern == "depth":
-            if self.depth_layers < 1:
-                raise ValueError(f"pattern 'depth' needs depth_layers >= 1, got {self.depth_layers}")
-            self._check_heads("depth_dim", self.depth_dim, "depth_heads", self.depth_heads)
-            if self.tie_weights:
-                raise ValueError(
-                    "tie_weights: pattern 'depth' has no temporal head to tie; use tie_weights=false"
-                )
-        tok_width = self.d_model - self.mel_dim if self.fusion == "concat" else self.d_model
-        check_token_input(self.token_input, tok_width, self.input_codebooks, self.tie_weights)
-        if self.tie_weights and self.fusion == "concat":
-            raise ValueError(
-                "tie_weights needs token embeddings of width d_model, but fusion 'concat' gives them "
-                "d_model - mel_dim: use tie_weights=false or another fusion"
-            )
-
-    def _check_heads(self, dim_name: str, dim: int, heads_name: str, heads: int) -> None:
-        if heads < 1 or dim % heads != 0:
-            raise ValueError(
-                f"{dim_name} must be divisible by {heads_name}, got {dim_name}={dim}, {heads_name}={heads}"
-            )
-        if self.pos_emb == "rope" and (dim // heads) % 2 != 0:
-            raise ValueError(
-                f"RoPE needs an even head width, got {dim_name}/{heads_name} = {dim}/{heads} = {dim // heads}"
-            )
-
-    # -- derived sizes ------------------------------------------------------------------------
-    @property
-    def input_codebooks(self) -> int:
-        return pt.input_codebooks(self.pattern, self.num_codebooks)
-
-    @property
-    def scored_codebooks(self) -> int:
-        return pt.scored_codebooks(self.pattern, self.num_codebooks)
-
-    @property
-    def max_steps(self) -> int:
-        """Pattern steps for a ``context``-frame window (delay adds K - 1)."""
-        return pt.num_steps(self.pattern, self.num_codebooks, self.context)
-
-    @property
-    def positions_per_step(self) -> int:
-        return 2 if self.fusion == "interleave" else 1
-
-    @property
-    def mel_lag(self) -> int:
-        return pt.mel_lag(self.pattern, self.num_codebooks)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+from .semantic import SemanticEmbedding, aligned_tokens, check_semantic_input, num_prefix, prefix_tokens
+from .token_input import embed_tokens, table_width
 
 
 @dataclass
@@ -218,7 +106,11 @@ class WhisperGPT(nn.Module):
             nn.Linear(c.mel_dim, c.d_model, bias=c.bias) if c.fusion in ("sum", "interleave") else None
         )
         self.drop = nn.Dropout(c.dropout)
-        self.decoder = Stack(c.d_model, c.n_layers, c.n_heads, c, max_steps * c.positions_per_step)
+        self.decoder = Stack(
+            c.d_model, c.n_layers, c.n_heads, c, max_steps * c.positions_per_step + c.max_prefix
+        )
+        # semantic conditioning (models/semantic.py): prefix positions or a per-step addend
+        self.semantic = SemanticEmbedding(c.semantic_vocab, c.d_model) if c.semantic != "none" else None
         # depth: the K codebooks of a frame come from the depth transformer, which has the heads
         self.depth = DepthTransformer(c) if c.pattern == "depth" else None
         # Ks heads in one matrix; tied heads reuse rows 0..V-1 of each codebook's table.
@@ -260,7 +152,11 @@ class WhisperGPT(nn.Module):
         return table[:, :V].reshape(self.num_scored_codebooks * V, -1)
 
     def forward_steps(
-        self, step_tokens: torch.Tensor, step_mel: torch.Tensor | None, cache: WhisperGPTCache | None = None
+        self,
+        step_tokens: torch.Tensor,
+        step_mel: torch.Tensor | None,
+        cache: WhisperGPTCache | None = None,
+        semantic: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Run P consecutive input positions; returns step logits ``(B, Ks, P, V)``.
 
@@ -271,6 +167,10 @@ class WhisperGPT(nn.Module):
         is such a pad position or with ``fusion="none"``). Output ``[:, :, i]`` predicts the
         tokens placed at step ``start + i``.
 
+        ``semantic`` (``models/semantic.py``): with ``semantic="prefix"`` the window's prefix
+        ``(B, S)`` (``prefix_tokens``), in the call that starts at step 0 only (a cache keeps it);
+        with ``"aligned"`` the token each of the P positions reads, ``(B, P)`` (``aligned_tokens``).
+
         Without a cache the positions start at 0 (training). With a cache they start at
         ``cache.steps`` and the cache advances by P: call it once with the prompt (prefill), then
         ``step`` one position at a time; the logits equal those of one full call.
@@ -278,7 +178,7 @@ class WhisperGPT(nn.Module):
         Pattern ``depth``: ``(B, 1, P, V)``, codebook 0 only (codebook ``k`` needs codebooks ``< k``
         of its own step: ``depth_step``).
         """
-        h = self._hidden_steps(step_tokens, step_mel, cache)  # (B, P, D)
+        h = self._hidden_steps(step_tokens, step_mel, cache, semantic)  # (B, P, D)
         if self.depth is not None:  # codebook 0 per step; the cache's depth state starts the last step
             if cache is not None:
                 self.depth.begin(h[:, -1], cache.depth)
@@ -287,8 +187,36 @@ class WhisperGPT(nn.Module):
         logits = F.linear(h, self._head_weight())  # (B, P, Ks*V)
         return logits.view(B, P, self.num_scored_codebooks, self.config.codebook_size).transpose(1, 2)
 
+    def _check_step_semantic(self, semantic: torch.Tensor | None, B: int, P: int | None, start: int) -> None:
+        """The ``semantic`` argument of ``forward_steps`` (``P`` positions) or ``step`` (``P=None``)."""
+        mode = self.config.semantic
+        if mode == "none" or (mode == "prefix" and start > 0):
+            if semantic is not None:
+                why = (
+                    "the cache holds the prefix after the first call" if mode == "prefix" else "semantic=none"
+                )
+                raise ValueError(f"pass no semantic tokens here ({why})")
+            return
+        want = (
+            "(B, S): the window's prefix"
+            if mode == "prefix"
+            else ("(B,)" if P is None else f"(B, P) = {(B, P)}")
+        )
+        if semantic is None:
+            raise ValueError(f"semantic={mode!r} needs semantic tokens {want}")
+        if mode == "prefix":
+            ok = semantic.dim() == 2 and semantic.shape[0] == B
+        else:
+            ok = tuple(semantic.shape) == ((B,) if P is None else (B, P))
+        if not ok or semantic.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"semantic must be integer {want}, got {tuple(semantic.shape)} {semantic.dtype}")
+
     def _hidden_steps(
-        self, step_tokens: torch.Tensor, step_mel: torch.Tensor | None, cache: WhisperGPTCache | None
+        self,
+        step_tokens: torch.Tensor,
+        step_mel: torch.Tensor | None,
+        cache: WhisperGPTCache | None,
+        semantic: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``forward_steps`` up to the final norm: hidden states ``(B, P, D)``; advances ``cache``."""
         c = self.config
@@ -300,8 +228,10 @@ class WhisperGPT(nn.Module):
         start = 0 if cache is None else cache.steps
         if cache is not None and start + P > cache.max_steps:
             raise ValueError(f"cache holds {cache.max_steps} steps, this call needs {start + P}")
+        self._check_step_semantic(semantic, B, P, start)
         # token embedding of the Kin codebooks (summed or concatenated) -> (B, P, E)
         x = embed_tokens(self.tok_emb, step_tokens + self.tok_offsets[None, :, None], c.token_input)
+        m = None
         if self.mel_branch is not None:
             if step_mel is None:
                 if start + P > 1 + c.mel_lag:
@@ -318,13 +248,29 @@ class WhisperGPT(nn.Module):
                 x = torch.cat([x, m.to(x.dtype)], dim=-1)
             elif c.fusion == "sum":
                 x = x + self.mel_proj(m)
-            else:  # interleave: positions [mel_p, token_p] per step -> (B, 2P, D)
-                x = torch.stack([self.mel_proj(m).to(x.dtype), x], dim=2).reshape(B, 2 * P, c.d_model)
+        if c.semantic == "aligned":  # on the token position, after the mel fusion
+            x = x + self.semantic(semantic).to(x.dtype)
+        if c.fusion == "interleave":  # positions [mel_p, token_p] per step -> (B, 2P, D)
+            x = torch.stack([self.mel_proj(m).to(x.dtype), x], dim=2).reshape(B, 2 * P, c.d_model)
         pps = c.positions_per_step
-        h = self.decoder(self.drop(x), None if cache is None else cache.main, start * pps)
+        S = 0  # prefix positions in front of the steps of this call
+        if c.semantic == "prefix" and start == 0 and P:
+            pre = self.semantic(semantic).to(x.dtype)  # (B, S, D)
+            S = pre.shape[1]
+            x = torch.cat([pre, x], dim=1)
+        held = 0 if cache is None or start == 0 else cache.prefix  # prefix positions already cached
+        if cache is not None and S + held + (start + P) * pps > cache.main_positions:
+            raise ValueError(
+                f"the cache holds {cache.main_positions} decoder positions, this call needs "
+                f"{S + held + (start + P) * pps} (a semantic prefix of {S + held})"
+            )
+        h = self.decoder(self.drop(x), None if cache is None else cache.main, held + start * pps)
+        h = h[:, S:]
         if pps == 2:
             h = h[:, 1::2]  # logits only at the token position of each step
         if cache is not None:
+            if start == 0:
+                cache.prefix = S
             cache.steps += P
             if cache.static:
                 cache.pos.fill_(cache.steps)  # a host value written, nothing read back
@@ -369,6 +315,11 @@ class WhisperGPT(nn.Module):
             raise ValueError(
                 "static steps (sample --compile) do not cover pattern 'depth' yet; use the default step"
             )
+        if static and self.semantic is not None:
+            raise ValueError(
+                f"static steps (sample --compile) do not cover semantic={self.config.semantic!r} yet; "
+                "use the default step"
+            )
         ref = self.tok_emb.weight
         device = ref.device if device is None else torch.device(device)
         if decode_dtype != "fp32" and device.type != "cpu":
@@ -377,7 +328,9 @@ class WhisperGPT(nn.Module):
                 "(sample --precision bf16)"
             )
         dtype = ref.dtype if dtype is None else dtype
-        main = self.decoder.new_kv(batch_size, max_steps * self.config.positions_per_step, device, dtype)
+        c = self.config
+        prefix = num_prefix(max_steps, c.semantic_group) if c.semantic == "prefix" else 0  # >= any window's
+        main = self.decoder.new_kv(batch_size, max_steps * c.positions_per_step + prefix, device, dtype)
         mel = (
             None
             if self.mel_branch is None
@@ -387,7 +340,11 @@ class WhisperGPT(nn.Module):
         return WhisperGPTCache(main, mel, max_steps, decode_dtype=decode_dtype, static=static, depth=depth)
 
     def step(
-        self, step_tokens: torch.Tensor, step_mel: torch.Tensor | None, cache: WhisperGPTCache
+        self,
+        step_tokens: torch.Tensor,
+        step_mel: torch.Tensor | None,
+        cache: WhisperGPTCache,
+        semantic: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """One input position: ``step_tokens (B, Kin)``, ``step_mel (B, M)`` or None -> ``(B, Ks, V)``.
 
@@ -396,6 +353,8 @@ class WhisperGPT(nn.Module):
         ``patterns.mel_frame_at_step``). The returned logits predict the tokens placed at step
         ``p`` (``patterns.predicted_at_step``); the cache advances by one. Pattern ``depth``:
         ``(B, 1, V)``, codebook 0 of frame ``p``; ``depth_step`` then gives codebooks 1..K-1.
+        ``semantic``: ``(B,)``, the token position ``p`` reads with ``semantic="aligned"``
+        (``aligned_tokens``); None otherwise (``prefix``: the prefill put the prefix in the cache).
         """
         c = self.config
         if step_tokens.dim() != 2 or step_tokens.shape[1] != self.num_input_codebooks:
@@ -414,10 +373,17 @@ class WhisperGPT(nn.Module):
                 raise ValueError(f"fusion {c.fusion!r} needs step_mel for steps >= {1 + c.mel_lag}")
             if step_mel is not None and step_mel.shape != (B, c.n_mels):
                 raise ValueError(f"step_mel must be (B, M) = {(B, c.n_mels)}, got {tuple(step_mel.shape)}")
-        return self._step(step_tokens, step_mel, cache)
+        if c.semantic == "prefix" and cache.steps == 0:
+            raise ValueError("semantic='prefix': start the cache with forward_steps(..., semantic=prefix)")
+        self._check_step_semantic(semantic, B, None, cache.steps)
+        return self._step(step_tokens, step_mel, cache, semantic)
 
     def _step(
-        self, step_tokens: torch.Tensor, step_mel: torch.Tensor | None, cache: WhisperGPTCache
+        self,
+        step_tokens: torch.Tensor,
+        step_mel: torch.Tensor | None,
+        cache: WhisperGPTCache,
+        semantic: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``step`` without its argument checks: the same ``Block``/``Stack`` modules as
         ``forward_steps``, through their one-position ``step`` entry points."""
@@ -430,7 +396,7 @@ class WhisperGPT(nn.Module):
         c, start, B = self.config, cache.steps, step_tokens.shape[0]
         w = self._decode_weights(cache.decode_dtype)
         x = embed_tokens(self.tok_emb, step_tokens + self.tok_offsets, c.token_input)  # (B, Kin) -> (B, E)
-        pos = start
+        pos = cache.prefix + start  # after the semantic prefix (0 positions unless semantic=prefix)
         if self.mel_branch is not None:
             m = self.mel_branch.step(step_mel, cache.mel, start, B, w and w.mel)  # (B, mel_dim)
             mel_proj = self.mel_proj if w is None else w.mel_proj
@@ -439,9 +405,11 @@ class WhisperGPT(nn.Module):
             elif c.fusion == "sum":
                 x = x + mel_proj(m)
             else:  # interleave: the mel position first (its output is not scored), then the tokens
-                pos = 2 * start
+                pos = cache.prefix + 2 * start
                 self.decoder.step(self.drop(mel_proj(m).to(x.dtype)), cache.main, pos, w and w.decoder)
                 pos += 1
+        if semantic is not None:  # aligned: on the token position, after the mel fusion
+            x = x + self.semantic(semantic).to(x.dtype)
         h = self.decoder.step(self.drop(x), cache.main, pos, w and w.decoder)  # (B, D)
         cache.steps = start + 1
         if self.depth is not None:  # codebook 0 of the frame; depth_step gives the others
@@ -489,38 +457,8 @@ class WhisperGPT(nn.Module):
         return logits.view(B, self.num_scored_codebooks, c.codebook_size)
 
     def _decode_weights(self, decode_dtype: str = "fp32") -> _DecodeWeights | None:
-        """Decode copies (``blocks.decode_linear``) for ``_step``; None with autograd (gradients must
-        reach the parameters) and off CPU (cuBLAS takes either layout at full speed). A traced step
-        reads the copies built before it (inductor keeps F.linear's slow transposed operand)."""
-        ref = self.tok_emb.weight
-        if torch.is_grad_enabled() or ref.device.type != "cpu":
-            return None
-        if torch.compiler.is_compiling():
-            return self._decode_memos.get(decode_dtype)
-        memo = self._decode_memos.get(decode_dtype)
-        params = list(self.parameters()) if memo is None else memo.params
-        key = (decode_dtype, *((p._version, p.data_ptr()) for p in params))
-        if memo is not None and memo.key == key:
-            if self._decode_memo is not memo:  # (nn.Module.__setattr__ is not free)
-                self._decode_memo = memo
-            return memo
-        mb, proj = self.mel_branch, self.mel_proj
-
-        def lin(m: nn.Linear) -> FastLinear | Int8Linear:
-            return decode_linear(m.weight, m.bias, decode_dtype)
-
-        memo = self._decode_memo = self._decode_memos[decode_dtype] = _DecodeWeights(
-            params=params,
-            key=key,
-            decoder=[BlockWeights.of(b, decode_dtype) for b in self.decoder.blocks],
-            mel=None
-            if mb is None
-            else (lin(mb.inp), [BlockWeights.of(b, decode_dtype) for b in mb.stack.blocks]),
-            mel_proj=None if proj is None else lin(proj),
-            head=None if self.depth is not None else decode_linear(self._head_weight(), None, decode_dtype),
-            depth=None if self.depth is None else DepthWeights.of(self.depth, decode_dtype),
-        )
-        return memo
+        """Decode copies (``blocks.decode_linear``) for ``_step``, memoised: ``decoding.decode_weights``."""
+        return decode_weights(self, decode_dtype)
 
     # -- frame space --------------------------------------------------------------------------
     def check_codes(self, codes: torch.Tensor) -> None:
@@ -536,7 +474,9 @@ class WhisperGPT(nn.Module):
             if lo < 0 or hi >= V:
                 raise ValueError(f"codes must lie in [0, {V - 1}], got [{lo}, {hi}]")
 
-    def _check_frame_inputs(self, codes: torch.Tensor, mel: torch.Tensor | None) -> None:
+    def _check_frame_inputs(
+        self, codes: torch.Tensor, mel: torch.Tensor | None, semantic: torch.Tensor | None = None
+    ) -> None:
         c = self.config
         if codes.dim() != 3:
             raise ValueError(f"codes must be (B, K, T), got shape {tuple(codes.shape)}")
@@ -553,15 +493,36 @@ class WhisperGPT(nn.Module):
                 raise ValueError(f"fusion {c.fusion!r} needs mel (B, M, T); pass fusion=none for token-only")
             if mel.shape != (B, c.n_mels, T):
                 raise ValueError(f"mel must be (B, M, T) = {(B, c.n_mels, T)}, got {tuple(mel.shape)}")
+        check_semantic_input(semantic, c.semantic, B, T)
 
-    def forward(self, codes: torch.Tensor, mel: torch.Tensor | None = None) -> WhisperGPTOutput:
-        """``codes (B, K, T)`` long + ``mel (B, M, T)`` -> logits ``(B, Ks, T, V)`` aligned with ``codes``."""
+    def step_semantic(self, semantic: torch.Tensor | None, start: int, steps: int) -> torch.Tensor | None:
+        """Per-codec-frame ``semantic (B, T)`` of a window -> what ``forward_steps`` takes for its
+        positions ``start .. start + steps - 1``: the prefix (``prefix``, only when ``start`` is 0),
+        the token of each position (``aligned``), or None."""
         c = self.config
-        self._check_frame_inputs(codes, mel)
-        if c.fusion == "none":
-            mel = None  # token-only baseline: mel is ignored
-        tokens, step_mel = pt.build_inputs(codes.long(), mel, c.pattern, self.pad_id)
-        h = self._hidden_steps(tokens, step_mel, None)  # (B, P, D)
+        if semantic is None or c.semantic == "none" or (c.semantic == "prefix" and start > 0):
+            return None
+        if c.semantic == "prefix":
+            return prefix_tokens(semantic, c.semantic_group)
+        return aligned_tokens(semantic, c.semantic_group, c.semantic_lookahead, start, steps)
+
+    def _frame_hidden(
+        self, codes: torch.Tensor, mel: torch.Tensor | None, semantic: torch.Tensor | None
+    ) -> torch.Tensor:
+        c = self.config
+        self._check_frame_inputs(codes, mel, semantic)
+        tokens, step_mel = pt.build_inputs(
+            codes.long(), mel if c.fusion != "none" else None, c.pattern, self.pad_id
+        )
+        sem = self.step_semantic(semantic, 0, tokens.shape[-1])
+        return self._hidden_steps(tokens, step_mel, None, sem)  # (B, P, D)
+
+    def forward(
+        self, codes: torch.Tensor, mel: torch.Tensor | None = None, semantic: torch.Tensor | None = None
+    ) -> WhisperGPTOutput:
+        """``codes (B, K, T)`` long + ``mel (B, M, T)`` [+ ``semantic (B, T)``, one token per codec
+        frame, with ``config.semantic != "none"``] -> logits ``(B, Ks, T, V)`` aligned with ``codes``."""
+        h = self._frame_hidden(codes, mel, semantic)  # (B, P, D)
         if self.depth is not None:  # P = T: every frame and every codebook in one depth pass
             return WhisperGPTOutput(logits=self.depth(h, codes.long()))
         return WhisperGPTOutput(logits=self._frame_logits(h, codes.shape[-1]))
@@ -572,16 +533,13 @@ class WhisperGPT(nn.Module):
         mel: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
         chunk_rows: int = 8192,
+        semantic: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``nll_per_codebook(self(codes, mel).logits, codes, mask)`` without the full logits:
-        the heads and the cross-entropy run over chunks of scored rows (``loss.chunked_nll``)."""
+        """``nll_per_codebook(self(codes, mel, semantic).logits, codes, mask)`` without the full
+        logits: the heads and the cross-entropy run over chunks of scored rows (``loss.chunked_nll``)."""
         c = self.config
         T = codes.shape[-1]
-        self._check_frame_inputs(codes, mel)
-        tokens, step_mel = pt.build_inputs(
-            codes.long(), mel if c.fusion != "none" else None, c.pattern, self.pad_id
-        )
-        h = self._hidden_steps(tokens, step_mel, None)  # (B, P, D)
+        h = self._frame_hidden(codes, mel, semantic)  # (B, P, D)
         if mask is not None and tuple(mask.shape) != (codes.shape[0], T):
             raise ValueError(f"mask must be (B, T) = {(codes.shape[0], T)}, got {tuple(mask.shape)}")
         if self.depth is not None:  # each codebook's head over its own depth position

@@ -1,0 +1,128 @@
+"""Semantic conditioning of the acoustic decoder (AudioLM's coarse stage): ``model.semantic``.
+
+Semantic tokens (``whispergpt semantic fit`` + ``prepare --semantic``; ``tools/semantic.py``) are
+k-means clusters of EnCodecMAE frames at ``semantic_rate`` Hz (25 by default), ``g = 75 / rate``
+codec frames each. A prepared dataset stores them on the codec grid, one per codec frame (each
+token repeated ``g`` times), and that is what the model takes: ``semantic (B, T)`` int, aligned
+with ``codes (B, K, T)``.
+
+Causality. The semantic stream is generated *before* the acoustic stage (a semantic LM continues
+it, or it comes from the whole clip), so the acoustic model MAY read semantic tokens of future
+frames: that is the point of the hierarchy. Codec tokens and mel keep the decoder's rule: the logits
+of step ``p`` depend on no code placed at a step ``>= p`` and no mel frame ``>= p - lag``
+(``tests/models/test_semantic.py`` checks both halves).
+
+Modes:
+
+- ``none``: no semantic input (no parameters).
+- ``prefix`` (AudioLM): the window's semantic tokens, one per semantic frame
+  (``semantic[:, ::g]``, ``S = ceil(T / g)`` tokens for a window of ``T`` frames), are embedded and
+  placed before the acoustic steps as ``S`` extra decoder positions (no loss on them). The decoder
+  then holds ``S + P * positions_per_step`` positions; the mel branch and the pattern steps are
+  unchanged, only the main stack's positions shift by ``S``. A KV cache holds the prefix from its
+  first call on (``WhisperGPTCache.prefix``); a long-form re-prefill restarts it with the prefix of
+  the new window (the frames ``[s0, s0 + context)`` the re-fed window covers).
+- ``aligned``: input position ``p`` (which predicts the tokens placed at step ``p``, i.e. codebook 0
+  of frame ``f = p``, the newest frame the step touches in every pattern) adds to its input the
+  embedding of the semantic token of semantic frame ``floor(f / g) + lookahead``, read on the codec
+  grid as ``semantic[:, min(f + lookahead * g, T - 1)]`` (clamped at the last available token). It
+  is added (not concatenated: the width stays ``d_model`` for every fusion) to the token position
+  after the mel fusion; with ``interleave`` to the token position only.
+
+Lookahead (``semantic_lookahead``, in semantic frames, default 1 = 40 ms at 25 Hz). With 0 the step
+reads the token of the semantic frame holding its own frame, which at the frame's start says
+nothing about the sound to come within the next ``g`` frames beyond what that one token pooled; with
+1 every step also knows the next semantic unit (a phone lasts ~2-4 semantic frames), which is
+what a coarse stage needs to place transitions, while the window's last ``lookahead * g`` frames
+read a clamped token in training (a small train/sample difference; sampling reads the true later
+tokens where the semantic continuation has them). Larger values read further ahead at the cost
+of more clamped frames per training window.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+FRAME_RATE = 75  # codec frames per second (whispergpt.audio.FRAME_RATE; kept import-free here)
+SEMANTIC_MODES = ("none", "prefix", "aligned")
+
+
+def group_size(rate: float, name: str = "semantic_rate") -> int:
+    """Codec frames per semantic frame, ``75 / rate``; ``ValueError`` unless ``rate`` divides 75."""
+    g = FRAME_RATE / float(rate) if rate > 0 else 0.0
+    if rate <= 0 or g != int(g):
+        divisors = [FRAME_RATE // d for d in range(1, FRAME_RATE + 1) if FRAME_RATE % d == 0]
+        raise ValueError(f"{name} must divide {FRAME_RATE} Hz (one of {divisors}), got {rate}")
+    return int(g)
+
+
+def check_semantic_config(mode: str, vocab: int | None, rate: float, lookahead: int) -> None:
+    """``ValueError`` for an unknown mode or, when it is not ``none``, a bad vocab, rate or lookahead."""
+    if mode not in SEMANTIC_MODES:
+        raise ValueError(f"semantic must be one of {list(SEMANTIC_MODES)}, got {mode!r}")
+    if mode == "none":
+        return
+    if not isinstance(vocab, int) or isinstance(vocab, bool) or vocab < 1:
+        raise ValueError(
+            f"semantic {mode!r} needs semantic_vocab >= 1 (the semantic tokenizer's clusters; a run "
+            f"reads it from the dataset manifest when left 0/null), got {vocab!r}"
+        )
+    group_size(rate)
+    if not isinstance(lookahead, int) or isinstance(lookahead, bool) or lookahead < 0:
+        raise ValueError(f"semantic_lookahead must be an integer >= 0 (semantic frames), got {lookahead!r}")
+
+
+def num_prefix(frames: int, g: int) -> int:
+    """``S = ceil(frames / g)``: prefix positions of a window of ``frames`` codec frames."""
+    return -(-int(frames) // g)
+
+
+def prefix_tokens(semantic: torch.Tensor, g: int) -> torch.Tensor:
+    """Per-codec-frame ``semantic (B, T)`` -> the window's prefix ``(B, S)``: one token per semantic frame."""
+    return semantic[:, ::g]
+
+
+def aligned_tokens(semantic: torch.Tensor, g: int, lookahead: int, start: int, steps: int) -> torch.Tensor:
+    """Per-codec-frame ``semantic (B, T)`` -> ``(B, steps)``: the token input position ``start + i``
+    reads, ``semantic[:, min(start + i + lookahead * g, T - 1)]``."""
+    T = semantic.shape[-1]
+    idx = (torch.arange(start, start + steps, device=semantic.device) + lookahead * g).clamp_(max=T - 1)
+    return semantic[:, idx]
+
+
+def check_semantic_input(semantic: torch.Tensor | None, mode: str, batch: int, frames: int) -> None:
+    """``ValueError`` unless ``semantic`` fits a frame-space call of ``batch x frames`` in ``mode``."""
+    if mode == "none":
+        if semantic is not None:
+            raise ValueError("this model has semantic=none: pass no semantic tokens")
+        return
+    if semantic is None:
+        raise ValueError(
+            f"this model has semantic={mode!r}: pass semantic (B, T), one semantic token per codec frame"
+        )
+    if semantic.dim() != 2 or tuple(semantic.shape) != (batch, frames):
+        raise ValueError(f"semantic must be (B, T) = {(batch, frames)}, got shape {tuple(semantic.shape)}")
+    if semantic.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"semantic must be integer (long), got {semantic.dtype}")
+
+
+def check_semantic_range(semantic: torch.Tensor, vocab: int) -> None:
+    """``ValueError`` unless every token lies in ``[0, vocab)`` (one host-device sync)."""
+    if semantic.numel():
+        lo, hi = torch.stack(torch.aminmax(semantic)).tolist()
+        if lo < 0 or hi >= vocab:
+            raise ValueError(
+                f"semantic tokens must lie in [0, {vocab - 1}] (the model's semantic_vocab), got [{lo}, {hi}]"
+            )
+
+
+class SemanticEmbedding(nn.Module):
+    """The table both modes read: ``tokens (...)`` -> ``(..., d_model)``."""
+
+    def __init__(self, vocab: int, dim: int) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(vocab, dim)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.emb(tokens.long())
