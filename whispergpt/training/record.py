@@ -63,7 +63,7 @@ def semantic_tokenizer_of(manifest: dict[str, Any]) -> dict[str, Any] | None:
     info = manifest.get("semantic_tokenizer")
     if not isinstance(info, dict) or not manifest.get("semantic"):
         return None
-    return dict(dir=str(manifest["semantic"]), **info)
+    return {"dir": str(manifest["semantic"]), **{k: v for k, v in info.items() if k != "dir"}}
 
 
 def _run_dir(checkpoint: Path) -> Path:
