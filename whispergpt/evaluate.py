@@ -55,10 +55,11 @@ from pathlib import Path
 import torch
 
 from .data import PreparedDataset
-from .evaluate_semantic import check_semantic_data, score_semantic, semantic_dataset, semantic_summary
+from .evaluate_semantic import check_semantic_data, score_semantic, semantic_summary
 from .fine_stage import default_overlap, fine_windows, score_fine_windows
 from .metrics.bits import bits_markdown, bits_rows
 from .models import FineModel, SemanticLM, WhisperGPT, load_pretrained, nll_per_codebook
+from .models.semantic import check_semantic_tokenizer
 from .runtime import choose_precision, replacing, write_atomic, write_json_atomic
 
 MEL_LABELS = {
@@ -172,6 +173,7 @@ def config_summary(model: WhisperGPT | FineModel) -> dict:
         context=c.context,
         num_codebooks=c.num_codebooks,
         scored_codebooks=model.num_scored_codebooks,
+        semantic=c.semantic,
     )
 
 
@@ -235,6 +237,8 @@ def check_compatible(model: WhisperGPT, ds: PreparedDataset, where: str) -> None
             raise ValueError(f"{where}: model {key}={getattr(c, key)} but the dataset has {key}={have}")
     if getattr(c, "fusion", "none") != "none" and c.n_mels != ds.n_mels:
         raise ValueError(f"{where}: model n_mels={c.n_mels} but the dataset has n_mels={ds.n_mels}")
+    if getattr(c, "semantic", "none") != "none":  # conditioned on semantic tokens: the same tokenizer's
+        check_semantic_tokenizer(c, ds.manifest.get("semantic_tokenizer"), where)
 
 
 def mel_sources(model: WhisperGPT | FineModel, mel: str) -> list[str]:
@@ -253,11 +257,12 @@ def evaluate_windows(
     batch_size: int,
     device: torch.device,
     autocast_dtype: torch.dtype | None = None,
+    semantic_of: dict[int, torch.Tensor] | None = None,
 ) -> None:
     """Run ``windows`` (grouped by length so no padding is needed) and add them to ``totals``.
 
     ``codes_of[i] (K, N_i)`` / ``mel_of[i] (M, N_i)`` hold whole files; ``mel_of`` is None for
-    token-only models.
+    token-only models; ``semantic_of[i] (N_i,)`` for models with ``semantic != none``, else None.
     """
     by_len: dict[int, list[Window]] = {}
     for w in windows:
@@ -274,6 +279,9 @@ def evaluate_windows(
                 mel = torch.stack([mel_of[w.file_index][:, w.start : w.end] for w in batch]).to(
                     device
                 )  # (B, M, T)
+            semantic = None
+            if semantic_of is not None:
+                semantic = torch.stack([semantic_of[w.file_index][w.start : w.end] for w in batch]).to(device)
             steps = torch.arange(length, device=device)
             mask = (
                 steps[None, :]
@@ -282,7 +290,7 @@ def evaluate_windows(
             with torch.autocast(
                 device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
             ):
-                logits = model(codes, mel).logits  # (B, Ks, T, V)
+                logits = model(codes, mel, semantic).logits  # (B, Ks, T, V)
             totals.add(logits.float(), codes, mask)
 
 
@@ -402,6 +410,13 @@ def evaluate(
             raise ValueError(f"--overlap must be in [0, context={ctx}) for {ck}, got {ov}")
         models.append((checkpoint_name(ck, names), model.to(device).eval(), mel_sources(model, mel)))
 
+    # the semantic stream, read only when a model is conditioned on it or is a semantic LM (missing:
+    # names prepare --semantic)
+    sem_ds = None
+    if any(
+        isinstance(m, SemanticLM) or getattr(m.config, "semantic", "none") != "none" for _, m, _ in models
+    ):
+        sem_ds = PreparedDataset(data, split, streams=("semantic",))
     need_decoded = sorted({decoded_codebooks(m) for _, m, srcs in models if "decoded" in srcs})
     cdc = None
     if need_decoded:
@@ -425,7 +440,6 @@ def evaluate(
         if note and acc.is_main_process:
             print(f"note: {note}", file=sys.stderr)
 
-    sem_ds = semantic_dataset(ds) if any(isinstance(m, SemanticLM) for _, m, _ in models) else None
     rank, world = acc.process_index, acc.num_processes
     # longest files first, dealt round-robin: balanced ranks; the sums do not depend on the order
     order = sorted(range(len(ds.files)), key=lambda i: (-ds.files[i]["frames"], i))
@@ -442,15 +456,14 @@ def evaluate(
         codes_of, truth_of = {}, {}
         for i in group:
             codes_of[i], truth_of[i] = ds.file_arrays(i)  # (K, N), (M, N)
+        sem_of = None if sem_ds is None else {i: sem_ds.file_arrays(i)[0] for i in group}  # (N,) each
         dec_of: dict[int, dict[int, torch.Tensor]] = {
             kd: {i: decoded_mel(cdc, codes_of[i][:kd], ds.n_mels) for i in group} for kd in need_decoded
         }
         for mi, (_, model, srcs) in enumerate(models):
             ctx, ov = model.config.context, overlap_of(model)
             if isinstance(model, SemanticLM):
-                score_semantic(
-                    model, sem_ds, group, ov, totals[(mi, "n/a")], batch_size, device, autocast_dtype
-                )
+                score_semantic(model, sem_of, ov, totals[(mi, "n/a")], batch_size, device, autocast_dtype)
                 continue
             if isinstance(model, FineModel):
                 windows = [w for i in group for w in fine_windows(ds.files[i]["frames"], ctx, ov, i)]
@@ -463,9 +476,11 @@ def evaluate(
                 mel_of = {"n/a": None, "truth": truth_of}.get(src)
                 if src == "decoded":
                     mel_of = dec_of[decoded_codebooks(model)]
+                conditioned = getattr(model.config, "semantic", "none") != "none"
                 evaluate_windows(
-                    model, codes_of, mel_of, windows, totals[(mi, src)], batch_size, device, autocast_dtype
-                )
+                    model, codes_of, mel_of, windows, totals[(mi, src)], batch_size, device, autocast_dtype,
+                    sem_of if conditioned else None,
+                )  # fmt: skip
 
     entries = []
     for mi, (name, model, srcs) in enumerate(models):

@@ -48,29 +48,23 @@ def check_semantic_data(model: SemanticLM, ds: PreparedDataset, checkpoint: str 
     check_tokenizers(("the semantic LM", checkpoint, want), ("the dataset", ds.directory, have))
 
 
-def semantic_dataset(ds: PreparedDataset) -> PreparedDataset:
-    """The same split read as the ``semantic`` stream alone."""
-    return PreparedDataset(ds.directories, ds.split, streams=("semantic",))
-
-
 @torch.no_grad()
 def score_semantic(
     model: SemanticLM,
-    sem_ds: PreparedDataset,
-    files: list[int],
+    frame_tokens_of: dict[int, torch.Tensor],
     overlap: int,
     totals,
     batch_size: int,
     device: torch.device,
     autocast_dtype: torch.dtype | None = None,
 ) -> None:
-    """Add the teacher-forced NLL of the semantic tokens of ``files`` (indices into ``sem_ds``) to
-    ``totals`` (``evaluate.Totals`` of one stream)."""
+    """Add the teacher-forced NLL of the semantic tokens of whole files to ``totals`` (``evaluate.Totals``
+    of one stream); ``frame_tokens_of[i] (N_i,)``: file ``i``'s stored stream, one token per codec frame."""
     from .evaluate import evaluate_windows, tile_file
 
     g, ctx = model.group, model.config.context
-    tokens_of = {i: rate_tokens(sem_ds.file_arrays(i)[0], g)[None] for i in files}  # (T,) -> (1, S)
+    tokens_of = {i: rate_tokens(t, g)[None] for i, t in frame_tokens_of.items()}  # (N,) -> (1, S)
     for t in tokens_of.values():
         model.check_tokens(t)
-    windows = [w for i in files for w in tile_file(tokens_of[i].shape[-1], ctx, overlap, i)]
+    windows = [w for i, t in tokens_of.items() for w in tile_file(t.shape[-1], ctx, overlap, i)]
     evaluate_windows(model.lm, tokens_of, None, windows, totals, batch_size, device, autocast_dtype)

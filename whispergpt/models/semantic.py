@@ -117,6 +117,24 @@ def check_semantic_range(semantic: torch.Tensor, vocab: int) -> None:
             )
 
 
+def check_semantic_tokenizer(config, tokenizer: dict | None, where: str) -> None:
+    """``ValueError`` unless ``tokenizer`` (a manifest's ``semantic_tokenizer``: clusters, rate) is the
+    kind of tokenizer the conditioned model ``config`` reads (its ``semantic_vocab`` and ``semantic_rate``)."""
+    tok = tokenizer if isinstance(tokenizer, dict) else {}
+    have = (tok.get("clusters"), tok.get("rate"))
+    rate_ok = isinstance(have[1], (int, float)) and float(have[1]) == float(config.semantic_rate)
+    if not tok or have[0] != config.semantic_vocab or not rate_ok:
+        raise ValueError(
+            f"{where}: the model (semantic={config.semantic}) reads {config.semantic_vocab} semantic tokens "
+            f"at {config.semantic_rate} Hz, the data has "
+            + (
+                f"{have[0]} at {have[1]} Hz"
+                if tok
+                else "no semantic stream: prepare it with --semantic TOKENIZER_DIR"
+            )
+        )
+
+
 class SemanticEmbedding(nn.Module):
     """The table both modes read: ``tokens (...)`` -> ``(..., d_model)``."""
 

@@ -57,17 +57,21 @@ class Task:
 
 
 class LMTask(Task):
-    """The Whisper-GPT decoder: ``codes (B, K, T), mel (B, M, T) -> logits (B, Ks, T, V)``."""
+    """The Whisper-GPT decoder: ``codes (B, K, T), mel (B, M, T)[, semantic (B, T)] -> logits
+    (B, Ks, T, V)``; the semantic stream (``prepare --semantic``) with ``model.semantic != none``."""
 
     name = "lm"
     section = "model"
+
+    def streams(self, cfg: Any) -> tuple[str, ...]:
+        return ("codes", "mel", "semantic") if cfg.model.semantic != "none" else ("codes", "mel")
 
     def build(self, cfg: Any) -> nn.Module:
         return WhisperGPT(cfg.model)
 
     def forward(self, model: nn.Module, *batch: torch.Tensor) -> torch.Tensor:
-        codes, mel = batch
-        return model(codes, mel).logits  # (B, Ks, T, V)
+        codes, mel, *semantic = batch
+        return model(codes, mel, *semantic).logits  # (B, Ks, T, V)
 
     def loss(self, output: Any, *batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         nll_sum, count = nll_per_codebook(output, batch[0])
