@@ -216,55 +216,75 @@ class SemanticStage:
 
     @torch.inference_mode()
     def prompt_tokens(self, wave: torch.Tensor, device: torch.device) -> torch.Tensor:
-        """``(S,)`` prompt audio (trimmed, ``trim_prompt``) -> ``(S // 320 // g,)`` tokens at the semantic rate."""
+        """``(S,)`` or ``(B, S)`` prompt audio (trimmed, ``trim_prompt``) -> ``([B,] S // 320 // g)``
+        tokens at the semantic rate."""
         t0 = time.perf_counter()
         tok = self._tokenizer(device)
-        out = rate_tokens(tok.audio_frame_tokens(wave.to(device), device), self.group)
+        out = torch.stack(
+            [
+                rate_tokens(tok.audio_frame_tokens(w.to(device), device), self.group)
+                for w in wave.reshape(-1, wave.shape[-1])
+            ]
+        )  # (B, Sp)
         self.timings["tokenize_s"] += time.perf_counter() - t0
-        return out
+        return out if wave.dim() == 2 else out[0]
 
     @torch.inference_mode()
-    def continue_tokens(self, prompt: torch.Tensor | None, total: int, num_samples: int) -> torch.Tensor:
-        """``(B, total)`` semantic tokens: ``prompt (Sp,)`` (or none) continued by the LM."""
+    def continue_tokens(
+        self, prompt: torch.Tensor | None, total: int, num_samples: int, seed: int | None = None
+    ) -> torch.Tensor:
+        """``(B, total)`` semantic tokens: ``prompt (Sp,)`` (or ``(B, Sp)``, one per sample; or none)
+        continued by the LM; drawn from a generator seeded with ``seed`` (default: the stage's)."""
         model = self.model.lm
         dev = model.tok_emb.weight.device
         Sp = 0 if prompt is None else int(prompt.shape[-1])
         if total <= Sp:
             raise ValueError(f"nothing to generate: {total} tokens asked, the prompt has {Sp}")
-        fed = None if prompt is None else prompt[-(self.model.config.context - 1) :]  # the LM's window
+        if prompt is not None and (
+            prompt.dim() not in (1, 2) or (prompt.dim() == 2 and prompt.shape[0] != num_samples)
+        ):
+            raise ValueError(f"prompt tokens must be (Sp,) or ({num_samples}, Sp), got {tuple(prompt.shape)}")
+        fed = None if prompt is None else prompt[..., -(self.model.config.context - 1) :]  # the LM's window
         if fed is not None:
             self.model.check_tokens(fed)
-        gen = torch.Generator(device=dev).manual_seed(self.seed)
+            fed = fed.reshape(-1, 1, fed.shape[-1]).to(dev)  # (1 or B, K=1, Sp')
+        gen = torch.Generator(device=dev).manual_seed(self.seed if seed is None else seed)
         t0 = time.perf_counter()
         result = generate(
-            model, None, frames=total - Sp, prompt_codes=None if fed is None else fed.view(1, 1, -1).to(dev),
-            num_samples=num_samples, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
-            generator=gen, context_keep=self.context_keep, decode_audio=False, progress=self.progress,
+            model, None, frames=total - Sp, prompt_codes=fed, num_samples=num_samples,
+            temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, generator=gen,
+            context_keep=self.context_keep, decode_audio=False, progress=self.progress,
             decode_dtype=self.decode_dtype,
         )  # fmt: skip
         self.timings["semantic_s"] += time.perf_counter() - t0
         new = result.codes[:, 0, result.prompt_frames :]  # (B, total - Sp)
-        self.counts = dict(
-            prompt_tokens=Sp, generated_tokens=int(new.shape[-1]), reprefills=result.reprefills
-        )
+        c = self.counts
+        c.update(prompt_tokens=Sp, generated_tokens=int(new.shape[-1]), calls=c.get("calls", 0) + 1)
+        c["reprefills"] = c.get("reprefills", 0) + result.reprefills
+        c["tokens_generated_total"] = c.get("tokens_generated_total", 0) + int(
+            new.numel()
+        )  # all samples, calls
         if prompt is None:
             return new
         return torch.cat([prompt.to(dev).expand(num_samples, Sp), new], dim=-1)
 
-    def frame_tokens(self, wave: torch.Tensor | None, frames: int, num_samples: int, device) -> torch.Tensor:
-        """Stage 1 + 2 for ``frames`` new codec frames after the (trimmed) prompt ``wave`` (or none):
-        ``(B, Tp + frames)`` semantic tokens on the codec grid, what ``generate(semantic=...)`` reads."""
+    def frame_tokens(
+        self, wave: torch.Tensor | None, frames: int, num_samples: int, device, seed: int | None = None
+    ) -> torch.Tensor:
+        """Stage 1 + 2 for ``frames`` new codec frames after the (trimmed) prompt ``wave`` (``(S,)``,
+        ``(B, S)`` one per sample, or none): ``(B, Tp + frames)`` semantic tokens on the codec grid,
+        what ``generate(semantic=...)`` reads."""
         prompt = None if wave is None else self.prompt_tokens(wave, device)
         Tp = 0 if wave is None else wave.shape[-1] // HOP_LENGTH
         T = Tp + frames
-        tokens = self.continue_tokens(prompt, math.ceil(T / self.group), num_samples)  # (B, S)
+        tokens = self.continue_tokens(prompt, math.ceil(T / self.group), num_samples, seed)  # (B, S)
         return frame_tokens(tokens, self.group, T)  # (B, T)
 
     def record(self) -> dict:
         c = self.model.config
         rtf = None
-        if self.timings["semantic_s"] > 0 and self.counts.get("generated_tokens"):
-            rtf = self.counts["generated_tokens"] / c.rate / self.timings["semantic_s"]
+        if self.timings["semantic_s"] > 0 and self.counts.get("tokens_generated_total"):
+            rtf = self.counts["tokens_generated_total"] / c.rate / self.timings["semantic_s"]
         return dict(
             checkpoint=None if self.checkpoint is None else str(self.checkpoint),
             tokenizer=None if self.tokenizer_dir is None else str(self.tokenizer_dir),

@@ -186,3 +186,18 @@ def test_the_prompt_tokenizer_is_found_or_named(tmp_path, stages, prompt_wav, se
     assert "is not the folder" in capsys.readouterr().err
     rec = json.loads((tmp_path / "b" / "generation.json").read_text())
     assert rec["semantic"]["tokenizer"] == str(semantic_tokenizer)
+
+
+def test_heldout_prompts_through_the_three_stages(tmp_path, stages, semantic_dataset):
+    out = tmp_path / "heldout"
+    argv = ["--semantic-lm", str(stages["semantic"]), "--checkpoint", str(stages["acoustic"]), "--fine",
+            str(stages["fine"]), "--data", str(semantic_dataset), "--num-prompts", "3", "--batch-size", "2",
+            "--prompt-seconds", "0.5", "--seconds", "0.4", "--out", str(out), "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    rec = json.loads((out / "generation.json").read_text())
+    assert rec["prompt_frames"] == 36 and rec["generated_frames"] == 30  # round(37.5) = 38 -> 12 whole tokens
+    assert [s["stage"] for s in rec["stages"]] == ["semantic", "acoustic", "fine"]
+    sem = rec["semantic"]
+    assert sem["calls"] == 2 and sem["tokens_generated_total"] == 3 * 10 and sem["prompt_tokens"] == 12
+    wav, _ = sf.read(out / "prompt_002.wav")
+    assert len(wav) == (36 + 30) * HOP_LENGTH and (out / "prompt_002_reference.wav").is_file()

@@ -190,10 +190,6 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError("--prompt-mel truth needs --prompt or --data")
     if args.semantic_lm is None and args.semantic_tokenizer is not None:
         raise ValueError("--semantic-tokenizer needs --semantic-lm")
-    if args.semantic_lm is not None and args.data is not None:
-        raise ValueError(
-            "--semantic-lm continues --prompt (or nothing); held-out prompts (--data) are not supported"
-        )
     check_sampling_args(args.semantic_temperature, args.semantic_top_k, args.semantic_top_p)
     if args.decode_window < 1:
         raise ValueError(f"--decode-window must be >= 1, got {args.decode_window}")
@@ -310,7 +306,9 @@ def run(args: argparse.Namespace) -> dict:
             if config.fusion == "none"
             else dict(prompt=args.prompt_mel, continuation="decoded (incremental)"),
         )
-        record = run_heldout(args, model, codec, config, device, base, fine)
+        if semantic is not None:
+            base["stages"] = stages_record(args, ckpt, config, semantic, fine)
+        record = run_heldout(args, model, codec, config, device, base, fine, semantic)
         record["timing"] = dict(load_s=t_load - t0, total_s=time.perf_counter() - t0)
         return record
 
