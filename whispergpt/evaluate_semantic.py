@@ -21,6 +21,12 @@ from .data import PreparedDataset
 from .models.semantic_lm import SemanticLM, rate_tokens
 
 
+def reads_semantic(model) -> bool:
+    """Whether evaluating ``model`` reads the split's semantic stream (a semantic LM, or an acoustic
+    model conditioned on it)."""
+    return isinstance(model, SemanticLM) or getattr(model.config, "semantic", "none") != "none"
+
+
 def semantic_summary(model: SemanticLM) -> dict:
     """``config_summary`` of a semantic LM (the eval report's ``config``)."""
     c = model.config
