@@ -264,6 +264,11 @@ def evaluate_windows(
     ``codes_of[i] (K, N_i)`` / ``mel_of[i] (M, N_i)`` hold whole files; ``mel_of`` is None for
     token-only models; ``semantic_of[i] (N_i,)`` for models with ``semantic != none``, else None.
     """
+
+    def cut(arrays: dict[int, torch.Tensor], batch: list[Window]) -> torch.Tensor:
+        """The batch's windows of whole-file arrays ``(..., N_i)`` -> ``(B, ..., T)``."""
+        return torch.stack([arrays[w.file_index][..., w.start : w.end] for w in batch]).to(device)
+
     by_len: dict[int, list[Window]] = {}
     for w in windows:
         by_len.setdefault(w.end - w.start, []).append(w)
@@ -271,17 +276,9 @@ def evaluate_windows(
         group = by_len[length]
         for b in range(0, len(group), batch_size):
             batch = group[b : b + batch_size]
-            codes = torch.stack([codes_of[w.file_index][:, w.start : w.end] for w in batch]).to(
-                device
-            )  # (B, K, T)
-            mel = None
-            if mel_of is not None:
-                mel = torch.stack([mel_of[w.file_index][:, w.start : w.end] for w in batch]).to(
-                    device
-                )  # (B, M, T)
-            semantic = None
-            if semantic_of is not None:
-                semantic = torch.stack([semantic_of[w.file_index][w.start : w.end] for w in batch]).to(device)
+            codes = cut(codes_of, batch)  # (B, K, T)
+            mel = None if mel_of is None else cut(mel_of, batch)  # (B, M, T)
+            semantic = () if semantic_of is None else (cut(semantic_of, batch),)  # (B, T): conditioned models
             steps = torch.arange(length, device=device)
             mask = (
                 steps[None, :]
@@ -290,7 +287,7 @@ def evaluate_windows(
             with torch.autocast(
                 device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
             ):
-                logits = model(codes, mel, semantic).logits  # (B, Ks, T, V)
+                logits = model(codes, mel, *semantic).logits  # (B, Ks, T, V)
             totals.add(logits.float(), codes, mask)
 
 

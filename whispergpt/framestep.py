@@ -84,6 +84,8 @@ class FrameStep:
         self.tok = torch.zeros(B, Kin, dtype=torch.long, device=dev)
         self.frame = torch.zeros(B, Kin, 1, dtype=torch.long, device=dev)
         self.mel_in = torch.zeros(B, max(1, self.n_mels), device=dev)
+        aligned = getattr(model.config, "semantic", "none") == "aligned"
+        self.sem = torch.zeros(B, dtype=torch.long, device=dev) if aligned else None  # the step's token
         self.win = torch.zeros(B, WIN_LENGTH, device=dev)  # the last 1024 decoded samples
         self._feed, self._step, self._feed_step = self._run_feed, self._run_step, self._run_feed_step
         if compile:
@@ -116,11 +118,12 @@ class FrameStep:
         return new, log_mel_frame(self.win, self.n_mels)
 
     def _run_step(self, span: int) -> torch.Tensor:
-        return self.model._step_static(self.tok, self.mel_in if self.n_mels else None, self.cache, span)
+        mel = self.mel_in if self.n_mels else None
+        return self.model._step_static(self.tok, mel, self.cache, span, self.sem)
 
     def _run_feed_step(self, span: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         new, mel = self._run_feed()
-        return self.model._step_static(self.tok, mel, self.cache, span), new, mel
+        return self.model._step_static(self.tok, mel, self.cache, span, self.sem), new, mel
 
     # -- what generate calls ------------------------------------------------------------------
     def _store(self, f: int, new: torch.Tensor, mel: torch.Tensor) -> None:
@@ -143,11 +146,12 @@ class FrameStep:
         self, tok: torch.Tensor, mel: torch.Tensor | None, semantic: torch.Tensor | None = None
     ) -> torch.Tensor:
         """The model's step on ``tok (B, Kin)`` and ``mel (B, M)`` (None for a pad position);
-        ``semantic (B,)``: the token the step reads (``semantic="aligned"``; not in the static path)."""
-        assert semantic is None or not self.static, "new_cache rejects static caches of semantic models"
+        ``semantic (B,)``: the token the step reads (``semantic="aligned"``, else None)."""
         if not self.static:
             return self.model._step(tok, mel, self.cache, semantic)
         self.tok.copy_(tok)
+        if semantic is not None:
+            self.sem.copy_(semantic)
         if mel is not None:
             self.mel_in.copy_(mel)
         logits = self._step(self.cache.static_span())
@@ -156,11 +160,12 @@ class FrameStep:
 
     def feed_step(self, tok: torch.Tensor, f: int, semantic: torch.Tensor | None = None) -> torch.Tensor:
         """``feed(f)`` then ``step(tok, mel of f, semantic)``: one call (one graph) in the static path."""
-        assert semantic is None or not self.static, "new_cache rejects static caches of semantic models"
         if not self.static:
             self.feed(f)
             return self.model._step(tok, self.fed_mel[:, :, f], self.cache, semantic)
         self.tok.copy_(tok)
+        if semantic is not None:
+            self.sem.copy_(semantic)
         self.frame.copy_(self.codes[:, :, f : f + 1])
         logits, new, mel = self._feed_step(self.cache.static_span())
         self.cache.steps += 1

@@ -73,17 +73,18 @@ class WhisperGPTCache:
         return min(self.max_steps, max(64, 1 << (need - 1).bit_length()))
 
     def static_pos(
-        self, span: int, positions_per_step: int = 1, offset: int = 0
+        self, span: int, positions_per_step: int = 1, offset: int = 0, prefix: int = 0
     ) -> tuple[StaticPos, StaticPos]:
         """``(mel stack's, main stack's)`` ``StaticPos`` of the current step over the first
-        ``span`` steps (device ops only); the main stack holds ``positions_per_step`` positions
-        per step, this one at ``offset``."""
+        ``span`` steps (device ops only); the main stack holds ``prefix`` positions (a semantic
+        prefix), then ``positions_per_step`` positions per step, this one at ``offset``."""
         idx = self.pos
         at_mel = StaticPos(idx, (self._positions[:span] <= idx)[None])  # (1, span)
-        if positions_per_step == 1:
+        if positions_per_step == 1 and prefix == 0:
             return at_mel, at_mel
-        main = idx * positions_per_step + offset
-        return at_mel, StaticPos(main, (self._positions[: span * positions_per_step] <= main)[None])
+        main = idx * positions_per_step + (offset + prefix)
+        n = span * positions_per_step + prefix
+        return at_mel, StaticPos(main, (self._positions[:n] <= main)[None])
 
 
 @dataclass

@@ -49,7 +49,8 @@ def whispergpt_flops_per_frame(model: nn.Module) -> dict:
     A frame is one pattern step: one decoder position (two with ``fusion: interleave``), one
     position of the mel branch, and the ``Ks`` head rows that score its tokens; with ``depth``,
     also the depth transformer's ``K`` positions (a stack of context ``K``) and their heads.
-    ``delay``'s ``K - 1`` extra steps per window are left out (under 1 % at a few hundred frames).
+    ``delay``'s ``K - 1`` extra steps per window are left out (under 1 % at a few hundred frames);
+    ``semantic: prefix`` adds its ``ceil(context / g)`` decoder positions per window (spread over its frames).
     Returns ``{"n_matmul", "flops_per_frame", "context"}``.
     """
     c = model.config
@@ -60,8 +61,10 @@ def whispergpt_flops_per_frame(model: nn.Module) -> dict:
     depth = getattr(model, "depth", None)
     # the temporal heads (tied or not, a matmul); with pattern depth the heads are the depth stack's
     n_head = 0 if depth is not None else model.num_scored_codebooks * c.codebook_size * c.d_model
-    flops = 6 * (pps * n_decoder + n_mel + pps * n_proj + n_head)
-    flops += 6 * pps * c.n_layers * c.d_model * (pps * c.context)
+    # semantic prefix: ceil(context / g) more decoder positions per window, no head, no mel branch
+    dec = pps + c.max_prefix / c.context  # decoder positions per frame
+    flops = 6 * (dec * n_decoder + n_mel + pps * n_proj + n_head)
+    flops += 6 * dec * c.n_layers * c.d_model * (pps * c.context + c.max_prefix)
     if model.mel_branch is not None:
         flops += 6 * c.mel_layers * c.mel_dim * c.context
     n = n_decoder + n_mel + n_proj + n_head

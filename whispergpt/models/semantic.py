@@ -10,7 +10,7 @@ Causality. The semantic stream is generated *before* the acoustic stage (a seman
 it, or it comes from the whole clip), so the acoustic model MAY read semantic tokens of future
 frames: that is the point of the hierarchy. Codec tokens and mel keep the decoder's rule: the logits
 of step ``p`` depend on no code placed at a step ``>= p`` and no mel frame ``>= p - lag``
-(``tests/models/test_semantic.py`` checks both halves).
+(``tests/models/test_semantic_conditioning.py`` checks both halves).
 
 Modes:
 
@@ -29,14 +29,12 @@ Modes:
   is added (not concatenated: the width stays ``d_model`` for every fusion) to the token position
   after the mel fusion; with ``interleave`` to the token position only.
 
-Lookahead (``semantic_lookahead``, in semantic frames, default 1 = 40 ms at 25 Hz). With 0 the step
-reads the token of the semantic frame holding its own frame, which at the frame's start says
-nothing about the sound to come within the next ``g`` frames beyond what that one token pooled; with
-1 every step also knows the next semantic unit (a phone lasts ~2-4 semantic frames), which is
-what a coarse stage needs to place transitions, while the window's last ``lookahead * g`` frames
-read a clamped token in training (a small train/sample difference; sampling reads the true later
-tokens where the semantic continuation has them). Larger values read further ahead at the cost
-of more clamped frames per training window.
+Lookahead (``semantic_lookahead``, in semantic frames, default 1 = 40 ms at 25 Hz). With 0 the
+step reads the token of the semantic frame holding its own frame: what is said now, not what comes
+next. A phone lasts ~2-4 semantic frames, so one frame ahead lets the coarse stage prepare the
+transition into the next unit. The cost: a training window's last ``lookahead * g`` frames read a
+clamped token, while sampling reads the semantic continuation's true later tokens; 1 keeps that to
+``g`` frames per window. docs/HIERARCHY.md has the whole rule.
 """
 
 from __future__ import annotations
@@ -44,7 +42,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-FRAME_RATE = 75  # codec frames per second (whispergpt.audio.FRAME_RATE; kept import-free here)
+from ..audio import FRAME_RATE
+
 SEMANTIC_MODES = ("none", "prefix", "aligned")
 
 

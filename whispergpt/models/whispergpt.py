@@ -315,11 +315,6 @@ class WhisperGPT(nn.Module):
             raise ValueError(
                 "static steps (sample --compile) do not cover pattern 'depth' yet; use the default step"
             )
-        if static and self.semantic is not None:
-            raise ValueError(
-                f"static steps (sample --compile) do not cover semantic={self.config.semantic!r} yet; "
-                "use the default step"
-            )
         ref = self.tok_emb.weight
         device = ref.device if device is None else torch.device(device)
         if decode_dtype != "fp32" and device.type != "cpu":
@@ -390,7 +385,7 @@ class WhisperGPT(nn.Module):
         if cache.static:
             if step_mel is None and self.mel_branch is not None:  # a pad step: any values
                 step_mel = torch.zeros(step_tokens.shape[0], self.config.n_mels, device=step_tokens.device)
-            logits = self._step_static(step_tokens, step_mel, cache, cache.static_span())
+            logits = self._step_static(step_tokens, step_mel, cache, cache.static_span(), semantic)
             cache.steps += 1
             return logits
         c, start, B = self.config, cache.steps, step_tokens.shape[0]
@@ -431,16 +426,23 @@ class WhisperGPT(nn.Module):
         return self.depth.step(tokens, cache.depth)  # with the weights the frame's ``step`` chose
 
     def _step_static(
-        self, step_tokens: torch.Tensor, step_mel: torch.Tensor | None, cache: WhisperGPTCache, span: int
+        self,
+        step_tokens: torch.Tensor,
+        step_mel: torch.Tensor | None,
+        cache: WhisperGPTCache,
+        span: int,
+        semantic: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``_step`` of a static cache, device ops only: the position is ``cache.pos`` (advanced
         here, in place), ``cache.steps`` and ``span`` (``cache.static_span()``) are the caller's;
-        ``step_mel`` is required (any values) with a mel branch. One trace per ``span``."""
+        ``step_mel`` is required (any values) with a mel branch. One trace per ``span`` (and per
+        semantic prefix length, a host value fixed within a window)."""
         c = self.config
         B = step_tokens.shape[0]
         w = self._decode_weights(cache.decode_dtype)
         x = embed_tokens(self.tok_emb, step_tokens + self.tok_offsets, c.token_input)  # (B, Kin) -> (B, E)
-        at_mel, at = cache.static_pos(span, c.positions_per_step, c.positions_per_step - 1)
+        pps, pre = c.positions_per_step, cache.prefix
+        at_mel, at = cache.static_pos(span, pps, pps - 1, pre)
         if self.mel_branch is not None:
             m = self.mel_branch.step(step_mel, cache.mel, at_mel, B, w and w.mel)  # (B, mel_dim)
             mel_proj = self.mel_proj if w is None else w.mel_proj
@@ -449,8 +451,10 @@ class WhisperGPT(nn.Module):
             elif c.fusion == "sum":
                 x = x + mel_proj(m)
             else:  # interleave: the mel position (2p) first, then the tokens (2p + 1)
-                _, at_m = cache.static_pos(span, 2, 0)
+                _, at_m = cache.static_pos(span, 2, 0, pre)
                 self.decoder.step(self.drop(mel_proj(m).to(x.dtype)), cache.main, at_m, w and w.decoder)
+        if semantic is not None:  # aligned: on the token position, after the mel fusion
+            x = x + self.semantic(semantic).to(x.dtype)
         h = self.decoder.step(self.drop(x), cache.main, at, w and w.decoder)  # (B, D)
         cache.pos.add_(1)
         logits = F.linear(h, self._head_weight()) if w is None else w.head(h)  # (B, Ks*V)

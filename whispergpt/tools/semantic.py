@@ -48,6 +48,7 @@ import torch
 from ..audio import FRAME_RATE
 from ..cli import command, make_parser
 from ..errors import InputError
+from ..models.semantic import group_size as models_group_size
 from ..runtime import resolve_device, write_json_atomic
 from .mae_features import MAEInput, check_layer, encode_frames, load_mae
 
@@ -59,11 +60,7 @@ MAE_SUBDIR = "mae"
 # -- the alignment rule ---------------------------------------------------------------------------
 def group_size(rate: float) -> int:
     """Codec frames per semantic frame, ``75 / rate``; ``ValueError`` unless ``rate`` divides 75."""
-    g = FRAME_RATE / float(rate) if rate > 0 else 0.0
-    if rate <= 0 or g != int(g):
-        divisors = [FRAME_RATE // d for d in range(1, FRAME_RATE + 1) if FRAME_RATE % d == 0]
-        raise ValueError(f"--rate must divide {FRAME_RATE} Hz (one of {divisors}), got {rate}")
-    return int(g)
+    return models_group_size(rate, "--rate")  # the one rule, shared with the conditioned decoder
 
 
 def num_semantic_frames(T: int, rate: float = 25) -> int:

@@ -153,6 +153,48 @@ def test_prefill_then_steps_equal_forward(semantic, pattern, fusion):
     assert torch.allclose(got, full[:, : got.shape[1]], atol=ATOL)
 
 
+@pytest.mark.parametrize("fusion", ["concat", "interleave"])
+def test_learned_positions_cover_the_prefix(fusion):
+    """Learned positions: the decoder's table has room for the prefix of a full context window."""
+    model = make("prefix", "delay", fusion, context=12, pos_emb="learned")
+    c = model.config
+    assert model.decoder.max_positions == c.max_steps * c.positions_per_step + 4  # ceil(12 / 3) = 4
+    codes, mel, sem = inputs(T=12)
+    tokens, step_mel = pt.build_inputs(codes, mel, "delay", V)
+    P = tokens.shape[-1]
+    with torch.no_grad():
+        cache = model.new_cache(2, P)
+        first = model.forward_steps(tokens[..., :5], step_mel[..., :5], cache, model.step_semantic(sem, 0, 5))
+        rest = [model.step(tokens[..., p], step_mel[..., p], cache)[:, :, None] for p in range(5, P)]
+    got = pt.revert_logits(torch.cat([first, *rest], dim=2), "delay", 12)
+    assert torch.allclose(got, logits(model, codes, mel, sem), atol=ATOL)
+
+
+@pytest.mark.parametrize("semantic", ["prefix", "aligned"])
+@pytest.mark.parametrize("fusion", ["sum", "interleave"])
+def test_static_cache_steps_equal_dynamic_steps(semantic, fusion):
+    """The static step (fixed shapes: sample --compile) reads the prefix and the aligned token too."""
+    model = make(semantic, "delay", fusion)
+    codes, mel, sem = inputs(T=11)
+    tokens, step_mel = pt.build_inputs(codes, mel, "delay", V)
+    P = tokens.shape[-1]
+    out = {}
+    with torch.no_grad():
+        for static in (False, True):
+            cache = model.new_cache(2, 16, static=static)
+            first = model.forward_steps(
+                tokens[..., :3], step_mel[..., :3], cache, model.step_semantic(sem, 0, 3)
+            )
+            rest = []
+            for p in range(3, P):
+                s = model.step_semantic(sem, p, 1)
+                rest.append(
+                    model.step(tokens[..., p], step_mel[..., p], cache, None if s is None else s[:, 0])
+                )
+            out[static] = torch.cat([first, torch.stack(rest, dim=2)], dim=2)
+    torch.testing.assert_close(out[True], out[False], atol=1e-5, rtol=1e-5)
+
+
 def test_a_reprefill_restarts_the_prefix_with_the_new_window():
     model = make("prefix", "coarse", "concat")
     codes, mel, sem = inputs(T=12)
@@ -167,6 +209,15 @@ def test_a_reprefill_restarts_the_prefix_with_the_new_window():
         got = model.forward_steps(tokens, step_mel, cache, model.step_semantic(w_sem, 0, 9))
     assert cache.prefix == 3
     assert torch.allclose(got, logits(model, w_codes, w_mel, w_sem), atol=ATOL)
+
+
+def test_flops_count_the_prefix_positions():
+    from whispergpt.models.flops import whispergpt_flops_per_frame
+
+    f = {mode: whispergpt_flops_per_frame(make(mode, context=30))["flops_per_frame"] for mode in
+         ("none", "prefix", "aligned")}  # fmt: skip
+    assert f["aligned"] == f["none"]  # an embedding lookup added: no matmul
+    assert 1.2 * f["none"] < f["prefix"] < 1.6 * f["none"]  # 10 prefix positions per 30 frames
 
 
 # -- persistence and bad input ---------------------------------------------------------------------
@@ -201,8 +252,6 @@ def test_bad_input_is_a_value_error():
         model.step(codes[:, :, 0], None, cache)
     with pytest.raises(ValueError, match="prefix"):
         model.forward_steps(codes[:, :, :2], mel[..., :2], cache)  # the prefill needs the prefix
-    with pytest.raises(ValueError, match="static steps .* semantic='prefix'"):
-        model.new_cache(2, 16, static=True)
     aligned = make("aligned", "parallel")
     cache = aligned.new_cache(2, 16)
     aligned.forward_steps(codes[:, :, :2], mel[..., :2], cache, sem[:, :2])
