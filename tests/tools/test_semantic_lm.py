@@ -179,3 +179,18 @@ def test_long_form_semantic_generation_past_the_context():
     assert grid.shape == (1, 10) and grid[0, :3].unique().numel() == 1
     rec = stage.record()
     assert rec["seed"] == 3 and rec["model"]["rate"] == 25 and rec["timing"]["semantic_s"] > 0
+
+
+def test_datasets_of_two_tokenizers_are_not_read_as_one(semantic_dataset, tmp_path):
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(semantic_dataset, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    (other / "manifest.json").write_text(json.dumps(dict(manifest, semantic="/another/tokenizer")))
+    assert (
+        len(PreparedDataset([semantic_dataset, semantic_dataset], "train", streams=("semantic",)).files) == 8
+    )
+    with pytest.raises(ValueError, match="semantic tokenizer /another/tokenizer differs"):
+        PreparedDataset([semantic_dataset, other], "train", streams=("semantic",))
+    PreparedDataset([semantic_dataset, other], "train")  # codes + mel only: the tokenizer does not matter

@@ -44,11 +44,12 @@ def write_training_record(
         codebook_size=manifest["codebook_size"],
         n_mels=manifest["n_mels"],
         sample_rate=manifest["sample_rate"],
-        frame_rate=manifest.get("frame_rate"),
         mel_source=mel_source,
         data_dirs=[str(d) for d in data_dirs],
         steps=int(steps),
     )
+    if "frame_rate" in manifest:  # the grid the stages of `sample --semantic-lm` must share
+        record["frame_rate"] = manifest["frame_rate"]
     tokenizer = semantic_tokenizer_of(manifest)
     if tokenizer is not None:
         record["semantic_tokenizer"] = tokenizer
