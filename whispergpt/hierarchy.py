@@ -43,8 +43,9 @@ import torch
 
 from .audio import HOP_LENGTH
 from .errors import InputError
+from .fine_stage import _same_codec as same_codec  # the rule `sample --fine` pairs codecs by
 from .generate import DEFAULT_CONTEXT_KEEP, check_sampling_args, generate
-from .models.semantic_lm import SemanticLM, frame_tokens, group_of, rate_tokens
+from .models.semantic_lm import SemanticLM, frame_tokens, rate_tokens
 
 SEMANTIC_NONE = "none"
 
@@ -88,10 +89,6 @@ def check_tokenizers(a: Side, b: Side, hint: str | None = None) -> None:
         )
 
 
-def _same_codec(a: tuple[str, float], b: tuple[str, float]) -> bool:
-    return _same_path(str(a[0]), str(b[0])) and float(a[1]) == float(b[1])
-
-
 def check_codecs_and_grids(a: tuple[str, Path, dict | None], b: tuple[str, Path, dict | None]) -> list[str]:
     """InputError naming both sides when two stages' training records name different codecs or
     frame rates; notes for what could not be checked (a record missing)."""
@@ -101,8 +98,8 @@ def check_codecs_and_grids(a: tuple[str, Path, dict | None], b: tuple[str, Path,
         return [f"no training record for {missing}: its codec and frame rate are not checked"]
     hint = "train every stage on data prepared with the same codec (`whispergpt prepare --codec ... --bandwidth ...`)"
     if ra.get("codec") is not None and rb.get("codec") is not None:
-        ca, cb = (ra["codec"], ra.get("bandwidth", 0)), (rb["codec"], rb.get("bandwidth", 0))
-        if not _same_codec(ca, cb):
+        ca, cb = (ra["codec"], ra.get("bandwidth") or 0), (rb["codec"], rb.get("bandwidth") or 0)
+        if not same_codec(ca, cb):
             raise InputError(
                 f"codecs differ: {la} ({pa}) was trained on codec {ca[0]} @ {ca[1]} kbps, "
                 f"{lb} ({pb}) on {cb[0]} @ {cb[1]} kbps",
@@ -350,7 +347,6 @@ def load_semantic_stage(
                 notes.append(
                     f"--semantic-tokenizer {tokenizer} is not the folder {side} was trained on ({t['dir']})"
                 )
-    group_of(c.rate)
     return stage
 
 
