@@ -105,7 +105,7 @@ def test_three_stages_to_wav_and_record(tmp_path, stages, prompt_wav, semantic_t
         str(stages[k]) for k in ("semantic", "acoustic", "fine")
     ]
     assert all(s["seed"] == 5 for s in rec["stages"]) and rec["stages"][1]["semantic"] == "aligned"
-    for key in ("tokenize_s", "semantic_s", "generate_s"):
+    for key in ("tokenize_s", "semantic_s", "generate_s", "end_to_end_real_time_factor"):
         assert rec["timing"][key] > 0, key
     # the same seed gives the same audio; the semantic stage's settings move it
     again = tmp_path / "again"

@@ -48,7 +48,7 @@ EXAMPLES = """
   whispergpt sample --checkpoint runs/hybrid --data data/speech --split val --num-prompts 16 \\
       --prompt-seconds 2 --seconds 3 --out runs/hybrid/heldout     # then: whispergpt score ...
   whispergpt sample --checkpoint runs/coarse --fine runs/fine --seconds 5 --out runs/coarse/full
-  whispergpt sample --semantic-lm runs/semantic --checkpoint runs/acoustic --fine runs/fine \
+  whispergpt sample --semantic-lm runs/semantic --checkpoint runs/acoustic --fine runs/fine \\
       --prompt speech.wav --prompt-seconds 2 --seconds 8 --out runs/hierarchy/samples
 
   --checkpoint takes a model directory or a training out_dir (its final/, else its newest
@@ -408,7 +408,10 @@ def run(args: argparse.Namespace) -> dict:
         record["fine"] = fine.record()
     if semantic is not None:
         record["semantic"] = semantic.record()
-        record["timing"].update(semantic.timings)
+        record["timing"].update(semantic.timings)  # all stages, prompt tokens to audio:
+        record["timing"]["end_to_end_real_time_factor"] = (
+            frames * args.num_samples / FRAME_RATE / (t_gen - t_prompt)
+        )
         record["stages"] = stages_record(args, ckpt, config, semantic, fine)
     (out / "generation.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
