@@ -149,3 +149,17 @@ def test_bad_semantic_arguments(tiny_codec):
         generate(model, tiny_codec, frames=4, semantic=semantic_of(4).float())
     with pytest.raises(ValueError, match="semantic=none"):
         generate(model_of("none", "coarse"), tiny_codec, frames=4, semantic=semantic_of(4))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("semantic", ["prefix", "aligned"])
+def test_compiled_static_step_matches_the_default_path(tiny_codec, tmp_path, monkeypatch, semantic):
+    """``compile=True`` (the traced static step) over re-prefills: the tokens of the default step."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    torch._dynamo.reset()
+    model = model_of(semantic, "delay", "concat", context=12)
+    sem = semantic_of(30, seed=5)
+    kw = dict(frames=30, num_samples=2, semantic=sem, decode_audio=False)
+    ref = generate(model, tiny_codec, generator=torch.Generator().manual_seed(6), **kw)
+    got = generate(model, tiny_codec, compile=True, generator=torch.Generator().manual_seed(6), **kw)
+    assert got.reprefills == ref.reprefills >= 2 and torch.equal(got.codes, ref.codes)
