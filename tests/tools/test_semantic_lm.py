@@ -15,7 +15,14 @@ from whispergpt.config import ConfigError, load_run_config
 from whispergpt.data import PreparedDataset
 from whispergpt.evaluate import evaluate
 from whispergpt.hierarchy import SemanticStage
-from whispergpt.models import SemanticLM, SemanticLMConfig, WhisperGPT, WrongModelType, load_pretrained
+from whispergpt.models import (
+    SemanticLM,
+    SemanticLMConfig,
+    WhisperGPT,
+    WhisperGPTConfig,
+    WrongModelType,
+    load_pretrained,
+)
 from whispergpt.models.semantic_lm import frame_tokens, rate_tokens
 from whispergpt.training import main as train_main
 from whispergpt.training.tasks import get_task
@@ -154,6 +161,17 @@ def test_eval_scores_every_token_once_across_windows(semantic_dataset, tmp_path)
                 total += float(F.cross_entropy(lm(w)[0], w[0], reduction="sum"))
                 count += w.shape[-1]
     assert m["tokens"] == count and m["nll"] == pytest.approx(total / count, rel=1e-5)
+    # next to an acoustic checkpoint in one report: each reads its own stream, ranked apart
+    torch.manual_seed(0)
+    cfg = WhisperGPTConfig(
+        num_codebooks=2, codebook_size=1024, fusion="none", d_model=32, n_layers=1, n_heads=2, context=32
+    )
+    WhisperGPT(cfg).save_pretrained(tmp_path / "ac")
+    both = evaluate([str(tmp_path / "lm"), str(tmp_path / "ac")], str(semantic_dataset), overlap=0,
+                    accelerator=_SingleProcess())  # fmt: skip
+    assert both["checkpoints"][0]["evaluations"][0]["metrics"]["nll"] == pytest.approx(m["nll"])
+    assert both["checkpoints"][1]["evaluations"][0]["metrics"]["tokens"] == sum(f["frames"] for f in ds.files)
+    assert [r["strategy"] for r in both["bits_per_second"]] == ["semantic", "coarse"]
 
 
 def test_long_form_semantic_generation_past_the_context():
