@@ -9,7 +9,8 @@
 Sections: ``train`` (bench_train.py: tokens/s vs transformers' MusicgenForCausalLM), ``sampling``
 (bench_sampling.py: frames/s vs MusicgenForCausalLM.generate), ``prepare`` (bench_prepare.py:
 codec encode x real time), ``fine`` (bench_fine.py: the fine acoustic stage x real time),
-``mae_tools`` (bench_mae_tools.py: ``embed`` x real time, semantic k-means fit time).
+``mae_tools`` (bench_mae_tools.py: ``embed`` x real time, semantic k-means fit time), ``hierarchy``
+(bench_hierarchy.py: the three-stage sampler x real time, each stage's share).
 Every comparison is a ratio measured in this process, median of
 repeats. See benchmarks/README.md and docs/PERFORMANCE.md.
 """
@@ -32,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-SECTIONS = ("train", "sampling", "prepare", "fine", "mae_tools")
+SECTIONS = ("train", "sampling", "prepare", "fine", "mae_tools", "hierarchy")
 
 # Per mode: sizes and repeat counts. "quick" exists for CI and must stay well under a minute.
 MODES: dict[str, dict] = {
@@ -167,6 +168,10 @@ def run_sections(args: argparse.Namespace, mode: str, device) -> dict:
                 from bench_fine import run_fine_benchmark
 
                 rows = run_fine_benchmark(mode, device, args.repeats)
+            elif section == "hierarchy":
+                from bench_hierarchy import run_hierarchy_benchmark
+
+                rows = run_hierarchy_benchmark(mode, device, args.repeats)
             elif section == "mae_tools":
                 from bench_mae_tools import run_embed_benchmark, run_kmeans_benchmark
 

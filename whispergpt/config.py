@@ -30,6 +30,7 @@ import yaml
 
 from .models.encodecmae import EnCodecMAEConfig
 from .models.fine import FineConfig
+from .models.semantic_lm import SemanticLMConfig
 from .models.whispergpt import WhisperGPTConfig
 
 C = TypeVar("C")
@@ -343,16 +344,19 @@ class LoggingConfig:
 
 # What a run trains (training/tasks.py) -> the section holding that model's config. Only the
 # active task's section is printed and saved with the run; the others keep their defaults.
-TASK_SECTIONS = {"lm": "model", "fine": "fine", "mae": "mae"}
+TASK_SECTIONS = {"lm": "model", "fine": "fine", "mae": "mae", "semantic": "semantic_lm"}
 
 
 @dataclass
 class RunConfig:
     out_dir: str = "runs/default"
-    task: str = "lm"  # lm: the Whisper-GPT decoder (section `model`); fine: the fine stage (`fine`); mae: EnCodecMAE (`mae`)
+    # lm: the Whisper-GPT decoder (section `model`); fine: the fine stage (`fine`); mae: EnCodecMAE
+    # (`mae`); semantic: the semantic LM (`semantic_lm`)
+    task: str = "lm"
     model: WhisperGPTConfig = field(default_factory=WhisperGPTConfig)
     fine: FineConfig = field(default_factory=FineConfig)
     mae: EnCodecMAEConfig = field(default_factory=EnCodecMAEConfig)
+    semantic_lm: SemanticLMConfig = field(default_factory=SemanticLMConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -361,6 +365,9 @@ class RunConfig:
 # model fields that must agree with the prepared dataset (manifest key == field name); null in a
 # recipe = take them from the dataset
 DATA_SHAPE_KEYS = ("num_codebooks", "codebook_size", "n_mels")
+# the semantic LM's fields that must agree with the dataset's semantic tokenizer (section field ->
+# key of the manifest's semantic_tokenizer); null in a recipe = the tokenizer's
+SEMANTIC_SHAPE_KEYS = {"clusters": "clusters", "rate": "rate"}
 
 
 def _data_shape(name: str, section_cls: type, section: dict, manifest: dict, data_dir: str) -> dict[str, int]:
@@ -377,14 +384,20 @@ def _data_shape(name: str, section_cls: type, section: dict, manifest: dict, dat
                 "(no latent_dim in its manifest): prepare it with --latent, or use input=mel"
             )
         want["in_dim"] = int(manifest[key])
-    if "kmeans_clusters" in fields and section.get("targets", fields["targets"].default) != "codes":
+    semantic_keys = [k for k in SEMANTIC_SHAPE_KEYS if k in fields]
+    kmeans = "kmeans_clusters" in fields and section.get("targets", fields["targets"].default) != "codes"
+    if semantic_keys or kmeans:
         tokenizer = manifest.get("semantic_tokenizer")  # prepare --semantic: the tokenizer's settings
         if not isinstance(tokenizer, dict) or "clusters" not in tokenizer:
+            what = f"{name}.targets={section.get('targets')}" if kmeans else f"the {name} section"
             raise ConfigError(
-                f"{name}.targets={section.get('targets')} trains on the semantic stream, and the dataset "
-                f"{data_dir} stores none: prepare it with --semantic TOKENIZER_DIR (whispergpt semantic fit)"
+                f"{what} trains on the semantic stream, and the dataset {data_dir} stores none: "
+                "prepare it with --semantic TOKENIZER_DIR (whispergpt semantic fit)"
             )
-        want["kmeans_clusters"] = int(tokenizer["clusters"])
+        if kmeans:
+            want["kmeans_clusters"] = int(tokenizer["clusters"])
+        for key in semantic_keys:
+            want[key] = tokenizer[SEMANTIC_SHAPE_KEYS[key]]
     if "semantic_vocab" in fields and section.get("semantic", fields["semantic"].default) != "none":
         tokenizer = manifest.get("semantic_tokenizer")  # the acoustic model conditioned on it
         if not isinstance(tokenizer, dict) or "clusters" not in tokenizer:
@@ -416,7 +429,8 @@ def resolve_config(data: dict) -> RunConfig:
     name = TASK_SECTIONS[task]
     for other in set(TASK_SECTIONS.values()) - {name}:  # unused: its null shape keys keep their defaults
         if isinstance(data.get(other), dict):
-            data[other] = {k: v for k, v in data[other].items() if not (k in DATA_SHAPE_KEYS and v is None)}
+            shape = (*DATA_SHAPE_KEYS, *SEMANTIC_SHAPE_KEYS)
+            data[other] = {k: v for k, v in data[other].items() if not (k in shape and v is None)}
     section_cls = typing.get_type_hints(RunConfig)[name]
     model = data.get(name)
     if model is None:
@@ -433,7 +447,8 @@ def resolve_config(data: dict) -> RunConfig:
                 f"set {name}.{key}={want} or null to take it from the dataset"
             )
     cfg = from_dict(RunConfig, data)
-    context = getattr(cfg, name).context
+    # the crop in codec frames (the semantic LM's context counts tokens at its own rate)
+    context = getattr(getattr(cfg, name), "context_frames", getattr(cfg, name).context)
     coarse = cfg.task == "lm" and cfg.model.pattern == "coarse"
     if cfg.task != "lm":
         # only the decoder feeds a decoded mel back while sampling; other tasks read the truth
@@ -454,7 +469,9 @@ def resolve_config(data: dict) -> RunConfig:
     if cfg.data.frames is None:
         cfg.data.frames = context
     elif cfg.data.frames > context:
-        raise ConfigError(f"data.frames={cfg.data.frames} exceeds {name}.context={context}")
+        tokens = getattr(cfg, name).context
+        frames = f" ({context} codec frames)" if tokens != context else ""
+        raise ConfigError(f"data.frames={cfg.data.frames} exceeds {name}.context={tokens}{frames}")
     return cfg
 
 

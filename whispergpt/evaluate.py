@@ -34,6 +34,9 @@ Fine stages (``models/fine.py``) score codebooks ``Kc..K-1`` given the true code
 as they sample (``fine_stage``; ``--overlap`` default ``context // 4``). The ``bits_per_second``
 table (``metrics.bits``) ranks all checkpoints on bits/s over all K codebooks, coarse + fine paired.
 
+Semantic LMs (``models/semantic_lm.py``) score the split's ``semantic`` stream at their own rate
+(``evaluate_semantic``): NLL per semantic token, bits/s over the seconds the tokens cover.
+
 Outputs (main process): a markdown table on stdout; with ``--out X.json`` also ``X.md`` and
 ``X.png`` (NLL per codebook per checkpoint and mel source, and val NLL over training steps from
 each run's ``metrics.jsonl``, found in the checkpoint directory or its parents).
@@ -52,9 +55,10 @@ from pathlib import Path
 import torch
 
 from .data import PreparedDataset
+from .evaluate_semantic import check_semantic_data, reads_semantic, score_semantic, semantic_summary
 from .fine_stage import default_overlap, fine_windows, score_fine_windows
 from .metrics.bits import bits_markdown, bits_rows
-from .models import FineModel, WhisperGPT, load_pretrained, nll_per_codebook
+from .models import FineModel, SemanticLM, WhisperGPT, load_pretrained, nll_per_codebook
 from .models.semantic import check_semantic_tokenizer
 from .runtime import choose_precision, replacing, write_atomic, write_json_atomic
 
@@ -154,6 +158,8 @@ def summarize_totals(totals: torch.Tensor, frame_rate: float, first_codebook: in
 
 def config_summary(model: WhisperGPT | FineModel) -> dict:
     c = model.config
+    if isinstance(model, SemanticLM):
+        return semantic_summary(model)
     if isinstance(model, FineModel):
         keys = ("d_model", "n_layers", "context", "num_codebooks", "coarse_codebooks")
         return dict(fusion="none", pattern="fine", num_parameters=model.num_parameters(),
@@ -392,15 +398,16 @@ def evaluate(
             model = load_pretrained(ck)
         except OSError as e:
             raise ValueError(str(e)) from e
-        check_compatible(model, ds, ck)
+        (check_semantic_data if isinstance(model, SemanticLM) else check_compatible)(model, ds, ck)
         ctx, ov = model.config.context, overlap_of(model)
         if not 0 <= ov < ctx:
             raise ValueError(f"--overlap must be in [0, context={ctx}) for {ck}, got {ov}")
         models.append((checkpoint_name(ck, names), model.to(device).eval(), mel_sources(model, mel)))
 
-    # the semantic stream, read only when a model is conditioned on it (missing: names prepare --semantic)
+    # the semantic stream, read only when a model is conditioned on it or is a semantic LM (missing:
+    # names prepare --semantic)
     sem_ds = None
-    if any(getattr(m.config, "semantic", "none") != "none" for _, m, _ in models):
+    if any(reads_semantic(m) for _, m, _ in models):
         sem_ds = PreparedDataset(data, split, streams=("semantic",))
     need_decoded = sorted({decoded_codebooks(m) for _, m, srcs in models if "decoded" in srcs})
     cdc = None
@@ -447,6 +454,9 @@ def evaluate(
         }
         for mi, (_, model, srcs) in enumerate(models):
             ctx, ov = model.config.context, overlap_of(model)
+            if isinstance(model, SemanticLM):
+                score_semantic(model, sem_of, ov, totals[(mi, "n/a")], batch_size, device, autocast_dtype)
+                continue
             if isinstance(model, FineModel):
                 windows = [w for i in group for w in fine_windows(ds.files[i]["frames"], ctx, ov, i)]
                 score_fine_windows(
@@ -473,7 +483,8 @@ def evaluate(
             t = totals[(mi, src)].t
             if world > 1:
                 t = acc.reduce(t.contiguous(), "sum")
-            m = summarize_totals(t, ds.frame_rate, first)
+            rate = model.config.rate if isinstance(model, SemanticLM) else ds.frame_rate  # tokens/s
+            m = summarize_totals(t, rate, first)
             evals.append(dict(mel_source=src, mel_label=MEL_LABELS[src], metrics=m))
         metrics_file = find_metrics_file(checkpoints[mi])
         entries.append(
@@ -532,44 +543,6 @@ def markdown_table(report: dict) -> str:
     return "\n".join(lines) + "\n\n" + bits_markdown(bits_rows(report))
 
 
-def plot_report(report: dict, path: str | os.PathLike) -> None:
-    """Two panels: NLL per codebook (per checkpoint and mel source), val NLL vs training step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for e in report["checkpoints"]:
-        for ev in e["evaluations"]:
-            per = ev["metrics"]["per_codebook"]
-            label = f"{e['name']} ({ev['mel_label']})"
-            ax1.plot([p["codebook"] for p in per], [p["nll"] for p in per], marker="o", label=label)
-        if e["val_curve"]:
-            steps, vals = zip(*e["val_curve"])
-            trained = e.get("trained_mel_source", "unknown")
-            crops = f"val crops, mel={trained}" if e["config"]["fusion"] != "none" else "val crops"
-            ax2.plot(steps, vals, marker=".", label=f"{e['name']} ({crops})")
-    ax1.set_xlabel("codebook")
-    ax1.set_ylabel("NLL (nats/token)")
-    ax1.set_title(f"NLL per codebook on {report['data']['split']} (whole split)")
-    evs = [ev for e in report["checkpoints"] for ev in e["evaluations"]]
-    ks = max((ev["metrics"]["per_codebook"][-1]["codebook"] + 1 for ev in evs), default=1)
-    ax1.set_xticks(range(ks))
-    ax1.set_xlim(-0.5, ks - 0.5)
-    ax1.legend(fontsize=7)
-    ax2.set_xlabel("training step")
-    ax2.set_ylabel("val NLL (nats/token)")
-    ax2.set_title("val NLL during training (metrics.jsonl)")
-    if ax2.lines:
-        ax2.legend(fontsize=7)
-    else:
-        ax2.text(0.5, 0.5, "no metrics.jsonl found", ha="center", va="center", transform=ax2.transAxes)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def write_outputs(report: dict, out: str | os.PathLike) -> tuple[Path, Path, Path]:
     """``out`` (JSON) + the markdown table (``.md``) + the plot (``.png``), each written atomically."""
     out = Path(out)
@@ -577,6 +550,8 @@ def write_outputs(report: dict, out: str | os.PathLike) -> tuple[Path, Path, Pat
     md, png = out.with_suffix(".md"), out.with_suffix(".png")
     write_json_atomic(out, report)
     write_atomic(md, markdown_table(report))
+    from .tools.plots import plot_report  # matplotlib: only when a figure is drawn
+
     with replacing(png) as tmp:
         plot_report(report, tmp)
     return out, md, png
@@ -588,6 +563,10 @@ def __getattr__(name: str):
         from .tools.eval import main
 
         return main
+    if name == "plot_report":  # moved to tools/plots.py (the package's figures)
+        from .tools.plots import plot_report
+
+        return plot_report
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -29,3 +29,24 @@ def mae_latent_dir(tmp_path_factory, tiny_dataset, tiny_codec):
     make_mae("latent", width).save_pretrained(d)
     write_training_record(d, read_manifest(tiny_dataset), "truth", [tiny_dataset], steps=0)
     return d
+
+
+@pytest.fixture(scope="session")
+def semantic_tokenizer(tmp_path_factory, mae_dir, tiny_dataset):
+    """A 6-cluster 25 Hz semantic tokenizer fitted on the tiny MAE's layer-1 frames of the tiny dataset."""
+    from whispergpt.tools.semantic import fit_semantic
+
+    d = tmp_path_factory.mktemp("semantic") / "tok"
+    fit_semantic(mae_dir, [tiny_dataset], d, clusters=6, layer=1, device="cpu", progress=False, threads=1)
+    return d
+
+
+@pytest.fixture(scope="session")
+def semantic_dataset(tmp_path_factory, tiny_dataset, tiny_codec_dir, semantic_tokenizer):
+    """The tiny dataset's clips prepared again with ``--semantic`` (the stream of ``semantic_tokenizer``)."""
+    from whispergpt.data.prepare import prepare
+
+    out = tmp_path_factory.mktemp("semantic-dataset") / "prepared"
+    prepare([tiny_dataset.parent / "wav"], out, tiny_codec_dir, bandwidth=1.5, n_mels=80, val_fraction=0.34,
+            seed=0, device="cpu", progress=False, semantic=semantic_tokenizer)  # fmt: skip
+    return out

@@ -116,3 +116,12 @@ def test_training_writes_the_record_into_every_checkpoint(tiny_dataset, tmp_path
         assert rec == dict(final, steps=s)
     assert final["steps"] == 2 and final["bandwidth"] == 1.5
     assert training_codec(steps[0][1]) == (final["codec"], 1.5)
+
+
+def test_record_carries_the_semantic_tokenizer_and_grid(tmp_path):
+    manifest = dict(MANIFEST, frame_rate=75, semantic="/tok",
+                    semantic_tokenizer=dict(clusters=6, rate=25, group=3, mae_checkpoint="/mae"))  # fmt: skip
+    write_training_record(tmp_path, manifest, "truth", ["a"], 1)
+    rec = read_training_record(tmp_path)
+    assert rec["frame_rate"] == 75
+    assert rec["semantic_tokenizer"] == dict(dir="/tok", clusters=6, rate=25, group=3, mae_checkpoint="/mae")

@@ -321,6 +321,14 @@ class PreparedDataset(torch.utils.data.Dataset):
             for d, m in zip(self.directories[1:], self.manifests[1:]):
                 if m.get("latent_dim") != self.manifest.get("latent_dim"):
                     raise ValueError(f"{d}: latent_dim differs from {self.directory}'s")
+        if "semantic" in self._stored:  # tokens of two tokenizers mean different things
+            for d, m in zip(self.directories[1:], self.manifests[1:]):
+                a, b = m.get("semantic_tokenizer"), self.manifest.get("semantic_tokenizer")
+                if (m.get("semantic"), a) != (self.manifest.get("semantic"), b):
+                    raise ValueError(
+                        f"{d}: semantic tokenizer {m.get('semantic')} differs from {self.directory}'s "
+                        f"({self.manifest.get('semantic')}); prepare both with the same --semantic DIR"
+                    )
         self.split = split
         self.frames = frames
         self._time_major = [time_major(m) for m in self.manifests]

@@ -11,6 +11,10 @@ their bits/s add up (the same split, the same frames).
 A checkpoint that scores only some codebooks gets its bits/s over those (``codebooks`` says which)
 and no all-K figure (``complete: false``); ``bits_rows`` adds one ``A + B`` row for every pair of
 an evaluation starting at codebook 0 and a fine checkpoint scoring exactly the rest.
+
+A semantic LM (``strategy: semantic``) scores another stream, one token per ``1 / rate`` s: its
+bits/s is ``NLL * rate / ln 2`` (``rate``: the tokenizer's, 25 Hz by default), listed in a table
+of its own (it does not rank against the codec's all-K figures).
 """
 
 from __future__ import annotations
@@ -28,10 +32,18 @@ def bits_per_second(nats_per_frame: float, frame_rate: float = FRAME_RATE) -> fl
 
 
 def _row(
-    name: str, strategy: str, fusion: str, mel: str, per: list[dict], K: int, params: int | None
+    name: str,
+    strategy: str,
+    fusion: str,
+    mel: str,
+    per: list[dict],
+    K: int,
+    params: int | None,
+    frame_rate: float = FRAME_RATE,
 ) -> dict:
     codebooks = [p["codebook"] for p in per]
     nats = sum(p["nll"] for p in per)
+    semantic = strategy == "semantic"
     return dict(
         name=name,
         strategy=strategy,
@@ -40,9 +52,10 @@ def _row(
         codebooks=codebooks,
         num_codebooks=K,
         params=params,
-        complete=codebooks == list(range(K)),
+        complete=codebooks == list(range(K)) and not semantic,
         nats_per_frame=nats,
-        bits_per_second=bits_per_second(nats),
+        bits_per_second=bits_per_second(nats, frame_rate),
+        frame_rate=frame_rate,
         nll_per_codebook=[p["nll"] for p in per],
     )
 
@@ -55,10 +68,11 @@ def bits_rows(report: dict) -> list[dict]:
         for ev in e["evaluations"]:
             per = ev["metrics"]["per_codebook"]
             K, params = c["num_codebooks"], c.get("num_parameters")
-            rows.append(_row(e["name"], c["pattern"], c["fusion"], ev["mel_source"], per, K, params))
+            rate = c.get("rate", FRAME_RATE) if c["pattern"] == "semantic" else FRAME_RATE
+            rows.append(_row(e["name"], c["pattern"], c["fusion"], ev["mel_source"], per, K, params, rate))
     stacks = []
     for a in rows:
-        if a["complete"] or a["codebooks"][:1] != [0]:
+        if a["complete"] or a["codebooks"][:1] != [0] or a["strategy"] == "semantic":
             continue
         for b in rows:
             rest = list(range(len(a["codebooks"]), a["num_codebooks"]))
@@ -90,6 +104,8 @@ def bits_markdown(rows: list[dict]) -> str:
         "| model | strategy | fusion | mel source (eval) | codebooks | nats/frame | bits/s (all K) | NLL per codebook |",
         "|---|---|---|---|---|---:|---:|---|",
     ]
+    semantic = [r for r in rows if r["strategy"] == "semantic"]
+    rows = [r for r in rows if r["strategy"] != "semantic"]
     for r in sorted(rows, key=lambda r: (not r["complete"], r["bits_per_second"] if r["complete"] else 0.0)):
         cbs = r["codebooks"]
         span = f"{cbs[0]}..{cbs[-1]}" if len(cbs) > 1 else str(cbs[0])
@@ -99,4 +115,18 @@ def bits_markdown(rows: list[dict]) -> str:
             f"| {r['name']} | {r['strategy']} | {r['fusion']} | {r['mel_source']} | {span} of {r['num_codebooks']} | "
             f"{r['nats_per_frame']:.3f} | {bits} | {per} |"
         )
+    if semantic and not rows:  # semantic LMs only: no codec table
+        lines = []
+    if semantic:
+        lines += [
+            *([""] if lines else []),
+            "Semantic LMs: bits per second of semantic tokens (NLL x rate / ln 2).",
+            "",
+            "| model | rate (tokens/s) | NLL (nats/token) | bits/s |",
+            "|---|---:|---:|---:|",
+        ]
+        for r in sorted(semantic, key=lambda r: r["bits_per_second"]):
+            lines.append(
+                f"| {r['name']} | {r['frame_rate']:g} | {r['nats_per_frame']:.4f} | {r['bits_per_second']:.1f} |"
+            )
     return "\n".join(lines) + "\n"

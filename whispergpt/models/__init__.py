@@ -3,6 +3,7 @@
 from .encodecmae import EnCodecMAE, EnCodecMAEConfig
 from .fine import FineConfig, FineModel, FineOutput
 from .registry import WrongModelType, load_pretrained, model_type_of
+from .semantic_lm import SemanticLM, SemanticLMConfig
 from .whispergpt import WhisperGPT, WhisperGPTCache, WhisperGPTConfig, WhisperGPTOutput, nll_per_codebook
 
 __all__ = [
@@ -14,6 +15,8 @@ __all__ = [
     "WrongModelType",
     "load_pretrained",
     "model_type_of",
+    "SemanticLM",
+    "SemanticLMConfig",
     "WhisperGPT",
     "WhisperGPTCache",
     "WhisperGPTConfig",

@@ -69,11 +69,10 @@ def read_pretrained(directory: str | os.PathLike, model_type: str) -> tuple[dict
 
 def model_classes() -> dict[str, type[nn.Module]]:
     """``model_type -> class`` of every model the package defines."""
-    from . import encodecmae, fine, whispergpt
+    from . import encodecmae, fine, semantic_lm, whispergpt
 
-    classes: dict[str, type[nn.Module]] = {
-        cls.model_type: cls for cls in (whispergpt.WhisperGPT, fine.FineModel, encodecmae.EnCodecMAE)
-    }
+    kinds = (whispergpt.WhisperGPT, fine.FineModel, encodecmae.EnCodecMAE, semantic_lm.SemanticLM)
+    classes: dict[str, type[nn.Module]] = {cls.model_type: cls for cls in kinds}
     return classes
 
 

@@ -22,6 +22,10 @@ codec-decoded prompt codes, as for a ``--prompt`` file) or ``truth`` (the datase
 the original audio). The reference is cut from the original file when it is still readable, else
 decoded from the dataset's codes of the true continuation (``reference_source`` says which).
 
+With ``--semantic-lm`` (the three-stage sampler, ``whispergpt.hierarchy``) the prompt is cut to
+whole semantic tokens, its audio (the reference's source: the original file, else the decoded codes)
+tokenized and continued by the semantic LM, and the acoustic model reads those tokens.
+
 Prompts run ``--batch-size`` at a time through one ``generate`` call (the same length, so one
 batch). Each prompt's files are written atomically, and a prompt whose three files exist is not
 redone: an interrupted run resumes. Sampling draws from one generator per batch seeded from
@@ -81,13 +85,22 @@ def _reference(codec, path: str, codes: torch.Tensor, start: int, frames: int) -
     return codec.decode(codes[None].to(codec.device))[0].cpu(), "codec-decoded dataset codes"
 
 
-def run_heldout(args, model, codec, config, device: torch.device, record: dict, fine=None) -> dict:
+def run_heldout(
+    args, model, codec, config, device: torch.device, record: dict, fine=None, semantic=None
+) -> dict:
     """Generate continuations of ``args.num_prompts`` held-out prompts (module docstring).
-    ``fine``: a ``fine_stage.FineStage`` filling the codebooks the model does not generate."""
+    ``fine``: a ``fine_stage.FineStage`` filling the codebooks the model does not generate.
+    ``semantic``: a ``hierarchy.SemanticStage`` (``--semantic-lm``): each prompt's audio (as the
+    reference: the original file, else its decoded codes) is tokenized and continued by the semantic
+    LM (seeded as the batch), and the acoustic model reads those tokens."""
     from ..data import PreparedDataset
     from .sample import generate_options
 
     Tp = int(round(args.prompt_seconds * FRAME_RATE))
+    if semantic is not None:  # whole semantic tokens, as for a --prompt file
+        Tp = Tp // semantic.group * semantic.group
+        if Tp < semantic.group:
+            raise ValueError(f"--prompt-seconds {args.prompt_seconds}: shorter than one semantic token")
     Tc = int(round(args.seconds * FRAME_RATE))
     if Tp >= config.context:
         raise ValueError(
@@ -117,7 +130,15 @@ def run_heldout(args, model, codec, config, device: torch.device, record: dict, 
         prompt_mel = None
         if args.prompt_mel == "truth" and config.fusion != "none":
             prompt_mel = torch.stack([m[:, :Tp] for _, m in crops]).to(device)  # (b, M, Tp)
-        gen = torch.Generator(device=device).manual_seed(args.seed * 1_000_003 + lo)
+        seed = args.seed * 1_000_003 + lo
+        gen = torch.Generator(device=device).manual_seed(seed)
+        conditioning = {}
+        if semantic is not None:
+            waves = torch.stack(
+                [_reference(codec, prompts[i]["path"], codes[j, :, :Tp], prompts[i]["start"], Tp)[0]
+                 for j, i in enumerate(batch)]
+            )  # (b, Tp * 320): the prompts' audio  # fmt: skip
+            conditioning["semantic"] = semantic.frame_tokens(waves, Tc, len(batch), device, seed)
         result = generate(
             model,
             codec,
@@ -128,6 +149,7 @@ def run_heldout(args, model, codec, config, device: torch.device, record: dict, 
             generator=gen,
             decode_audio=fine is None,
             **generate_options(args),
+            **conditioning,
         )
         if fine is not None:  # the prompt keeps its true fine codes
             result.audio = codec.decode(fine(result.codes, codes[:, :, :Tp].to(device)))
@@ -154,5 +176,7 @@ def run_heldout(args, model, codec, config, device: torch.device, record: dict, 
     )
     if fine is not None:
         record["fine"] = fine.record()
+    if semantic is not None:
+        record["semantic"] = dict(semantic.record(), seed="seed x 1000003 + the batch's first prompt index")
     write_json_atomic(out / "generation.json", json.loads(json.dumps(record, default=str)))
     return record

@@ -1,4 +1,4 @@
-"""PNG figures of generated audio (matplotlib, imported only when a figure is drawn)."""
+"""PNG figures of generated audio and of eval reports (matplotlib, imported only when a figure is drawn)."""
 
 from __future__ import annotations
 
@@ -31,4 +31,42 @@ def save_spectrogram(
     fig.colorbar(im, ax=ax, pad=0.01)
     fig.tight_layout()
     fig.savefig(str(path))
+    plt.close(fig)
+
+
+def plot_report(report: dict, path: str | os.PathLike) -> None:
+    """``whispergpt eval``'s figure: two panels: NLL per codebook (per checkpoint and mel source), val NLL vs training step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for e in report["checkpoints"]:
+        for ev in e["evaluations"]:
+            per = ev["metrics"]["per_codebook"]
+            label = f"{e['name']} ({ev['mel_label']})"
+            ax1.plot([p["codebook"] for p in per], [p["nll"] for p in per], marker="o", label=label)
+        if e["val_curve"]:
+            steps, vals = zip(*e["val_curve"])
+            trained = e.get("trained_mel_source", "unknown")
+            crops = f"val crops, mel={trained}" if e["config"]["fusion"] != "none" else "val crops"
+            ax2.plot(steps, vals, marker=".", label=f"{e['name']} ({crops})")
+    ax1.set_xlabel("codebook")
+    ax1.set_ylabel("NLL (nats/token)")
+    ax1.set_title(f"NLL per codebook on {report['data']['split']} (whole split)")
+    evs = [ev for e in report["checkpoints"] for ev in e["evaluations"]]
+    ks = max((ev["metrics"]["per_codebook"][-1]["codebook"] + 1 for ev in evs), default=1)
+    ax1.set_xticks(range(ks))
+    ax1.set_xlim(-0.5, ks - 0.5)
+    ax1.legend(fontsize=7)
+    ax2.set_xlabel("training step")
+    ax2.set_ylabel("val NLL (nats/token)")
+    ax2.set_title("val NLL during training (metrics.jsonl)")
+    if ax2.lines:
+        ax2.legend(fontsize=7)
+    else:
+        ax2.text(0.5, 0.5, "no metrics.jsonl found", ha="center", va="center", transform=ax2.transAxes)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -7,13 +7,18 @@
         [--seed 0] [--device auto] [--precision auto|fp32|bf16] [--decode-dtype fp32|bf16|int8] [--compile]
         [--prompt-mel decoded|truth] [--decoder auto|stream|window]
         [--decode-window 32] [--context-keep 0.75] [--no-progress] [--fine DIR [--fine-temperature 0]]
+        [--semantic-lm DIR [--semantic-tokenizer DIR] [--semantic-temperature 1] [--semantic-top-k 0]
+         [--semantic-top-p 0]]
 
 Writes ``sample_<i>.wav`` (prompt + continuation), ``sample_<i>_continuation.wav``,
 ``sample_<i>.png`` (log-mel, prompt boundary marked) and ``generation.json`` (arguments, model,
 codec, mel source, timings) into ``--out``. Every argument is checked before any work. The
 generation itself is ``whispergpt.generate.generate``; ``--fine DIR`` then fills codebooks
 ``Kc..K-1`` with a fine acoustic stage (``whispergpt.fine_stage``), so the WAVs are decoded from all
-K codebooks, and ``generation.json`` records it under ``fine``.
+K codebooks, and ``generation.json`` records it under ``fine``. ``--semantic-lm DIR`` runs the
+AudioLM hierarchy (``whispergpt.hierarchy``): the prompt's semantic tokens, continued by a semantic
+LM, condition an acoustic model trained with ``model.semantic``; ``generation.json`` records the
+semantic stage under ``semantic`` and each stage's checkpoint, seed and settings under ``stages``.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from ..audio import FRAME_RATE, HOP_LENGTH, SAMPLE_RATE, log_mel
 from ..cli import command, make_parser
 from ..codec.codec import match_codec  # noqa: F401 (legacy name, importable from here)
 from ..generate import DEFAULT_CONTEXT_KEEP, DEFAULT_DECODE_WINDOW, check_sampling_args, generate
+from ..hierarchy import check_acoustic_pairing, load_semantic_stage, stages_record
 from ..models.blocks import DECODE_DTYPES
 from ..runtime import choose_precision, resolve_device
 from ..training.record import resolve_checkpoint, training_codec
@@ -42,6 +48,8 @@ EXAMPLES = """
   whispergpt sample --checkpoint runs/hybrid --data data/speech --split val --num-prompts 16 \\
       --prompt-seconds 2 --seconds 3 --out runs/hybrid/heldout     # then: whispergpt score ...
   whispergpt sample --checkpoint runs/coarse --fine runs/fine --seconds 5 --out runs/coarse/full
+  whispergpt sample --semantic-lm runs/semantic --checkpoint runs/acoustic --fine runs/fine \\
+      --prompt speech.wav --prompt-seconds 2 --seconds 8 --out runs/hierarchy/samples
 
   --checkpoint takes a model directory or a training out_dir (its final/, else its newest
   checkpoint); without --codec, the codec the training data was prepared with is used.
@@ -130,6 +138,20 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--fine-temperature", type=float, default=0.0, help="sampling temperature of --fine (0 = argmax)"
     )
+    sem = ap.add_argument_group("the semantic stage (AudioLM hierarchy, docs/HIERARCHY.md)")
+    sem.add_argument(
+        "--semantic-lm",
+        default=None,
+        help="semantic LM (model dir or run out_dir) whose tokens condition --checkpoint (model.semantic)",
+    )
+    sem.add_argument(
+        "--semantic-tokenizer",
+        default=None,
+        help="tokenizer folder for the prompt (default: the one the training records name)",
+    )
+    sem.add_argument("--semantic-temperature", type=float, default=1.0, help="0 = argmax")
+    sem.add_argument("--semantic-top-k", type=int, default=0, help="0 = off")
+    sem.add_argument("--semantic-top-p", type=float, default=0.0, help="0 = off")
     held = ap.add_argument_group(
         "held-out prompts (instead of --prompt): continuations written next to the real audio"
     )
@@ -166,6 +188,9 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError("--prompt-seconds needs --prompt or --data")
     if args.prompt_mel == "truth" and args.prompt is None and args.data is None:
         raise ValueError("--prompt-mel truth needs --prompt or --data")
+    if args.semantic_lm is None and args.semantic_tokenizer is not None:
+        raise ValueError("--semantic-tokenizer needs --semantic-lm")
+    check_sampling_args(args.semantic_temperature, args.semantic_top_k, args.semantic_top_p)
     if args.decode_window < 1:
         raise ValueError(f"--decode-window must be >= 1, got {args.decode_window}")
     if not 0.0 < args.context_keep < 1.0:
@@ -210,12 +235,26 @@ def run(args: argparse.Namespace) -> dict:
         config = from_dict(WhisperGPTConfig, raw, "model")
     except (ValueError, TypeError) as e:
         raise ValueError(f"{ckpt / 'config.json'}: not a valid WhisperGPT config ({e})") from e
+    semantic = None  # the semantic stage (whispergpt.hierarchy), checked against the acoustic model
+    if args.semantic_lm is None:
+        check_acoustic_pairing(config, ckpt, None)
+    else:
+        semantic = load_semantic_stage(
+            args.semantic_lm, config, ckpt, device, dtype, tokenizer=args.semantic_tokenizer,
+            temperature=args.semantic_temperature, top_k=args.semantic_top_k, top_p=args.semantic_top_p,
+            seed=args.seed, context_keep=args.context_keep, decode_dtype=args.decode_dtype,
+            progress=not args.no_progress,
+        )  # fmt: skip
+        for line in semantic.notes:
+            print(f"note: {line}", file=sys.stderr)
 
     wave = None
     if args.prompt is not None:
         wave = load_audio(args.prompt)  # AudioLoadError (a ValueError) names the file
         if args.prompt_seconds is not None:
             wave = wave[: int(round(args.prompt_seconds * SAMPLE_RATE))]
+        if semantic is not None:  # a whole number of semantic tokens
+            wave = semantic.trim_prompt(wave)
         tp = wave.shape[-1] // HOP_LENGTH
         if tp < 1:
             raise ValueError(f"--prompt {args.prompt}: shorter than one frame ({HOP_LENGTH} samples)")
@@ -267,7 +306,9 @@ def run(args: argparse.Namespace) -> dict:
             if config.fusion == "none"
             else dict(prompt=args.prompt_mel, continuation="decoded (incremental)"),
         )
-        record = run_heldout(args, model, codec, config, device, base, fine)
+        if semantic is not None:
+            base["stages"] = stages_record(args, ckpt, config, semantic, fine)
+        record = run_heldout(args, model, codec, config, device, base, fine, semantic)
         record["timing"] = dict(load_s=t_load - t0, total_s=time.perf_counter() - t0)
         return record
 
@@ -279,6 +320,9 @@ def run(args: argparse.Namespace) -> dict:
             prompt_mel = log_mel(wave[None].to(device), config.n_mels)
     gen = torch.Generator(device=device).manual_seed(args.seed)
     t_prompt = time.perf_counter()
+    conditioning = {}
+    if semantic is not None:  # stages 1-2: (B, Tp + frames) semantic tokens on the codec grid
+        conditioning["semantic"] = semantic.frame_tokens(wave, frames, args.num_samples, device)
     result = generate(
         model,
         codec,
@@ -289,6 +333,7 @@ def run(args: argparse.Namespace) -> dict:
         generator=gen,
         decode_audio=fine is None,
         **generate_options(args),
+        **conditioning,
     )
     audio = result.audio if fine is None else codec.decode(fine(result.codes, prompt_codes))
     t_gen = time.perf_counter()
@@ -361,6 +406,13 @@ def run(args: argparse.Namespace) -> dict:
     )
     if fine is not None:
         record["fine"] = fine.record()
+    if semantic is not None:
+        record["semantic"] = semantic.record()
+        record["timing"].update(semantic.timings)  # all stages, prompt tokens to audio:
+        record["timing"]["end_to_end_real_time_factor"] = (
+            frames * args.num_samples / FRAME_RATE / (t_gen - t_prompt)
+        )
+        record["stages"] = stages_record(args, ckpt, config, semantic, fine)
     (out / "generation.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
 

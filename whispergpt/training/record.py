@@ -2,9 +2,12 @@
 
 Every checkpoint training writes (``checkpoints/step-*`` and ``final/``) holds
 ``training_data.json`` (``TRAINING_DATA_FILE``): the codec and bandwidth the data was prepared
-with, K, V, M, sample rate, the mel source (``data.mel_source`` as resolved: truth, decoded, or
-decoded_coarse for a coarse model: the mel of codebook 0 alone), the data directories and the step. Sampling picks the
-same codec from it and evaluation reports the mel source; neither needs the trainer.
+with, K, V, M, sample rate and frame rate, the mel source (``data.mel_source`` as resolved: truth,
+decoded, or decoded_coarse for a coarse model: the mel of codebook 0 alone), the data directories,
+the step and, when the data stores the semantic stream, its tokenizer (``semantic_tokenizer``: the
+folder, clusters, rate, MAE checkpoint). Sampling picks the same codec from it (and checks that
+the stages of ``sample --semantic-lm`` share a tokenizer), evaluation reports the mel source;
+neither needs the trainer.
 
 Legacy runs wrote the record into ``final/`` only: for their step checkpoints the record of the
 run's ``final/`` is used, else the codec is traced through the run's ``config.yaml`` ->
@@ -34,21 +37,34 @@ def write_training_record(
     from .checkpoint import write_json_atomic
 
     path = Path(directory) / TRAINING_DATA_FILE
-    write_json_atomic(
-        path,
-        dict(
-            codec=manifest.get("codec"),
-            bandwidth=manifest.get("bandwidth"),
-            num_codebooks=manifest["num_codebooks"],
-            codebook_size=manifest["codebook_size"],
-            n_mels=manifest["n_mels"],
-            sample_rate=manifest["sample_rate"],
-            mel_source=mel_source,
-            data_dirs=[str(d) for d in data_dirs],
-            steps=int(steps),
-        ),
+    record = dict(
+        codec=manifest.get("codec"),
+        bandwidth=manifest.get("bandwidth"),
+        num_codebooks=manifest["num_codebooks"],
+        codebook_size=manifest["codebook_size"],
+        n_mels=manifest["n_mels"],
+        sample_rate=manifest["sample_rate"],
+        mel_source=mel_source,
+        data_dirs=[str(d) for d in data_dirs],
+        steps=int(steps),
     )
+    if "frame_rate" in manifest:  # the grid the stages of `sample --semantic-lm` must share
+        record["frame_rate"] = manifest["frame_rate"]
+    tokenizer = semantic_tokenizer_of(manifest)
+    if tokenizer is not None:
+        record["semantic_tokenizer"] = tokenizer
+    write_json_atomic(path, record)
     return path
+
+
+def semantic_tokenizer_of(manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """The semantic tokenizer a dataset was prepared with (``prepare --semantic DIR``): its folder
+    (``dir``) + what the manifest records of it (clusters, layer, rate, group, mae_checkpoint, ...);
+    None without a semantic stream."""
+    info = manifest.get("semantic_tokenizer")
+    if not isinstance(info, dict) or not manifest.get("semantic"):
+        return None
+    return {"dir": str(manifest["semantic"]), **{k: v for k, v in info.items() if k != "dir"}}
 
 
 def _run_dir(checkpoint: Path) -> Path:

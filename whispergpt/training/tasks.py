@@ -25,7 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..models import EnCodecMAE, FineModel, WhisperGPT, nll_per_codebook
+from ..models import EnCodecMAE, FineModel, SemanticLM, WhisperGPT, nll_per_codebook
+from ..models.semantic_lm import rate_tokens
 
 
 class Task:
@@ -143,7 +144,37 @@ class MAETask(Task):
         return frames  # input frames (75 per second of audio), masked ones included
 
 
-TASKS: dict[str, Task] = {t.name: t for t in (LMTask(), FineTask(), MAETask())}
+class SemanticTask(Task):
+    """The semantic LM (``models/semantic_lm.py``): ``semantic (B, T) -> (logits (B, 1, S, V),
+    tokens (B, 1, S))``; the crop's per-codec-frame stream read at the semantic rate (every g-th
+    frame, ``S = ceil(T / g)``), each token scored given the ones before it."""
+
+    name = "semantic"
+    section = "semantic_lm"
+
+    def streams(self, cfg: Any) -> tuple[str, ...]:
+        return ("semantic",)
+
+    def build(self, cfg: Any) -> nn.Module:
+        return SemanticLM(cfg.semantic_lm)
+
+    def forward(self, model: nn.Module, *batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = rate_tokens(batch[0], model.group)  # (B, T) -> (B, S)
+        return model(tokens)[:, None], tokens[:, None]  # (B, 1, S, V), (B, 1, S)
+
+    def loss(self, output: Any, *batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits, tokens = output
+        nll_sum, count = nll_per_codebook(logits, tokens)
+        return nll_sum.sum() / count.sum(), nll_sum, count
+
+    def tokens_per_crop(self, model: nn.Module, frames: int) -> int:
+        return -(-frames // model.group)  # semantic tokens read
+
+    def external_parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        return LMTask().external_parameters(model.lm)
+
+
+TASKS: dict[str, Task] = {t.name: t for t in (LMTask(), FineTask(), MAETask(), SemanticTask())}
 
 
 def get_task(name: str) -> Task:
