@@ -153,12 +153,12 @@ def score_fine_windows(
 # --- `sample --fine` ----------------------------------------------------------------------------------
 
 
-def _same_codec(a: tuple[str, float], b: tuple[str, float]) -> bool:
-    """Same codec name (paths compared resolved) and bandwidth."""
+def same_codec(a: tuple[str, float], b: tuple[str, float]) -> bool:
+    """Same codec (``codec.same_codec_name``) at the same bandwidth: ``(name, kbps)`` pairs."""
+    from .codec import same_codec_name
+
     (na, ba), (nb, bb) = a, b
-    if os.path.exists(na) and os.path.exists(nb):
-        na, nb = str(Path(na).resolve()), str(Path(nb).resolve())
-    return na == nb and float(ba) == float(bb)
+    return same_codec_name(na, nb) and float(ba) == float(bb)
 
 
 def check_pairing(coarse_config, coarse_ckpt: Path, fine: FineModel, fine_ckpt: Path) -> list[str]:
@@ -194,7 +194,7 @@ def check_pairing(coarse_config, coarse_ckpt: Path, fine: FineModel, fine_ckpt: 
     a, b = training_codec(coarse_ckpt), training_codec(fine_ckpt)
     if a is None or b is None:
         notes.append("no training record names the codec of one of the checkpoints: codec match not checked")
-    elif not _same_codec(a, b):
+    elif not same_codec(a, b):
         raise InputError(
             f"--fine was trained with codec {b[0]} @ {b[1]} kbps, the coarse model ({coarse_ckpt}) with "
             f"{a[0]} @ {a[1]} kbps",

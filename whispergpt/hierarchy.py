@@ -43,7 +43,7 @@ import torch
 
 from .audio import HOP_LENGTH
 from .errors import InputError
-from .fine_stage import _same_codec as same_codec  # the rule `sample --fine` pairs codecs by
+from .fine_stage import same_codec  # the rule `sample --fine` pairs codecs by
 from .generate import DEFAULT_CONTEXT_KEEP, check_sampling_args, generate
 from .models.semantic_lm import SemanticLM, frame_tokens, rate_tokens
 

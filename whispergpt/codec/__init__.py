@@ -9,6 +9,7 @@ from .codec import (
     match_codec,
     open_codec,
     pick_bandwidth,
+    same_codec_name,
 )
 from .streaming import StreamingDecoder
 
@@ -22,4 +23,5 @@ __all__ = [
     "match_codec",
     "open_codec",
     "pick_bandwidth",
+    "same_codec_name",
 ]

@@ -289,6 +289,15 @@ def pick_bandwidth(
     return fits[0], f"codec bandwidth {wanted} kbps {have}; using {fits[0]} kbps (K={num_codebooks}) to match"
 
 
+def same_codec_name(a: str, b: str) -> bool:
+    """Two recorded codec names (hub ids or folders) denote the same codec: folders that both
+    exist are compared resolved (the same codec reached by two paths), other names as text."""
+    pa, pb = Path(str(a)).expanduser(), Path(str(b)).expanduser()
+    if pa.exists() and pb.exists():
+        return pa.resolve() == pb.resolve()
+    return str(a) == str(b)
+
+
 def match_codec(codec: Codec, model_config) -> tuple[Codec, str | None]:
     """An open ``codec`` at the bandwidth giving the model's K (``pick_bandwidth``), and a note or None.
 

@@ -163,7 +163,9 @@ class MAEInput:
                 f"prepare the data with --n-mels {self.dim}",
             )
         if self.kind == "latent":
-            if not _same_codec(str(m.get("codec")), str(self.codec)):
+            from ..codec import same_codec_name  # (the codec module is imported only when needed)
+
+            if not same_codec_name(str(m.get("codec")), str(self.codec)):
                 raise InputError(
                     f"the dataset's latent is codec {m.get('codec')!r}'s, the MAE reads codec {self.codec!r}'s",
                     ds.directory,
@@ -180,13 +182,6 @@ class MAEInput:
     def dataset_features(dataset, file_index: int) -> torch.Tensor:
         """The stored ``(C, T)`` input of file ``file_index`` of a dataset from ``open_dataset``."""
         return dataset.file_arrays(file_index)[0]
-
-
-def _same_codec(a: str, b: str) -> bool:
-    pa, pb = Path(a).expanduser(), Path(b).expanduser()
-    if pa.exists() and pb.exists():
-        return pa.resolve() == pb.resolve()
-    return a == b
 
 
 def default_chunk_frames(model: torch.nn.Module) -> int:
