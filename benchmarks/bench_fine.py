@@ -22,7 +22,6 @@ also the ``fine`` section of ``benchmarks/run.py``.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -106,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from run import markdown_table
+    from run import markdown_table, write_outputs
 
     rows = run_fine_benchmark(args.mode, args.device, args.repeats)
     table = markdown_table(rows)
@@ -115,10 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"fine stage, {meta}\n\n{table}")
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=2) + "\n")
-        out.with_suffix(".md").write_text(table + "\n")
+        write_outputs(args.out, dict(meta=meta, rows=rows), table)
     return 0
 
 

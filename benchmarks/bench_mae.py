@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import sys
 from dataclasses import asdict, dataclass
@@ -208,10 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(text)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = Path(args.out) if args.out else Path("runs") / "benchmarks" / f"{stamp}-mae.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=2) + "\n")
-    out.with_suffix(".md").write_text(text)
+    out = bench_run.write_outputs(
+        args.out or Path("runs") / "benchmarks" / f"{stamp}-mae.json", dict(meta=meta, rows=rows), text
+    )
     print(f"wrote {out} and {out.with_suffix('.md')}", file=sys.stderr)
     return 0
 

@@ -18,7 +18,6 @@ Prints a markdown table and writes JSON. No assertions on speed (tests run ``--q
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -150,11 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     res = run_profile(batches, args.frames, args.repeats, args.quick)
     text = markdown(res)
     print(text)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1))
-    out.with_suffix(".md").write_text(text + "\n")
-    print(f"wrote {out}")
+    from run import write_outputs
+
+    print(f"wrote {write_outputs(args.out, res, text)}")
     return 0
 
 

@@ -98,6 +98,16 @@ def _cell(v) -> str:
     return str(v)
 
 
+def write_outputs(out: str | Path, payload: dict, text: str) -> Path:
+    """``out`` (JSON of ``payload``) and ``out`` with ``.md`` (``text``), folders made: every
+    benchmark's pair of outputs."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=2) + "\n")
+    out.with_suffix(".md").write_text(text if text.endswith("\n") else text + "\n")
+    return out
+
+
 def markdown_table(rows: list[dict]) -> str:
     """One markdown table; columns are the rows' keys in first-seen order (lists and ``bench`` left out)."""
     cols: list[str] = []
@@ -272,10 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     text = render(results)
     print(text)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = Path(args.out) if args.out else Path("runs") / "benchmarks" / f"{stamp}-{mode}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    out.with_suffix(".md").write_text(text)
+    out = write_outputs(args.out or Path("runs") / "benchmarks" / f"{stamp}-{mode}.json", results, text)
     print(f"wrote {out} and {out.with_suffix('.md')}", file=sys.stderr)
     for section, err in results["errors"].items():
         print(f"error in {section}: {err}", file=sys.stderr)

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from dataclasses import dataclass
 from typing import Literal
 
@@ -51,7 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .blocks import Stack
-from .registry import read_pretrained, write_pretrained
+from .registry import PretrainedIO
 
 
 @dataclass
@@ -115,10 +114,11 @@ class FineOutput:
     logits: torch.Tensor
 
 
-class FineModel(nn.Module):
+class FineModel(PretrainedIO, nn.Module):
     """Codebooks ``Kc..K-1`` from codebooks ``0..Kc-1``, stage by stage (module docstring)."""
 
     model_type = "whispergpt-fine"  # config.json's "model_type" (see models.registry)
+    config_class, config_section = FineConfig, "fine"  # save_pretrained / from_pretrained: PretrainedIO
 
     def __init__(self, config: FineConfig) -> None:
         super().__init__()
@@ -194,20 +194,3 @@ class FineModel(nn.Module):
         x = self.tok_emb(codes[:, :k].long() + self.tok_offsets[None, :k, None]).sum(dim=1)  # (B, T, D)
         h = self.trunk(self.drop(x + self.stage_emb.weight[j]), None, 0)  # (B, T, D)
         return F.linear(h, self.head.weight[j * V : (j + 1) * V])
-
-    # -- persistence --------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write ``config.json`` and ``model.safetensors`` into ``directory``."""
-        write_pretrained(directory, self.model_type, self.config.to_dict(), self)
-
-    @classmethod
-    def from_pretrained(
-        cls, directory: str | os.PathLike, device: torch.device | str | None = None
-    ) -> FineModel:
-        """Load a ``save_pretrained`` directory (no pickle); refuses other model types."""
-        from ..config import from_dict
-
-        raw, state = read_pretrained(directory, cls.model_type)
-        model = cls(from_dict(FineConfig, raw, "fine"))
-        model.load_state_dict(state)
-        return model if device is None else model.to(device)

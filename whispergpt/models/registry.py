@@ -67,6 +67,30 @@ def read_pretrained(directory: str | os.PathLike, model_type: str) -> tuple[dict
     return raw, load_file(str(d / "model.safetensors"))
 
 
+class PretrainedIO:
+    """``save_pretrained`` / ``from_pretrained`` for a model whose ``config`` is a dataclass with
+    ``to_dict``: the subclass names its ``model_type``, ``config_class`` and ``config_section``
+    (the run config's section, for error messages)."""
+
+    model_type: str
+    config_class: type
+    config_section: str
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write ``config.json`` and ``model.safetensors`` into ``directory``."""
+        write_pretrained(directory, self.model_type, self.config.to_dict(), self)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, device=None):
+        """Load a ``save_pretrained`` directory (no pickle); refuses other model types."""
+        from ..config import from_dict
+
+        raw, state = read_pretrained(directory, cls.model_type)
+        model = cls(from_dict(cls.config_class, raw, cls.config_section))
+        model.load_state_dict(state)
+        return model if device is None else model.to(device)
+
+
 def model_classes() -> dict[str, type[nn.Module]]:
     """``model_type -> class`` of every model the package defines."""
     from . import encodecmae, fine, semantic_lm, whispergpt

@@ -20,14 +20,13 @@ tokens the frames cover, so a training crop of ``g * context`` codec frames is `
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import nn
 
-from .registry import read_pretrained, write_pretrained
+from .registry import PretrainedIO
 from .semantic import group_size
 from .whispergpt import WhisperGPT, WhisperGPTConfig
 
@@ -103,10 +102,11 @@ def frame_tokens(tokens: torch.Tensor, group: int, frames: int) -> torch.Tensor:
     return tokens.repeat_interleave(group, dim=-1)[..., :frames]
 
 
-class SemanticLM(nn.Module):
+class SemanticLM(PretrainedIO, nn.Module):
     """Next-token decoder over semantic tokens (module docstring)."""
 
     model_type = "semantic-lm"  # config.json's "model_type" (see models.registry)
+    config_class, config_section = SemanticLMConfig, "semantic_lm"  # save/load: PretrainedIO
 
     def __init__(self, config: SemanticLMConfig) -> None:
         super().__init__()
@@ -142,19 +142,3 @@ class SemanticLM(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(nll_sum (1,), count (1,))`` of ``tokens (B, S)`` (``mask (B, S)``: True = scored)."""
         return self.lm.nll(tokens[:, None], None, mask)
-
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write ``config.json`` and ``model.safetensors`` into ``directory``."""
-        write_pretrained(directory, self.model_type, self.config.to_dict(), self)
-
-    @classmethod
-    def from_pretrained(
-        cls, directory: str | os.PathLike, device: torch.device | str | None = None
-    ) -> SemanticLM:
-        """Load a ``save_pretrained`` directory (no pickle); refuses other model types."""
-        from ..config import from_dict
-
-        raw, state = read_pretrained(directory, cls.model_type)
-        model = cls(from_dict(SemanticLMConfig, raw, "semantic_lm"))
-        model.load_state_dict(state)
-        return model if device is None else model.to(device)
