@@ -266,22 +266,12 @@ def load_fine_stage(
     seed: int = 0,
 ) -> FineStage:
     """``--fine PATH`` (a model dir or a run out_dir) opened and checked against the coarse model."""
-    from .models.registry import WrongModelType, model_type_of
-    from .training.record import resolve_checkpoint
+    from .training.record import open_stage
 
     check_sampling_args(temperature, 0, 0.0)
-    ckpt = resolve_checkpoint(path)
-    kind = model_type_of(ckpt)
-    if kind != FineModel.model_type:
-        raise InputError(
-            f"--fine expects a {FineModel.model_type!r} model, this is a {kind!r} model",
-            ckpt,
-            "train one with a fine recipe (fine_tiny.yaml, fine_quickstart.yaml)",
-        )
-    try:
-        model = FineModel.from_pretrained(ckpt)
-    except WrongModelType as e:  # pragma: no cover - model_type_of said otherwise
-        raise InputError(str(e), ckpt) from e
+    ckpt, model = open_stage(
+        path, FineModel, "--fine", "train one with a fine recipe (fine_tiny.yaml, fine_quickstart.yaml)"
+    )
     notes = check_pairing(coarse_config, coarse_ckpt, model, ckpt)
     model = model.to(device, dtype).eval()
     return FineStage(model, ckpt, temperature=temperature, seed=seed, notes=notes)

@@ -311,20 +311,16 @@ def load_semantic_stage(
 ) -> SemanticStage:
     """``--semantic-lm PATH`` (a model dir or a run out_dir) opened and checked against the acoustic
     model (module docstring: stage checks)."""
-    from .models.registry import model_type_of
-    from .training.record import read_training_record, resolve_checkpoint
+    from .training.record import open_stage, read_training_record
 
     check_sampling_args(temperature, top_k, top_p)
     check_acoustic_pairing(acoustic_config, acoustic_ckpt, str(path))
-    ckpt = resolve_checkpoint(path)
-    kind = model_type_of(ckpt)
-    if kind != SemanticLM.model_type:
-        raise InputError(
-            f"--semantic-lm expects a {SemanticLM.model_type!r} model, this is a {kind!r} model",
-            ckpt,
-            "train one with a semantic recipe (semantic_tiny.yaml, semantic_quickstart.yaml)",
-        )
-    model = SemanticLM.from_pretrained(ckpt)
+    ckpt, model = open_stage(
+        path,
+        SemanticLM,
+        "--semantic-lm",
+        "train one with a semantic recipe (semantic_tiny.yaml, semantic_quickstart.yaml)",
+    )
     c = model.config
     rec_lm, rec_ac = read_training_record(ckpt), read_training_record(acoustic_ckpt)
     lm_tok = dict((rec_lm or {}).get("semantic_tokenizer") or {}, clusters=c.clusters, rate=c.rate)

@@ -127,6 +127,20 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     )
 
 
+def open_stage(path: str | os.PathLike, cls: type, flag: str, hint: str) -> tuple[Path, Any]:
+    """``(checkpoint dir, model)`` of a sampling stage given as ``flag PATH`` (a model dir or a run
+    out_dir, ``resolve_checkpoint``): InputError (exit 2) naming both types unless the checkpoint
+    holds ``cls.model_type``; ``hint`` says how to train the right one."""
+    from ..errors import InputError
+    from ..models.registry import model_type_of
+
+    ckpt = resolve_checkpoint(path)
+    kind = model_type_of(ckpt)
+    if kind != cls.model_type:
+        raise InputError(f"{flag} expects a {cls.model_type!r} model, this is a {kind!r} model", ckpt, hint)
+    return ckpt, cls.from_pretrained(ckpt)
+
+
 def training_codec(checkpoint: str | os.PathLike) -> tuple[str, float] | None:
     """``(codec, bandwidth)`` the checkpoint's training data was prepared with, or None.
 
