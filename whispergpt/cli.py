@@ -86,6 +86,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "data": ("whispergpt.tools.demo", "main", "build the demo corpus (data demo)"),
     "embed": ("whispergpt.tools.embed", "main", "EnCodecMAE embeddings of audio files"),
     "probe": ("whispergpt.tools.probe", "main", "linear probes of EnCodecMAE vs baselines"),
+    "consistency": (
+        "whispergpt.tools.consistency",
+        "main",
+        "prompt consistency of continuations (language probe, chroma)",
+    ),
     "semantic": ("whispergpt.tools.semantic", "main", "fit a semantic tokenizer (semantic fit)"),
     "quickstart": ("whispergpt.tools.quickstart", "main", "the README's end-to-end demo"),
 }

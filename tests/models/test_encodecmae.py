@@ -162,6 +162,29 @@ def test_codebook_weights_and_gradients():
     assert model.code_head.weight.grad.abs().sum() > 0
 
 
+def test_recon_weight_adds_the_masked_frames_mse_only():
+    x, codes, _ = batch()
+    base = make(masked_weight=0.9, visible_weight=0.1).eval()
+    aux = make(masked_weight=0.9, visible_weight=0.1, recon_weight=0.5).eval()
+    assert base.recon_head is None
+    aux.load_state_dict({**base.state_dict(), **{k: v for k, v in aux.state_dict().items() if "recon" in k}})
+    mask, _ = aux.predict(x, gen(2))
+    (obj0, nll0, n0), (obj1, nll1, n1) = base(x, codes, generator=gen(2)), aux(x, codes, generator=gen(2))
+    torch.testing.assert_close(nll1, nll0)  # the reported NLL is the codes' alone
+    assert n1.tolist() == n0.tolist()
+    # reference: the decoder output at the masked frames, through the head, vs the standardised frames
+    visible, masked = split_frames(mask)
+    h = aux._hidden(x, visible)
+    pred = torch.stack([aux.recon_head(h[b, masked[b]]) for b in range(x.shape[0])])  # (B, Nm, C)
+    tgt = torch.stack([x[b, :, masked[b]].T for b in range(x.shape[0])])
+    tgt = (tgt - tgt.mean(-1, keepdim=True)) / (tgt.var(-1, keepdim=True) + 1e-6).sqrt()
+    torch.testing.assert_close((obj1 - obj0).float(), 0.5 * F.mse_loss(pred, tgt))
+    obj1.backward()
+    assert aux.recon_head.weight.grad.abs().sum() > 0 and aux.inp.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="recon_weight"):
+        make(recon_weight=-1.0)
+
+
 def test_kmeans_and_both_targets():
     x, codes, semantic = batch()
     only = make(targets="kmeans", kmeans_clusters=7, masked_weight=1.0, visible_weight=0.0).eval()

@@ -78,6 +78,9 @@ class EnCodecMAEConfig:
     targets: Literal["codes", "kmeans", "both"] = "codes"
     kmeans_clusters: int | None = None  # size of the semantic (k-means) vocabulary; kmeans | both
     kmeans_weight: float = 1.0  # the cluster stream's weight next to the codebooks'
+    # weight of an auxiliary loss (not the paper's): the masked frames' input features, each frame
+    # standardised over its C channels, regressed (MSE) from the decoder; 0 = off
+    recon_weight: float = 0.0
     context: int = 300  # frames per training window (4 s, the paper's crops)
 
     # Stack reads these; the encoder places its visible frames at their own positions, which
@@ -120,6 +123,8 @@ class EnCodecMAEConfig:
             )
         if self.kmeans_weight < 0:
             raise ValueError(f"kmeans_weight must be >= 0, got {self.kmeans_weight}")
+        if self.recon_weight < 0:
+            raise ValueError(f"recon_weight must be >= 0, got {self.recon_weight}")
         if self.codebook_weights is not None:
             if any(w < 0 for w in self.codebook_weights) or not any(w > 0 for w in self.codebook_weights):
                 raise ValueError(f"codebook_weights must be >= 0, not all 0, got {self.codebook_weights}")
@@ -249,6 +254,7 @@ class EnCodecMAE(nn.Module):
         # K heads in one matrix; the cluster stream has its own vocabulary
         self.code_head = nn.Linear(c.dec_dim, c.num_codebooks * c.codebook_size) if c.uses_codes else None
         self.kmeans_head = nn.Linear(c.dec_dim, c.kmeans_clusters) if c.uses_kmeans else None
+        self.recon_head = nn.Linear(c.dec_dim, c.in_dim) if c.recon_weight > 0 else None
         weights = []
         if c.uses_codes:
             weights += c.codebook_weights or [1.0 / c.num_codebooks] * c.num_codebooks
@@ -411,7 +417,16 @@ class EnCodecMAE(nn.Module):
         if c.visible_weight > 0:
             v_sum, v_count = scored(visible)
             objective = objective + c.visible_weight * (w * v_sum / v_count).sum()
+        if self.recon_head is not None:
+            objective = objective + c.recon_weight * self.recon_loss(x, h, masked)
         return objective, m_sum, m_count
+
+    def recon_loss(self, x: torch.Tensor, h: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+        """MSE of the reconstructed masked frames of ``x (B, C, T)`` from ``h (B, T, Dd)``; each target
+        frame standardised over its channels (MAE's normalised-pixel target)."""
+        target = _take(x.transpose(1, 2), masked).float()  # (B, Nm, C)
+        target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6).sqrt()
+        return (self.recon_head(_take(h, masked)).float() - target).square().mean()
 
     # -- save / load --------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike) -> None:

@@ -57,32 +57,44 @@ def _sklearn():
     return LogisticRegression, StratifiedKFold, StandardScaler
 
 
-def linear_probe(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, seed: int) -> float:
-    """Test accuracy of a standardised logistic regression fitted on ``x[train]``.
+def fit_probe(x: np.ndarray, y: np.ndarray, train: np.ndarray, seed: int):
+    """A standardised logistic regression fitted on ``x[train]``: ``(scaler, classifier, C, cv_accuracy)``.
 
     ``C`` is the one of ``CS`` with the best mean accuracy over (up to) 3 stratified folds of the
-    train clips (the smallest ``C``, i.e. the strongest regularisation, on a tie)."""
+    train clips (the smallest ``C``, i.e. the strongest regularisation, on a tie); ``cv_accuracy``
+    is that mean (None when a class has a single train clip: then ``C`` = 1)."""
     LogisticRegression, StratifiedKFold, StandardScaler = _sklearn()
 
     def fit(c: float, rows: np.ndarray):
         scaler = StandardScaler().fit(x[rows])
         return scaler, LogisticRegression(C=c, max_iter=2000).fit(scaler.transform(x[rows]), y[rows])
 
-    def accuracy(model, rows: np.ndarray) -> float:
-        scaler, clf = model
-        return float((clf.predict(scaler.transform(x[rows])) == y[rows]).mean())
-
     from threadpoolctl import threadpool_limits  # a scikit-learn dependency
 
     folds = min(3, int(np.bincount(y[train]).min()))
-    best = 1.0
+    best, cv_accuracy = 1.0, None
     # one BLAS thread: these problems are tiny, and threads cost ~15x here on a busy 2-core machine
     with threadpool_limits(1):
         if folds >= 2:  # else a class has a single train clip: no folds to pick C with
             cv = list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(x[train], y[train]))
-            scores = [np.mean([accuracy(fit(c, train[a]), train[b]) for a, b in cv]) for c in CS]
-            best = CS[int(np.argmax(scores))]
-        return accuracy(fit(best, train), test)
+            scores = [np.mean([_accuracy(fit(c, train[a]), x, y, train[b]) for a, b in cv]) for c in CS]
+            best, cv_accuracy = CS[int(np.argmax(scores))], float(np.max(scores))
+        scaler, clf = fit(best, train)
+    return scaler, clf, best, cv_accuracy
+
+
+def _accuracy(model, x: np.ndarray, y: np.ndarray, rows: np.ndarray) -> float:
+    scaler, clf = model
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        return float((clf.predict(scaler.transform(x[rows])) == y[rows]).mean())
+
+
+def linear_probe(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, seed: int) -> float:
+    """Test accuracy of ``fit_probe`` on ``x[train]``."""
+    scaler, clf, _, _ = fit_probe(x, y, train, seed)
+    return _accuracy((scaler, clf), x, y, test)
 
 
 class Embedder:

@@ -1,0 +1,240 @@
+"""``whispergpt consistency``: does a continuation stay with its prompt? (AudioLM's measure.)
+
+Input: folders written by ``sample --data`` (held-out prompts, ``tools/heldout.py``): per prompt
+``<name>.wav`` (prompt + continuation), ``<name>_continuation.wav`` and ``<name>_reference.wav``
+(the real audio that followed), and ``generation.json`` (``prompt_frames``, the prompts).
+
+Per prompt, the *prompt* is the first ``prompt_frames`` codec frames of ``<name>.wav`` (the prompt
+as the model heard it: codec-decoded), and two clips are compared with it: the generated
+continuation and, as the ceiling, the real continuation (the reference). Metrics:
+
+- ``language_agreement`` (with ``--mae``): AudioLM's speaker/language consistency. A language
+  classifier (the ``probe`` protocol: a standardised logistic regression, ``C`` by 3-fold CV, on
+  the mean-pooled EnCodecMAE embeddings at ``--layer``) is fitted on every clip of the probe's
+  ``language`` task (12 Tux Paint languages); the metric is 1 when the clip's predicted language
+  is the prompt's predicted language. ``language_prob``: the classifier's probability, on the
+  clip, of the prompt's predicted language (smoother with few prompts).
+- ``mae_similarity`` (with ``--mae``): cosine similarity of the prompt's and the clip's
+  mean-pooled MAE embeddings (content/speaker similarity in the MAE's space).
+- ``chroma_continuity``: cosine similarity of the prompt's and the clip's chroma profiles
+  (``metrics.paired.chroma_profile``): does music keep its key and harmony?
+
+Every value is a mean over prompts with a seeded 95 % bootstrap interval. Folders whose prompts
+are the same (file and start, in order) as the first folder's also get the paired difference
+(folder - first folder) with its own interval: the comparison of two systems on the same prompts.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..audio import HOP_LENGTH, load_audio
+from ..cli import command, make_parser
+from ..errors import InputError
+from ..metrics.distribution import bootstrap_mean
+from ..metrics.paired import chroma_profile
+from ..runtime import resolve_device, write_atomic, write_json_atomic
+
+METRICS = {  # name -> (needs the MAE, direction)
+    "language_agreement": (True, "higher: the continuation keeps the prompt's language"),
+    "language_prob": (True, "higher: P(prompt's language) on the clip"),
+    "mae_similarity": (True, "higher: closer to the prompt in the MAE's space"),
+    "chroma_continuity": (False, "higher: closer to the prompt's chroma profile"),
+}
+CLIPS = ("continuation", "reference")
+
+
+def read_folder(folder: str | Path) -> dict:
+    """The prompts of a held-out folder: ``{name, key, prompt, continuation, reference}`` waves."""
+    folder = Path(folder)
+    meta_path = folder / "generation.json"
+    if not meta_path.is_file():
+        raise InputError(f"{folder}: no generation.json (expected a folder written by sample --data)")
+    meta = json.loads(meta_path.read_text())
+    if "prompts" not in meta or "prompt_frames" not in meta:
+        raise InputError(f"{folder}: generation.json has no held-out prompts (written by sample --data?)")
+    n_prompt = int(meta["prompt_frames"]) * HOP_LENGTH
+    items = []
+    for p in meta["prompts"]:
+        name = p["name"]
+        paths = {k: folder / f"{name}{s}.wav" for k, s in (("full", ""), ("continuation", "_continuation"),
+                                                           ("reference", "_reference"))}  # fmt: skip
+        missing = [str(q) for q in paths.values() if not q.is_file()]
+        if missing:
+            raise InputError(f"{folder}: prompt {name}: missing {missing}")
+        full = load_audio(paths["full"])
+        items.append(dict(
+            name=name, key=(p.get("path"), p.get("start")), prompt=full[:n_prompt],
+            continuation=load_audio(paths["continuation"]), reference=load_audio(paths["reference"]),
+        ))  # fmt: skip
+    if not items:
+        raise InputError(f"{folder}: generation.json lists no prompts")
+    return dict(folder=str(folder), prompt_frames=int(meta["prompt_frames"]), items=items,
+                checkpoint=meta.get("checkpoint"), semantic=(meta.get("semantic") or {}).get("checkpoint"))  # fmt: skip
+
+
+class LanguageJudge:
+    """A language classifier on mean-pooled MAE embeddings, fitted on the probe's language task."""
+
+    def __init__(self, checkpoint, layer: int | None, device: torch.device, cache=None, seed: int = 0,
+                 task: str = "language") -> None:  # fmt: skip
+        from .probe import DEFAULT_PER_CLASS, Embedder, fit_probe
+        from .probe_tasks import load_task
+
+        self.embedder = Embedder(checkpoint, layer, None, device)
+        self.task = task
+        task = load_task(task, DEFAULT_PER_CLASS[task], 0, cache)
+        x = self.embedder.embed("encodecmae", task.clips)  # (N, D)
+        self.scaler, self.clf, self.c, self.cv_accuracy = fit_probe(x, task.labels, np.arange(len(x)), seed)
+        self.classes = task.classes
+
+    def embed(self, waves: Sequence[torch.Tensor]) -> np.ndarray:
+        return self.embedder.embed("encodecmae", waves)
+
+    def probs(self, x: np.ndarray) -> np.ndarray:
+        return self.clf.predict_proba(self.scaler.transform(x))  # (N, classes)
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(-1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-12)
+
+
+def per_prompt(folder: dict, judge: LanguageJudge | None) -> dict[str, dict[str, list[float]]]:
+    """``{clip: {metric: [value per prompt]}}`` for the continuation and the reference."""
+    items = folder["items"]
+    out: dict[str, dict[str, list[float]]] = {c: {} for c in CLIPS}
+    prompt_chroma = [chroma_profile(it["prompt"].numpy()) for it in items]
+    for c in CLIPS:
+        out[c]["chroma_continuity"] = [
+            float(np.dot(p, chroma_profile(it[c].numpy()))) for p, it in zip(prompt_chroma, items)
+        ]
+    if judge is not None:
+        ep = judge.embed([it["prompt"] for it in items])  # (N, D)
+        pp = judge.probs(ep)
+        label = pp.argmax(-1)  # the prompt's predicted language
+        for c in CLIPS:
+            ec = judge.embed([it[c] for it in items])
+            pc = judge.probs(ec)
+            out[c]["language_agreement"] = (pc.argmax(-1) == label).astype(float).tolist()
+            out[c]["language_prob"] = pc[np.arange(len(items)), label].tolist()
+            out[c]["mae_similarity"] = _cos(ep, ec).tolist()
+    return out
+
+
+def run_consistency(
+    folders: Sequence[str | Path], mae: str | None = None, layer: int | None = None, device: str = "cpu",
+    n_boot: int = 1000, seed: int = 0, cache=None, task: str = "language",
+) -> dict:  # fmt: skip
+    """The report: per folder, per clip (continuation / reference), per metric: mean, interval, n."""
+    if not folders:
+        raise InputError("consistency needs at least one folder of held-out continuations")
+    data = [read_folder(f) for f in folders]
+    judge = LanguageJudge(mae, layer, resolve_device(device), cache, seed, task) if mae else None
+    report = dict(
+        mae=str(judge.embedder.checkpoint) if judge else None, layer=judge.embedder.layer if judge else None,
+        judge_task=judge.task if judge else None, language_classes=judge.classes if judge else None, language_probe_c=judge.c if judge else None,
+        language_probe_cv_accuracy=judge.cv_accuracy if judge else None, bootstrap=n_boot, seed=seed,
+        metrics={k: v[1] for k, v in METRICS.items() if judge or not v[0]}, folders=[],
+    )  # fmt: skip
+    values = [per_prompt(d, judge) for d in data]
+    first_keys = [it["key"] for it in data[0]["items"]]
+    for i, (d, v) in enumerate(zip(data, values)):
+        entry = dict(folder=d["folder"], checkpoint=d["checkpoint"], semantic_lm=d["semantic"],
+                     prompts=len(d["items"]), prompt_frames=d["prompt_frames"], clips={}, paired=None)  # fmt: skip
+        for c in CLIPS:
+            entry["clips"][c] = {
+                m: dict(value=float(np.mean(x)), ci=bootstrap_mean(np.array(x), n_boot, seed, j), n=len(x))
+                for j, (m, x) in enumerate(v[c].items())
+            }
+        if i > 0 and [it["key"] for it in d["items"]] == first_keys:
+            entry["paired"] = {
+                m: dict(
+                    value=float(np.mean(np.subtract(x, values[0]["continuation"][m]))),
+                    ci=bootstrap_mean(np.subtract(x, values[0]["continuation"][m]), n_boot, seed, 50 + j),
+                )  # fmt: skip
+                for j, (m, x) in enumerate(v["continuation"].items())
+            }
+        report["folders"].append(entry)
+    return report
+
+
+def _cell(b: dict) -> str:
+    ci = b.get("ci")
+    return f"{b['value']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
+def markdown(report: dict) -> str:
+    metrics = list(report["metrics"])
+    lines = [
+        "| folder | clip | prompts | " + " | ".join(metrics) + " |",
+        "|---|---|---|" + "---|" * len(metrics),
+    ]
+    for f in report["folders"]:
+        for c in CLIPS:
+            cells = [_cell(f["clips"][c][m]) for m in metrics]
+            lines.append(f"| {f['folder']} | {c} | {f['prompts']} | " + " | ".join(cells) + " |")
+        if f["paired"]:
+            cells = [_cell(f["paired"][m]) for m in metrics]
+            lines.append(
+                f"| {f['folder']} | minus first folder (paired) | {f['prompts']} | "
+                + " | ".join(cells)
+                + " |"
+            )
+    foot = [
+        "",
+        "Mean over prompts [95 % bootstrap interval]; each clip compared with its prompt (codec-decoded).",
+    ]
+    if report["mae"]:
+        foot.append(
+            f"Language judge: EnCodecMAE {report['mae']} layer {report['layer']}, logistic regression "
+            f"(C={report['language_probe_c']}, 3-fold CV accuracy {100 * report['language_probe_cv_accuracy']:.1f} %) "
+            f"on the probe's {report['judge_task']} task ({len(report['language_classes'])} classes)."
+        )
+    return "\n".join(lines + foot) + "\n"
+
+
+@command("consistency")
+def main(argv: list[str]) -> int:
+    ap = make_parser(
+        "whispergpt consistency",
+        "Prompt consistency of held-out continuations (sample --data folders): language agreement "
+        "under an EnCodecMAE language probe (AudioLM's measure), MAE-embedding similarity and chroma "
+        "continuity, against the real continuation as the ceiling.",
+        """
+        whispergpt consistency runs/alone/speech runs/hierarchy/speech --mae runs/mae --out runs/consistency/speech
+        whispergpt consistency runs/alone/music runs/hierarchy/music --out runs/consistency/music
+        """,
+    )
+    ap.add_argument("folders", nargs="+", help="folders written by sample --data (the first is the baseline)")
+    ap.add_argument(
+        "--mae", default=None, help="EnCodecMAE checkpoint for the language judge (none: chroma only)"
+    )
+    ap.add_argument("--layer", type=int, default=None, help="its encoder layer (default: the last)")
+    ap.add_argument("--out", required=True, help="folder for consistency.json / consistency.md")
+    ap.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples per interval")
+    ap.add_argument("--seed", type=int, default=0, help="bootstrap and probe seed")
+    ap.add_argument(
+        "--cache", default=None, help="probe task audio cache (default ~/.cache/whispergpt/probe)"
+    )
+    ap.add_argument("--judge-task", default="language", help="probe task the judge is fitted on")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda[:N] | auto")
+    args = ap.parse_args(argv)
+    report = run_consistency(args.folders, args.mae, args.layer, args.device, args.bootstrap, args.seed,
+                             args.cache, args.judge_task)  # fmt: skip
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "consistency.json", report)
+    write_atomic(out / "consistency.md", markdown(report))
+    print(markdown(report), end="", flush=True)
+    print(f"wrote {out / 'consistency.json'}, consistency.md", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
