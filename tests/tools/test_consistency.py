@@ -93,3 +93,22 @@ def test_cli_writes_report_and_rejects_other_folders(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="generation.json"):
         run_consistency([tmp_path / "empty"])
+
+
+def test_reference_is_compared_with_the_original_prompt(tmp_path):
+    """The real continuation is judged against the prompt cut from the original file (like with
+    like), the generated one against the decoded prompt in ``<name>.wav``."""
+    rng = np.random.default_rng(3)
+    start = 10  # frames
+    original = np.concatenate(
+        [np.zeros(start * HOP_LENGTH, np.float32), _tone(440.0, rng), _tone(440.0, rng)]
+    )
+    sf.write(tmp_path / "orig.wav", original, SAMPLE_RATE)
+    decoded_prompt = _tone(440.0 * 2 ** (6 / 12), rng)  # a tritone away from the original prompt
+    f = _folder(tmp_path / "f", [decoded_prompt], [_tone(440.0, rng)], [_tone(440.0, rng)])
+    meta = json.loads((f / "generation.json").read_text())
+    meta["prompts"][0].update(path=str(tmp_path / "orig.wav"), start=start, reference_source="original audio")
+    (f / "generation.json").write_text(json.dumps(meta))
+    clips = run_consistency([f], n_boot=10)["folders"][0]["clips"]
+    assert clips["reference"]["chroma_continuity"]["value"] > 0.95  # vs the original prompt (440 Hz)
+    assert clips["continuation"]["chroma_continuity"]["value"] < 0.3  # vs the decoded prompt

@@ -4,9 +4,13 @@ Input: folders written by ``sample --data`` (held-out prompts, ``tools/heldout.p
 ``<name>.wav`` (prompt + continuation), ``<name>_continuation.wav`` and ``<name>_reference.wav``
 (the real audio that followed), and ``generation.json`` (``prompt_frames``, the prompts).
 
-Per prompt, the *prompt* is the first ``prompt_frames`` codec frames of ``<name>.wav`` (the prompt
-as the model heard it: codec-decoded), and two clips are compared with it: the generated
-continuation and, as the ceiling, the real continuation (the reference). Metrics:
+Per prompt, two clips are compared with the prompt: the generated continuation, with the first
+``prompt_frames`` codec frames of ``<name>.wav`` (the prompt as the model heard it: codec-decoded),
+and, as the ceiling, the real continuation (the reference), with the prompt cut from the same
+original file (``path``, ``start`` in ``generation.json``; the decoded prompt when the reference
+was decoded too). Like is compared with like because codec decoding alone moves a clip in the
+judge's space (measured: a language probe fitted on original recordings labels none of 32 decoded
+prompts as their original continuation). Metrics:
 
 - ``language_agreement`` (with ``--mae``): AudioLM's speaker/language consistency. A language
   classifier (the ``probe`` protocol: a standardised logistic regression, ``C`` by 3-fold CV, on
@@ -48,6 +52,7 @@ METRICS = {  # name -> (needs the MAE, direction)
     "chroma_continuity": (False, "higher: closer to the prompt's chroma profile"),
 }
 CLIPS = ("continuation", "reference")
+PROMPT_OF = {"continuation": "prompt", "reference": "prompt_reference"}  # like with like (decoded / original)
 
 
 def read_folder(folder: str | Path) -> dict:
@@ -68,15 +73,30 @@ def read_folder(folder: str | Path) -> dict:
         missing = [str(q) for q in paths.values() if not q.is_file()]
         if missing:
             raise InputError(f"{folder}: prompt {name}: missing {missing}")
-        full = load_audio(paths["full"])
+        prompt = load_audio(paths["full"])[:n_prompt]
         items.append(dict(
-            name=name, key=(p.get("path"), p.get("start")), prompt=full[:n_prompt],
+            name=name, key=(p.get("path"), p.get("start")), prompt=prompt,
+            prompt_reference=_original_prompt(p, n_prompt, prompt),
             continuation=load_audio(paths["continuation"]), reference=load_audio(paths["reference"]),
         ))  # fmt: skip
     if not items:
         raise InputError(f"{folder}: generation.json lists no prompts")
     return dict(folder=str(folder), prompt_frames=int(meta["prompt_frames"]), items=items,
                 checkpoint=meta.get("checkpoint"), semantic=(meta.get("semantic") or {}).get("checkpoint"))  # fmt: skip
+
+
+def _original_prompt(p: dict, n_prompt: int, decoded: torch.Tensor) -> torch.Tensor:
+    """The prompt cut from the original file, when the reference was cut from it too (else the
+    decoded prompt, as the reference is then decoded as well): each clip is compared with a prompt
+    of its own kind, since codec decoding alone moves a clip in the judge's space."""
+    if p.get("reference_source") != "original audio" or p.get("path") is None:
+        return decoded
+    try:
+        wave = load_audio(p["path"])
+    except ValueError:
+        return decoded
+    start = int(p["start"]) * HOP_LENGTH
+    return wave[start : start + n_prompt]
 
 
 class LanguageJudge:
@@ -109,16 +129,15 @@ def per_prompt(folder: dict, judge: LanguageJudge | None) -> dict[str, dict[str,
     """``{clip: {metric: [value per prompt]}}`` for the continuation and the reference."""
     items = folder["items"]
     out: dict[str, dict[str, list[float]]] = {c: {} for c in CLIPS}
-    prompt_chroma = [chroma_profile(it["prompt"].numpy()) for it in items]
     for c in CLIPS:
+        key = PROMPT_OF[c]
         out[c]["chroma_continuity"] = [
-            float(np.dot(p, chroma_profile(it[c].numpy()))) for p, it in zip(prompt_chroma, items)
+            float(np.dot(chroma_profile(it[key].numpy()), chroma_profile(it[c].numpy()))) for it in items
         ]
     if judge is not None:
-        ep = judge.embed([it["prompt"] for it in items])  # (N, D)
-        pp = judge.probs(ep)
-        label = pp.argmax(-1)  # the prompt's predicted language
         for c in CLIPS:
+            ep = judge.embed([it[PROMPT_OF[c]] for it in items])  # (N, D)
+            label = judge.probs(ep).argmax(-1)  # the prompt's predicted language
             ec = judge.embed([it[c] for it in items])
             pc = judge.probs(ec)
             out[c]["language_agreement"] = (pc.argmax(-1) == label).astype(float).tolist()
@@ -188,7 +207,8 @@ def markdown(report: dict) -> str:
             )
     foot = [
         "",
-        "Mean over prompts [95 % bootstrap interval]; each clip compared with its prompt (codec-decoded).",
+        "Mean over prompts [95 % bootstrap interval]; a continuation is compared with the codec-decoded "
+        "prompt, a reference with the prompt cut from the original file (when it was).",
     ]
     if report["mae"]:
         foot.append(
