@@ -93,6 +93,12 @@ def test_cli_writes_report_and_rejects_other_folders(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="generation.json"):
         run_consistency([tmp_path / "empty"])
+    (tmp_path / "empty" / "generation.json").write_text("{not json")
+    with pytest.raises(InputError, match="unreadable"):
+        run_consistency([tmp_path / "empty"])
+    assert (
+        main([str(tmp_path / "empty"), "--out", str(tmp_path / "o2")]) == 2
+    )  # the CLI's exit for input errors
 
 
 def test_reference_is_compared_with_the_original_prompt(tmp_path):

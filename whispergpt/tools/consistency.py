@@ -9,8 +9,8 @@ Per prompt, two clips are compared with the prompt: the generated continuation, 
 and, as the ceiling, the real continuation (the reference), with the prompt cut from the same
 original file (``path``, ``start`` in ``generation.json``; the decoded prompt when the reference
 was decoded too). Like is compared with like because codec decoding alone moves a clip in the
-judge's space (measured: a language probe fitted on original recordings labels none of 32 decoded
-prompts as their original continuation). Metrics:
+judge's space (measured: comparing original references with decoded prompts, the language probe
+gave none of 32 speech references its prompt's label; like with like, 24 of 32). Metrics:
 
 - ``language_agreement`` (with ``--mae``): AudioLM's speaker/language consistency. A language
   classifier (the ``probe`` protocol: a standardised logistic regression, ``C`` by 3-fold CV, on
@@ -61,8 +61,11 @@ def read_folder(folder: str | Path) -> dict:
     meta_path = folder / "generation.json"
     if not meta_path.is_file():
         raise InputError(f"{folder}: no generation.json (expected a folder written by sample --data)")
-    meta = json.loads(meta_path.read_text())
-    if "prompts" not in meta or "prompt_frames" not in meta:
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputError(f"{meta_path}: unreadable ({e})") from e
+    if not isinstance(meta, dict) or "prompts" not in meta or "prompt_frames" not in meta:
         raise InputError(f"{folder}: generation.json has no held-out prompts (written by sample --data?)")
     n_prompt = int(meta["prompt_frames"]) * HOP_LENGTH
     items = []
