@@ -48,20 +48,61 @@ for d in speech music; do
   have "$H/eval/semantic-$d.json" || whispergpt eval --checkpoint "$H/train/semantic/final" --data "$H/prepared-semantic/$d" --out "$H/eval/semantic-$d.json"
 done
 
-# 32 held-out prompts per domain (2 s prompt, 4 s continuation), seed-0 acoustic models
+# 32 held-out prompts per domain (2 s prompt, 4 s continuation, sampling seed 0), for each seed's
+# acoustic models: the acoustic model alone vs the three-stage sampler (one semantic LM, one fine stage)
 S="--prompt-seconds 2 --seconds 4 --num-prompts 32 --batch-size 8 --seed 0 --no-progress --fine $H/train/fine"
 for d in speech music; do
   P="--data $H/prepared-semantic/$d $S"
-  have "$H/samples/alone-$d/generation.json" || { step "sample alone $d"
-    python sample.py --checkpoint "$H/train/acoustic-none-s0" $P --out "$H/samples/alone-$d"; }
-  for mode in aligned prefix; do
-    have "$H/samples/$mode-$d/generation.json" || { step "sample hierarchy ($mode) $d"
-      python sample.py --semantic-lm "$H/train/semantic" --checkpoint "$H/train/acoustic-$mode-s0" $P --out "$H/samples/$mode-$d"; }
+  for seed in 0 1 2; do
+    have "$H/samples/alone-s$seed-$d/generation.json" || { step "sample alone seed $seed $d"
+      python sample.py --checkpoint "$H/train/acoustic-none-s$seed" $P --out "$H/samples/alone-s$seed-$d"; }
+    for mode in aligned prefix; do
+      have "$H/samples/$mode-s$seed-$d/generation.json" || { step "sample hierarchy ($mode) seed $seed $d"
+        python sample.py --semantic-lm "$H/train/semantic" --checkpoint "$H/train/acoustic-$mode-s$seed" $P --out "$H/samples/$mode-s$seed-$d"; }
+    done
+    for s in alone aligned prefix; do
+      have "$H/score/$s-s$seed-$d/score.json" || whispergpt score "$H/samples/$s-s$seed-$d" --out "$H/score/$s-s$seed-$d"
+    done
+    have "$H/consistency/s$seed-$d/consistency.json" || { step "consistency seed $seed $d"
+      whispergpt consistency "$H/samples/alone-s$seed-$d" "$H/samples/aligned-s$seed-$d" "$H/samples/prefix-s$seed-$d" \
+        --mae "$H/train/mae" --layer 1 --out "$H/consistency/s$seed-$d"; }
   done
-  for s in alone aligned prefix; do
-    have "$H/score/$s-$d/score.json" || whispergpt score "$H/samples/$s-$d" --out "$H/score/$s-$d"
-  done
-  have "$H/consistency/$d/consistency.json" || { step "consistency $d"
-    whispergpt consistency "$H/samples/alone-$d" "$H/samples/aligned-$d" "$H/samples/prefix-$d" --mae "$H/train/mae" --layer 1 --out "$H/consistency/$d"; }
 done
+# the tables of docs/HIERARCHY.md ("Measured"), from the JSON files above
+python - "$H" <<'PY' | tee "$H/summary.md"
+import json, statistics as st, sys
+from pathlib import Path
+H, seeds, modes = Path(sys.argv[1]), (0, 1, 2), ("none", "aligned", "prefix")
+ms = lambda v: f"{st.mean(v):.3f} ± {st.stdev(v):.3f}"
+def nll(mode, seed, d, src):
+    c = json.loads((H / "eval" / f"acoustic-{mode}-s{seed}-{d}.json").read_text())["checkpoints"][0]
+    return next(e["metrics"]["nll"] for e in c["evaluations"] if e["mel_source"] == src)
+print("Acoustic NLL, codebook 0, nats (mean ± sd over seeds)\n\n| domain | mel | " + " | ".join(modes) + " |\n|---|---|---|---|---|")
+for d in ("speech", "music"):
+    for src in ("decoded", "truth"):
+        print(f"| {d} | {src} | " + " | ".join(ms([nll(m, s, d, src) for s in seeds]) for m in modes) + " |")
+print("\nContinuations vs the real continuation (mean ± sd over the acoustic models' seeds)\n")
+print("| domain | system | mel distance | chroma similarity | MMD² |\n|---|---|---|---|---|")
+for d in ("speech", "music"):
+    for x in ("alone", "aligned", "prefix"):
+        r = [json.loads((H / "score" / f"{x}-s{s}-{d}" / "score.json").read_text()) for s in seeds]
+        cells = [ms([e["paired"][k]["value"] for e in r]) for k in ("mel_distance", "chroma_similarity")]
+        cells.append(ms([e["distribution"]["mmd"]["value"] for e in r]))
+        print(f"| {d} | {x} | " + " | ".join(cells) + " |")
+metrics = ("language_agreement", "language_prob", "mae_similarity", "chroma_continuity")
+print("\nPrompt consistency: alone's value, then the paired difference of each mode (mean over seeds;"
+      " in brackets, the seeds whose 95 % interval excludes 0)\n")
+print("| domain | system | " + " | ".join(metrics) + " |\n|---|---|---|---|---|---|")
+for d in ("speech", "music"):
+    f = [json.loads((H / "consistency" / f"s{s}-{d}" / "consistency.json").read_text())["folders"] for s in seeds]
+    print(f"| {d} | alone | " + " | ".join(f"{st.mean(r[0]['clips']['continuation'][m]['value'] for r in f):.3f}" for m in metrics) + " |")
+    for i, x in ((1, "aligned"), (2, "prefix")):
+        cells = []
+        for m in metrics:
+            p = [r[i]["paired"][m] for r in f]
+            k = sum(1 for b in p if b["ci"] and (b["ci"][0] > 0 or b["ci"][1] < 0))
+            cells.append(f"{st.mean(b['value'] for b in p):+.3f} ({k} of {len(p)})")
+        print(f"| {d} | Δ {x} | " + " | ".join(cells) + " |")
+    print(f"| {d} | real continuation | " + " | ".join(f"{f[0][0]['clips']['reference'][m]['value']:.3f}" for m in metrics) + " |")
+PY
 step done
