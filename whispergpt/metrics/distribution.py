@@ -189,6 +189,17 @@ def bootstrap_mean(
     return _percentiles(v[idx].mean(axis=1))
 
 
+def mean_summary(values: list, n_boot: int, seed: int, stream: int, **extra) -> dict:
+    """``{value, ci, n, reason}``: the mean of the non-None ``values`` and its bootstrap interval."""
+    v = np.array([x for x in values if x is not None], dtype=np.float64)
+    if v.size == 0:
+        return dict(value=None, ci=None, n=0, reason="no pair defines it", **extra)
+    ci = bootstrap_mean(v, n_boot, seed, stream)
+    return dict(
+        value=float(v.mean()), ci=ci, n=int(v.size), reason=None if ci else "interval needs >= 2", **extra
+    )
+
+
 def bootstrap_ratio(num: np.ndarray, den: np.ndarray, n_boot: int = 1000, seed: int = 0, stream: int = 0):
     """95 % interval of ``sum(num) / sum(den)`` resampling items (e.g. nats / tokens per clip)."""
     num, den = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)

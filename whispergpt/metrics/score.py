@@ -18,7 +18,7 @@ import numpy as np
 
 from ..audio import HOP_LENGTH
 from . import clips as clips_mod
-from .distribution import bootstrap_mean, bootstrap_ratio, distribution_metrics, one_blas_thread
+from .distribution import bootstrap_ratio, distribution_metrics, mean_summary, one_blas_thread
 from .embed import encode_clips, pool_latent
 from .paired import paired_metrics
 from .tokens import clip_nll, token_stats
@@ -32,16 +32,6 @@ PAIRED_SCALARS = {  # name -> (direction, unit)
     "f0_median_diff_semitones": ("lower is closer", "semitones"),
     "voiced_share_diff": ("lower is closer", "share"),
 }
-
-
-def _summary(values: list, n_boot: int, seed: int, stream: int, **extra) -> dict:
-    v = np.array([x for x in values if x is not None], dtype=np.float64)
-    if v.size == 0:
-        return dict(value=None, ci=None, n=0, reason="no pair defines it", **extra)
-    ci = bootstrap_mean(v, n_boot, seed, stream)
-    return dict(
-        value=float(v.mean()), ci=ci, n=int(v.size), reason=None if ci else "interval needs >= 2", **extra
-    )
 
 
 class _Clock:
@@ -185,12 +175,12 @@ def score(
         paired["mel_distance_curve"] = dict(seconds=[], value=[], ci=[], n=[], reason=reason)
     else:
         for s, (name, (direction, unit)) in enumerate(PAIRED_SCALARS.items()):
-            paired[name] = _summary(
+            paired[name] = mean_summary(
                 [p[name] for p in per_pair], n_boot, seed, 10 + s, direction=direction, unit=unit
             )
         longest = max(len(p["mel_distance_curve"]) for p in per_pair)
         curve = [
-            _summary([p["mel_distance_curve"][s] for p in per_pair if len(p["mel_distance_curve"]) > s],
+            mean_summary([p["mel_distance_curve"][s] for p in per_pair if len(p["mel_distance_curve"]) > s],
                      n_boot, seed, 1000 + s)
             for s in range(longest)
         ]  # fmt: skip
@@ -223,12 +213,16 @@ def score(
         tokens[side] = dict(
             n=len(st),
             entropy_bits=[
-                _summary([x["entropy_bits"][k] for x in st], n_boot, seed, 200 + k) for k in range(K)
+                mean_summary([x["entropy_bits"][k] for x in st], n_boot, seed, 200 + k) for k in range(K)
             ],
-            repetition=[_summary([x["repetition"][k] for x in st], n_boot, seed, 300 + k) for k in range(K)],
-            silent_share=_summary([x["silent_share"] for x in st], n_boot, seed, 400),
-            entropy_bits_mean=_summary([float(np.mean(x["entropy_bits"])) for x in st], n_boot, seed, 401),
-            repetition_mean=_summary([_mean(x["repetition"]) for x in st], n_boot, seed, 402),
+            repetition=[
+                mean_summary([x["repetition"][k] for x in st], n_boot, seed, 300 + k) for k in range(K)
+            ],
+            silent_share=mean_summary([x["silent_share"] for x in st], n_boot, seed, 400),
+            entropy_bits_mean=mean_summary(
+                [float(np.mean(x["entropy_bits"])) for x in st], n_boot, seed, 401
+            ),
+            repetition_mean=mean_summary([_mean(x["repetition"]) for x in st], n_boot, seed, 402),
         )
     clock("token statistics")
     nll = {}

@@ -41,7 +41,7 @@ import torch
 from ..audio import HOP_LENGTH, load_audio
 from ..cli import command, make_parser
 from ..errors import InputError
-from ..metrics.distribution import bootstrap_mean
+from ..metrics.distribution import mean_summary
 from ..metrics.paired import chroma_profile
 from ..runtime import resolve_device, write_atomic, write_json_atomic
 
@@ -170,16 +170,11 @@ def run_consistency(
         entry = dict(folder=d["folder"], checkpoint=d["checkpoint"], semantic_lm=d["semantic"],
                      prompts=len(d["items"]), prompt_frames=d["prompt_frames"], clips={}, paired=None)  # fmt: skip
         for c in CLIPS:
-            entry["clips"][c] = {
-                m: dict(value=float(np.mean(x)), ci=bootstrap_mean(np.array(x), n_boot, seed, j), n=len(x))
-                for j, (m, x) in enumerate(v[c].items())
-            }
+            entry["clips"][c] = {m: mean_summary(x, n_boot, seed, j) for j, (m, x) in enumerate(v[c].items())}
         if i > 0 and [it["key"] for it in d["items"]] == first_keys:
+            base = values[0]["continuation"]
             entry["paired"] = {
-                m: dict(
-                    value=float(np.mean(np.subtract(x, values[0]["continuation"][m]))),
-                    ci=bootstrap_mean(np.subtract(x, values[0]["continuation"][m]), n_boot, seed, 50 + j),
-                )  # fmt: skip
+                m: mean_summary(np.subtract(x, base[m]).tolist(), n_boot, seed, 50 + j)
                 for j, (m, x) in enumerate(v["continuation"].items())
             }
         report["folders"].append(entry)
