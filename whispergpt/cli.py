@@ -44,7 +44,7 @@ import textwrap
 import traceback
 from collections.abc import Callable
 
-from .errors import WhisperGPTError
+from whispergpt.errors import WhisperGPTError
 
 DEBUG_ENV = "WHISPERGPT_DEBUG"
 
@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage())
         return 0
     if argv[0] in ("-V", "--version"):
-        from . import __version__
+        from whispergpt import __version__
 
         print(__version__)
         return 0

@@ -28,10 +28,10 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
-from .models.encodecmae import EnCodecMAEConfig
-from .models.fine import FineConfig
-from .models.semantic_lm import SemanticLMConfig
-from .models.whispergpt import WhisperGPTConfig
+from whispergpt.models.encodecmae import EnCodecMAEConfig
+from whispergpt.models.fine import FineConfig
+from whispergpt.models.semantic_lm import SemanticLMConfig
+from whispergpt.models.whispergpt import WhisperGPTConfig
 
 C = TypeVar("C")
 
@@ -420,7 +420,7 @@ def resolve_config(data: dict) -> RunConfig:
         if not data_dir:
             raise ConfigError("data.dir: expected a dataset directory or a non-empty list of them, got []")
         data_dir = data_dir[0]
-    from .data import read_manifest  # lazy: the data package needs the codec
+    from whispergpt.data import read_manifest  # lazy: the data package needs the codec
 
     manifest = read_manifest(data_dir)  # ValueError naming the directory if it is not a dataset
     task = data.get("task", RunConfig.task)
@@ -477,7 +477,7 @@ def resolve_config(data: dict) -> RunConfig:
 
 def _auto_mel_source(manifest: dict, coarse: bool, hybrid: bool, data_dir) -> str:
     """``data.mel_source: auto``: the decoded mel the pattern's sampler feeds back, when stored."""
-    from .data.streams import stored_streams
+    from whispergpt.data.streams import stored_streams
 
     stored = stored_streams(manifest)
     want = "mel_decoded_coarse" if coarse else "mel_decoded"

@@ -54,13 +54,13 @@ from pathlib import Path
 
 import torch
 
-from .data import PreparedDataset
-from .evaluate_semantic import check_semantic_data, reads_semantic, score_semantic, semantic_summary
-from .fine_stage import default_overlap, fine_windows, score_fine_windows
-from .metrics.bits import bits_markdown, bits_rows
-from .models import FineModel, SemanticLM, WhisperGPT, load_pretrained, nll_per_codebook
-from .models.semantic import check_semantic_tokenizer
-from .runtime import choose_precision, replacing, write_atomic, write_json_atomic
+from whispergpt.data import PreparedDataset
+from whispergpt.evaluate_semantic import check_semantic_data, reads_semantic, score_semantic, semantic_summary
+from whispergpt.fine_stage import default_overlap, fine_windows, score_fine_windows
+from whispergpt.metrics.bits import bits_markdown, bits_rows
+from whispergpt.models import FineModel, SemanticLM, WhisperGPT, load_pretrained, nll_per_codebook
+from whispergpt.models.semantic import check_semantic_tokenizer
+from whispergpt.runtime import choose_precision, replacing, write_atomic, write_json_atomic
 
 MEL_LABELS = {
     "truth": "mel=truth (ground-truth audio)",
@@ -180,7 +180,7 @@ def config_summary(model: WhisperGPT | FineModel) -> dict:
 def trained_mel_source(checkpoint: str | os.PathLike, model: WhisperGPT) -> str:
     """The mel the model was trained on ("truth"/"decoded"; "n/a" for token-only), from the
     training record next to its weights (``whispergpt.training.record``; "unknown" if absent)."""
-    from .training.record import read_training_record
+    from whispergpt.training.record import read_training_record
 
     if getattr(model.config, "fusion", "none") == "none":
         return "n/a"
@@ -204,8 +204,8 @@ def decoded_mel(codec, codes: torch.Tensor, n_mels: int, window: int = DECODE_WI
     the previous chunk's last samples in front. A codec the streaming decoder does not know is
     decoded whole.
     """
-    from .audio import HOP_LENGTH, WIN_LENGTH, log_mel
-    from .codec.streaming import StreamingDecoder
+    from whispergpt.audio import HOP_LENGTH, WIN_LENGTH, log_mel
+    from whispergpt.codec.streaming import StreamingDecoder
 
     if window < 1:
         raise ValueError(f"decode window must be >= 1 frame, got {window}")
@@ -412,7 +412,7 @@ def evaluate(
     need_decoded = sorted({decoded_codebooks(m) for _, m, srcs in models if "decoded" in srcs})
     cdc = None
     if need_decoded:
-        from .codec import open_codec
+        from whispergpt.codec import open_codec
 
         name = codec or ds.manifest.get("codec")
         if not name:
@@ -512,7 +512,7 @@ def evaluate(
 
 def make_accelerator():
     """An Accelerator for evaluation: gloo across CPU processes, NCCL on GPUs (``runtime``'s rule)."""
-    from .runtime import make_accelerator as runtime_accelerator
+    from whispergpt.runtime import make_accelerator as runtime_accelerator
 
     return runtime_accelerator()
 
@@ -550,7 +550,7 @@ def write_outputs(report: dict, out: str | os.PathLike) -> tuple[Path, Path, Pat
     md, png = out.with_suffix(".md"), out.with_suffix(".png")
     write_json_atomic(out, report)
     write_atomic(md, markdown_table(report))
-    from .tools.plots import plot_report  # matplotlib: only when a figure is drawn
+    from whispergpt.tools.plots import plot_report  # matplotlib: only when a figure is drawn
 
     with replacing(png) as tmp:
         plot_report(report, tmp)
@@ -560,17 +560,17 @@ def write_outputs(report: dict, out: str | os.PathLike) -> tuple[Path, Path, Pat
 def __getattr__(name: str):
     # the CLI lives in whispergpt.tools.eval (it imports this module, hence lazily)
     if name == "main":
-        from .tools.eval import main
+        from whispergpt.tools.eval import main
 
         return main
     if name == "plot_report":  # moved to tools/plots.py (the package's figures)
-        from .tools.plots import plot_report
+        from whispergpt.tools.plots import plot_report
 
         return plot_report
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 if __name__ == "__main__":  # accelerate launch -m whispergpt.evaluate ...
-    from .tools.eval import main
+    from whispergpt.tools.eval import main
 
     sys.exit(main(sys.argv[1:]))

@@ -17,8 +17,8 @@ import os
 
 import torch
 
-from .data import PreparedDataset
-from .models.semantic_lm import SemanticLM, rate_tokens
+from whispergpt.data import PreparedDataset
+from whispergpt.models.semantic_lm import SemanticLM, rate_tokens
 
 
 def reads_semantic(model) -> bool:
@@ -37,9 +37,9 @@ def semantic_summary(model: SemanticLM) -> dict:
 
 def check_semantic_data(model: SemanticLM, ds: PreparedDataset, checkpoint: str | os.PathLike) -> None:
     """InputError unless ``ds`` stores the semantic stream of ``model``'s tokenizer."""
-    from .errors import InputError
-    from .hierarchy import check_tokenizers
-    from .training.record import read_training_record, semantic_tokenizer_of
+    from whispergpt.errors import InputError
+    from whispergpt.hierarchy import check_tokenizers
+    from whispergpt.training.record import read_training_record, semantic_tokenizer_of
 
     have = semantic_tokenizer_of(ds.manifest)
     if have is None:
@@ -66,7 +66,7 @@ def score_semantic(
 ) -> None:
     """Add the teacher-forced NLL of the semantic tokens of whole files to ``totals`` (``evaluate.Totals``
     of one stream); ``frame_tokens_of[i] (N_i,)``: file ``i``'s stored stream, one token per codec frame."""
-    from .evaluate import evaluate_windows, tile_file
+    from whispergpt.evaluate import evaluate_windows, tile_file
 
     g, ctx = model.group, model.config.context
     tokens_of = {i: rate_tokens(t, g)[None] for i, t in frame_tokens_of.items()}  # (N,) -> (1, S)

@@ -32,10 +32,10 @@ from pathlib import Path
 
 import torch
 
-from .audio import FRAME_RATE
-from .errors import InputError
-from .generate import check_sampling_args, sample_tokens
-from .models.fine import FineModel
+from whispergpt.audio import FRAME_RATE
+from whispergpt.errors import InputError
+from whispergpt.generate import check_sampling_args, sample_tokens
+from whispergpt.models.fine import FineModel
 
 
 @dataclass(frozen=True)
@@ -155,7 +155,7 @@ def score_fine_windows(
 
 def same_codec(a: tuple[str, float], b: tuple[str, float]) -> bool:
     """Same codec (``codec.same_codec_name``) at the same bandwidth: ``(name, kbps)`` pairs."""
-    from .codec import same_codec_name
+    from whispergpt.codec import same_codec_name
 
     (na, ba), (nb, bb) = a, b
     return same_codec_name(na, nb) and float(ba) == float(bb)
@@ -165,7 +165,7 @@ def check_pairing(coarse_config, coarse_ckpt: Path, fine: FineModel, fine_ckpt: 
     """InputError (exit 2, naming both values) unless the fine model fits the coarse decoder:
     same K, V and training codec, and Kc no more than the codebooks the decoder generates.
     Returns notes for stderr."""
-    from .training.record import training_codec
+    from whispergpt.training.record import training_codec
 
     f = fine.config
     hint = "train the fine stage on data prepared with the coarse model's codec (K, V, bandwidth)"
@@ -266,7 +266,7 @@ def load_fine_stage(
     seed: int = 0,
 ) -> FineStage:
     """``--fine PATH`` (a model dir or a run out_dir) opened and checked against the coarse model."""
-    from .training.record import open_stage
+    from whispergpt.training.record import open_stage
 
     check_sampling_args(temperature, 0, 0.0)
     ckpt, model = open_stage(

@@ -29,9 +29,9 @@ from pathlib import Path
 
 import torch
 
-from .audio import HOP_LENGTH, WIN_LENGTH, log_mel_frame
-from .codec.streaming import StreamingDecoder
-from .models.decoding import warm_static_tables
+from whispergpt.audio import HOP_LENGTH, WIN_LENGTH, log_mel_frame
+from whispergpt.codec.streaming import StreamingDecoder
+from whispergpt.models.decoding import warm_static_tables
 
 COMPILE_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 

@@ -64,11 +64,11 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn.utils import parametrize
 
-from .audio import FRAME_RATE, HOP_LENGTH, log_mel
-from .codec.streaming import StreamingDecoder
-from .framestep import FrameStep
-from .models import patterns as pt
-from .models.semantic import check_semantic_range
+from whispergpt.audio import FRAME_RATE, HOP_LENGTH, log_mel
+from whispergpt.codec.streaming import StreamingDecoder
+from whispergpt.framestep import FrameStep
+from whispergpt.models import patterns as pt
+from whispergpt.models.semantic import check_semantic_range
 
 DEFAULT_DECODE_WINDOW = 32
 DEFAULT_CONTEXT_KEEP = 0.75

@@ -41,11 +41,11 @@ from typing import Any
 
 import torch
 
-from .audio import HOP_LENGTH
-from .errors import InputError
-from .fine_stage import same_codec  # the rule `sample --fine` pairs codecs by
-from .generate import DEFAULT_CONTEXT_KEEP, check_sampling_args, generate
-from .models.semantic_lm import SemanticLM, frame_tokens, rate_tokens
+from whispergpt.audio import HOP_LENGTH
+from whispergpt.errors import InputError
+from whispergpt.fine_stage import same_codec  # the rule `sample --fine` pairs codecs by
+from whispergpt.generate import DEFAULT_CONTEXT_KEEP, check_sampling_args, generate
+from whispergpt.models.semantic_lm import SemanticLM, frame_tokens, rate_tokens
 
 SEMANTIC_NONE = "none"
 
@@ -185,7 +185,7 @@ class SemanticStage:
 
     def _tokenizer(self, device: torch.device):
         if self.tokenizer is None:
-            from .tools.semantic import SemanticTokenizer
+            from whispergpt.tools.semantic import SemanticTokenizer
 
             if self.tokenizer_dir is None:
                 raise InputError(
@@ -311,7 +311,7 @@ def load_semantic_stage(
 ) -> SemanticStage:
     """``--semantic-lm PATH`` (a model dir or a run out_dir) opened and checked against the acoustic
     model (module docstring: stage checks)."""
-    from .training.record import open_stage, read_training_record
+    from whispergpt.training.record import open_stage, read_training_record
 
     check_sampling_args(temperature, top_k, top_p)
     check_acoustic_pairing(acoustic_config, acoustic_ckpt, str(path))

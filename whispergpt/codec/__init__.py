@@ -1,6 +1,6 @@
 """The neural audio codec: loading (``Codec``), exact streaming decode, and codec training/eval."""
 
-from .codec import (
+from whispergpt.codec.codec import (
     HUB_CODEC,
     PRIME_FRAMES,
     SHIPPED_CODEC_DIR,
@@ -11,7 +11,7 @@ from .codec import (
     pick_bandwidth,
     same_codec_name,
 )
-from .streaming import StreamingDecoder
+from whispergpt.codec.streaming import StreamingDecoder
 
 __all__ = [
     "HUB_CODEC",

@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from ..config import to_dict
-from ..runtime import write_atomic, write_json_atomic
-from ..training import checkpoint as ckpt_io
+from whispergpt.config import to_dict
+from whispergpt.runtime import write_atomic, write_json_atomic
+from whispergpt.training import checkpoint as ckpt_io
 
 if TYPE_CHECKING:
-    from .train import TrainableCodec
+    from whispergpt.codec.train import TrainableCodec
 
 
 def _state_to_safetensors(module: nn.Module, path: Path) -> None:

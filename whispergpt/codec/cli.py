@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..cli import command, make_parser
+from whispergpt.cli import command, make_parser
 
 USAGE = """usage: whispergpt codec <train|eval> [args]
 
@@ -39,8 +39,8 @@ def _split_overrides(items: list[str]) -> tuple[list[str], list[str]]:
 
 @command("codec train")
 def main_train(argv: list[str]) -> int:
-    from ..config import load_config
-    from .train import CodecTrainConfig, train
+    from whispergpt.codec.train import CodecTrainConfig, train
+    from whispergpt.config import load_config
 
     p = make_parser(
         "whispergpt codec train",
@@ -71,8 +71,8 @@ def main_train(argv: list[str]) -> int:
 
 @command("codec eval")
 def main_eval(argv: list[str]) -> int:
-    from ..runtime import write_json_atomic
-    from .eval import _jsonable, markdown_table, run_eval
+    from whispergpt.codec.eval import _jsonable, markdown_table, run_eval
+    from whispergpt.runtime import write_json_atomic
 
     p = make_parser(
         "whispergpt codec eval",

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from ..audio import HOP_LENGTH, SAMPLE_RATE
+from whispergpt.audio import HOP_LENGTH, SAMPLE_RATE
 
 HUB_CODEC = "facebook/encodec_24khz"
 # The small codec shipped in the package (trained with `whispergpt codec train`, see MODEL_CARD.md

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..audio import AUDIO_EXTENSIONS, SAMPLE_RATE, AudioLoadError, load_audio
+from whispergpt.audio import AUDIO_EXTENSIONS, SAMPLE_RATE, AudioLoadError, load_audio
 
 
 def find_audio_files(items: list[str | os.PathLike]) -> list[Path]:

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..audio import HOP_LENGTH, SAMPLE_RATE, AudioLoadError, load_audio, log_mel, resample
+from whispergpt.audio import HOP_LENGTH, SAMPLE_RATE, AudioLoadError, load_audio, log_mel, resample
 
 # ---------------------------------------------------------------------------------------------
 # metrics
@@ -111,7 +111,7 @@ def random_floor(codec, waves: list[torch.Tensor], seed: int = 0):
     """A random-weights codec with ``codec``'s config, codebooks filled from the evaluation audio."""
     from transformers import EncodecModel
 
-    from ..codec import Codec, fill_codebooks
+    from whispergpt.codec import Codec, fill_codebooks
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -131,7 +131,7 @@ def evaluate_codec(
     speech_metrics: bool = True,
 ) -> dict:
     """``items``: (path, set, wave (S,)). Returns {bandwidth: {set: metrics}} (bandwidths as str)."""
-    from ..codec import Codec
+    from whispergpt.codec import Codec
 
     q = codec.model.quantizer
     # encode once at the top bandwidth through Codec (silence priming and all, as users run it);
@@ -229,7 +229,7 @@ def run_eval(
     seed: int = 0,
 ) -> dict:
     """Evaluate ``codec_name`` and its random floor on ``audio`` [(path or dir, set or None)]."""
-    from .train import find_audio_files
+    from whispergpt.codec.train import find_audio_files
 
     codec = _load(codec_name)
     supported = [float(b) for b in codec.model.config.target_bandwidths]
@@ -276,7 +276,7 @@ def run_eval(
 
 def _load(name: str):
     """Load a codec; evaluation picks K per bandwidth itself, so the wrapper's bandwidth is moot."""
-    from ..codec import open_codec
+    from whispergpt.codec import open_codec
 
     return open_codec(name)[0]  # 6 kbps, else the codec's highest
 
@@ -284,7 +284,7 @@ def _load(name: str):
 def __getattr__(name: str):
     # the CLI lives in whispergpt.codec.cli (it imports this module, hence lazily)
     if name == "main":
-        from .cli import main_eval
+        from whispergpt.codec.cli import main_eval
 
         return main_eval
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

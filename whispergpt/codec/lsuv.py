@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from .train import TrainableCodec
+    from whispergpt.codec.train import TrainableCodec
 
 
 @torch.no_grad()

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
-from .codec import PRIME_FRAMES
+from whispergpt.codec.codec import PRIME_FRAMES
 
 
 def causal_padding(kernel_size: int, dilation: int = 1, stride: int = 1) -> int:

@@ -35,11 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..audio import HOP_LENGTH, SAMPLE_RATE, log_mel
-from ..codec import PRIME_FRAMES
-from ..config import dump_yaml, to_dict
-from ..runtime import make_accelerator, seed_everything, write_atomic
-from .checkpoint import (
+from whispergpt.audio import HOP_LENGTH, SAMPLE_RATE, log_mel
+from whispergpt.codec import PRIME_FRAMES
+from whispergpt.codec.checkpoint import (
     CODEC_STATE,
     _load_safetensors,
     compact_safetensors,
@@ -47,10 +45,17 @@ from .checkpoint import (
     latest_checkpoint,
     save_checkpoint,
 )
-from .corpus import CropSampler, find_audio_files, load_corpus
-from .losses import MultiScaleSTFTDiscriminator, STFTDiscriminator, disc_hinge_loss, gen_adv_losses
-from .lsuv import lsuv_init, standardize_latent
-from .rvq import ResidualVQ, RVQOutput, export_to_encodec, rvq_for_encodec
+from whispergpt.codec.corpus import CropSampler, find_audio_files, load_corpus
+from whispergpt.codec.losses import (
+    MultiScaleSTFTDiscriminator,
+    STFTDiscriminator,
+    disc_hinge_loss,
+    gen_adv_losses,
+)
+from whispergpt.codec.lsuv import lsuv_init, standardize_latent
+from whispergpt.codec.rvq import ResidualVQ, RVQOutput, export_to_encodec, rvq_for_encodec
+from whispergpt.config import dump_yaml, to_dict
+from whispergpt.runtime import make_accelerator, seed_everything, write_atomic
 
 # names that lived here before the split stay importable from whispergpt.codec.train
 __all__ = [
@@ -230,7 +235,7 @@ def build_encodec(cfg: CodecModelConfig):
     from transformers import EncodecConfig, EncodecModel
 
     if cfg.init:
-        from ..codec import Codec
+        from whispergpt.codec import Codec
 
         model = Codec.from_pretrained(cfg.init, bandwidth=float(cfg.target_bandwidths[0])).model
         model.train()

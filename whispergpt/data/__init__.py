@@ -1,5 +1,12 @@
 """Datasets: ``prepare`` (audio folder -> codec tokens + causal log-mels) and the reader."""
 
-from .dataset import FORMAT_VERSION, MANIFEST, MEL_SOURCES, SHARDS_DIR, PreparedDataset, read_manifest
+from whispergpt.data.dataset import (
+    FORMAT_VERSION,
+    MANIFEST,
+    MEL_SOURCES,
+    SHARDS_DIR,
+    PreparedDataset,
+    read_manifest,
+)
 
 __all__ = ["FORMAT_VERSION", "MANIFEST", "MEL_SOURCES", "SHARDS_DIR", "PreparedDataset", "read_manifest"]

@@ -43,7 +43,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..audio import AUDIO_EXTENSIONS, SAMPLE_RATE, AudioLoadError
+from whispergpt.audio import AUDIO_EXTENSIONS, SAMPLE_RATE, AudioLoadError
 
 SILENCE_RMS = 10 ** (-70 / 20)  # -70 dBFS: an augmented clip quieter than this is skipped
 PEAK = 0.99
@@ -394,7 +394,7 @@ def load_recipe(path: str | os.PathLike) -> AugmentRecipe:
     """Read and validate a recipe YAML (``ValueError`` naming the file on any problem)."""
     import yaml
 
-    from ..config import ConfigError, recipe_path
+    from whispergpt.config import ConfigError, recipe_path
 
     path = Path(path)
     if not path.is_file():  # a shipped recipe by name: speech-light.yaml -> configs/augment/
@@ -530,7 +530,7 @@ class AugmentedCopies:
         """``(S,)`` float32 tensor of a plain file or of a copy (whose record ``pop_record`` then holds)."""
         import torch
 
-        from ..audio import load_audio
+        from whispergpt.audio import load_audio
 
         if name not in self.source:
             return load_audio(name, SAMPLE_RATE)

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cli import command, make_parser
-from ..errors import InputError
-from .augment import recipe_arg
-from .dataset import SHARDS_DIR, read_manifest, verify_dataset
-from .prepare import SPLITS, prepare
-from .streams import MEL_DTYPES, STREAMS, stored_streams, time_major
+from whispergpt.cli import command, make_parser
+from whispergpt.data.augment import recipe_arg
+from whispergpt.data.dataset import SHARDS_DIR, read_manifest, verify_dataset
+from whispergpt.data.prepare import SPLITS, prepare
+from whispergpt.data.streams import MEL_DTYPES, STREAMS, stored_streams, time_major
+from whispergpt.errors import InputError
 
 
 @command("prepare")

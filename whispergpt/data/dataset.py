@@ -50,8 +50,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import InputError
-from .streams import MEL_STREAMS, STREAMS, Stream, expected_shape, stored_streams, time_major
+from whispergpt.data.streams import MEL_STREAMS, STREAMS, Stream, expected_shape, stored_streams, time_major
+from whispergpt.errors import InputError
 
 FORMAT_VERSION = 2  # what prepare writes: time-major shards (whispergpt.data.streams)
 READABLE_FORMATS = (1, 2)  # 1: channel-major shards, before named streams

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..audio import HOP_LENGTH, num_frames
+from whispergpt.audio import HOP_LENGTH, num_frames
 
 
 def encode_long(

@@ -94,13 +94,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..audio import AUDIO_EXTENSIONS, HOP_LENGTH, SAMPLE_RATE, AudioLoadError, num_frames
-from ..errors import WhisperGPTError
-from ..runtime import move_aside, resolve_device, write_json_atomic
-from .augment import AugmentedCopies, AugmentRecipe
-from .dataset import FORMAT_VERSION, MANIFEST, SHARDS_DIR, check_shard, read_manifest
-from .encode import decode_long, encode_batch, encode_long, latent_dim  # noqa: F401 (public here too)
-from .streams import MEL_DTYPES, STREAMS, FileWork
+from whispergpt.audio import AUDIO_EXTENSIONS, HOP_LENGTH, SAMPLE_RATE, AudioLoadError, num_frames
+from whispergpt.data.augment import AugmentedCopies, AugmentRecipe
+from whispergpt.data.dataset import FORMAT_VERSION, MANIFEST, SHARDS_DIR, check_shard, read_manifest
+from whispergpt.data.encode import decode_long, encode_batch, encode_long, latent_dim  # noqa: F401 (public here too)
+from whispergpt.data.streams import MEL_DTYPES, STREAMS, FileWork
+from whispergpt.errors import WhisperGPTError
+from whispergpt.runtime import move_aside, resolve_device, write_json_atomic
 
 CONTEXT_SECONDS = 2.0
 SPLITS = ("train", "val")
@@ -342,7 +342,7 @@ def prepare(
     """
     from tqdm.auto import tqdm
 
-    from ..codec import Codec
+    from whispergpt.codec import Codec
 
     if n_mels < 1:
         raise ValueError(f"n_mels must be >= 1, got {n_mels}")
@@ -358,7 +358,7 @@ def prepare(
     coarse = decoded_mel if decoded_coarse_mel is None else decoded_coarse_mel
     semantic_info = None
     if semantic is not None:  # checked before any work; the stream's writer is the tokenizer's
-        from ..tools.semantic import register_stream_writer
+        from whispergpt.tools.semantic import register_stream_writer
 
         semantic_info = register_stream_writer(semantic)
         semantic = str(Path(semantic).resolve())
@@ -546,13 +546,13 @@ def prepare(
 def __getattr__(name: str):
     # the CLI moved to whispergpt.data.cli; imported lazily (it imports this module)
     if name in ("main_prepare", "main_inspect", "summarize"):
-        from . import cli
+        from whispergpt.data import cli
 
         return getattr(cli, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 if __name__ == "__main__":
-    from .cli import main_prepare
+    from whispergpt.data.cli import main_prepare
 
     sys.exit(main_prepare(sys.argv[1:]))

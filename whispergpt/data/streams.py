@@ -130,13 +130,13 @@ def _codes(w: FileWork) -> np.ndarray:
 
 
 def _mel_of(wave: torch.Tensor, w: FileWork) -> np.ndarray:
-    from ..audio import log_mel
+    from whispergpt.audio import log_mel
 
     return log_mel(wave, n_mels=int(w.settings["n_mels"])).cpu().T.numpy()  # (T, M)
 
 
 def _decoded_mel(w: FileWork, codebooks: int | None) -> np.ndarray:
-    from .encode import decode_long
+    from whispergpt.data.encode import decode_long
 
     codes = w.codes if codebooks is None else w.codes[:codebooks]  # (K', T)
     audio = decode_long(w.codec, codes.to(w.codec.device), w.chunk_frames, w.context_frames)  # (T*320,)

@@ -4,7 +4,7 @@ Nothing here downloads anything: embeddings come from the codec's encoder, NLL f
 checkpoints. See docs/EVAL.md ("Scoring generated audio").
 """
 
-from .distribution import MIN_N, distribution_metrics, frechet_distance, mmd2_unbiased
-from .paired import paired_metrics
+from whispergpt.metrics.distribution import MIN_N, distribution_metrics, frechet_distance, mmd2_unbiased
+from whispergpt.metrics.paired import paired_metrics
 
 __all__ = ["MIN_N", "distribution_metrics", "frechet_distance", "mmd2_unbiased", "paired_metrics"]

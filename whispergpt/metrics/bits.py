@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 
-from ..audio import FRAME_RATE
+from whispergpt.audio import FRAME_RATE
 
 LN2 = math.log(2.0)
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from ..audio import AUDIO_EXTENSIONS, HOP_LENGTH, SAMPLE_RATE, AudioLoadError, load_audio
+from whispergpt.audio import AUDIO_EXTENSIONS, HOP_LENGTH, SAMPLE_RATE, AudioLoadError, load_audio
 
 CONT, REF = "_continuation", "_reference"
 

@@ -26,7 +26,7 @@ import math
 import numpy as np
 import torch
 
-from ..audio import FRAME_RATE, SAMPLE_RATE, log_mel
+from whispergpt.audio import FRAME_RATE, SAMPLE_RATE, log_mel
 
 ENV_WIN, ENV_HOP = 960, 240  # 40 ms / 10 ms
 F0_MIN, F0_MAX, F0_WIN, YIN_THRESHOLD = 60.0, 500.0, 1024, 0.15

@@ -16,12 +16,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ..audio import HOP_LENGTH
-from . import clips as clips_mod
-from .distribution import bootstrap_ratio, distribution_metrics, mean_summary, one_blas_thread
-from .embed import encode_clips, pool_latent
-from .paired import paired_metrics
-from .tokens import clip_nll, token_stats
+from whispergpt.audio import HOP_LENGTH
+from whispergpt.metrics import clips as clips_mod
+from whispergpt.metrics.distribution import (
+    bootstrap_ratio,
+    distribution_metrics,
+    mean_summary,
+    one_blas_thread,
+)
+from whispergpt.metrics.embed import encode_clips, pool_latent
+from whispergpt.metrics.paired import paired_metrics
+from whispergpt.metrics.tokens import clip_nll, token_stats
 
 NLL_STREAMS = {"checkpoint": 100, "judge": 110}  # bootstrap streams, one per quantity
 PAIRED_SCALARS = {  # name -> (direction, unit)
@@ -54,11 +59,11 @@ def _mean(values: list) -> float | None:
 
 def load_codec(codec: str | None, checkpoint: str | None, device: str):
     """The codec named, else the checkpoint's training codec, else ``"default"``; and where it came from."""
-    from ..codec import Codec
+    from whispergpt.codec import Codec
 
     source = "--codec"
     if codec is None and checkpoint is not None:
-        from ..training.record import training_codec
+        from whispergpt.training.record import training_codec
 
         found = training_codec(Path(checkpoint))
         if found is not None:
@@ -73,8 +78,8 @@ def load_codec(codec: str | None, checkpoint: str | None, device: str):
 
 def _nll_block(name: str, ckpt: str, codec, gen, refs, lat_of, codes_of, n_boot, seed) -> dict:
     """NLL (nats/token) of the generated (and reference) continuations under one checkpoint."""
-    from ..codec import match_codec
-    from ..models import WhisperGPT
+    from whispergpt.codec import match_codec
+    from whispergpt.models import WhisperGPT
 
     try:
         model = WhisperGPT.from_pretrained(ckpt, device=codec.device).eval()

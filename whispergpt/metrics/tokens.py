@@ -22,8 +22,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..audio import HOP_LENGTH, log_mel
-from ..evaluate import Totals, Window, evaluate_windows, tile_file
+from whispergpt.audio import HOP_LENGTH, log_mel
+from whispergpt.evaluate import Totals, Window, evaluate_windows, tile_file
 
 NGRAM = 4  # frames (53 ms)
 SILENT_DBFS = -60.0

@@ -1,10 +1,16 @@
 """Model code only (no I/O, no optimizer, no logging): blocks, codebook patterns, the decoder."""
 
-from .encodecmae import EnCodecMAE, EnCodecMAEConfig
-from .fine import FineConfig, FineModel, FineOutput
-from .registry import WrongModelType, load_pretrained, model_type_of
-from .semantic_lm import SemanticLM, SemanticLMConfig
-from .whispergpt import WhisperGPT, WhisperGPTCache, WhisperGPTConfig, WhisperGPTOutput, nll_per_codebook
+from whispergpt.models.encodecmae import EnCodecMAE, EnCodecMAEConfig
+from whispergpt.models.fine import FineConfig, FineModel, FineOutput
+from whispergpt.models.registry import WrongModelType, load_pretrained, model_type_of
+from whispergpt.models.semantic_lm import SemanticLM, SemanticLMConfig
+from whispergpt.models.whispergpt import (
+    WhisperGPT,
+    WhisperGPTCache,
+    WhisperGPTConfig,
+    WhisperGPTOutput,
+    nll_per_codebook,
+)
 
 __all__ = [
     "EnCodecMAE",

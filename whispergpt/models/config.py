@@ -7,9 +7,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
-from . import patterns as pt
-from .semantic import check_semantic_config, group_size, num_prefix
-from .token_input import check_token_input
+from whispergpt.models import patterns as pt
+from whispergpt.models.semantic import check_semantic_config, group_size, num_prefix
+from whispergpt.models.token_input import check_token_input
 
 FUSIONS = ("concat", "sum", "interleave", "none")
 POS_EMBS = ("rope", "learned")

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .blocks import BlockWeights, FastLinear, Int8Linear, LayerKV, StaticPos, decode_linear
-from .depth import DepthState, DepthWeights
+from whispergpt.models.blocks import BlockWeights, FastLinear, Int8Linear, LayerKV, StaticPos, decode_linear
+from whispergpt.models.depth import DepthState, DepthWeights
 
 
 class WhisperGPTCache:

@@ -35,10 +35,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import BlockWeights, FastLinear, Int8Linear, LayerKV, Stack, decode_linear
+from whispergpt.models.blocks import BlockWeights, FastLinear, Int8Linear, LayerKV, Stack, decode_linear
 
 if TYPE_CHECKING:
-    from .whispergpt import WhisperGPTConfig
+    from whispergpt.models.whispergpt import WhisperGPTConfig
 
 
 class DepthState:

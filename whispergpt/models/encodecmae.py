@@ -43,9 +43,9 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
-from .blocks import Stack
-from .registry import check_model_type
-from .whispergpt import nll_per_codebook
+from whispergpt.models.blocks import Stack
+from whispergpt.models.registry import check_model_type
+from whispergpt.models.whispergpt import nll_per_codebook
 
 EVAL_MASK_SEED = 0  # eval-mode masks: the same for every call, so validation NLL is reproducible
 INPUTS = ("latent", "mel")
@@ -447,7 +447,7 @@ class EnCodecMAE(nn.Module):
         """Load a ``save_pretrained`` directory (no pickle); another model type is refused."""
         from safetensors.torch import load_file
 
-        from ..config import from_dict
+        from whispergpt.config import from_dict
 
         d = Path(directory)
         for name in ("config.json", "model.safetensors"):

@@ -49,8 +49,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import Stack
-from .registry import PretrainedIO
+from whispergpt.models.blocks import Stack
+from whispergpt.models.registry import PretrainedIO
 
 
 @dataclass

@@ -83,7 +83,7 @@ class PretrainedIO:
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device=None):
         """Load a ``save_pretrained`` directory (no pickle); refuses other model types."""
-        from ..config import from_dict
+        from whispergpt.config import from_dict
 
         raw, state = read_pretrained(directory, cls.model_type)
         model = cls(from_dict(cls.config_class, raw, cls.config_section))
@@ -93,7 +93,7 @@ class PretrainedIO:
 
 def model_classes() -> dict[str, type[nn.Module]]:
     """``model_type -> class`` of every model the package defines."""
-    from . import encodecmae, fine, semantic_lm, whispergpt
+    from whispergpt.models import encodecmae, fine, semantic_lm, whispergpt
 
     kinds = (whispergpt.WhisperGPT, fine.FineModel, encodecmae.EnCodecMAE, semantic_lm.SemanticLM)
     classes: dict[str, type[nn.Module]] = {cls.model_type: cls for cls in kinds}

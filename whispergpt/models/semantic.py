@@ -42,7 +42,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..audio import FRAME_RATE
+from whispergpt.audio import FRAME_RATE
 
 SEMANTIC_MODES = ("none", "prefix", "aligned")
 

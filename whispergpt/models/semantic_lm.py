@@ -26,9 +26,9 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .registry import PretrainedIO
-from .semantic import group_size
-from .whispergpt import WhisperGPT, WhisperGPTConfig
+from whispergpt.models.registry import PretrainedIO
+from whispergpt.models.semantic import group_size
+from whispergpt.models.whispergpt import WhisperGPT, WhisperGPTConfig
 
 
 def group_of(rate: float) -> int:

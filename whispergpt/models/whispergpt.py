@@ -44,8 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import patterns as pt
-from .blocks import (  # noqa: F401  (re-exported: the old home of the blocks)
+from whispergpt.models import patterns as pt
+from whispergpt.models.blocks import (  # noqa: F401  (re-exported: the old home of the blocks)
     DECODE_DTYPES,
     Block,
     BlockWeights,
@@ -60,13 +60,19 @@ from .blocks import (  # noqa: F401  (re-exported: the old home of the blocks)
     decode_linear,
     rope_cos_sin,
 )
-from .config import FUSIONS, POS_EMBS, WhisperGPTConfig  # noqa: F401  (re-exported: their old home)
-from .decoding import WhisperGPTCache, _DecodeWeights, decode_weights
-from .depth import DepthTransformer
-from .loss import chunked_nll, nll_per_codebook  # noqa: F401  (nll_per_codebook: re-exported)
-from .registry import check_model_type
-from .semantic import SemanticEmbedding, aligned_tokens, check_semantic_input, num_prefix, prefix_tokens
-from .token_input import embed_tokens, table_width
+from whispergpt.models.config import FUSIONS, POS_EMBS, WhisperGPTConfig  # noqa: F401  (re-exported: their old home)
+from whispergpt.models.decoding import WhisperGPTCache, _DecodeWeights, decode_weights
+from whispergpt.models.depth import DepthTransformer
+from whispergpt.models.loss import chunked_nll, nll_per_codebook  # noqa: F401  (nll_per_codebook: re-exported)
+from whispergpt.models.registry import check_model_type
+from whispergpt.models.semantic import (
+    SemanticEmbedding,
+    aligned_tokens,
+    check_semantic_input,
+    num_prefix,
+    prefix_tokens,
+)
+from whispergpt.models.token_input import embed_tokens, table_width
 
 
 @dataclass
@@ -581,7 +587,7 @@ class WhisperGPT(nn.Module):
         """Load a ``save_pretrained`` directory (no pickle)."""
         from safetensors.torch import load_file
 
-        from ..config import from_dict
+        from whispergpt.config import from_dict
 
         d = Path(directory)
         for name in ("config.json", "model.safetensors"):

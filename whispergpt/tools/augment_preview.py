@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..audio import SAMPLE_RATE, load_audio, log_mel, save_audio
-from ..cli import command, make_parser
-from ..data.augment import (
+from whispergpt.audio import SAMPLE_RATE, load_audio, log_mel, save_audio
+from whispergpt.cli import command, make_parser
+from whispergpt.data.augment import (
     AugmentedClipError,
     AugmentRecipe,
     apply_chain,

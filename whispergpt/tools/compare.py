@@ -55,9 +55,9 @@ from pathlib import Path
 
 import yaml
 
-from ..cli import command, make_parser
-from ..config import apply_overrides, deep_merge, load_recipe, recipes_dir
-from ..errors import CommandFailed
+from whispergpt.cli import command, make_parser
+from whispergpt.config import apply_overrides, deep_merge, load_recipe, recipes_dir
+from whispergpt.errors import CommandFailed
 
 RECIPES = (("GPT-S", "paper_gpt_s"), ("GPT-L", "paper_gpt_l"), ("hybrid", "paper_hybrid"))
 SETS = ("speech", "music")
@@ -121,7 +121,7 @@ def _step(launcher: list[str] | None, command: str, args: list[str], log: Path) 
     if launcher:
         _run([*launcher, "-m", "whispergpt.cli", command, *args], log)
         return
-    from ..cli import main as cli_main
+    from whispergpt.cli import main as cli_main
 
     print(f"$ whispergpt {command} {shlex.join(args)}", flush=True)
     rc = cli_main([command, *args])
@@ -144,8 +144,8 @@ def compare(
 ) -> dict:
     """Train + evaluate every recipe on every set, then (``prompts > 0``) have every model continue
     the same held-out prompts and score them; returns (and writes) the comparison dict."""
-    from ..data import read_manifest
-    from ..training import resolve_config
+    from whispergpt.data import read_manifest
+    from whispergpt.training import resolve_config
 
     if scale not in scales(configs):
         raise ValueError(
@@ -199,7 +199,7 @@ def compare(
                 timings[f"heldout {set_name}"] = time.perf_counter() - t0
     table = comparison_table(results)
     if scored:
-        from .score import comparison
+        from whispergpt.tools.score import comparison
 
         labels = dict((r, lab) for lab, r in RECIPES)
         for set_name, reports in scored.items():
@@ -363,7 +363,7 @@ def main(argv: list[str]) -> int:
         ap.error("give both --speech and --music, or neither (with --preset: the demo corpus)")
     sets = None if args.speech is None else {"speech": args.speech, "music": args.music}
     if args.preset:
-        from .preset import run_preset
+        from whispergpt.tools.preset import run_preset
 
         if args.tokens is not None:
             ap.error("--tokens sizes the runs of --scale tiny|paper; a preset's budget is train.max_steps=N")

@@ -17,9 +17,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..config import apply_overrides, deep_merge, load_recipe
-from ..metrics.bits import bits_rows
-from .compare_report import spread
+from whispergpt.config import apply_overrides, deep_merge, load_recipe
+from whispergpt.metrics.bits import bits_rows
+from whispergpt.tools.compare_report import spread
 
 SETTING = MODEL = "fine"  # the fine runs' place in the layout: runs/<set>/fine/fine/seed<k>
 
@@ -31,8 +31,8 @@ def fine_runs(preset: dict, scale: str, sets: dict[str, str], out: Path, seeds: 
     Each config, lowest first: the block's ``recipe`` (default ``fine_quickstart.yaml``), the
     scale's ``common`` block without its ``model`` section (the decoders' sizes), the rest of the
     ``fine`` block, the set and seed, the command line's overrides."""
-    from ..config import resolve_config
-    from .preset import Run
+    from whispergpt.config import resolve_config
+    from whispergpt.tools.preset import Run
 
     block = preset["scales"][scale].get("fine")
     if not block:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from ..evaluate import read_val_curve
+from whispergpt.evaluate import read_val_curve
 
 GAP_RULE = "|Δ| > sd_a + sd_b (the ±1 sd bars do not overlap)"
 
@@ -253,7 +253,7 @@ def plot_curves(records: list[dict], summary: dict, out_dir: str | os.PathLike) 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..runtime import replacing
+    from whispergpt.runtime import replacing
 
     colours = dict(zip(summary["models"], plt.rcParams["axes.prop_cycle"].by_key()["color"] * 3))
     paths = []

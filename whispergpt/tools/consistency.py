@@ -38,12 +38,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..audio import HOP_LENGTH, load_audio
-from ..cli import command, make_parser
-from ..errors import InputError
-from ..metrics.distribution import mean_summary
-from ..metrics.paired import chroma_profile
-from ..runtime import resolve_device, write_atomic, write_json_atomic
+from whispergpt.audio import HOP_LENGTH, load_audio
+from whispergpt.cli import command, make_parser
+from whispergpt.errors import InputError
+from whispergpt.metrics.distribution import mean_summary
+from whispergpt.metrics.paired import chroma_profile
+from whispergpt.runtime import resolve_device, write_atomic, write_json_atomic
 
 METRICS = {  # name -> (needs the MAE, direction)
     "language_agreement": (True, "higher: the continuation keeps the prompt's language"),
@@ -107,8 +107,8 @@ class LanguageJudge:
 
     def __init__(self, checkpoint, layer: int | None, device: torch.device, cache=None, seed: int = 0,
                  task: str = "language") -> None:  # fmt: skip
-        from .probe import DEFAULT_PER_CLASS, Embedder, fit_probe
-        from .probe_tasks import load_task
+        from whispergpt.tools.probe import DEFAULT_PER_CLASS, Embedder, fit_probe
+        from whispergpt.tools.probe_tasks import load_task
 
         self.embedder = Embedder(checkpoint, layer, None, device)
         self.task = task

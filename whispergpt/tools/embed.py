@@ -24,10 +24,10 @@ from pathlib import Path
 
 import torch
 
-from ..audio import FRAME_RATE, SAMPLE_RATE, load_audio
-from ..cli import command, make_parser
-from ..runtime import replacing, resolve_device, write_json_atomic
-from .mae_features import MAEInput, check_layer, encode_frames, load_mae
+from whispergpt.audio import FRAME_RATE, SAMPLE_RATE, load_audio
+from whispergpt.cli import command, make_parser
+from whispergpt.runtime import replacing, resolve_device, write_json_atomic
+from whispergpt.tools.mae_features import MAEInput, check_layer, encode_frames, load_mae
 
 POOLS = ("mean", "none")
 
@@ -59,7 +59,7 @@ def embed_files(
     """Embed every audio file of ``sources`` into ``out``; returns the index (see module docstring)."""
     from safetensors.torch import save_file
 
-    from ..data.prepare import _batches, scan_sources
+    from whispergpt.data.prepare import _batches, scan_sources
 
     if pool not in POOLS:
         raise ValueError(f"--pool must be one of {POOLS}, got {pool!r}")

@@ -9,8 +9,8 @@ import sys
 
 import torch
 
-from ..cli import command, make_parser
-from ..evaluate import evaluate, make_accelerator, markdown_table, write_outputs
+from whispergpt.cli import command, make_parser
+from whispergpt.evaluate import evaluate, make_accelerator, markdown_table, write_outputs
 
 
 @command("eval")

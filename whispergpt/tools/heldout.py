@@ -41,9 +41,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..audio import FRAME_RATE, HOP_LENGTH, AudioLoadError, load_audio, save_audio
-from ..generate import generate
-from ..runtime import replacing, write_json_atomic
+from whispergpt.audio import FRAME_RATE, HOP_LENGTH, AudioLoadError, load_audio, save_audio
+from whispergpt.generate import generate
+from whispergpt.runtime import replacing, write_json_atomic
 
 
 def pick_prompts(
@@ -93,8 +93,8 @@ def run_heldout(
     ``semantic``: a ``hierarchy.SemanticStage`` (``--semantic-lm``): each prompt's audio (as the
     reference: the original file, else its decoded codes) is tokenized and continued by the semantic
     LM (seeded as the batch), and the acoustic model reads those tokens."""
-    from ..data import PreparedDataset
-    from .sample import generate_options
+    from whispergpt.data import PreparedDataset
+    from whispergpt.tools.sample import generate_options
 
     Tp = int(round(args.prompt_seconds * FRAME_RATE))
     if semantic is not None:  # whole semantic tokens, as for a --prompt file

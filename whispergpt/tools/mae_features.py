@@ -28,8 +28,8 @@ from typing import Any
 
 import torch
 
-from ..audio import FRAME_RATE, HOP_LENGTH, log_mel
-from ..errors import InputError
+from whispergpt.audio import FRAME_RATE, HOP_LENGTH, log_mel
+from whispergpt.errors import InputError
 
 MAE_MODEL_TYPE = "encodecmae"
 DEFAULT_CHUNK_SECONDS = 10.0
@@ -37,7 +37,7 @@ DEFAULT_CHUNK_SECONDS = 10.0
 
 def check_mae_checkpoint(directory: str | os.PathLike) -> None:
     """``InputError`` naming the model type unless ``directory`` holds an EnCodecMAE (``models.registry``)."""
-    from ..models.registry import model_type_of
+    from whispergpt.models.registry import model_type_of
 
     try:
         actual = model_type_of(directory)
@@ -53,14 +53,14 @@ def check_mae_checkpoint(directory: str | os.PathLike) -> None:
 
 def load_mae(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Path]:
     """``(model in eval mode on device, resolved checkpoint dir)`` from a model dir or a training run dir."""
-    from ..training.record import resolve_checkpoint
+    from whispergpt.training.record import resolve_checkpoint
 
     p = Path(path).expanduser()
     if p.is_dir() and (p / "config.json").is_file():
         check_mae_checkpoint(p)  # name a non-MAE checkpoint before the checksum pass
     directory = resolve_checkpoint(p)
     check_mae_checkpoint(directory)
-    from ..models.encodecmae import EnCodecMAE
+    from whispergpt.models.encodecmae import EnCodecMAE
 
     model = EnCodecMAE.from_pretrained(directory)
     return model.to(device).eval(), directory
@@ -68,7 +68,7 @@ def load_mae(path: str | os.PathLike, device: str | torch.device = "cpu") -> tup
 
 def random_mae(config: Any, seed: int = 0) -> torch.nn.Module:
     """A freshly initialised EnCodecMAE of ``config`` (the probe's "same size, untrained" baseline)."""
-    from ..models.encodecmae import EnCodecMAE
+    from whispergpt.models.encodecmae import EnCodecMAE
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -102,7 +102,7 @@ class MAEInput:
     def from_checkpoint(
         cls, model: torch.nn.Module, directory: str | os.PathLike, device: str | torch.device = "cpu"
     ) -> MAEInput:
-        from ..training.record import read_training_record, training_codec
+        from whispergpt.training.record import read_training_record, training_codec
 
         cfg = model.config
         kind = str(getattr(cfg, "input", "mel"))
@@ -131,7 +131,7 @@ class MAEInput:
     def codec_model(self):
         """The ``Codec`` of a latent MAE (opened once)."""
         if self._codec is None:
-            from ..codec import Codec
+            from whispergpt.codec import Codec
 
             self._codec = Codec.from_pretrained(self.codec, bandwidth=self.bandwidth, device=self.device)
         return self._codec
@@ -152,7 +152,7 @@ class MAEInput:
 
     def open_dataset(self, directories: Sequence[str | os.PathLike], split: str = "train"):
         """``PreparedDataset`` of the stream this MAE reads; ``InputError`` when it cannot serve it."""
-        from ..data.dataset import PreparedDataset
+        from whispergpt.data.dataset import PreparedDataset
 
         ds = PreparedDataset([Path(d) for d in directories], split=split, streams=(self.stream,))
         m = ds.manifest
@@ -163,7 +163,7 @@ class MAEInput:
                 f"prepare the data with --n-mels {self.dim}",
             )
         if self.kind == "latent":
-            from ..codec import same_codec_name  # (the codec module is imported only when needed)
+            from whispergpt.codec import same_codec_name  # (the codec module is imported only when needed)
 
             if not same_codec_name(str(m.get("codec")), str(self.codec)):
                 raise InputError(

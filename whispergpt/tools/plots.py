@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from ..audio import FRAME_RATE, log_mel
+from whispergpt.audio import FRAME_RATE, log_mel
 
 
 def save_spectrogram(

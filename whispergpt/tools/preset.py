@@ -38,9 +38,9 @@ from pathlib import Path
 
 import yaml
 
-from ..config import apply_overrides, deep_merge, load_recipe, recipes_dir
-from ..errors import CommandFailed
-from ..runtime import write_atomic, write_json_atomic
+from whispergpt.config import apply_overrides, deep_merge, load_recipe, recipes_dir
+from whispergpt.errors import CommandFailed
+from whispergpt.runtime import write_atomic, write_json_atomic
 
 PRESET_KEYS = {"corpus", "sets", "seeds", "default_scale", "settings", "default_settings", "models", "ablations",
                "scales"}  # fmt: skip
@@ -124,9 +124,9 @@ def plan(preset: dict, scale: str, sets: dict[str, str], out: Path, seeds: list[
          overrides: list[str], processes: int = 1, settings: list[str] | None = None) -> list[Run]:  # fmt: skip
     """Every run, validated against its dataset now (before hours of training), with its FLOPs;
     seed-major (a cut-short preset has whole seeds), the costliest first within a seed."""
-    from ..config import resolve_config
-    from ..models import WhisperGPT
-    from ..models.flops import whispergpt_flops_per_frame
+    from whispergpt.config import resolve_config
+    from whispergpt.models import WhisperGPT
+    from whispergpt.models.flops import whispergpt_flops_per_frame
 
     if scale not in preset["scales"]:
         raise ValueError(
@@ -178,7 +178,7 @@ def _eval_args(run: Run, checkpoint: Path, out: Path) -> list[str]:
 def _call(launch: list[str] | None, args: list[str], log: Path, threads: int) -> None:
     """``whispergpt <args>``: a child process through ``launch`` (output in ``log``), or in this
     process when ``launch`` is None (one run at a time, no launcher: no start-up per run)."""
-    from .compare import _run, _step
+    from whispergpt.tools.compare import _run, _step
 
     if launch is None:
         _step(None, args[0], args[1:], log)
@@ -250,8 +250,8 @@ def run_preset(preset_name: str | os.PathLike, out: str | os.PathLike, scale: st
     """The whole preset (see the module docstring); returns the report's summary (or the estimate)."""
     import shlex
 
-    from .compare_bits import bits_report, fine_runs
-    from .compare_report import markdown, plot_curves, read_run, summarize
+    from whispergpt.tools.compare_bits import bits_report, fine_runs
+    from whispergpt.tools.compare_report import markdown, plot_curves, read_run, summarize
 
     preset = load_preset(preset_name)
     scale = scale or preset.get("default_scale") or sorted(preset["scales"])[0]
@@ -319,7 +319,7 @@ def run_preset(preset_name: str | os.PathLike, out: str | os.PathLike, scale: st
 
 def demo_data(preset: dict, out: Path, corpus: str | None, minutes: float | None, install: bool) -> dict:
     """The preset's data when no prepared sets are given: the quickstart's corpus and prepare steps."""
-    from .quickstart import Runner, demo_sets
+    from whispergpt.tools.quickstart import Runner, demo_sets
 
     c = preset.get("corpus") or {}
     folder = Path(corpus) if corpus else out / "corpus"
@@ -333,7 +333,7 @@ def demo_data(preset: dict, out: Path, corpus: str | None, minutes: float | None
 
 def _timed(cmd: list[str], log: Path, env: dict) -> tuple[float, float]:
     """(CPU seconds, wall seconds) of one child command."""
-    from .compare import _run
+    from whispergpt.tools.compare import _run
 
     r0, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     _run(cmd, log, env)
@@ -346,7 +346,7 @@ def estimate(runs: list[Run], out: Path, launch: list[str], threads: int, jobs: 
     """Time ``steps[0]`` and ``steps[1]`` training steps of each distinct (setting, model) on the
     first set (the difference removes start-up and the final validation), and one ``eval``; then
     extrapolate every run to its ``max_steps`` (an upper bound: early stopping ends runs sooner)."""
-    from ..data import PreparedDataset
+    from whispergpt.data import PreparedDataset
 
     short, long = steps
     if not 1 <= short < long:

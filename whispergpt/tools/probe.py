@@ -33,12 +33,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..audio import N_MELS, log_mel
-from ..cli import command, make_parser
-from ..errors import InputError
-from ..runtime import replacing, resolve_device, write_atomic, write_json_atomic
-from .mae_features import MAEInput, check_layer, embed_clips, load_mae, random_mae
-from .probe_tasks import DEFAULT_TASKS, TASKS, ProbeTask, load_task
+from whispergpt.audio import N_MELS, log_mel
+from whispergpt.cli import command, make_parser
+from whispergpt.errors import InputError
+from whispergpt.runtime import replacing, resolve_device, write_atomic, write_json_atomic
+from whispergpt.tools.mae_features import MAEInput, check_layer, embed_clips, load_mae, random_mae
+from whispergpt.tools.probe_tasks import DEFAULT_TASKS, TASKS, ProbeTask, load_task
 
 REPRESENTATIONS = ("encodecmae", "random-mae", "log-mel", "codec-latent")
 CS = (0.01, 0.1, 1.0, 10.0)
@@ -115,8 +115,8 @@ class Embedder:
             if self.codec_name is None and self.inputs.kind == "latent":
                 self._codec = self.inputs.codec_model()
             else:
-                from ..codec import open_codec
-                from ..training.record import training_codec
+                from whispergpt.codec import open_codec
+                from whispergpt.training.record import training_codec
 
                 name, bandwidth = self.codec_name, None
                 if name is None:
@@ -142,7 +142,7 @@ class Embedder:
         if rep == "log-mel":
             rows = [log_mel(c.to(self.device), n_mels=self.n_mels).mean(-1) for c in clips]  # (M,)
         elif rep == "codec-latent":
-            from ..metrics.embed import encode_clips  # batches clips of equal length
+            from whispergpt.metrics.embed import encode_clips  # batches clips of equal length
 
             rows = [
                 z.mean(-1) for z in encode_clips(self.codec(), [c.to(self.device) for c in clips])

@@ -40,11 +40,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..audio import SAMPLE_RATE, load_audio
-from ..errors import InputError
-from .demo import system
-from .demo.sources_music import SOUNDFONTS
-from .demo.sources_speech import EspeakSource, TuxpaintSource
+from whispergpt.audio import SAMPLE_RATE, load_audio
+from whispergpt.errors import InputError
+from whispergpt.tools.demo import system
+from whispergpt.tools.demo.sources_music import SOUNDFONTS
+from whispergpt.tools.demo.sources_speech import EspeakSource, TuxpaintSource
 
 TASK_VERSION = 3
 MIN_PER_CLASS = 10

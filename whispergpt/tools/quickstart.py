@@ -25,15 +25,15 @@ import sys
 import time
 from pathlib import Path
 
-from ..cli import command, make_parser
-from ..errors import CommandFailed
+from whispergpt.cli import command, make_parser
+from whispergpt.errors import CommandFailed
 
 STEPS = ("corpus", "prepare", "train", "eval", "sample", "score")
 
 
 def _recipe() -> Path:
     """The quickstart training recipe (repo checkout or the copy shipped in the wheel)."""
-    from ..config import recipe_path
+    from whispergpt.config import recipe_path
 
     return recipe_path("quickstart.yaml")
 
@@ -95,7 +95,7 @@ def _first_val_file(prepared: Path) -> str | None:
     manifest = prepared / "manifest.json"
     if not manifest.is_file():
         return None
-    from ..data import PreparedDataset
+    from whispergpt.data import PreparedDataset
 
     ds = PreparedDataset(prepared, "val")
     files = sorted(ds.files, key=lambda f: -int(f["frames"]))
@@ -229,7 +229,7 @@ def main(argv: list[str]) -> int:
         md = rep.with_suffix(".md")
         if md.is_file():
             print(f"\n{m} (val split):\n{md.read_text().strip()}")
-    from .score import comparison
+    from whispergpt.tools.score import comparison
 
     for m, by_model in scores.items():
         reports = {n: json.loads((d / "score.json").read_text()) for n, d in by_model.items()}

@@ -32,15 +32,15 @@ from pathlib import Path
 
 import torch
 
-from ..audio import FRAME_RATE, HOP_LENGTH, SAMPLE_RATE, log_mel
-from ..cli import command, make_parser
-from ..codec.codec import match_codec  # noqa: F401 (legacy name, importable from here)
-from ..generate import DEFAULT_CONTEXT_KEEP, DEFAULT_DECODE_WINDOW, check_sampling_args, generate
-from ..hierarchy import check_acoustic_pairing, load_semantic_stage, stages_record
-from ..models.blocks import DECODE_DTYPES
-from ..runtime import choose_precision, resolve_device
-from ..training.record import resolve_checkpoint, training_codec
-from .plots import save_spectrogram
+from whispergpt.audio import FRAME_RATE, HOP_LENGTH, SAMPLE_RATE, log_mel
+from whispergpt.cli import command, make_parser
+from whispergpt.codec.codec import match_codec  # noqa: F401 (legacy name, importable from here)
+from whispergpt.generate import DEFAULT_CONTEXT_KEEP, DEFAULT_DECODE_WINDOW, check_sampling_args, generate
+from whispergpt.hierarchy import check_acoustic_pairing, load_semantic_stage, stages_record
+from whispergpt.models.blocks import DECODE_DTYPES
+from whispergpt.runtime import choose_precision, resolve_device
+from whispergpt.tools.plots import save_spectrogram
+from whispergpt.training.record import resolve_checkpoint, training_codec
 
 EXAMPLES = """
   whispergpt sample --checkpoint runs/hybrid --prompt speech.wav --prompt-seconds 3 \\
@@ -214,11 +214,11 @@ def generate_options(args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> dict:
     """Everything after parsing: checks (before any work), generation, outputs. Returns the JSON record."""
-    from ..audio import load_audio, save_audio
-    from ..codec import open_codec
-    from ..config import from_dict
-    from ..models import WhisperGPT, WhisperGPTConfig
-    from ..models.registry import check_model_type
+    from whispergpt.audio import load_audio, save_audio
+    from whispergpt.codec import open_codec
+    from whispergpt.config import from_dict
+    from whispergpt.models import WhisperGPT, WhisperGPTConfig
+    from whispergpt.models.registry import check_model_type
 
     t0 = time.perf_counter()
     _check_args(args)
@@ -286,14 +286,14 @@ def run(args: argparse.Namespace) -> dict:
     model = WhisperGPT.from_pretrained(ckpt, device=device).to(dtype).eval()
     fine = None
     if args.fine is not None:
-        from ..fine_stage import load_fine_stage
+        from whispergpt.fine_stage import load_fine_stage
 
         fine = load_fine_stage(args.fine, config, ckpt, device, dtype, args.fine_temperature, args.seed)
         for line in fine.notes:
             print(f"note: {line}", file=sys.stderr)
     t_load = time.perf_counter()
     if args.data is not None:
-        from .heldout import run_heldout
+        from whispergpt.tools.heldout import run_heldout
 
         base = dict(
             args=dict(vars(args)),

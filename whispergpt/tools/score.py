@@ -19,9 +19,9 @@ import json
 import sys
 from pathlib import Path
 
-from ..cli import command, make_parser
-from ..metrics.score import PAIRED_SCALARS, round_floats, score
-from ..metrics.tokens import NGRAM
+from whispergpt.cli import command, make_parser
+from whispergpt.metrics.score import PAIRED_SCALARS, round_floats, score
+from whispergpt.metrics.tokens import NGRAM
 
 EXAMPLES = """
 whispergpt sample --checkpoint runs/hybrid --data data/speech --num-prompts 32 --prompt-seconds 2 \\

@@ -45,12 +45,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..audio import FRAME_RATE
-from ..cli import command, make_parser
-from ..errors import InputError
-from ..models.semantic import group_size as models_group_size
-from ..runtime import resolve_device, write_json_atomic
-from .mae_features import MAEInput, check_layer, encode_frames, load_mae
+from whispergpt.audio import FRAME_RATE
+from whispergpt.cli import command, make_parser
+from whispergpt.errors import InputError
+from whispergpt.models.semantic import group_size as models_group_size
+from whispergpt.runtime import resolve_device, write_json_atomic
+from whispergpt.tools.mae_features import MAEInput, check_layer, encode_frames, load_mae
 
 TOKENIZER_TYPE = "semantic-tokenizer"
 CENTROIDS = "centroids.safetensors"
@@ -220,7 +220,7 @@ def register_stream_writer(directory: str | os.PathLike) -> dict:
     manifest records about it (``semantic_tokenizer``)."""
     import dataclasses
 
-    from ..data.streams import STREAMS, register_stream
+    from whispergpt.data.streams import STREAMS, register_stream
 
     tok = SemanticTokenizer.from_pretrained(directory)
     if tok.clusters > SEMANTIC_STORAGE_MAX + 1:

@@ -51,8 +51,11 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..errors import InputError
-from ..runtime import move_aside, write_json_atomic  # write_json_atomic: also re-exported (its old home)
+from whispergpt.errors import InputError
+from whispergpt.runtime import (  # write_json_atomic: also re-exported (its old home)
+    move_aside,
+    write_json_atomic,
+)
 
 CHECKPOINTS = "checkpoints"
 TRAINER_STATE = "trainer_state.json"

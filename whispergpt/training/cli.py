@@ -6,8 +6,8 @@ a non-finite loss stopped it before an update (the last good checkpoint is kept)
 
 from __future__ import annotations
 
-from ..cli import command, make_parser
-from ..config import load_run_config
+from whispergpt.cli import command, make_parser
+from whispergpt.config import load_run_config
 
 EXAMPLES = """
 python train.py tiny.yaml data.dir=data/demo/prepared out_dir=runs/tiny
@@ -30,7 +30,7 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.max_steps=100")
     args = parser.parse_args(argv)
-    from .trainer import train  # the trainer imports this module for its ``main``
+    from whispergpt.training.trainer import train  # the trainer imports this module for its ``main``
 
     train(load_run_config(args.config, args.overrides))
     return 0

@@ -13,10 +13,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..runtime import write_atomic
+from whispergpt.runtime import write_atomic
 
 if TYPE_CHECKING:
-    from ..config import LoggingConfig
+    from whispergpt.config import LoggingConfig
 
 
 def resolve_wandb_mode(cfg: LoggingConfig) -> str:

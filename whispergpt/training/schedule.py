@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..data import PreparedDataset
+from whispergpt.data import PreparedDataset
 
 if TYPE_CHECKING:
-    from ..config import TrainConfig
+    from whispergpt.config import TrainConfig
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:

@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..models import EnCodecMAE, FineModel, SemanticLM, WhisperGPT, nll_per_codebook
-from ..models.semantic_lm import rate_tokens
+from whispergpt.models import EnCodecMAE, FineModel, SemanticLM, WhisperGPT, nll_per_codebook
+from whispergpt.models.semantic_lm import rate_tokens
 
 
 class Task:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import (  # the run config lives in config.py; re-exported here for old imports
+from whispergpt.config import (  # the run config lives in config.py; re-exported here for old imports
     DataConfig,  # noqa: F401
     LoggingConfig,  # noqa: F401
     RunConfig,
@@ -40,10 +40,10 @@ from ..config import (  # the run config lives in config.py; re-exported here fo
     resolve_config,  # noqa: F401
     to_dict,
 )
-from ..data import PreparedDataset
-from ..errors import WhisperGPTError
-from ..models import WhisperGPT  # noqa: F401 (re-export)
-from ..runtime import (
+from whispergpt.data import PreparedDataset
+from whispergpt.errors import WhisperGPTError
+from whispergpt.models import WhisperGPT  # noqa: F401 (re-export)
+from whispergpt.runtime import (
     choose_precision,
     make_accelerator,
     reproducibility_note,
@@ -51,11 +51,18 @@ from ..runtime import (
     write_atomic,
     write_json_atomic,
 )
-from . import checkpoint as ckpt_io
-from .loggers import Loggers
-from .record import TRAINING_DATA_FILE, write_training_record  # noqa: F401 (re-export)
-from .schedule import TrainCrops, lr_at, param_groups, sample_seed, train_loader, val_indices  # noqa: F401  (public here too)
-from .tasks import TaskModule, get_task
+from whispergpt.training import checkpoint as ckpt_io
+from whispergpt.training.loggers import Loggers
+from whispergpt.training.record import TRAINING_DATA_FILE, write_training_record  # noqa: F401 (re-export)
+from whispergpt.training.schedule import (  # noqa: F401  (public here too)
+    TrainCrops,
+    lr_at,
+    param_groups,
+    sample_seed,
+    train_loader,
+    val_indices,
+)
+from whispergpt.training.tasks import TaskModule, get_task
 
 # --- the run ------------------------------------------------------------------------------------
 
@@ -561,4 +568,4 @@ def train(cfg: RunConfig) -> Path:
 
 
 # the CLI, importable from here as before (cli.py imports the names above, so it comes last)
-from .cli import main as main  # noqa: E402
+from whispergpt.training.cli import main as main  # noqa: E402

@@ -26,8 +26,8 @@ Modules: ``system`` (tools, install commands, ``--install``), ``build`` (audio h
 
 from __future__ import annotations
 
-from . import system
-from .build import (
+from whispergpt.tools.demo import system
+from whispergpt.tools.demo.build import (
     FORMAT_VERSION,
     MAX_CONSECUTIVE_FAILURES,
     MIN_SEGMENT_SECONDS,
@@ -43,8 +43,16 @@ from .build import (
     split_budget,
     to_mono_24k,
 )
-from .cli import ALL_SOURCES, USAGE, check_sources, iter_sources, main, parse_sources, resolve
-from .sources_music import (
+from whispergpt.tools.demo.cli import (
+    ALL_SOURCES,
+    USAGE,
+    check_sources,
+    iter_sources,
+    main,
+    parse_sources,
+    resolve,
+)
+from whispergpt.tools.demo.sources_music import (
     GM_ENSEMBLES,
     MUSIC21_COMPOSERS,
     MUSIC21_MAX_BYTES,
@@ -53,8 +61,14 @@ from .sources_music import (
     Music21Source,
     UfoaiSource,
 )
-from .sources_speech import TUXPAINT_STAMPS, EspeakSource, TuxpaintSource, synthetic_text, tuxpaint_transcript
-from .system import (
+from whispergpt.tools.demo.sources_speech import (
+    TUXPAINT_STAMPS,
+    EspeakSource,
+    TuxpaintSource,
+    synthetic_text,
+    tuxpaint_transcript,
+)
+from whispergpt.tools.demo.system import (
     Requirement,
     data_roots,
     default_cache_dir,

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ...audio import HOP_LENGTH, SAMPLE_RATE, save_audio
-from ...runtime import replacing, write_atomic
-from .system import Requirement, default_cache_dir
+from whispergpt.audio import HOP_LENGTH, SAMPLE_RATE, save_audio
+from whispergpt.runtime import replacing, write_atomic
+from whispergpt.tools.demo.system import Requirement, default_cache_dir
 
 FORMAT_VERSION = 1
 MODALITIES = ("speech", "music")
@@ -31,7 +31,7 @@ MIN_SEGMENT_SECONDS = 1.0  # a trailing segment shorter than this is dropped (no
 
 def to_mono_24k(wave: np.ndarray, sample_rate: int) -> np.ndarray:
     """``(S,)`` or ``(S, C)`` float audio at any rate -> ``(S',)`` float32 mono at 24 kHz."""
-    from ...audio import resample
+    from whispergpt.audio import resample
 
     x = np.asarray(wave, dtype=np.float32)
     if x.ndim == 2:

@@ -8,12 +8,12 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from ...cli import command, make_parser
-from ...errors import InputError
-from .build import MODALITIES, Source, build
-from .sources_music import Music21Source, UfoaiSource
-from .sources_speech import EspeakSource, TuxpaintSource
-from .system import Requirement, default_cache_dir, install, install_hint
+from whispergpt.cli import command, make_parser
+from whispergpt.errors import InputError
+from whispergpt.tools.demo.build import MODALITIES, Source, build
+from whispergpt.tools.demo.sources_music import Music21Source, UfoaiSource
+from whispergpt.tools.demo.sources_speech import EspeakSource, TuxpaintSource
+from whispergpt.tools.demo.system import Requirement, default_cache_dir, install, install_hint
 
 ALL_SOURCES: dict[str, type[Source]] = {
     "espeak": EspeakSource,

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ...audio import SAMPLE_RATE, load_audio
-from . import system
-from .build import Item, Source, to_mono_24k
-from .system import Requirement, _run, find_data
+from whispergpt.audio import SAMPLE_RATE, load_audio
+from whispergpt.tools.demo import system
+from whispergpt.tools.demo.build import Item, Source, to_mono_24k
+from whispergpt.tools.demo.system import Requirement, _run, find_data
 
 # -- ufoai ---------------------------------------------------------------------------------------
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ...audio import load_audio
-from . import system
-from .build import Item, Source
-from .system import Requirement, _run, find_data
+from whispergpt.audio import load_audio
+from whispergpt.tools.demo import system
+from whispergpt.tools.demo.build import Item, Source
+from whispergpt.tools.demo.system import Requirement, _run, find_data
 
 # -- espeak-ng -----------------------------------------------------------------------------------
 
