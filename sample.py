@@ -1,7 +1,7 @@
 """Generate audio with a trained WhisperGPT: ``python sample.py [--debug] --checkpoint DIR --seconds S --out DIR``.
 
 Same as ``whispergpt sample`` (errors and exit codes: ``whispergpt/cli.py``); see
-``whispergpt/tools/sample.py`` (or ``--help``) for the options.
+``whispergpt/inference/pipeline.py`` (or ``--help``) for the options.
 """
 
 import sys

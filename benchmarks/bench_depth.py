@@ -11,7 +11,7 @@ For each K and fusion (``none`` = token-only, ``concat`` = hybrid with the mel f
 ``depth_dim`` is chosen so that its parameter count is the closest to the delay model's (the
 depth model has no temporal head, the depth transformer has K heads of its own). Rows:
 
-- ``sampling``: ``whispergpt.generate.generate`` from nothing, top-k 250, without the final full
+- ``sampling``: ``whispergpt.inference.generate.generate`` from nothing, top-k 250, without the final full
   decode, at each batch size: ``frames_per_s`` per sample (the batch makes ``batch`` times as many),
   ``speedup`` = median over repeats of (delay time / this model's time) in the same repeat.
 - ``train``: one forward + backward + AdamW step on random codes/mel (B, K, T): ``tokens_per_s``
@@ -156,7 +156,7 @@ def _rows(
 
 def _group(size: dict, codec, models: dict, batches, repeats: int, sections, dev, **fields) -> list[dict]:
     """Every section for one (K, fusion): ``models`` = {"delay": ..., "depth": ...}."""
-    from whispergpt.generate import generate
+    from whispergpt.inference.generate import generate
 
     rows = []
     if "sampling" in sections:

@@ -1,6 +1,6 @@
 """The fine acoustic stage as a multiple of real time (issue 14: goal >= 20x on 2 CPU cores).
 
-``run_fine_benchmark(mode, device, repeats)`` times ``whispergpt.fine_stage.fine_generate`` (the
+``run_fine_benchmark(mode, device, repeats)`` times ``whispergpt.inference.fine_stage.fine_generate`` (the
 whole stage: window tiling, ``K - Kc`` batched passes, argmax) on random coarse codes of
 ``seconds`` of audio, with random weights of the shipped recipes' sizes:
 
@@ -45,7 +45,7 @@ MODES = {  # mode -> (sizes, seconds of audio, batches, repeats)
 def run_fine_benchmark(
     mode: str = "cpu", device: str | torch.device = "cpu", repeats: int | None = None
 ) -> list[dict]:
-    from whispergpt.fine_stage import default_overlap, fine_generate, fine_windows
+    from whispergpt.inference.fine_stage import default_overlap, fine_generate, fine_windows
     from whispergpt.models import FineConfig, FineModel
 
     names, seconds, batches, default_repeats = MODES[mode]

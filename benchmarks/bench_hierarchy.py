@@ -1,6 +1,6 @@
 """End-to-end real-time factor of the three-stage sampler (``sample --semantic-lm``) and each stage's share.
 
-``run_hierarchy_benchmark(mode, repeats)`` runs the stages of ``whispergpt.hierarchy`` exactly as
+``run_hierarchy_benchmark(mode, repeats)`` runs the stages of ``whispergpt.inference.hierarchy`` exactly as
 ``sample --semantic-lm ... --fine ...`` chains them, on a prompt of ``prompt_s`` seconds continued
 by ``seconds`` seconds, with random weights of the shipped recipes' sizes:
 
@@ -48,8 +48,8 @@ def build_stages(size: str, codec_kind: str, device: torch.device):
     acoustic model, codec, fine stage)``."""
     from whispergpt.codec import Codec
     from whispergpt.codec.codec import SHIPPED_CODEC_DIR
-    from whispergpt.fine_stage import FineStage
-    from whispergpt.hierarchy import SemanticStage
+    from whispergpt.inference.fine_stage import FineStage
+    from whispergpt.inference.hierarchy import SemanticStage
     from whispergpt.models import (
         EnCodecMAE,
         EnCodecMAEConfig,
@@ -60,8 +60,8 @@ def build_stages(size: str, codec_kind: str, device: torch.device):
         WhisperGPT,
         WhisperGPTConfig,
     )
-    from whispergpt.tools.mae_features import MAEInput
-    from whispergpt.tools.semantic import SemanticConfig, SemanticTokenizer
+    from whispergpt.semantic.features import MAEInput
+    from whispergpt.semantic.tokenizer import SemanticConfig, SemanticTokenizer
 
     (md, ml), (sd, sl, sctx), (ad, al, actx), (fd, fl, fctx), clusters = SIZES[size]
     torch.manual_seed(0)
@@ -108,7 +108,7 @@ def build_stages(size: str, codec_kind: str, device: torch.device):
 
 def run_once(stage, acoustic, codec, fine, wave: torch.Tensor, frames: int, batch: int, device) -> dict:
     """One three-stage generation; seconds per stage (``STAGES``)."""
-    from whispergpt.generate import generate
+    from whispergpt.inference.generate import generate
 
     def sync():
         if device.type == "cuda":

@@ -43,7 +43,7 @@ def run_embed_benchmark(
 ) -> list[dict]:
     """Embed ``batch`` clips of ``seconds``; median x real time per MAE input kind."""
     from whispergpt.audio import SAMPLE_RATE
-    from whispergpt.tools.mae_features import MAEInput, encode_frames
+    from whispergpt.semantic.features import MAEInput, encode_frames
 
     if seconds <= 0 or batch < 1 or repeats < 1:
         raise ValueError(f"need seconds > 0, batch >= 1, repeats >= 1; got {seconds}, {batch}, {repeats}")
@@ -84,7 +84,7 @@ def run_kmeans_benchmark(
     hours: float = 1.0, dim: int = 256, clusters: int = 512, rate: int = 25, threads: tuple = (None, 1)
 ) -> list[dict]:
     """One ``semantic.kmeans`` fit per thread setting on ``hours`` of ``rate`` Hz frames of width ``dim``."""
-    from whispergpt.tools.semantic import kmeans
+    from whispergpt.semantic.tokenizer import kmeans
 
     n = int(hours * 3600 * rate)
     if n < clusters:

@@ -87,8 +87,8 @@ def load_baseline(path: str):
     import importlib.util
 
     pkg = Path(path) / "whispergpt"
-    if not (pkg / "generate.py").is_file():
-        raise ValueError(f"--baseline {path}: no whispergpt/generate.py there")
+    if not (pkg / "inference/generate.py").is_file():
+        raise ValueError(f"--baseline {path}: no whispergpt/inference/generate.py there")
     spec = importlib.util.spec_from_file_location(
         "whispergpt_baseline", pkg / "__init__.py", submodule_search_locations=[str(pkg)]
     )
@@ -159,7 +159,7 @@ def run_sampling_benchmark(
     from bench_train import Size, build_musicgen
 
     from whispergpt.audio import FRAME_RATE
-    from whispergpt.generate import generate
+    from whispergpt.inference.generate import generate
     from whispergpt.models import WhisperGPT, WhisperGPTConfig
 
     if clock not in ("wall", "cpu"):

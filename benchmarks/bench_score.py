@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     from whispergpt.codec.codec import SHIPPED_CODEC_DIR
-    from whispergpt.metrics.score import score
+    from whispergpt.evaluation.score import score
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

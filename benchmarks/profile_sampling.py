@@ -71,7 +71,7 @@ def run_profile(batches=(1, 8), frames: int = 100, repeats: int = 5, quick: bool
 
     from whispergpt.audio import log_mel_frame
     from whispergpt.codec.streaming import StreamingDecoder
-    from whispergpt.generate import sample_tokens
+    from whispergpt.inference.generate import sample_tokens
     from whispergpt.models import WhisperGPT, WhisperGPTConfig
 
     size = dict(d_model=64, n_layers=2, n_heads=2, context=64) if quick else dict(

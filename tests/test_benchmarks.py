@@ -169,7 +169,7 @@ def test_mel_frame_equals_last_log_mel_frame(S):
 def test_streaming_decoder_frame_by_frame_equals_full_decode():
     """2 LSTM layers (explicit-cell path), dilated residual convs, transposed convs: every op kind."""
     from whispergpt.codec import Codec
-    from whispergpt.generate import StreamingDecoder
+    from whispergpt.inference.generate import StreamingDecoder
 
     codec = Codec.random(seed=1, config_overrides=dict(num_lstm_layers=2, num_residual_layers=2))
     codes = torch.randint(0, 1024, (2, 2, 12), generator=torch.Generator().manual_seed(0))
@@ -195,7 +195,7 @@ def test_streaming_decoder_frame_by_frame_equals_full_decode():
 
 def test_top_k_fast_path_draws_the_filtered_distribution():
     """sample_tokens' top-k-only path: frequencies match softmax over the top-k (fixed seed)."""
-    from whispergpt.generate import filter_logits, sample_tokens
+    from whispergpt.inference.generate import filter_logits, sample_tokens
 
     logits = torch.tensor([0.3, 2.0, -1.0, 1.5, 1.0, 0.0, 1.2, -0.5]).expand(20000, 8)
     draws = sample_tokens(logits, 0.7, top_k=3, generator=torch.Generator().manual_seed(0))

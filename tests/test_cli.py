@@ -109,7 +109,7 @@ def _boom(argv):
 
 
 def test_unexpected_error_exits_1_with_traceback(monkeypatch, capsys):
-    import whispergpt.data.cli as data_cli
+    import whispergpt.cli.prepare as data_cli
 
     monkeypatch.setattr(data_cli, "summarize", lambda *a: _boom(a))  # a decorated command
     assert cli.main(["inspect", "x"]) == 1

@@ -157,7 +157,7 @@ def test_recipes_found_by_name_from_any_directory(tmp_path, monkeypatch):
     for name in ("tiny.yaml", "tiny", "configs/tiny.yaml"):
         assert recipe_path(name) == shipped
     assert recipe_path("compare/tiny/paper_hybrid.yaml") == recipes_dir() / "compare/tiny/paper_hybrid.yaml"
-    from whispergpt.tools import compare, quickstart
+    from whispergpt.experiments import compare, quickstart
 
     assert quickstart._recipe() == recipes_dir() / "quickstart.yaml"
     assert compare.scales() == ["paper", "tiny"]

@@ -15,9 +15,10 @@ import soundfile as sf
 import torch
 from torch import nn
 
-from whispergpt import evaluate as ev
 from whispergpt.audio import SAMPLE_RATE, load_audio
+from whispergpt.cli.eval import main as eval_main
 from whispergpt.data import PreparedDataset
+from whispergpt.evaluation import teacher_forced as ev
 from whispergpt.models import WhisperGPT, WhisperGPTConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -305,7 +306,7 @@ def test_cli_writes_json_md_png(dataset, checkpoints, tmp_path, capsys):
     out = tmp_path / "rep" / "report.json"
     argv = ["--checkpoint", str(checkpoints["hybrid"]), "--checkpoint", str(checkpoints["tokens"]),
             "--data", str(dataset), "--split", "train", "--out", str(out)]  # fmt: skip
-    assert ev.main(argv) == 0
+    assert eval_main(argv) == 0
     printed = capsys.readouterr().out
     assert "mel=truth (ground-truth audio)" in printed and "mel=decoded (codec-decoded tokens)" in printed
     assert "mel=n/a (token-only)" in printed
@@ -318,7 +319,7 @@ def test_cli_writes_json_md_png(dataset, checkpoints, tmp_path, capsys):
     assert out.with_suffix(".md").read_text().count("| hybrid |") == 4  # 2 mel sources x (metrics, bits/s)
     png = out.with_suffix(".png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
-    assert ev.main(["--checkpoint", str(tmp_path / "nope"), "--data", str(dataset)]) == 2
+    assert eval_main(["--checkpoint", str(tmp_path / "nope"), "--data", str(dataset)]) == 2
 
 
 @pytest.mark.slow
@@ -330,7 +331,7 @@ def test_two_processes_match_one(dataset, checkpoints, tmp_path):
                                                                   "--batch-size", "2", "--out", str(out)]  # fmt: skip
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
               str(REPO / "configs/accelerate/ddp_cpu.yaml"), "--num_processes", "2", "--main_process_port", "0",
-              "-m", "whispergpt.evaluate", *args]  # fmt: skip
+              "-m", "whispergpt.evaluation.teacher_forced", *args]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     r = subprocess.run(launch, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -350,8 +351,8 @@ def test_two_processes_match_one(dataset, checkpoints, tmp_path):
 
 
 def test_compare_runs_get_the_same_tokens(dataset):
-    from whispergpt.tools.compare import RECIPES, run_config
-    from whispergpt.training import resolve_config
+    from whispergpt.config import resolve_config
+    from whispergpt.experiments.compare import RECIPES, run_config
 
     for scale in ("tiny", "paper"):
         used = set()
@@ -377,8 +378,8 @@ def test_compare_runs_get_the_same_tokens(dataset):
 @pytest.mark.slow
 def test_compare_end_to_end_tiny(tmp_path, tiny_codec_dir, capsys):
     """Two steps per run on a 4-file set (used as both 'speech' and 'music'), then resumed."""
+    from whispergpt.cli.compare import main as compare_main
     from whispergpt.data.prepare import prepare
-    from whispergpt.tools.compare import main as compare_main
 
     src = tmp_path / "src"
     src.mkdir()

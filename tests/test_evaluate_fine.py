@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from whispergpt import evaluate as ev
 from whispergpt.data import PreparedDataset
-from whispergpt.metrics.bits import bits_markdown, bits_per_second, bits_rows
+from whispergpt.evaluation import teacher_forced as ev
+from whispergpt.evaluation.bits import bits_markdown, bits_per_second, bits_rows
 from whispergpt.models import FineConfig, FineModel, WhisperGPT, WhisperGPTConfig, nll_per_codebook
 
 

@@ -1,4 +1,4 @@
-"""The sampler's static, graph-ready per-frame step (whispergpt/framestep.py) and the decode
+"""The sampler's static, graph-ready per-frame step (whispergpt/inference/framestep.py) and the decode
 weight dtypes (``decode_dtype``): the static path gives the tokens of the default path, does its
 per-frame work without reading a value back to the host and without moving its buffers; int8 and
 bf16 decode weights agree with fp32 on most tokens."""
@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from whispergpt.codec.streaming import StreamingDecoder
-from whispergpt.framestep import FrameStep
-from whispergpt.generate import generate
+from whispergpt.inference.framestep import FrameStep
+from whispergpt.inference.generate import generate
 from whispergpt.models import WhisperGPT, WhisperGPTConfig
 from whispergpt.models import patterns as pt
 

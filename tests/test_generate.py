@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from whispergpt.audio import HOP_LENGTH, SAMPLE_RATE, log_mel
-from whispergpt.generate import filter_logits, generate, measure_decode_window_error, sample_tokens
+from whispergpt.inference.generate import filter_logits, generate, measure_decode_window_error, sample_tokens
 from whispergpt.models import WhisperGPT, WhisperGPTConfig
 from whispergpt.models import patterns as pt
 

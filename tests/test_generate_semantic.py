@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import whispergpt.generate as gen
-from whispergpt.generate import generate
+import whispergpt.inference.generate as gen
+from whispergpt.inference.generate import generate
 from whispergpt.models import WhisperGPT, WhisperGPTConfig
 from whispergpt.models import patterns as pt
 from whispergpt.models.semantic import aligned_tokens, prefix_tokens

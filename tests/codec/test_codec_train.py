@@ -329,7 +329,7 @@ def test_codebook_usage_entropy():
 
 @pytest.mark.slow
 def test_eval_cli_reports_trained_and_random_floor(tiny_codec_dir, tmp_path, capsys):
-    from whispergpt.codec.cli import main
+    from whispergpt.cli.codec import main
 
     for i, w in enumerate(tones(2, 1.0, seed=5)):
         save_audio(tmp_path / "speech" / f"s{i}.wav", w)
@@ -352,7 +352,7 @@ def test_eval_cli_reports_trained_and_random_floor(tiny_codec_dir, tmp_path, cap
 
 
 def test_eval_cli_rejects_bad_input(tiny_codec_dir, tmp_path, capsys):
-    from whispergpt.codec.cli import main
+    from whispergpt.cli.codec import main
 
     assert main(["eval", str(tiny_codec_dir), str(tmp_path / "missing.wav")]) == 2
     assert "neither a file nor a directory" in capsys.readouterr().err

@@ -16,6 +16,7 @@ import whispergpt.data.prepare as prep
 from whispergpt.audio import HOP_LENGTH, SAMPLE_RATE, load_audio, log_mel
 from whispergpt.cli import main as cli_main
 from whispergpt.data import PreparedDataset
+from whispergpt.data.summary import summarize
 
 SR = SAMPLE_RATE
 
@@ -328,7 +329,7 @@ def test_cli_prepare_and_inspect(tmp_path, corpus, tiny_codec_dir, capsys):
 def test_inspect_warns_on_empty_val(tmp_path, tiny_codec_dir):
     write(tmp_path / "src" / "a.wav", tone(0.4))
     run_prepare([tmp_path / "src"], tmp_path / "ds", tiny_codec_dir, val_fraction=0.5)
-    text = prep.summarize(tmp_path / "ds")
+    text = summarize(tmp_path / "ds")
     assert "WARNING" in text and "'val' is empty" in text
 
 

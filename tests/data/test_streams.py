@@ -18,10 +18,10 @@ from test_data import make_dataset  # a sibling module: pytest puts tests/data o
 from whispergpt.audio import load_audio, log_mel
 from whispergpt.config import ConfigError, load_run_config
 from whispergpt.data import PreparedDataset
-from whispergpt.data.cli import summarize
 from whispergpt.data.dataset import verify_dataset
 from whispergpt.data.prepare import prepare
 from whispergpt.data.streams import STREAMS, FileWork
+from whispergpt.data.summary import summarize
 from whispergpt.errors import InputError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -230,7 +230,7 @@ def test_mismatched_decoded_mel_sources_are_errors(tiny_dataset, tmp_path):
 
 
 def test_coarse_training_records_the_coarse_decoded_mel(tiny_dataset, tmp_path):
-    from whispergpt.training import main
+    from whispergpt.cli.train import main
 
     out = tmp_path / "run"
     args = [f"data.dir={tiny_dataset}", f"out_dir={out}", "logging.wandb=false", "logging.progress=false",
@@ -244,7 +244,7 @@ def test_coarse_training_records_the_coarse_decoded_mel(tiny_dataset, tmp_path):
 def test_coarse_sampler_feeds_the_stored_coarse_mel(tiny_codec):
     """A coarse model's fed mel (the feedback loop, codebook 0 decoded incrementally) equals what
     prepare's ``mel_decoded_coarse`` writer computes from the same codes, whatever codebook 1 holds."""
-    from whispergpt.generate import generate
+    from whispergpt.inference.generate import generate
     from whispergpt.models import WhisperGPT, WhisperGPTConfig
 
     torch.manual_seed(0)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from whispergpt.metrics.distribution import (
+from whispergpt.evaluation.distribution import (
     MIN_N,
     bootstrap_mean,
     distribution_metrics,

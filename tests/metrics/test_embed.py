@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from whispergpt.codec import Codec
-from whispergpt.metrics.embed import encode_clips, pool_latent
+from whispergpt.evaluation.embed import encode_clips, pool_latent
 
 
 def test_latent_is_what_encode_quantizes(tiny_codec):

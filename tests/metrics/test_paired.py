@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from whispergpt.metrics.paired import (
+from whispergpt.evaluation.paired import (
     chroma_similarity,
     f0_stats,
     loudness_correlation,

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from whispergpt.audio import save_audio
-from whispergpt.metrics import clips
-from whispergpt.metrics.score import score
-from whispergpt.tools.score import main
+from whispergpt.cli.score import main
+from whispergpt.evaluation import clips
+from whispergpt.evaluation.score import score
 
 SR = 24000
 

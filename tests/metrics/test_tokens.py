@@ -1,6 +1,6 @@
 import torch
 
-from whispergpt.metrics.tokens import continuation_windows, entropy_bits, repetition, silent_share
+from whispergpt.evaluation.tokens import continuation_windows, entropy_bits, repetition, silent_share
 
 
 def test_entropy_and_repetition():

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from whispergpt import WhisperGPT, WhisperGPTConfig
-from whispergpt.generate import generate, sample_depth_frame
+from whispergpt.inference.generate import generate, sample_depth_frame
 from whispergpt.models import nll_per_codebook
 from whispergpt.models import patterns as pt
 
@@ -296,10 +296,10 @@ def test_tiny_recipe_trains_evaluates_and_samples_to_wav(tiny_dataset, tmp_path)
     codec found through the training data's manifest)."""
     import soundfile as sf
 
-    from whispergpt import evaluate as ev
     from whispergpt.audio import HOP_LENGTH, SAMPLE_RATE
-    from whispergpt.tools.sample import main as sample_main
-    from whispergpt.training import main as train_main
+    from whispergpt.cli.sample import main as sample_main
+    from whispergpt.cli.train import main as train_main
+    from whispergpt.evaluation import teacher_forced as ev
 
     run = tmp_path / "run"
     rc = train_main([

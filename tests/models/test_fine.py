@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from whispergpt.fine_stage import fine_generate, fine_windows
+from whispergpt.inference.fine_stage import fine_generate, fine_windows
 from whispergpt.models import FineConfig, FineModel, WhisperGPT, WrongModelType, load_pretrained
 
 K, V, KC = 4, 16, 1

@@ -34,7 +34,7 @@ def mae_latent_dir(tmp_path_factory, tiny_dataset, tiny_codec):
 @pytest.fixture(scope="session")
 def semantic_tokenizer(tmp_path_factory, mae_dir, tiny_dataset):
     """A 6-cluster 25 Hz semantic tokenizer fitted on the tiny MAE's layer-1 frames of the tiny dataset."""
-    from whispergpt.tools.semantic import fit_semantic
+    from whispergpt.semantic.tokenizer import fit_semantic
 
     d = tmp_path_factory.mktemp("semantic") / "tok"
     fit_semantic(mae_dir, [tiny_dataset], d, clusters=6, layer=1, device="cpu", progress=False, threads=1)

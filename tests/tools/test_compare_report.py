@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from whispergpt.tools.compare_report import best_within, gap, markdown, spread, summarize
+from whispergpt.experiments.compare_report import best_within, gap, markdown, spread, summarize
 
 
 def test_spread_is_mean_and_sample_sd():

@@ -9,8 +9,9 @@ import pytest
 import soundfile as sf
 
 from whispergpt.audio import HOP_LENGTH, SAMPLE_RATE
+from whispergpt.cli.consistency import main
 from whispergpt.errors import InputError
-from whispergpt.tools.consistency import main, run_consistency
+from whispergpt.evaluation.consistency import run_consistency
 
 PROMPT_FRAMES = 45  # 0.6 s
 N = PROMPT_FRAMES * HOP_LENGTH

@@ -12,7 +12,8 @@ import pytest
 import soundfile as sf
 
 from whispergpt.audio import HOP_LENGTH, SAMPLE_RATE
-from whispergpt.tools import demo
+from whispergpt.cli import data as data_cli
+from whispergpt.experiments import demo
 
 
 class FakeSource(demo.Source):
@@ -186,7 +187,7 @@ def _missing_everything(monkeypatch, tmp_path):
 
 def test_missing_tools_give_exact_install_command(monkeypatch, tmp_path, capsys):
     _missing_everything(monkeypatch, tmp_path)
-    rc = demo.main(["demo", "--out", str(tmp_path / "o"), "--cache", str(tmp_path / "c")])
+    rc = data_cli.main(["demo", "--out", str(tmp_path / "o"), "--cache", str(tmp_path / "c")])
     err = capsys.readouterr().err
     assert rc == 2 and len(err.strip().splitlines()) == 1  # a missing tool is an input error: one line
     assert (
@@ -199,7 +200,7 @@ def test_missing_tools_give_exact_install_command(monkeypatch, tmp_path, capsys)
     ) in err
     assert not (tmp_path / "o" / "SOURCES.json").exists()
 
-    rc = demo.main(["demo", "--check", "--cache", str(tmp_path / "c")])
+    rc = data_cli.main(["demo", "--check", "--cache", str(tmp_path / "c")])
     out = capsys.readouterr().out
     assert rc == 2 and "espeak-ng" in out and "MISSING: sudo apt-get install -y espeak-ng" in out
     assert "MISSING: pip install music21" in out
@@ -225,9 +226,9 @@ def test_missing_source_warns_when_modality_still_covered(monkeypatch, tmp_path,
 
 
 def test_cli_rejects_bad_arguments(capsys):
-    assert demo.main(["demo", "--sources", "espeak,nope", "--out", "x"]) == 2
+    assert data_cli.main(["demo", "--sources", "espeak,nope", "--out", "x"]) == 2
     assert "unknown ['nope']" in capsys.readouterr().err
-    assert demo.main(["nodemo"]) == 2
+    assert data_cli.main(["nodemo"]) == 2
     assert demo.parse_sources("ufoai, espeak,ufoai") == ["ufoai", "espeak"]
     with pytest.raises(ValueError, match="--minutes"):
         demo.build("unused", [], minutes=0)

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from whispergpt.audio import log_mel, save_audio
-from whispergpt.tools.embed import load_embedding, main
-from whispergpt.tools.mae_features import MAEInput, embed_clips, encode_frames, load_mae
+from whispergpt.cli.embed import main
+from whispergpt.semantic.embed import load_embedding
+from whispergpt.semantic.features import MAEInput, embed_clips, encode_frames, load_mae
 
 
 @pytest.fixture(scope="module")

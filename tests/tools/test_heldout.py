@@ -9,10 +9,10 @@ import soundfile as sf
 import torch
 
 from whispergpt.audio import HOP_LENGTH, load_audio
+from whispergpt.cli.sample import main
 from whispergpt.data import PreparedDataset
+from whispergpt.inference.heldout import pick_prompts
 from whispergpt.models import WhisperGPT, WhisperGPTConfig
-from whispergpt.tools.heldout import pick_prompts
-from whispergpt.tools.sample import main
 
 
 @pytest.fixture(scope="module")

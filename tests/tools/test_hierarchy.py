@@ -11,6 +11,7 @@ import soundfile as sf
 import torch
 
 from whispergpt.audio import HOP_LENGTH, SAMPLE_RATE
+from whispergpt.cli.sample import main
 from whispergpt.data import read_manifest
 from whispergpt.models import (
     FineConfig,
@@ -20,7 +21,6 @@ from whispergpt.models import (
     WhisperGPT,
     WhisperGPTConfig,
 )
-from whispergpt.tools.sample import main
 from whispergpt.training.record import write_training_record
 
 

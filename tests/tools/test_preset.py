@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from whispergpt.tools import preset as pr
+from whispergpt.experiments import preset as pr
 
 
 def test_paper_preset_plans_every_run(tiny_dataset, tmp_path):
@@ -123,7 +123,7 @@ def test_paper_preset_end_to_end_tiny_then_resumes(tiny_dataset, tmp_path, capsy
 
 
 def test_compare_cli_checks_its_flags(tmp_path, capsys):
-    from whispergpt.tools.compare import main
+    from whispergpt.cli.compare import main
 
     out = ["--out", str(tmp_path / "o")]
     assert main(out) == 2  # neither a preset nor the two sets

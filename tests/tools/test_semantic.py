@@ -10,16 +10,16 @@ import pytest
 import torch
 
 from whispergpt.audio import load_audio
+from whispergpt.cli.semantic import main
 from whispergpt.data import PreparedDataset
-from whispergpt.tools.mae_features import MAEInput, encode_frames, load_mae
-from whispergpt.tools.semantic import (
+from whispergpt.semantic.features import MAEInput, encode_frames, load_mae
+from whispergpt.semantic.tokenizer import (
     SemanticConfig,
     SemanticTokenizer,
     codec_frame_tokens,
     fit_semantic,
     group_size,
     kmeans,
-    main,
     num_semantic_frames,
     pool_to_rate,
 )
@@ -114,7 +114,7 @@ def test_prepare_semantic_stores_the_aligned_tokens_and_inspect_shows_them(
     tmp_path, mae_dir, tiny_dataset, tiny_codec_dir, capsys
 ):
     from whispergpt.audio import save_audio
-    from whispergpt.data.cli import main_inspect, main_prepare
+    from whispergpt.cli.prepare import main_inspect, main_prepare
 
     tok_dir = tmp_path / "tok"
     tok = fit_semantic(mae_dir, [tiny_dataset], tok_dir, clusters=6, layer=1, device="cpu", progress=False)

@@ -22,7 +22,7 @@ CLUSTERS = 6
 def semantic_dataset(tmp_path_factory, mae_dir, tiny_dataset, tiny_codec_dir):
     """The tiny dataset's clips prepared again with a 6-cluster semantic tokenizer (25 Hz)."""
     from whispergpt.data.prepare import prepare
-    from whispergpt.tools.semantic import fit_semantic
+    from whispergpt.semantic.tokenizer import fit_semantic
 
     root = tmp_path_factory.mktemp("semantic-ds")
     tok = root / "tok"
@@ -41,7 +41,7 @@ def quiet(data_dir, out, *extra: str) -> list[str]:
 
 @pytest.mark.parametrize("mode", ["prefix", "aligned"])
 def test_train_then_eval_a_semantic_acoustic_model(semantic_dataset, tmp_path, mode, capsys):
-    from whispergpt.tools.eval import main as eval_main
+    from whispergpt.cli.eval import main as eval_main
 
     out = tmp_path / "run"
     steps = ("train.max_steps=2", "train.save_every=2", "train.eval_every=2", "train.eval_batches=1",
@@ -78,7 +78,7 @@ def test_train_then_eval_a_semantic_acoustic_model(semantic_dataset, tmp_path, m
 def test_a_dataset_without_the_semantic_stream_is_a_clear_error(
     semantic_dataset, tiny_dataset, tmp_path, capsys
 ):
-    from whispergpt.tools.eval import main as eval_main
+    from whispergpt.cli.eval import main as eval_main
 
     with pytest.raises(ConfigError, match="stores none: prepare it with --semantic"):
         load_run_config("tiny", quiet(tiny_dataset, tmp_path, "model.semantic=prefix"))

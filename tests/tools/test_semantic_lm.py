@@ -11,10 +11,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from whispergpt.cli.train import main as train_main
 from whispergpt.config import ConfigError, load_run_config
 from whispergpt.data import PreparedDataset
-from whispergpt.evaluate import evaluate
-from whispergpt.hierarchy import SemanticStage
+from whispergpt.evaluation.teacher_forced import evaluate
+from whispergpt.inference.hierarchy import SemanticStage
 from whispergpt.models import (
     SemanticLM,
     SemanticLMConfig,
@@ -24,7 +25,6 @@ from whispergpt.models import (
     load_pretrained,
 )
 from whispergpt.models.semantic_lm import frame_tokens, rate_tokens
-from whispergpt.training import main as train_main
 from whispergpt.training.tasks import get_task
 
 REPO = Path(__file__).resolve().parents[2]
@@ -137,10 +137,10 @@ def test_eval_reports_nll_per_token_and_bits_at_the_semantic_rate(
     row = report["bits_per_second"][0]
     assert row["strategy"] == "semantic" and row["frame_rate"] == 25 and not row["complete"]
     assert row["bits_per_second"] == pytest.approx(m["bits_per_second"])
-    from whispergpt.evaluate import markdown_table
+    from whispergpt.evaluation.teacher_forced import markdown_table
 
     assert "Semantic LMs: bits per second" in markdown_table(report)
-    from whispergpt.tools.eval import main as eval_main
+    from whispergpt.cli.eval import main as eval_main
 
     assert eval_main(["--checkpoint", str(semantic_run / "final"), "--data", str(tiny_dataset)]) == 2
 

@@ -16,10 +16,10 @@ from safetensors.torch import load_file
 from test_train import quiet, read_metrics  # a sibling module: pytest puts tests/training on sys.path
 from test_train_distributed import _free_port
 
+from whispergpt.cli.train import main
 from whispergpt.config import ConfigError, dump_yaml, load_run_config
 from whispergpt.models import EnCodecMAE, load_pretrained
 from whispergpt.training import checkpoint as ckpt_io
-from whispergpt.training import main
 from whispergpt.training.tasks import TaskModule, get_task
 
 REPO = Path(__file__).resolve().parents[2]
@@ -167,7 +167,7 @@ def test_self_training_on_the_latent_and_semantic_streams(tiny_dataset, tiny_cod
     # MAE's features as targets next to the codes
     from whispergpt.data import read_manifest
     from whispergpt.data.prepare import prepare
-    from whispergpt.tools.semantic import fit_semantic
+    from whispergpt.semantic.tokenizer import fit_semantic
 
     tok = tmp_path / "tok"
     fit_semantic(mae_run / "final", [tiny_dataset], tok, clusters=6, layer=1, device="cpu", progress=False)

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from whispergpt.config import RunConfig
-from whispergpt.training import load_run_config, trainer
+from whispergpt.config import RunConfig, load_run_config
+from whispergpt.training import trainer
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "whispergpt"

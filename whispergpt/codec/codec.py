@@ -172,7 +172,7 @@ class Codec:
         """``(B, S)`` float audio -> the encoder's continuous latent ``(B, D, T)``, ``T = S // 320``.
 
         What ``encode`` quantizes (same silent priming, so frame ``t`` sees samples ``< (t+1) * 320``);
-        ``whispergpt.metrics`` embeds clips in this space.
+        ``whispergpt.evaluation`` embeds clips in this space.
         """
         if wave.dim() != 2:
             raise ValueError(f"latent expects (B, S) audio, got shape {tuple(wave.shape)}")

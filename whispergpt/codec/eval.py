@@ -279,12 +279,3 @@ def _load(name: str):
     from whispergpt.codec import open_codec
 
     return open_codec(name)[0]  # 6 kbps, else the codec's highest
-
-
-def __getattr__(name: str):
-    # the CLI lives in whispergpt.codec.cli (it imports this module, hence lazily)
-    if name == "main":
-        from whispergpt.codec.cli import main_eval
-
-        return main_eval
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

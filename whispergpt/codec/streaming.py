@@ -1,6 +1,6 @@
 """Exact incremental EnCodec decode: ``StreamingDecoder`` carries the decoder's state across pushes.
 
-Used by the hybrid sampler's mel feedback loop (``whispergpt.generate``): one push per generated
+Used by the hybrid sampler's mel feedback loop (``whispergpt.inference.generate``): one push per generated
 frame, the output equal to ``Codec.decode`` of all codes pushed so far up to float rounding.
 Only transformers' public module attributes are read (weights, kernel/stride/dilation, the
 config's ``pad_mode``); the causal padding rule is re-derived here (``causal_padding``,

@@ -40,7 +40,6 @@ from whispergpt.codec import PRIME_FRAMES
 from whispergpt.codec.checkpoint import (
     CODEC_STATE,
     _load_safetensors,
-    compact_safetensors,
     export_codec,
     latest_checkpoint,
     save_checkpoint,
@@ -48,7 +47,6 @@ from whispergpt.codec.checkpoint import (
 from whispergpt.codec.corpus import CropSampler, find_audio_files, load_corpus
 from whispergpt.codec.losses import (
     MultiScaleSTFTDiscriminator,
-    STFTDiscriminator,
     disc_hinge_loss,
     gen_adv_losses,
 )
@@ -56,34 +54,6 @@ from whispergpt.codec.lsuv import lsuv_init, standardize_latent
 from whispergpt.codec.rvq import ResidualVQ, RVQOutput, export_to_encodec, rvq_for_encodec
 from whispergpt.config import dump_yaml, to_dict
 from whispergpt.runtime import make_accelerator, seed_everything, write_atomic
-
-# names that lived here before the split stay importable from whispergpt.codec.train
-__all__ = [
-    "CODEC_STATE",
-    "CodecDataConfig",
-    "CodecModelConfig",
-    "CodecTrainConfig",
-    "CodecTrainLoopConfig",
-    "CropSampler",
-    "LossConfig",
-    "MultiScaleSTFTDiscriminator",
-    "QuantizerConfig",
-    "STFTDiscriminator",
-    "TrainableCodec",
-    "build_encodec",
-    "compact_safetensors",
-    "disc_hinge_loss",
-    "export_codec",
-    "find_audio_files",
-    "gen_adv_losses",
-    "latest_checkpoint",
-    "load_corpus",
-    "lsuv_init",
-    "quantizers_per_bandwidth",
-    "save_checkpoint",
-    "standardize_latent",
-    "train",
-]
 
 # ---------------------------------------------------------------------------------------------
 # config

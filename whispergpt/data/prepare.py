@@ -34,7 +34,7 @@ default; ``--no-decoded-mel`` drops both, ``--no-coarse-mel`` the second) are wh
 all K codebooks (delay/parallel models), ``mel_decoded_coarse`` codebook 0 alone (coarse models).
 ``--latent`` adds ``Codec.latent`` (what the codes quantize; the EnCodecMAE input). ``--semantic
 DIR`` adds one semantic token per frame from a ``whispergpt semantic fit`` tokenizer (alignment
-rule: ``whispergpt.tools.semantic``; codec frame ``t`` gets token ``t // 3`` at 25 Hz). Measured
+rule: ``whispergpt.semantic.tokenizer``; codec frame ``t`` gets token ``t // 3`` at 25 Hz). Measured
 costs of each: docs/DATA.md.
 
 Crash safety and resume
@@ -86,7 +86,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -97,7 +96,7 @@ import torch
 from whispergpt.audio import AUDIO_EXTENSIONS, HOP_LENGTH, SAMPLE_RATE, AudioLoadError, num_frames
 from whispergpt.data.augment import AugmentedCopies, AugmentRecipe
 from whispergpt.data.dataset import FORMAT_VERSION, MANIFEST, SHARDS_DIR, check_shard, read_manifest
-from whispergpt.data.encode import decode_long, encode_batch, encode_long, latent_dim  # noqa: F401 (public here too)
+from whispergpt.data.encode import encode_batch, encode_long, latent_dim
 from whispergpt.data.streams import MEL_DTYPES, STREAMS, FileWork
 from whispergpt.errors import WhisperGPTError
 from whispergpt.runtime import move_aside, resolve_device, write_json_atomic
@@ -336,7 +335,7 @@ def prepare(
     Streams stored: codes and mel always; ``decoded_mel`` the log-mel of the all-codebook decode,
     ``decoded_coarse_mel`` (default: as ``decoded_mel``) of the codebook-0 decode; ``latent`` the
     codec encoder's output; ``semantic`` (a ``whispergpt semantic fit`` folder) the per-frame
-    semantic tokens (``whispergpt.tools.semantic``). ``mel_dtype``: float16 or float32 for every mel stream.
+    semantic tokens (``whispergpt.semantic.tokenizer``). ``mel_dtype``: float16 or float32 for every mel stream.
     Raises ``ValueError`` for bad arguments / a mismatched existing dataset, and
     ``NoUsableAudioError`` (after writing the manifest) when no file at all could be used.
     """
@@ -358,7 +357,7 @@ def prepare(
     coarse = decoded_mel if decoded_coarse_mel is None else decoded_coarse_mel
     semantic_info = None
     if semantic is not None:  # checked before any work; the stream's writer is the tokenizer's
-        from whispergpt.tools.semantic import register_stream_writer
+        from whispergpt.semantic.tokenizer import register_stream_writer
 
         semantic_info = register_stream_writer(semantic)
         semantic = str(Path(semantic).resolve())
@@ -541,18 +540,3 @@ def prepare(
             f"no usable audio: all {n_candidates} candidate files were skipped (reasons in {out / MANIFEST})"
         )
     return manifest
-
-
-def __getattr__(name: str):
-    # the CLI moved to whispergpt.data.cli; imported lazily (it imports this module)
-    if name in ("main_prepare", "main_inspect", "summarize"):
-        from whispergpt.data import cli
-
-        return getattr(cli, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-if __name__ == "__main__":
-    from whispergpt.data.cli import main_prepare
-
-    sys.exit(main_prepare(sys.argv[1:]))

@@ -44,8 +44,8 @@ import torch
 from torch import nn
 
 from whispergpt.models.blocks import Stack
+from whispergpt.models.loss import nll_per_codebook
 from whispergpt.models.registry import check_model_type
-from whispergpt.models.whispergpt import nll_per_codebook
 
 EVAL_MASK_SEED = 0  # eval-mode masks: the same for every call, so validation NLL is reproducible
 INPUTS = ("latent", "mel")

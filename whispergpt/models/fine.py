@@ -35,7 +35,7 @@ Public API:
 - ``FineModel.stage_logits(codes (B, >=k, T), k) -> (B, T, V)``: one stage, for sampling.
 - ``save_pretrained`` / ``FineModel.from_pretrained`` (``model_type`` ``"whispergpt-fine"``).
 
-Window tiling for long audio and sampling live in ``whispergpt.fine_stage``.
+Window tiling for long audio and sampling live in ``whispergpt.inference.fine_stage``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Semantic conditioning of the acoustic decoder (AudioLM's coarse stage): ``model.semantic``.
 
-Semantic tokens (``whispergpt semantic fit`` + ``prepare --semantic``; ``tools/semantic.py``) are
+Semantic tokens (``whispergpt semantic fit`` + ``prepare --semantic``; ``semantic/tokenizer.py``) are
 k-means clusters of EnCodecMAE frames at ``semantic_rate`` Hz (25 by default), ``g = 75 / rate``
 codec frames each. A prepared dataset stores them on the codec grid, one per codec frame (each
 token repeated ``g`` times), and that is what the model takes: ``semantic (B, T)`` int, aligned

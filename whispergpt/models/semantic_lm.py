@@ -6,7 +6,7 @@ long-form sampling (``generate.generate`` with no codec) and evaluation are the 
 model uses; this module only fixes that configuration and the rate.
 
 Rate: the prepared dataset's ``semantic`` stream holds one token per codec frame, each 25 Hz token
-repeated ``g = 75 / rate`` times (``tools/semantic.py``, the alignment rule). The LM reads every
+repeated ``g = 75 / rate`` times (``semantic/tokenizer.py``, the alignment rule). The LM reads every
 ``g``-th of them (``rate_tokens``): from any start frame that is the run of consecutive semantic
 tokens the frames cover, so a training crop of ``g * context`` codec frames is ``context`` tokens.
 

@@ -45,25 +45,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from whispergpt.models import patterns as pt
-from whispergpt.models.blocks import (  # noqa: F401  (re-exported: the old home of the blocks)
+from whispergpt.models.blocks import (
     DECODE_DTYPES,
-    Block,
-    BlockWeights,
-    CausalSelfAttention,
-    FastLinear,
-    Int8Linear,
-    LayerKV,
     MelBranch,
     Stack,
     StaticPos,
-    apply_rope,
-    decode_linear,
-    rope_cos_sin,
 )
-from whispergpt.models.config import FUSIONS, POS_EMBS, WhisperGPTConfig  # noqa: F401  (re-exported: their old home)
+from whispergpt.models.config import WhisperGPTConfig
 from whispergpt.models.decoding import WhisperGPTCache, _DecodeWeights, decode_weights
 from whispergpt.models.depth import DepthTransformer
-from whispergpt.models.loss import chunked_nll, nll_per_codebook  # noqa: F401  (nll_per_codebook: re-exported)
+from whispergpt.models.loss import chunked_nll
 from whispergpt.models.registry import check_model_type
 from whispergpt.models.semantic import (
     SemanticEmbedding,

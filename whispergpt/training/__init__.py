@@ -10,17 +10,10 @@ import importlib
 
 _EXPORTS = {
     "TRAINING_DATA_FILE": "record",
-    "DataConfig": "trainer",
-    "LoggingConfig": "trainer",
     "NonFiniteLossError": "trainer",
-    "RunConfig": "trainer",
-    "TrainConfig": "trainer",
     "TrainCrops": "schedule",
     "Trainer": "trainer",
-    "load_run_config": "trainer",
     "lr_at": "schedule",
-    "main": "cli",
-    "resolve_config": "trainer",
     "sample_seed": "schedule",
     "train": "trainer",
     "val_indices": "schedule",

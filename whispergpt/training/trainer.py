@@ -31,18 +31,12 @@ from pathlib import Path
 import torch
 
 from whispergpt.config import (  # the run config lives in config.py; re-exported here for old imports
-    DataConfig,  # noqa: F401
-    LoggingConfig,  # noqa: F401
     RunConfig,
-    TrainConfig,  # noqa: F401
     dump_yaml,
-    load_run_config,  # noqa: F401
-    resolve_config,  # noqa: F401
     to_dict,
 )
 from whispergpt.data import PreparedDataset
 from whispergpt.errors import WhisperGPTError
-from whispergpt.models import WhisperGPT  # noqa: F401 (re-export)
 from whispergpt.runtime import (
     choose_precision,
     make_accelerator,
@@ -53,9 +47,8 @@ from whispergpt.runtime import (
 )
 from whispergpt.training import checkpoint as ckpt_io
 from whispergpt.training.loggers import Loggers
-from whispergpt.training.record import TRAINING_DATA_FILE, write_training_record  # noqa: F401 (re-export)
-from whispergpt.training.schedule import (  # noqa: F401  (public here too)
-    TrainCrops,
+from whispergpt.training.record import write_training_record
+from whispergpt.training.schedule import (
     lr_at,
     param_groups,
     sample_seed,
@@ -565,7 +558,3 @@ def train(cfg: RunConfig) -> Path:
         trainer.acc.end_training()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
-
-
-# the CLI, importable from here as before (cli.py imports the names above, so it comes last)
-from whispergpt.training.cli import main as main  # noqa: E402

@@ -1,0 +1,136 @@
+"""``whispergpt prepare`` / ``whispergpt inspect``: argument parsing only (the work is ``data.prepare`` and ``data.summary``)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from whispergpt.cli import command, make_parser
+from whispergpt.data.augment import recipe_arg
+from whispergpt.data.dataset import SHARDS_DIR, verify_dataset
+from whispergpt.data.prepare import prepare
+from whispergpt.data.streams import MEL_DTYPES
+from whispergpt.data.summary import summarize
+from whispergpt.errors import InputError
+
+
+@command("prepare")
+def main_prepare(argv: list[str]) -> int:
+    ap = make_parser(
+        "whispergpt prepare",
+        "Encode audio into a whispergpt dataset (resumes if --out exists). Every candidate path is "
+        "either prepared or listed with its reason in manifest.json's `skipped`.",
+        """
+        whispergpt prepare data/speech --out data/prepared/speech --codec facebook/encodec_24khz
+        whispergpt prepare files.txt extra.wav --out ds --codec whispergpt/assets/codec/whispergpt-small-24khz \\
+            --bandwidth 1.5 --val-fraction 0.1 --device cpu
+        whispergpt prepare data/speech --out ds --codec facebook/encodec_24khz --augment speech-light.yaml --copies 2
+        """,
+    )
+    ap.add_argument(
+        "sources", nargs="+", metavar="SRC", help="audio files, folders (recursive), or text lists"
+    )
+    ap.add_argument("--out", required=True, help="dataset folder (resumed if it exists)")
+    ap.add_argument("--codec", required=True, help="EnCodec hub id (facebook/encodec_24khz) or local folder")
+    ap.add_argument("--bandwidth", type=float, default=6.0, help="kbps (6 -> 8 codebooks)")
+    ap.add_argument("--n-mels", type=int, default=80)
+    ap.add_argument("--val-fraction", type=float, default=0.05)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch-seconds", type=float, default=60.0, help="audio per codec call")
+    ap.add_argument(
+        "--shard-seconds", type=float, default=1800.0, help="audio per shard (resume granularity)"
+    )
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    ap.add_argument(
+        "--no-decoded-mel",
+        action="store_true",
+        help="skip mel_decoded.npy and mel_decoded_coarse.npy (log-mel of the audio decoded from all "
+        "codebooks / from codebook 0 alone: what delay / coarse sampling feeds back)",
+    )
+    ap.add_argument(
+        "--no-coarse-mel",
+        action="store_true",
+        help="skip mel_decoded_coarse.npy (only coarse models train on it): one decode per file less",
+    )
+    ap.add_argument(
+        "--mel-dtype",
+        choices=MEL_DTYPES,
+        default="float16",
+        help="on-disk dtype of every mel stream (float16: half the bytes, error <= 5e-4; see docs/DATA.md)",
+    )
+    ap.add_argument(
+        "--latent",
+        action="store_true",
+        help="also store latent.npy: the codec encoder's continuous output before quantization (EnCodecMAE input)",
+    )
+    ap.add_argument(
+        "--semantic",
+        metavar="TOKENIZER_DIR",
+        help="also store semantic.npy: one semantic token per frame from a `whispergpt semantic fit` folder",
+    )
+    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument(
+        "--augment", type=recipe_arg, metavar="RECIPE.yaml", help="add augmented copies of the train files"
+    )
+    ap.add_argument("--copies", type=int, default=1, help="augmented copies per train file (with --augment)")
+    args = ap.parse_args(argv)
+    prepare(
+        args.sources,
+        args.out,
+        args.codec,
+        bandwidth=args.bandwidth,
+        n_mels=args.n_mels,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        batch_seconds=args.batch_seconds,
+        device=args.device,
+        shard_seconds=args.shard_seconds,
+        progress=not args.no_progress,
+        decoded_mel=not args.no_decoded_mel,
+        augment=args.augment,
+        copies=args.copies,
+        mel_dtype=args.mel_dtype,
+        latent=args.latent,
+        decoded_coarse_mel=False if args.no_coarse_mel else None,
+        semantic=args.semantic,
+    )
+    return 0
+
+
+@command("inspect")
+def main_inspect(argv: list[str]) -> int:
+    ap = make_parser(
+        "whispergpt inspect",
+        "Summarise a prepared dataset: codec, splits, shards, skipped files and warnings.",
+        """
+        whispergpt inspect data/prepared/speech
+        whispergpt inspect data/prepared/speech --max-skipped 50
+        whispergpt inspect --verify data/prepared/speech
+        """,
+    )
+    ap.add_argument("dir", help="dataset folder written by whispergpt prepare")
+    ap.add_argument("--max-skipped", type=int, default=10, help="skipped files to list")
+    ap.add_argument(
+        "--verify",
+        action="store_true",
+        help="read every shard: sizes, dtypes, frame counts, code range, finite mel; one line per "
+        "broken shard, exit 2 if any",
+    )
+    args = ap.parse_args(argv)
+    print(summarize(args.dir, args.max_skipped))
+    if args.verify:
+        broken, total = verify_dataset(args.dir)
+        for name, problem in broken:
+            print(f"broken shard {Path(args.dir) / SHARDS_DIR / name}: {problem}")
+        if broken:
+            raise InputError(
+                f"{len(broken)} of {total} shards are broken",
+                args.dir,
+                f"rerun `whispergpt prepare` with the same sources and --out {args.dir} to re-encode them",
+            )
+        print(f"verify       all {total} shards ok")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main_prepare(sys.argv[1:]))
