@@ -87,15 +87,17 @@ def load_baseline(path: str):
     import importlib.util
 
     pkg = Path(path) / "whispergpt"
-    if not (pkg / "inference/generate.py").is_file():
-        raise ValueError(f"--baseline {path}: no whispergpt/inference/generate.py there")
+    # the generation loop's home: inference/ since the second restructure, the package root before
+    gen = next((g for g in ("inference/generate", "generate") if (pkg / f"{g}.py").is_file()), None)
+    if gen is None:
+        raise ValueError(f"--baseline {path}: no whispergpt/inference/generate.py (or generate.py) there")
     spec = importlib.util.spec_from_file_location(
         "whispergpt_baseline", pkg / "__init__.py", submodule_search_locations=[str(pkg)]
     )
     mod = importlib.util.module_from_spec(spec)
     sys.modules["whispergpt_baseline"] = mod
     spec.loader.exec_module(mod)
-    names = ("generate", "models", "codec")
+    names = (gen.replace("/", "."), "models", "codec")
     return tuple(importlib.import_module(f"whispergpt_baseline.{n}") for n in names)
 
 

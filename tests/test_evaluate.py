@@ -331,7 +331,7 @@ def test_two_processes_match_one(dataset, checkpoints, tmp_path):
                                                                   "--batch-size", "2", "--out", str(out)]  # fmt: skip
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
               str(REPO / "configs/accelerate/ddp_cpu.yaml"), "--num_processes", "2", "--main_process_port", "0",
-              "-m", "whispergpt.evaluation.teacher_forced", *args]  # fmt: skip
+              "-m", "whispergpt", "eval", *args]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     r = subprocess.run(launch, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -2,7 +2,7 @@
 
 Also runnable as a module, e.g. under accelerate::
 
-    accelerate launch -m whispergpt.cli.codec train AUDIO... --out DIR
+    accelerate launch -m whispergpt codec train AUDIO... --out DIR
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def main_train(argv: list[str]) -> int:
         """
         whispergpt codec train data/speech data/music --out runs/codec --config configs/codec/small-cpu.yaml
         whispergpt codec train data/speech --out runs/ft model.init=facebook/encodec_24khz train.max_steps=2000
-        accelerate launch -m whispergpt.cli.codec train data/speech --out runs/codec
+        accelerate launch -m whispergpt codec train data/speech --out runs/codec
         """,
     )
     p.add_argument("items", nargs="+", metavar="AUDIO_OR_KEY=VALUE")

@@ -1,6 +1,6 @@
 """``whispergpt eval``: argument parsing only; the metrics are ``whispergpt.evaluation.teacher_forced.evaluate``.
 
-Multi-process: ``accelerate launch -m whispergpt.evaluation.teacher_forced ...`` (that module runs this ``main``).
+Multi-process: ``accelerate launch -m whispergpt eval ...`` (``whispergpt/__main__.py`` dispatches here).
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ def main(argv: list[str]) -> int:
     ap = make_parser(
         "whispergpt eval",
         "Teacher-forced NLL / perplexity / accuracy / bits per second of checkpoints on a whole "
-        "prepared split. Multi-process: accelerate launch -m whispergpt.evaluation.teacher_forced ...",
+        "prepared split. Multi-process: accelerate launch -m whispergpt eval ...",
         """
         whispergpt eval --checkpoint runs/tiny --data data/prepared/speech --out reports/tiny.json
         whispergpt eval --checkpoint runs/a --checkpoint runs/b --data ds --split val --mel decoded
-        accelerate launch --config_file configs/accelerate/ddp_cpu.yaml -m whispergpt.evaluation.teacher_forced \\
+        accelerate launch --config_file configs/accelerate/ddp_cpu.yaml -m whispergpt eval \\
             --checkpoint runs/tiny --data ds
         """,
     )

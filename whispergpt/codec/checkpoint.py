@@ -15,7 +15,7 @@ from whispergpt.runtime import write_atomic, write_json_atomic
 from whispergpt.training import checkpoint as ckpt_io
 
 if TYPE_CHECKING:
-    from whispergpt.codec.train import TrainableCodec
+    from whispergpt.codec.trainable import TrainableCodec
 
 
 def _state_to_safetensors(module: nn.Module, path: Path) -> None:

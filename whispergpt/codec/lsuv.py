@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from whispergpt.codec.train import TrainableCodec
+    from whispergpt.codec.trainable import TrainableCodec
 
 
 @torch.no_grad()

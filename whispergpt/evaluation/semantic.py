@@ -66,7 +66,7 @@ def score_semantic(
 ) -> None:
     """Add the teacher-forced NLL of the semantic tokens of whole files to ``totals`` (``evaluate.Totals``
     of one stream); ``frame_tokens_of[i] (N_i,)``: file ``i``'s stored stream, one token per codec frame."""
-    from whispergpt.evaluation.teacher_forced import evaluate_windows, tile_file
+    from whispergpt.evaluation.windows import evaluate_windows, tile_file
 
     g, ctx = model.group, model.config.context
     tokens_of = {i: rate_tokens(t, g)[None] for i, t in frame_tokens_of.items()}  # (N,) -> (1, S)

@@ -5,7 +5,7 @@ Usage::
     whispergpt eval --checkpoint DIR [--checkpoint DIR ...] --data DIR [--split val]
                     [--out report.json] [--mel both|truth|decoded] [--overlap N]
                     [--batch-size 16] [--codec NAME_OR_PATH] [--precision auto|fp32|bf16]
-    accelerate launch [--config_file configs/accelerate/ddp_cpu.yaml] -m whispergpt.evaluation.teacher_forced ...
+    accelerate launch [--config_file configs/accelerate/ddp_cpu.yaml] -m whispergpt eval ...
 
 Metrics (overall and per scored codebook): NLL in nats per token, perplexity ``exp(NLL)``, top-1
 accuracy, bits per second of audio (``nll_sum / ln 2 / seconds``, seconds = scored frames / 75)
@@ -49,7 +49,6 @@ import json
 import math
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -62,8 +61,9 @@ from whispergpt.evaluation.semantic import (
     score_semantic,
     semantic_summary,
 )
+from whispergpt.evaluation.windows import Totals, evaluate_windows, tile_file
 from whispergpt.inference.fine_stage import default_overlap, fine_windows, score_fine_windows
-from whispergpt.models import FineModel, SemanticLM, WhisperGPT, load_pretrained, nll_per_codebook
+from whispergpt.models import FineModel, SemanticLM, WhisperGPT, load_pretrained
 from whispergpt.models.semantic import check_semantic_tokenizer
 from whispergpt.runtime import choose_precision, replacing, write_atomic, write_json_atomic
 
@@ -78,52 +78,7 @@ LN2 = math.log(2.0)
 # --- tiling ---------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Window:
-    """Frames ``[start, end)`` of one file are fed; frames ``[score_from, end)`` are scored."""
-
-    file_index: int
-    start: int
-    end: int
-    score_from: int
-
-
-def tile_file(num_frames: int, context: int, overlap: int, file_index: int = 0) -> list[Window]:
-    """The windows covering a file of ``num_frames`` frames (see the module docstring)."""
-    if context < 1:
-        raise ValueError(f"context must be >= 1, got {context}")
-    if not 0 <= overlap < context:
-        raise ValueError(f"overlap must be in [0, context={context}), got {overlap}")
-    stride = context - overlap
-    windows: list[Window] = []
-    scored_to, start = 0, 0
-    while scored_to < num_frames:
-        end = min(start + context, num_frames)
-        windows.append(Window(file_index, start, end, scored_to))
-        scored_to = end
-        start += stride
-    return windows
-
-
 # --- metric accumulation ----------------------------------------------------------------------------
-
-
-class Totals:
-    """Per-codebook sums: nats, correct top-1, token count (float64, so one all-reduce sums all)."""
-
-    def __init__(self, num_scored: int, device: torch.device | str = "cpu"):
-        self.t = torch.zeros(3, num_scored, dtype=torch.float64, device=device)  # (3, Ks)
-
-    def add(self, logits: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor | None = None) -> None:
-        """``logits (B, Ks, T, V)``, ``codes (B, K, T)``, ``mask (B, T)`` bool (True = scored)."""
-        nll_sum, count = nll_per_codebook(logits, codes, mask)
-        Ks = logits.shape[1]
-        hit = logits.argmax(dim=-1) == codes[:, :Ks]  # (B, Ks, T)
-        if mask is not None:
-            hit = hit & mask[:, None, :]
-        self.t[0] += nll_sum.to(self.t.device)
-        self.t[1] += hit.sum(dim=(0, 2)).to(self.t)
-        self.t[2] += count.to(self.t)
 
 
 def summarize_totals(totals: torch.Tensor, frame_rate: float, first_codebook: int = 0) -> dict:
@@ -250,50 +205,6 @@ def mel_sources(model: WhisperGPT | FineModel, mel: str) -> list[str]:
     if getattr(model.config, "fusion", "none") == "none":
         return ["n/a"]
     return ["truth", "decoded"] if mel == "both" else [mel]
-
-
-@torch.no_grad()
-def evaluate_windows(
-    model: WhisperGPT,
-    codes_of: dict[int, torch.Tensor],
-    mel_of: dict[int, torch.Tensor] | None,
-    windows: list[Window],
-    totals: Totals,
-    batch_size: int,
-    device: torch.device,
-    autocast_dtype: torch.dtype | None = None,
-    semantic_of: dict[int, torch.Tensor] | None = None,
-) -> None:
-    """Run ``windows`` (grouped by length so no padding is needed) and add them to ``totals``.
-
-    ``codes_of[i] (K, N_i)`` / ``mel_of[i] (M, N_i)`` hold whole files; ``mel_of`` is None for
-    token-only models; ``semantic_of[i] (N_i,)`` for models with ``semantic != none``, else None.
-    """
-
-    def cut(arrays: dict[int, torch.Tensor], batch: list[Window]) -> torch.Tensor:
-        """The batch's windows of whole-file arrays ``(..., N_i)`` -> ``(B, ..., T)``."""
-        return torch.stack([arrays[w.file_index][..., w.start : w.end] for w in batch]).to(device)
-
-    by_len: dict[int, list[Window]] = {}
-    for w in windows:
-        by_len.setdefault(w.end - w.start, []).append(w)
-    for length in sorted(by_len):
-        group = by_len[length]
-        for b in range(0, len(group), batch_size):
-            batch = group[b : b + batch_size]
-            codes = cut(codes_of, batch)  # (B, K, T)
-            mel = None if mel_of is None else cut(mel_of, batch)  # (B, M, T)
-            semantic = () if semantic_of is None else (cut(semantic_of, batch),)  # (B, T): conditioned models
-            steps = torch.arange(length, device=device)
-            mask = (
-                steps[None, :]
-                >= torch.tensor([w.score_from - w.start for w in batch], device=device)[:, None]
-            )
-            with torch.autocast(
-                device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
-            ):
-                logits = model(codes, mel, *semantic).logits  # (B, Ks, T, V)
-            totals.add(logits.float(), codes, mask)
 
 
 def find_metrics_file(checkpoint: str | os.PathLike, levels: int = 3) -> Path | None:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from whispergpt.audio import HOP_LENGTH, log_mel
-from whispergpt.evaluation.teacher_forced import Totals, Window, evaluate_windows, tile_file
+from whispergpt.evaluation.windows import Totals, Window, evaluate_windows, tile_file
 
 NGRAM = 4  # frames (53 ms)
 SILENT_DBFS = -60.0

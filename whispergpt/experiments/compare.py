@@ -118,7 +118,7 @@ def _run(cmd: list[str], log: Path, env: dict | None = None) -> None:
 def _step(launcher: list[str] | None, command: str, args: list[str], log: Path) -> None:
     """``whispergpt <command> <args>``: in this process (no launcher) or through the launcher."""
     if launcher:
-        _run([*launcher, "-m", "whispergpt.cli", command, *args], log)
+        _run([*launcher, "-m", "whispergpt", command, *args], log)
         return
     from whispergpt.cli import main as cli_main
 

@@ -32,7 +32,7 @@ def fine_runs(preset: dict, scale: str, sets: dict[str, str], out: Path, seeds: 
     scale's ``common`` block without its ``model`` section (the decoders' sizes), the rest of the
     ``fine`` block, the set and seed, the command line's overrides."""
     from whispergpt.config import resolve_config
-    from whispergpt.experiments.preset import Run
+    from whispergpt.experiments.plan import Run
 
     block = preset["scales"][scale].get("fine")
     if not block:

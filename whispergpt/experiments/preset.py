@@ -33,13 +33,13 @@ import shutil
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from whispergpt.config import apply_overrides, deep_merge, load_recipe, recipes_dir
 from whispergpt.errors import CommandFailed
+from whispergpt.experiments.plan import Run
 from whispergpt.runtime import write_atomic, write_json_atomic
 
 PRESET_KEYS = {"corpus", "sets", "seeds", "default_scale", "settings", "default_settings", "models", "ablations",
@@ -85,23 +85,6 @@ def load_preset(name_or_path: str | os.PathLike) -> dict:
         raise ValueError(f"{p}: default_settings must name settings, got {preset['default_settings']}")
     preset["path"] = str(p)
     return preset
-
-
-@dataclass
-class Run:
-    """One training run of a preset: where it goes and its raw config (before the dataset)."""
-
-    set: str
-    setting: str
-    model: str
-    seed: int
-    dir: Path
-    raw: dict
-    record: dict = field(default_factory=dict)  # run.json: the plan, FLOPs, wall times
-
-    @property
-    def name(self) -> str:
-        return f"{self.set}/{self.setting}/{self.model}/seed{self.seed}"
 
 
 def run_config(preset: dict, scale: str, setting: str, model: str, seed: int, data_dir: str,
@@ -183,7 +166,7 @@ def _call(launch: list[str] | None, args: list[str], log: Path, threads: int) ->
     if launch is None:
         _step(None, args[0], args[1:], log)
     else:
-        _run([*launch, "-m", "whispergpt.cli", *args], log, _env(threads))
+        _run([*launch, "-m", "whispergpt", *args], log, _env(threads))
 
 
 def run_one(run: Run, launch: list[str] | None, threads: int) -> bool:
@@ -365,11 +348,11 @@ def estimate(runs: list[Run], out: Path, launch: list[str], threads: int, jobs: 
                                             "train.early_stop_patience=0", f"train.save_every={n}"])  # fmt: skip
             (d / str(n)).mkdir(parents=True)
             write_atomic(d / str(n) / "recipe.yaml", yaml.safe_dump(raw, sort_keys=False))
-            c, w = _timed([*launch, "-m", "whispergpt.cli", "train", str(d / str(n) / "recipe.yaml")],
+            c, w = _timed([*launch, "-m", "whispergpt", "train", str(d / str(n) / "recipe.yaml")],
                           d / str(n) / "train.log", env)  # fmt: skip
             cpu.append(c)
             wall.append(w)
-        ev = _timed([*launch, "-m", "whispergpt.cli", *_eval_args(run, d / str(long) / "final", d / "eval.json")],
+        ev = _timed([*launch, "-m", "whispergpt", *_eval_args(run, d / str(long) / "final", d / "eval.json")],
                     d / "eval.log", env)  # fmt: skip
         step_cpu, step_wall = (cpu[1] - cpu[0]) / (long - short), (wall[1] - wall[0]) / (long - short)
         per[key] = dict(setting=run.setting, model=run.model, params_matmul=run.record["n_matmul"],

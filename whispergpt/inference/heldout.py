@@ -86,15 +86,14 @@ def _reference(codec, path: str, codes: torch.Tensor, start: int, frames: int) -
 
 
 def run_heldout(
-    args, model, codec, config, device: torch.device, record: dict, fine=None, semantic=None
+    args, model, codec, config, device: torch.device, record: dict, options: dict, fine=None, semantic=None
 ) -> dict:
     """Generate continuations of ``args.num_prompts`` held-out prompts (module docstring).
-    ``fine``: a ``fine_stage.FineStage`` filling the codebooks the model does not generate.
+    ``options``: the ``generate`` keyword arguments of the sampling flags. ``fine``: a ``fine_stage.FineStage`` filling the codebooks the model does not generate.
     ``semantic``: a ``hierarchy.SemanticStage`` (``--semantic-lm``): each prompt's audio (as the
     reference: the original file, else its decoded codes) is tokenized and continued by the semantic
     LM (seeded as the batch), and the acoustic model reads those tokens."""
     from whispergpt.data import PreparedDataset
-    from whispergpt.inference.pipeline import generate_options
 
     Tp = int(round(args.prompt_seconds * FRAME_RATE))
     if semantic is not None:  # whole semantic tokens, as for a --prompt file
@@ -148,7 +147,7 @@ def run_heldout(
             num_samples=len(batch),
             generator=gen,
             decode_audio=fine is None,
-            **generate_options(args),
+            **options,
             **conditioning,
         )
         if fine is not None:  # the prompt keeps its true fine codes

@@ -189,7 +189,7 @@ def run(args: argparse.Namespace) -> dict:
         )
         if semantic is not None:
             base["stages"] = stages_record(args, ckpt, config, semantic, fine)
-        record = run_heldout(args, model, codec, config, device, base, fine, semantic)
+        record = run_heldout(args, model, codec, config, device, base, generate_options(args), fine, semantic)
         record["timing"] = dict(load_s=t_load - t0, total_s=time.perf_counter() - t0)
         return record
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 if TYPE_CHECKING:
-    from whispergpt.models.whispergpt import WhisperGPTConfig
+    from whispergpt.models.config import WhisperGPTConfig
 
 
 def rope_cos_sin(

@@ -38,7 +38,7 @@ from torch import nn
 from whispergpt.models.blocks import BlockWeights, FastLinear, Int8Linear, LayerKV, Stack, decode_linear
 
 if TYPE_CHECKING:
-    from whispergpt.models.whispergpt import WhisperGPTConfig
+    from whispergpt.models.config import WhisperGPTConfig
 
 
 class DepthState:

@@ -83,27 +83,9 @@ class PretrainedIO:
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device=None):
         """Load a ``save_pretrained`` directory (no pickle); refuses other model types."""
-        from whispergpt.config import from_dict
+        from whispergpt.dictconfig import from_dict
 
         raw, state = read_pretrained(directory, cls.model_type)
         model = cls(from_dict(cls.config_class, raw, cls.config_section))
         model.load_state_dict(state)
         return model if device is None else model.to(device)
-
-
-def model_classes() -> dict[str, type[nn.Module]]:
-    """``model_type -> class`` of every model the package defines."""
-    from whispergpt.models import encodecmae, fine, semantic_lm, whispergpt
-
-    kinds = (whispergpt.WhisperGPT, fine.FineModel, encodecmae.EnCodecMAE, semantic_lm.SemanticLM)
-    classes: dict[str, type[nn.Module]] = {cls.model_type: cls for cls in kinds}
-    return classes
-
-
-def load_pretrained(directory: str | os.PathLike, device=None) -> nn.Module:
-    """Open any model's ``save_pretrained`` directory as its own class."""
-    kind = model_type_of(directory)
-    classes = model_classes()
-    if kind not in classes:
-        raise WrongModelType(f"{directory}: unknown model_type {kind!r}; known: {sorted(classes)}")
-    return classes[kind].from_pretrained(directory, device=device)
