@@ -19,12 +19,10 @@ from whispergpt.config import (
     TASK_SECTIONS,
     ConfigError,
     RunConfig,
-    load_config,
     load_recipe,
     load_run_config,
-    recipe_path,
-    recipes_dir,
 )
+from whispergpt.config_io import load_config, recipe_path, recipes_dir
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = ["tiny", "quickstart", "paper_gpt_s", "paper_gpt_l", "paper_hybrid", "gpt_100m"]

@@ -19,7 +19,7 @@ from whispergpt.audio import SAMPLE_RATE, load_audio
 from whispergpt.cli.eval import main as eval_main
 from whispergpt.data import PreparedDataset
 from whispergpt.evaluation import teacher_forced as ev
-from whispergpt.models import WhisperGPT, WhisperGPTConfig
+from whispergpt.models import WhisperGPT, WhisperGPTConfig, nll_per_codebook
 
 REPO = Path(__file__).resolve().parents[1]
 FILE_SECONDS = (0.61, 0.43, 0.29)  # 45, 32, 21 frames: distinct lengths, several windows each at context 16
@@ -192,13 +192,13 @@ def brute_force_nll(model: WhisperGPT, ds: PreparedDataset) -> tuple[float, int]
         codes, mel = ds.file_arrays(i)  # (K, N), (M, N)
         n = codes.shape[1]
         first = model(codes[None, :, :ctx], mel[None, :, :ctx]).logits  # (1, Ks, min(ctx, n), V)
-        s, c = ev.nll_per_codebook(first, codes[None, :, :ctx])
+        s, c = nll_per_codebook(first, codes[None, :, :ctx])
         total, count = total + float(s.sum()), count + int(c.sum())
         if n > ctx:  # one window per later frame, batched: (n - ctx, K, ctx)
             wc = torch.stack([codes[:, t - ctx + 1 : t + 1] for t in range(ctx, n)])
             wm = torch.stack([mel[:, t - ctx + 1 : t + 1] for t in range(ctx, n)])
             logits = model(wc, wm).logits[:, :, -1:]  # (n - ctx, Ks, 1, V): the last frame only
-            s, c = ev.nll_per_codebook(logits, wc[:, :, -1:])
+            s, c = nll_per_codebook(logits, wc[:, :, -1:])
             total, count = total + float(s.sum()), count + int(c.sum())
     return total / count, count
 

@@ -51,7 +51,7 @@ def test_write_atomic_replaces_and_leaves_no_temp(tmp_path, monkeypatch):
 
 
 def test_checkpoint_write_json_atomic_is_the_runtime_one():
-    from whispergpt.training import checkpoint
+    from whispergpt import checkpoint
 
     assert checkpoint.write_json_atomic is runtime.write_json_atomic
 

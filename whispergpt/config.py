@@ -22,129 +22,19 @@ import os
 import sys
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
-
-from whispergpt.dictconfig import C, ConfigError, check_keys, from_dict
+from whispergpt.config_io import (
+    ConfigError,
+    apply_overrides,
+    check_keys,
+    from_dict,
+    load_recipe,
+)
 from whispergpt.models.config import WhisperGPTConfig
 from whispergpt.models.encodecmae import EnCodecMAEConfig
 from whispergpt.models.fine import FineConfig
 from whispergpt.models.semantic_lm import SemanticLMConfig
-
-
-def _parse_scalar(text: str) -> Any:
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-    # "1e-3" is a str in YAML 1.1; users mean a float.
-    if isinstance(value, str):
-        try:
-            return float(value) if any(c in value for c in ".eE") else value
-        except ValueError:
-            return value
-    return value
-
-
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply ``a.b.c=value`` strings to a nested mapping (copy)."""
-    data = json.loads(json.dumps(data or {}))
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. train.max_steps=100)")
-        key, text = item.split("=", 1)
-        parts = [p for p in key.strip().split(".") if p]
-        if not parts:
-            raise ConfigError(f"override {item!r} has an empty key")
-        node = data
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {p!r} is not a section")
-        node[parts[-1]] = _parse_scalar(text)
-    return data
-
-
-# --- recipes ------------------------------------------------------------------------------------
-
-
-def recipes_dir() -> Path:
-    """The shipped recipes: ``whispergpt/configs`` in an installed wheel, else ``<repo>/configs``."""
-    pkg = Path(__file__).resolve().parent
-    installed = pkg / "configs"  # the wheel maps the top-level configs/ here (pyproject package-dir)
-    return installed if installed.is_dir() else pkg.parent / "configs"
-
-
-def _shipped(name: str | os.PathLike) -> Path | None:
-    p = Path(name)
-    if p.is_absolute():
-        return None
-    if p.parts[:1] == ("configs",):  # "configs/tiny.yaml" from outside the checkout
-        p = Path(*p.parts[1:])
-    root = recipes_dir()
-    for cand in (root / p, root / p.with_name(p.name + ".yaml")):
-        if cand.is_file():
-            return cand
-    return None
-
-
-def recipe_path(name_or_path: str | os.PathLike) -> Path:
-    """A recipe file: the path if it exists, else the shipped recipe of that name (``tiny.yaml``,
-    ``tiny``, ``configs/tiny.yaml``, ``compare/tiny/paper_hybrid.yaml``)."""
-    p = Path(name_or_path).expanduser()
-    if p.is_file():
-        return p
-    found = _shipped(p)
-    if found is None:
-        names = sorted(str(q.relative_to(recipes_dir())) for q in recipes_dir().glob("*.yaml"))
-        raise ConfigError(f"config file {p} not found (not a file, nor a shipped recipe; shipped: {names})")
-    return found
-
-
-def deep_merge(base: dict, child: dict) -> dict:
-    """``child`` over ``base`` (copies): mappings merge key by key, anything else is replaced."""
-    out = dict(base)
-    for key, value in child.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def load_recipe(name_or_path: str | os.PathLike, _chain: tuple[Path, ...] = ()) -> dict:
-    """A recipe as a mapping, its ``extends`` chain merged in (child wins)."""
-    path = recipe_path(name_or_path).resolve()
-    if path in _chain:
-        cycle = " -> ".join(str(p) for p in (*_chain[_chain.index(path) :], path))
-        raise ConfigError(f"recipe extends form a cycle: {cycle}")
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
-    parents = data.pop("extends", None)
-    if parents is None:
-        return data
-    if isinstance(parents, str):
-        parents = [parents]
-    if not isinstance(parents, list) or not all(isinstance(x, str) for x in parents):
-        raise ConfigError(f"{path}: extends must be a recipe name or a list of them, got {parents!r}")
-    merged: dict = {}
-    for parent in parents:
-        local = path.parent / parent
-        target = local if local.is_file() else _shipped(parent)
-        if target is None:
-            raise ConfigError(f"{path}: extends {parent!r}: no such recipe next to it nor shipped")
-        merged = deep_merge(merged, load_recipe(target, (*_chain, path)))
-    return deep_merge(merged, data)
-
-
-def load_config(cls: type[C], path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> C:
-    """Recipe (optional; path or shipped name) + overrides -> validated dataclass ``cls``."""
-    data = load_recipe(path) if path is not None else {}
-    return from_dict(cls, apply_overrides(data, overrides or []))
-
 
 # --- the run config (train.py / whispergpt train) ---------------------------------------------
 
@@ -256,6 +146,12 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def trim_dict(self, data: dict) -> None:
+        """``config_io.to_dict``: keep only the task's model section."""
+        for name in TASK_SECTIONS.values():
+            if name != TASK_SECTIONS.get(self.task) and name in data:
+                del data[name]
 
 
 # model fields that must agree with the prepared dataset (manifest key == field name); null in a
@@ -393,17 +289,3 @@ def load_run_config(path: str | os.PathLike | None, overrides: list[str] | None 
     """Recipe (path or shipped name) + ``key=value`` overrides -> RunConfig (:func:`resolve_config`)."""
     data = load_recipe(path) if path is not None else {}
     return resolve_config(apply_overrides(data, overrides or []))
-
-
-def to_dict(cfg: Any) -> dict:
-    """The config as plain data; a run config keeps only its task's model section."""
-    out = dataclasses.asdict(cfg)
-    if isinstance(cfg, RunConfig):
-        for name in TASK_SECTIONS.values():
-            if name != TASK_SECTIONS.get(cfg.task) and name in out:
-                del out[name]
-    return out
-
-
-def dump_yaml(cfg: Any) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -21,7 +21,8 @@ from whispergpt.codec.train import (
     lsuv_init,
     train,
 )
-from whispergpt.config import ConfigError, load_config
+from whispergpt.config import ConfigError
+from whispergpt.config_io import load_config
 
 TINY = [
     "model.num_filters=4",

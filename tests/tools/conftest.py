@@ -45,8 +45,9 @@ def semantic_tokenizer(tmp_path_factory, mae_dir, tiny_dataset):
 def semantic_dataset(tmp_path_factory, tiny_dataset, tiny_codec_dir, semantic_tokenizer):
     """The tiny dataset's clips prepared again with ``--semantic`` (the stream of ``semantic_tokenizer``)."""
     from whispergpt.data.prepare import prepare
+    from whispergpt.semantic.tokenizer import semantic_source
 
     out = tmp_path_factory.mktemp("semantic-dataset") / "prepared"
     prepare([tiny_dataset.parent / "wav"], out, tiny_codec_dir, bandwidth=1.5, n_mels=80, val_fraction=0.34,
-            seed=0, device="cpu", progress=False, semantic=semantic_tokenizer)  # fmt: skip
+            seed=0, device="cpu", progress=False, semantic=semantic_source(semantic_tokenizer))  # fmt: skip
     return out

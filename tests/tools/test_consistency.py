@@ -12,6 +12,7 @@ from whispergpt.audio import HOP_LENGTH, SAMPLE_RATE
 from whispergpt.cli.consistency import main
 from whispergpt.errors import InputError
 from whispergpt.evaluation.consistency import run_consistency
+from whispergpt.experiments.probe import language_judge
 
 PROMPT_FRAMES = 45  # 0.6 s
 N = PROMPT_FRAMES * HOP_LENGTH
@@ -71,7 +72,8 @@ def test_judge_agreement_and_paired_difference(tmp_path, mae_dir):
     keep = _folder(tmp_path / "keep", prompts, [_noise(k, rng) for k in kinds], refs)
     flip = {"low": "high", "high": "low"}
     swap = _folder(tmp_path / "swap", prompts, [_noise(flip[k], rng) for k in kinds], refs)
-    report = run_consistency([keep, swap], mae=str(mae_dir), n_boot=200, cache=tmp_path / "cache", task="toy")
+    judge = language_judge(str(mae_dir), None, cache=tmp_path / "cache", task="toy")
+    report = run_consistency([keep, swap], judge, n_boot=200)
     assert report["judge_task"] == "toy" and report["language_probe_cv_accuracy"] > 0.9
     a, b = report["folders"]
     assert a["clips"]["continuation"]["language_agreement"]["value"] == 1.0

@@ -121,7 +121,7 @@ def test_cli_errors_before_any_work(tmp_path, ckpt_dir, tiny_codec_dir, capsys, 
 
 def test_cli_codec_from_the_step_checkpoint_record(tmp_path, tiny_codec_dir):
     """A run with step checkpoints only: the record in checkpoints/step-* names the codec."""
-    from whispergpt.training.checkpoint import TRAINER_STATE
+    from whispergpt.checkpoint import TRAINER_STATE
     from whispergpt.training.record import write_training_record
 
     step = tmp_path / "run" / "checkpoints" / "step-0000004"

@@ -12,7 +12,8 @@ import os
 import signal
 import sys
 
-from whispergpt.training import tasks, trainer
+from whispergpt.cli import train as train_cli
+from whispergpt.training import tasks
 
 if __name__ == "__main__":
     rank, step = int(sys.argv[1]), int(sys.argv[2])
@@ -26,4 +27,4 @@ if __name__ == "__main__":
         return real(logits, codes)
 
     tasks.nll_per_codebook = patched
-    sys.exit(trainer.main(sys.argv[3:]))
+    sys.exit(train_cli.main(sys.argv[3:]))

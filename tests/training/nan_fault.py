@@ -13,7 +13,8 @@ import sys
 
 import torch
 
-from whispergpt.training import tasks, trainer
+from whispergpt.cli import train as train_cli
+from whispergpt.training import tasks
 
 
 def nan_from_step(step: int, grad_accum: int = 1):
@@ -35,4 +36,4 @@ def nan_from_step(step: int, grad_accum: int = 1):
 
 if __name__ == "__main__":
     tasks.nll_per_codebook = nan_from_step(int(sys.argv[1]), int(sys.argv[2]))
-    sys.exit(trainer.main(sys.argv[3:]))
+    sys.exit(train_cli.main(sys.argv[3:]))

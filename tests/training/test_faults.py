@@ -17,10 +17,10 @@ import safetensors.torch
 import torch
 from safetensors.torch import save_file
 
+from whispergpt import checkpoint as ckpt_io
 from whispergpt.cli.train import main
 from whispergpt.errors import InputError
 from whispergpt.models import WhisperGPT
-from whispergpt.training import checkpoint as ckpt_io
 from whispergpt.training import trainer
 from whispergpt.training.record import resolve_checkpoint
 

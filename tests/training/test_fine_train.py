@@ -11,9 +11,10 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from whispergpt.config import ConfigError, dump_yaml, load_recipe, load_run_config, recipe_path
+from whispergpt import checkpoint as ckpt_io
+from whispergpt.config import ConfigError, load_recipe, load_run_config
+from whispergpt.config_io import dump_yaml, recipe_path
 from whispergpt.models import FineModel, load_pretrained, nll_per_codebook
-from whispergpt.training import checkpoint as ckpt_io
 from whispergpt.training import train
 from whispergpt.training.tasks import TASKS, TaskModule, get_task
 

@@ -16,10 +16,11 @@ from safetensors.torch import load_file
 from test_train import quiet, read_metrics  # a sibling module: pytest puts tests/training on sys.path
 from test_train_distributed import _free_port
 
+from whispergpt import checkpoint as ckpt_io
 from whispergpt.cli.train import main
-from whispergpt.config import ConfigError, dump_yaml, load_run_config
+from whispergpt.config import ConfigError, load_run_config
+from whispergpt.config_io import dump_yaml
 from whispergpt.models import EnCodecMAE, load_pretrained
-from whispergpt.training import checkpoint as ckpt_io
 from whispergpt.training.tasks import TaskModule, get_task
 
 REPO = Path(__file__).resolve().parents[2]
@@ -167,13 +168,13 @@ def test_self_training_on_the_latent_and_semantic_streams(tiny_dataset, tiny_cod
     # MAE's features as targets next to the codes
     from whispergpt.data import read_manifest
     from whispergpt.data.prepare import prepare
-    from whispergpt.semantic.tokenizer import fit_semantic
+    from whispergpt.semantic.tokenizer import fit_semantic, semantic_source
 
     tok = tmp_path / "tok"
     fit_semantic(mae_run / "final", [tiny_dataset], tok, clusters=6, layer=1, device="cpu", progress=False)
     data = tmp_path / "semantic-ds"
     prepare([tiny_dataset.parent / "wav"], data, tiny_codec_dir, bandwidth=1.5, n_mels=80, val_fraction=0.34,
-            seed=0, device="cpu", progress=False, latent=True, semantic=tok)  # fmt: skip
+            seed=0, device="cpu", progress=False, latent=True, semantic=semantic_source(tok))  # fmt: skip
     over = ["mae.input=latent", "mae.targets=both"]
     cfg = load_run_config(MAE_TINY, quiet(data, tmp_path, *over))
     assert cfg.mae.kmeans_clusters == 6 and cfg.mae.in_dim == read_manifest(data)["latent_dim"]

@@ -6,7 +6,7 @@ import json
 import pytest
 import yaml
 
-from whispergpt.training.checkpoint import TRAINER_STATE
+from whispergpt.checkpoint import TRAINER_STATE
 from whispergpt.training.record import (
     TRAINING_DATA_FILE,
     read_training_record,
@@ -101,8 +101,8 @@ def test_legacy_config_with_disagreeing_data_dirs_gives_none(tmp_path):
 def test_training_writes_the_record_into_every_checkpoint(tiny_dataset, tmp_path):
     from pathlib import Path
 
+    from whispergpt import checkpoint as ckpt_io
     from whispergpt.cli.train import main
-    from whispergpt.training import checkpoint as ckpt_io
 
     tiny = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"
     out = tmp_path / "run"

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from whispergpt.config import ConfigError, RunConfig, dump_yaml, resolve_config
+from whispergpt.config import ConfigError, RunConfig, resolve_config
+from whispergpt.config_io import dump_yaml
 from whispergpt.models import WhisperGPT, nll_per_codebook
 from whispergpt.training.tasks import TASKS, TaskModule, get_task
 

@@ -16,10 +16,10 @@ import torch
 from nan_fault import nan_from_step  # a sibling module: pytest puts tests/training on sys.path
 from safetensors.torch import load_file
 
+from whispergpt import checkpoint as ckpt_io
 from whispergpt.cli.train import main
 from whispergpt.config import ConfigError, TrainConfig, load_run_config
 from whispergpt.training import TrainCrops, lr_at, sample_seed, tasks, val_indices
-from whispergpt.training import checkpoint as ckpt_io
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs" / "tiny.yaml"

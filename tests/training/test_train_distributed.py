@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 from test_train import read_metrics  # the same metrics.jsonl reader as the single-process tests
 
-from whispergpt.training import checkpoint as ckpt_io
+from whispergpt import checkpoint as ckpt_io
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs" / "tiny.yaml"

@@ -40,7 +40,7 @@ def _split_overrides(items: list[str]) -> tuple[list[str], list[str]]:
 @command("codec train")
 def main_train(argv: list[str]) -> int:
     from whispergpt.codec.train import CodecTrainConfig, train
-    from whispergpt.config import load_config
+    from whispergpt.config_io import load_config
 
     p = make_parser(
         "whispergpt codec train",

@@ -6,7 +6,9 @@ import sys
 from pathlib import Path
 
 from whispergpt.cli import command, make_parser
+from whispergpt.errors import InputError
 from whispergpt.evaluation.consistency import markdown, run_consistency
+from whispergpt.experiments.probe import language_judge
 from whispergpt.runtime import write_atomic, write_json_atomic
 
 
@@ -36,8 +38,12 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--judge-task", default="language", help="probe task the judge is fitted on")
     ap.add_argument("--device", default="cpu", help="cpu | cuda[:N] | auto")
     args = ap.parse_args(argv)
-    report = run_consistency(args.folders, args.mae, args.layer, args.device, args.bootstrap, args.seed,
-                             args.cache, args.judge_task)  # fmt: skip
+    if not args.folders:
+        raise InputError("consistency needs at least one folder of held-out continuations")
+    judge = None
+    if args.mae:
+        judge = language_judge(args.mae, args.layer, args.device, args.cache, args.seed, args.judge_task)
+    report = run_consistency(args.folders, judge, args.bootstrap, args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "consistency.json", report)

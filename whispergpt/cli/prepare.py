@@ -12,6 +12,7 @@ from whispergpt.data.prepare import prepare
 from whispergpt.data.streams import MEL_DTYPES
 from whispergpt.data.summary import summarize
 from whispergpt.errors import InputError
+from whispergpt.semantic.tokenizer import semantic_source
 
 
 @command("prepare")
@@ -92,7 +93,7 @@ def main_prepare(argv: list[str]) -> int:
         mel_dtype=args.mel_dtype,
         latent=args.latent,
         decoded_coarse_mel=False if args.no_coarse_mel else None,
-        semantic=args.semantic,
+        semantic=None if args.semantic is None else semantic_source(args.semantic),
     )
     return 0
 

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from whispergpt.config import to_dict
+from whispergpt import checkpoint as ckpt_io
+from whispergpt.config_io import to_dict
 from whispergpt.runtime import write_atomic, write_json_atomic
-from whispergpt.training import checkpoint as ckpt_io
 
 if TYPE_CHECKING:
     from whispergpt.codec.trainable import TrainableCodec

@@ -53,7 +53,7 @@ from whispergpt.codec.trainable import (
     build_encodec,
     quantizers_per_bandwidth,
 )
-from whispergpt.config import dump_yaml, to_dict
+from whispergpt.config_io import dump_yaml, to_dict
 from whispergpt.runtime import make_accelerator, seed_everything, write_atomic
 
 # ---------------------------------------------------------------------------------------------

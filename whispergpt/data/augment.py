@@ -394,7 +394,7 @@ def load_recipe(path: str | os.PathLike) -> AugmentRecipe:
     """Read and validate a recipe YAML (``ValueError`` naming the file on any problem)."""
     import yaml
 
-    from whispergpt.config import ConfigError, recipe_path
+    from whispergpt.config_io import ConfigError, recipe_path
 
     path = Path(path)
     if not path.is_file():  # a shipped recipe by name: speech-light.yaml -> configs/augment/

@@ -83,6 +83,7 @@ available).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -97,7 +98,7 @@ from whispergpt.audio import AUDIO_EXTENSIONS, HOP_LENGTH, SAMPLE_RATE, AudioLoa
 from whispergpt.data.augment import AugmentedCopies, AugmentRecipe
 from whispergpt.data.dataset import FORMAT_VERSION, MANIFEST, SHARDS_DIR, check_shard, read_manifest
 from whispergpt.data.encode import encode_batch, encode_long, latent_dim
-from whispergpt.data.streams import MEL_DTYPES, STREAMS, FileWork
+from whispergpt.data.streams import MEL_DTYPES, STREAMS, FileWork, SemanticSource, register_stream
 from whispergpt.errors import WhisperGPTError
 from whispergpt.runtime import move_aside, resolve_device, write_json_atomic
 
@@ -328,14 +329,14 @@ def prepare(
     mel_dtype: str = "float16",
     latent: bool = False,
     decoded_coarse_mel: bool | None = None,
-    semantic: str | os.PathLike | None = None,
+    semantic: SemanticSource | None = None,
 ) -> dict:
     """Encode ``sources`` into the dataset at ``out`` (resuming if it exists); returns the manifest.
 
     Streams stored: codes and mel always; ``decoded_mel`` the log-mel of the all-codebook decode,
     ``decoded_coarse_mel`` (default: as ``decoded_mel``) of the codebook-0 decode; ``latent`` the
-    codec encoder's output; ``semantic`` (a ``whispergpt semantic fit`` folder) the per-frame
-    semantic tokens (``whispergpt.semantic.tokenizer``). ``mel_dtype``: float16 or float32 for every mel stream.
+    codec encoder's output; ``semantic`` (``semantic.tokenizer.semantic_source`` of a ``whispergpt
+    semantic fit`` folder) the per-frame semantic tokens. ``mel_dtype``: float16 or float32 for every mel stream.
     Raises ``ValueError`` for bad arguments / a mismatched existing dataset, and
     ``NoUsableAudioError`` (after writing the manifest) when no file at all could be used.
     """
@@ -356,11 +357,11 @@ def prepare(
     root = out / SHARDS_DIR
     coarse = decoded_mel if decoded_coarse_mel is None else decoded_coarse_mel
     semantic_info = None
-    if semantic is not None:  # checked before any work; the stream's writer is the tokenizer's
-        from whispergpt.semantic.tokenizer import register_stream_writer
-
-        semantic_info = register_stream_writer(semantic)
-        semantic = str(Path(semantic).resolve())
+    if (
+        semantic is not None
+    ):  # checked before any work (semantic_source); the stream's writer is the tokenizer's
+        register_stream(dataclasses.replace(STREAMS["semantic"], writer=semantic.writer))
+        semantic_info, semantic = semantic.info, semantic.directory
     settings = dict(codec=str(codec), bandwidth=float(bandwidth), n_mels=int(n_mels), seed=int(seed),
                     val_fraction=float(val_fraction), decoded_mel=bool(decoded_mel), decoded_coarse_mel=bool(coarse),
                     latent=bool(latent), mel_dtype=str(mel_dtype), augment=aug.settings(), semantic=semantic)  # fmt: skip

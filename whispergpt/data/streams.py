@@ -93,6 +93,16 @@ class Stream:
 STREAMS: dict[str, Stream] = {}
 
 
+@dataclass(frozen=True)
+class SemanticSource:
+    """What ``prepare --semantic`` needs from a semantic tokenizer, built by
+    ``semantic.tokenizer.semantic_source`` (the data layer does not import the tokenizer)."""
+
+    directory: str  # the tokenizer folder, resolved: recorded in the dataset's settings
+    info: dict  # the manifest's ``semantic_tokenizer`` record
+    writer: Callable  # the ``semantic`` stream's writer (one file's ``(T,)`` tokens)
+
+
 def register_stream(stream: Stream) -> Stream:
     if stream.kind not in ("int", "float"):
         raise ValueError(f"stream {stream.name}: kind must be int or float, got {stream.kind!r}")

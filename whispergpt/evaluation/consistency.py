@@ -41,7 +41,6 @@ from whispergpt.audio import HOP_LENGTH, load_audio
 from whispergpt.errors import InputError
 from whispergpt.evaluation.distribution import mean_summary
 from whispergpt.evaluation.paired import chroma_profile
-from whispergpt.runtime import resolve_device
 
 METRICS = {  # name -> (needs the MAE, direction)
     "language_agreement": (True, "higher: the continuation keeps the prompt's language"),
@@ -101,16 +100,15 @@ def _original_prompt(p: dict, n_prompt: int, decoded: torch.Tensor) -> torch.Ten
 
 
 class LanguageJudge:
-    """A language classifier on mean-pooled MAE embeddings, fitted on the probe's language task."""
+    """A language classifier on mean-pooled MAE embeddings, fitted on a labelled probe task
+    (``clips``, ``labels``, ``classes``; ``experiments.probe.language_judge`` builds the language one)."""
 
-    def __init__(self, checkpoint, layer: int | None, device: torch.device, cache=None, seed: int = 0,
-                 task: str = "language") -> None:  # fmt: skip
-        from whispergpt.experiments.probe import DEFAULT_PER_CLASS, Embedder, fit_probe
-        from whispergpt.experiments.probe_tasks import load_task
+    def __init__(self, checkpoint, layer: int | None, device: torch.device, task, task_name: str,
+                 seed: int = 0) -> None:  # fmt: skip
+        from whispergpt.evaluation.probe import Embedder, fit_probe
 
         self.embedder = Embedder(checkpoint, layer, None, device)
-        self.task = task
-        task = load_task(task, DEFAULT_PER_CLASS[task], 0, cache)
+        self.task = task_name
         x = self.embedder.embed("encodecmae", task.clips)  # (N, D)
         self.scaler, self.clf, self.c, self.cv_accuracy = fit_probe(x, task.labels, np.arange(len(x)), seed)
         self.classes = task.classes
@@ -148,14 +146,13 @@ def per_prompt(folder: dict, judge: LanguageJudge | None) -> dict[str, dict[str,
 
 
 def run_consistency(
-    folders: Sequence[str | Path], mae: str | None = None, layer: int | None = None, device: str = "cpu",
-    n_boot: int = 1000, seed: int = 0, cache=None, task: str = "language",
-) -> dict:  # fmt: skip
-    """The report: per folder, per clip (continuation / reference), per metric: mean, interval, n."""
+    folders: Sequence[str | Path], judge: LanguageJudge | None = None, n_boot: int = 1000, seed: int = 0
+) -> dict:
+    """The report: per folder, per clip (continuation / reference), per metric: mean, interval, n.
+    Without a ``judge``, the metrics that need the MAE are left out."""
     if not folders:
         raise InputError("consistency needs at least one folder of held-out continuations")
     data = [read_folder(f) for f in folders]
-    judge = LanguageJudge(mae, layer, resolve_device(device), cache, seed, task) if mae else None
     report = dict(
         mae=str(judge.embedder.checkpoint) if judge else None, layer=judge.embedder.layer if judge else None,
         judge_task=judge.task if judge else None, language_classes=judge.classes if judge else None, language_probe_c=judge.c if judge else None,

@@ -55,7 +55,8 @@ from pathlib import Path
 
 import yaml
 
-from whispergpt.config import apply_overrides, deep_merge, load_recipe, recipes_dir
+from whispergpt.config import apply_overrides, load_recipe
+from whispergpt.config_io import deep_merge, recipes_dir
 from whispergpt.errors import CommandFailed
 
 RECIPES = (("GPT-S", "paper_gpt_s"), ("GPT-L", "paper_gpt_l"), ("hybrid", "paper_hybrid"))

@@ -17,7 +17,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from whispergpt.config import apply_overrides, deep_merge, load_recipe
+from whispergpt.config import apply_overrides, load_recipe
+from whispergpt.config_io import deep_merge
 from whispergpt.evaluation.bits import bits_rows
 from whispergpt.experiments.compare_report import spread
 

@@ -37,7 +37,8 @@ from pathlib import Path
 
 import yaml
 
-from whispergpt.config import apply_overrides, deep_merge, load_recipe, recipes_dir
+from whispergpt.config import apply_overrides, load_recipe
+from whispergpt.config_io import deep_merge, recipes_dir
 from whispergpt.errors import CommandFailed
 from whispergpt.experiments.plan import Run
 from whispergpt.runtime import write_atomic, write_json_atomic

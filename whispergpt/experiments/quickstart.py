@@ -31,7 +31,7 @@ STEPS = ("corpus", "prepare", "train", "eval", "sample", "score")
 
 def _recipe() -> Path:
     """The quickstart training recipe (repo checkout or the copy shipped in the wheel)."""
-    from whispergpt.config import recipe_path
+    from whispergpt.config_io import recipe_path
 
     return recipe_path("quickstart.yaml")
 

@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> dict:
     """Everything after parsing: checks (before any work), generation, outputs. Returns the JSON record."""
     from whispergpt.audio import load_audio, save_audio
     from whispergpt.codec import open_codec
-    from whispergpt.config import from_dict
+    from whispergpt.config_io import from_dict
     from whispergpt.models import WhisperGPT, WhisperGPTConfig
     from whispergpt.models.registry import check_model_type
 

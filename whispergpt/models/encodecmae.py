@@ -447,7 +447,7 @@ class EnCodecMAE(nn.Module):
         """Load a ``save_pretrained`` directory (no pickle); another model type is refused."""
         from safetensors.torch import load_file
 
-        from whispergpt.dictconfig import from_dict
+        from whispergpt.config_io import from_dict
 
         d = Path(directory)
         for name in ("config.json", "model.safetensors"):

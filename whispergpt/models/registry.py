@@ -83,7 +83,7 @@ class PretrainedIO:
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device=None):
         """Load a ``save_pretrained`` directory (no pickle); refuses other model types."""
-        from whispergpt.dictconfig import from_dict
+        from whispergpt.config_io import from_dict
 
         raw, state = read_pretrained(directory, cls.model_type)
         model = cls(from_dict(cls.config_class, raw, cls.config_section))

@@ -578,7 +578,7 @@ class WhisperGPT(nn.Module):
         """Load a ``save_pretrained`` directory (no pickle)."""
         from safetensors.torch import load_file
 
-        from whispergpt.dictconfig import from_dict
+        from whispergpt.config_io import from_dict
 
         d = Path(directory)
         for name in ("config.json", "model.safetensors"):

@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from whispergpt.audio import FRAME_RATE
+from whispergpt.data.streams import SemanticSource
 from whispergpt.errors import InputError
 from whispergpt.models.semantic import group_size as models_group_size
 from whispergpt.runtime import resolve_device, write_json_atomic
@@ -214,13 +215,9 @@ def stream_writer(work) -> np.ndarray:
     return tok.audio_frame_tokens(work.wave, work.wave.device).numpy()
 
 
-def register_stream_writer(directory: str | os.PathLike) -> dict:
-    """Check the tokenizer at ``directory``, make the ``semantic`` stream use it, and return what the
-    manifest records about it (``semantic_tokenizer``)."""
-    import dataclasses
-
-    from whispergpt.data.streams import STREAMS, register_stream
-
+def semantic_source(directory: str | os.PathLike) -> SemanticSource:
+    """Check the tokenizer at ``directory``: ``prepare(..., semantic=semantic_source(DIR))`` writes its
+    tokens as the ``semantic`` stream and records ``info`` in the manifest (``semantic_tokenizer``)."""
     tok = SemanticTokenizer.from_pretrained(directory)
     if tok.clusters > SEMANTIC_STORAGE_MAX + 1:
         raise InputError(
@@ -229,10 +226,10 @@ def register_stream_writer(directory: str | os.PathLike) -> dict:
         )
     if tok.mae_dir is None:
         raise InputError("the tokenizer folder holds no mae/ checkpoint copy", directory, "fit it again")
-    register_stream(dataclasses.replace(STREAMS["semantic"], writer=stream_writer))
     c = tok.config
-    return dict(clusters=c.clusters, layer=c.layer, rate=c.rate, group=c.group, mae_input=c.mae_input,
+    info = dict(clusters=c.clusters, layer=c.layer, rate=c.rate, group=c.group, mae_input=c.mae_input,
                 mae_checkpoint=c.mae_checkpoint, rule=f"codec frame t carries semantic token t // {c.group}")  # fmt: skip
+    return SemanticSource(str(Path(directory).resolve()), info, stream_writer)
 
 
 # -- fitting --------------------------------------------------------------------------------------

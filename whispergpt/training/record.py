@@ -34,7 +34,7 @@ def write_training_record(
     steps: int,
 ) -> Path:
     """Write ``directory/training_data.json`` atomically from the training data's ``manifest``."""
-    from whispergpt.training.checkpoint import write_json_atomic
+    from whispergpt.checkpoint import write_json_atomic
 
     path = Path(directory) / TRAINING_DATA_FILE
     record = dict(
@@ -69,7 +69,7 @@ def semantic_tokenizer_of(manifest: dict[str, Any]) -> dict[str, Any] | None:
 
 def _run_dir(checkpoint: Path) -> Path:
     """The training ``out_dir`` a checkpoint lies in (``out/final`` or ``out/checkpoints/step-*``)."""
-    from whispergpt.training.checkpoint import CHECKPOINTS
+    from whispergpt.checkpoint import CHECKPOINTS
 
     return checkpoint.parent.parent if checkpoint.parent.name == CHECKPOINTS else checkpoint.parent
 
@@ -95,8 +95,8 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     model dir that fails is an ``InputError``; in a run dir, a ``final`` or checkpoint that fails is
     skipped, with a warning on stderr, in favour of the newest one that verifies.
     """
+    from whispergpt.checkpoint import list_checkpoints, verify_checkpoint
     from whispergpt.errors import InputError
-    from whispergpt.training.checkpoint import list_checkpoints, verify_checkpoint
 
     p = Path(path).expanduser()
     if not p.exists():

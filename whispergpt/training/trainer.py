@@ -30,11 +30,9 @@ from pathlib import Path
 
 import torch
 
-from whispergpt.config import (  # the run config lives in config.py; re-exported here for old imports
-    RunConfig,
-    dump_yaml,
-    to_dict,
-)
+from whispergpt import checkpoint as ckpt_io
+from whispergpt.config import RunConfig
+from whispergpt.config_io import dump_yaml, to_dict
 from whispergpt.data import PreparedDataset
 from whispergpt.errors import WhisperGPTError
 from whispergpt.runtime import (
@@ -45,7 +43,6 @@ from whispergpt.runtime import (
     write_atomic,
     write_json_atomic,
 )
-from whispergpt.training import checkpoint as ckpt_io
 from whispergpt.training.loggers import Loggers
 from whispergpt.training.record import write_training_record
 from whispergpt.training.schedule import (

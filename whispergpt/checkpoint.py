@@ -1,4 +1,5 @@
-"""Training checkpoints: atomic step directories, RNG state without pickle, retention, discovery.
+"""Training checkpoints of every trainer (the LM trainer, the codec trainer): atomic step directories,
+RNG state without pickle, retention, discovery.
 
 Layout of one run directory (``out_dir``)::
 
