@@ -22,14 +22,14 @@ CLUSTERS = 6
 def semantic_dataset(tmp_path_factory, mae_dir, tiny_dataset, tiny_codec_dir):
     """The tiny dataset's clips prepared again with a 6-cluster semantic tokenizer (25 Hz)."""
     from whispergpt.data.prepare import prepare
-    from whispergpt.semantic.tokenizer import fit_semantic
+    from whispergpt.semantic.tokenizer import fit_semantic, semantic_source
 
     root = tmp_path_factory.mktemp("semantic-ds")
     tok = root / "tok"
     fit_semantic(mae_dir, [tiny_dataset], tok, clusters=CLUSTERS, layer=1, device="cpu", progress=False)
     out = root / "prepared"
     prepare([tiny_dataset.parent / "wav"], out, tiny_codec_dir, bandwidth=1.5, n_mels=80, val_fraction=0.34,
-            seed=0, device="cpu", progress=False, semantic=tok)  # fmt: skip
+            seed=0, device="cpu", progress=False, semantic=semantic_source(tok))  # fmt: skip
     return out
 
 

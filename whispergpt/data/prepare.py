@@ -357,9 +357,7 @@ def prepare(
     root = out / SHARDS_DIR
     coarse = decoded_mel if decoded_coarse_mel is None else decoded_coarse_mel
     semantic_info = None
-    if (
-        semantic is not None
-    ):  # checked before any work (semantic_source); the stream's writer is the tokenizer's
+    if semantic is not None:  # checked before any work by semantic_source; the writer is the tokenizer's
         register_stream(dataclasses.replace(STREAMS["semantic"], writer=semantic.writer))
         semantic_info, semantic = semantic.info, semantic.directory
     settings = dict(codec=str(codec), bandwidth=float(bandwidth), n_mels=int(n_mels), seed=int(seed),
