@@ -13,7 +13,7 @@ top-1 agreement of each dtype's frame logits with fp32's over every scored token
 (nats/token, ``nll_per_codebook``) of each, with its difference to fp32. Targets (issue 21):
 agreement >= 95 %, |NLL delta| <= 0.01 nats.
 
-Speed: ms per ``model._step`` (the sampler's step, batch 1 and 8, hybrid ``concat`` delay model,
+Speed: ms per ``model.step_unchecked`` (the sampler's step, batch 1 and 8, hybrid ``concat`` delay model,
 random weights) per dtype, paired round-robin rounds; ``vs_fp32`` = median of fp32 time / this
 time within a round, with its interquartile range. Sizes: the checkpoint's dims, ``cpu`` (the
 sampling benchmark's D256 L4) and ``gpt_100m`` (configs/gpt_100m.yaml: D768 L14, K=8), where a
@@ -146,7 +146,7 @@ def speed(dims: dict, batches: tuple[int, ...], steps: int, rounds: int, clock: 
                     cache = model.new_cache(B, steps, decode_dtype=d)
                     t0 = timer()
                     for p in range(steps):
-                        model._step(toks[p], mel[p], cache)
+                        model.step_unchecked(toks[p], mel[p], cache)
                     if r:
                         times[d].append((timer() - t0) / steps * 1e3)
         for d in DTYPES:

@@ -157,7 +157,7 @@ def test_recipes_found_by_name_from_any_directory(tmp_path, monkeypatch):
     assert recipe_path("compare/tiny/paper_hybrid.yaml") == recipes_dir() / "compare/tiny/paper_hybrid.yaml"
     from whispergpt.experiments import compare, quickstart
 
-    assert quickstart._recipe() == recipes_dir() / "quickstart.yaml"
+    assert quickstart.default_recipe() == recipes_dir() / "quickstart.yaml"
     assert compare.scales() == ["paper", "tiny"]
     local = write(tmp_path / "tiny.yaml", "out_dir: mine\n")  # a path that exists wins
     assert recipe_path("tiny.yaml") == Path("tiny.yaml") and load_recipe("tiny.yaml") == {"out_dir": "mine"}

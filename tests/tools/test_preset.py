@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from whispergpt.cli import main as cli_main
 from whispergpt.experiments import preset as pr
 
 
@@ -88,7 +89,7 @@ def test_paper_preset_end_to_end_tiny_then_resumes(tiny_dataset, tmp_path, capsy
     report, the curves and every run's config written; a re-run trains nothing; a deleted run is
     redone alone."""
     out = tmp_path / "cmp"
-    summary = pr.run_preset("paper", out, "tiny", {"speech": str(tiny_dataset)}, seeds=2)
+    summary = pr.run_preset("paper", out, "tiny", {"speech": str(tiny_dataset)}, seeds=2, main=cli_main)
     assert summary["runs_done_now"] == 2 * 7 and not summary["failures"]
     assert (out / "compare.md").is_file() and (out / "curves-speech.png").stat().st_size > 10_000
     written = json.loads((out / "compare.json").read_text())
@@ -111,7 +112,7 @@ def test_paper_preset_end_to_end_tiny_then_resumes(tiny_dataset, tmp_path, capsy
     assert "| speech | delay | hybrid − large |" in text and "Codebook 0 alone" in text
     capsys.readouterr()
 
-    again = pr.run_preset("paper", out, "tiny", {"speech": str(tiny_dataset)}, seeds=2)
+    again = pr.run_preset("paper", out, "tiny", {"speech": str(tiny_dataset)}, seeds=2, main=cli_main)
     assert again["runs_done_now"] == 0 and "finished already" in capsys.readouterr().out
     assert [g["nll"] for g in again["groups"]] == [g["nll"] for g in written["groups"]]
 
@@ -119,7 +120,12 @@ def test_paper_preset_end_to_end_tiny_then_resumes(tiny_dataset, tmp_path, capsy
 
     shutil.rmtree(one / "final")
     (one / "eval.json").unlink()
-    assert pr.run_preset("paper", out, "tiny", {"speech": str(tiny_dataset)}, seeds=2)["runs_done_now"] == 1
+    assert (
+        pr.run_preset("paper", out, "tiny", {"speech": str(tiny_dataset)}, seeds=2, main=cli_main)[
+            "runs_done_now"
+        ]
+        == 1
+    )
 
 
 def test_compare_cli_checks_its_flags(tmp_path, capsys):

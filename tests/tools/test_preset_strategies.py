@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from whispergpt.cli import main as cli_main
 from whispergpt.config import resolve_config
 from whispergpt.experiments import preset as pr
 from whispergpt.experiments.compare_bits import bits_report, fine_runs
@@ -77,7 +78,7 @@ def test_bits_report_pairs_each_coarse_run_with_its_fine_stage(tmp_path):
 @pytest.mark.slow
 def test_strategies_preset_end_to_end_tiny(tiny_dataset, tmp_path):
     out = tmp_path / "strategies"
-    summary = pr.run_preset("strategies", out, "tiny", {"speech": str(tiny_dataset)}, seeds=1)
+    summary = pr.run_preset("strategies", out, "tiny", {"speech": str(tiny_dataset)}, seeds=1, main=cli_main)
     assert summary["runs_done_now"] == 7 and not summary["failures"]
     rows = {r["name"]: r for r in summary["bits_per_second"]}
     for name in (
@@ -93,5 +94,5 @@ def test_strategies_preset_end_to_end_tiny(tiny_dataset, tmp_path):
     text = (out / "compare.md").read_text()
     assert "Bits per second over all K codebooks" in text and "| coarse/twin + fine | coarse+fine |" in text
     assert (out / "runs" / "speech" / "fine" / "fine" / "seed0" / "final" / "config.json").is_file()
-    again = pr.run_preset("strategies", out, "tiny", {"speech": str(tiny_dataset)}, seeds=1)
+    again = pr.run_preset("strategies", out, "tiny", {"speech": str(tiny_dataset)}, seeds=1, main=cli_main)
     assert again["runs_done_now"] == 0 and again["bits_per_second"] == summary["bits_per_second"]

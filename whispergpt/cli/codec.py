@@ -71,7 +71,7 @@ def main_train(argv: list[str]) -> int:
 
 @command("codec eval")
 def main_eval(argv: list[str]) -> int:
-    from whispergpt.codec.eval import _jsonable, markdown_table, run_eval
+    from whispergpt.codec.eval import jsonable, markdown_table, run_eval
     from whispergpt.runtime import write_json_atomic
 
     p = make_parser(
@@ -108,7 +108,7 @@ def main_eval(argv: list[str]) -> int:
     print(table)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(args.out, _jsonable(report), indent=1)
+        write_json_atomic(args.out, jsonable(report), indent=1)
         print(f"wrote {args.out}")
     return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from whispergpt.cli import command, make_parser
+from whispergpt.cli import main as cli_main
 from whispergpt.experiments.compare import CONFIGS, compare, scales
 
 
@@ -99,7 +100,7 @@ def main(argv: list[str]) -> int:
                 ap.error(f"--estimate takes two step counts A,B (e.g. 5,35), got {args.estimate!r}")
         run_preset(args.preset, args.out, args.scale, sets, args.seeds, args.jobs, args.launcher, args.processes,
                    args.overrides, args.corpus, args.minutes, not args.no_install, steps,
-                   args.settings.split(",") if args.settings else None)  # fmt: skip
+                   args.settings.split(",") if args.settings else None, main=cli_main)  # fmt: skip
         return 0
     if sets is None:
         ap.error("--speech and --music are required without --preset")
@@ -115,6 +116,7 @@ def main(argv: list[str]) -> int:
         prompts=args.prompts,
         prompt_seconds=args.prompt_seconds,
         seconds=args.seconds,
+        main=cli_main,
     )
     return 0
 

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from whispergpt.cli import command, make_parser
-from whispergpt.experiments.quickstart import Runner, _first_val_file, _recipe, demo_sets
+from whispergpt.experiments.quickstart import Runner, default_recipe, demo_sets, first_val_file
 
 
 @command("quickstart")
@@ -75,7 +75,7 @@ def main(argv: list[str]) -> int:
             overrides.append("model.fusion=none")
         if args.steps:
             overrides.append(f"train.max_steps={args.steps}")
-        runner.run(f"train-{name}", ["train", str(_recipe()), *overrides])
+        runner.run(f"train-{name}", ["train", str(default_recipe()), *overrides])
 
     # 4. evaluate both on each modality's held-out split (both mel sources for the hybrid)
     reports = {}
@@ -97,7 +97,7 @@ def main(argv: list[str]) -> int:
     samples = {}
     for m, dst in prepared.items():
         samples[m] = out / "samples" / m
-        prompt = None if args.dry_run else _first_val_file(dst)
+        prompt = None if args.dry_run else first_val_file(dst)
         cmd = ["sample", "--checkpoint", str(runs["hybrid"] / "final"), "--codec", args.codec]
         cmd += ["--seconds", str(args.seconds), "--out", str(samples[m]), "--seed", "0"]
         if prompt:

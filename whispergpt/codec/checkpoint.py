@@ -24,7 +24,7 @@ def _state_to_safetensors(module: nn.Module, path: Path) -> None:
     save_file({k: v.detach().cpu().clone().contiguous() for k, v in module.state_dict().items()}, str(path))
 
 
-def _load_safetensors(module: nn.Module, path: Path) -> None:
+def load_safetensors(module: nn.Module, path: Path) -> None:
     from safetensors.torch import load_file
 
     module.load_state_dict(load_file(str(path)))

@@ -211,13 +211,13 @@ def markdown_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _jsonable(x):
+def jsonable(x):
     if isinstance(x, float) and math.isinf(x):
         return "inf" if x > 0 else "-inf"
     if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
+        return {k: jsonable(v) for k, v in x.items()}
     if isinstance(x, list):
-        return [_jsonable(v) for v in x]
+        return [jsonable(v) for v in x]
     return x
 
 

@@ -68,7 +68,7 @@ class StreamingDecoder:
         with torch.no_grad(), parametrize.cached():
             self._build(codec, num_codebooks)
         prime = codec.silence_codes()[:num_codebooks].expand(num_codebooks, batch, PRIME_FRAMES)
-        self._run(prime.to(codec.device))  # fills the state; audio of the prefix is dropped
+        self.push_kbt(prime.to(codec.device))  # fills the state; audio of the prefix is dropped
 
     @staticmethod
     def supported(codec) -> bool:
@@ -168,9 +168,10 @@ class StreamingDecoder:
     @torch.inference_mode()
     def push(self, codes: torch.Tensor) -> torch.Tensor:
         """``codes (B, K, n)`` of the next n frames -> their audio ``(B, n * 320)``."""
-        return self._run(codes.to(self.table.device).transpose(0, 1))  # (K, B, n)
+        return self.push_kbt(codes.to(self.table.device).transpose(0, 1))  # (K, B, n)
 
-    def _run(self, codes_kbt: torch.Tensor) -> torch.Tensor:
+    def push_kbt(self, codes_kbt: torch.Tensor) -> torch.Tensor:
+        """``push`` on codes already on the device in ``(K, B, n)`` order (the static sampler's layout)."""
         # one lookup in the stacked codebooks, summed over K: (K, B, n, D) -> (B, n, D)
         x = torch.embedding(self.table, codes_kbt + self.offsets).sum(0)
         for op in self.ops:

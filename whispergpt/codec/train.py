@@ -34,9 +34,9 @@ import torch
 from whispergpt.audio import SAMPLE_RATE, log_mel
 from whispergpt.codec.checkpoint import (
     CODEC_STATE,
-    _load_safetensors,
     export_codec,
     latest_checkpoint,
+    load_safetensors,
     save_checkpoint,
 )
 from whispergpt.codec.corpus import CropSampler, find_audio_files, load_corpus
@@ -136,9 +136,9 @@ def train(cfg: CodecTrainConfig, audio: list[str | os.PathLike], out: str | os.P
                 flush=True,
             )
     if ckpt is not None:
-        _load_safetensors(gen, ckpt / "generator.safetensors")
+        load_safetensors(gen, ckpt / "generator.safetensors")
         if disc is not None and (ckpt / "discriminator.safetensors").is_file():
-            _load_safetensors(disc, ckpt / "discriminator.safetensors")
+            load_safetensors(disc, ckpt / "discriminator.safetensors")
         opt_state = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True)
         opt_g.load_state_dict(opt_state["opt_g"])
         if opt_d is not None and opt_state.get("opt_d"):

@@ -285,7 +285,9 @@ def _scan_shards(root: Path, manifest: dict, check: bool) -> tuple[list[dict], s
     return shards, done
 
 
-def _batches(paths: list[str], batch_seconds: float, skip, load) -> Iterator[list[tuple[str, torch.Tensor]]]:
+def audio_batches(
+    paths: list[str], batch_seconds: float, skip, load
+) -> Iterator[list[tuple[str, torch.Tensor]]]:
     """``load`` files in order and group them into batches of <= batch_seconds (a long file alone)."""
     batch: list[tuple[str, torch.Tensor]] = []
     total = 0.0
@@ -489,7 +491,7 @@ def prepare(
                 next_index = 1 + max((int(sh["name"].rsplit("-", 1)[1]) for sh in shards if sh["split"] == split),
                                      default=-1)  # fmt: skip
                 writer = _ShardWriter(root, split, next_index, shard_frames, on_shard, base)
-                for batch in _batches(pending[split], batch_seconds, skip, aug.load):
+                for batch in audio_batches(pending[split], batch_seconds, skip, aug.load):
                     waves = [w for _, w in batch]
                     if len(batch) == 1 and waves[0].shape[-1] > batch_seconds * SAMPLE_RATE:
                         encoded = encode_long(cdc, waves[0], chunk_frames, context_frames, **want_latent)

@@ -51,6 +51,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -101,7 +102,7 @@ def run_config(recipe: str, data_dir: str, out_dir: Path, scale: str, tokens: in
     return cfg
 
 
-def _run(cmd: list[str], log: Path, env: dict | None = None) -> None:
+def run_logged(cmd: list[str], log: Path, env: dict | None = None) -> None:
     """Run ``cmd`` (in ``env``), its output appended to ``log``; ``CommandFailed`` naming the log."""
     log.parent.mkdir(parents=True, exist_ok=True)
     print("$ " + shlex.join(cmd), flush=True)
@@ -116,15 +117,16 @@ def _run(cmd: list[str], log: Path, env: dict | None = None) -> None:
         )
 
 
-def _step(launcher: list[str] | None, command: str, args: list[str], log: Path) -> None:
-    """``whispergpt <command> <args>``: in this process (no launcher) or through the launcher."""
-    if launcher:
-        _run([*launcher, "-m", "whispergpt", command, *args], log)
+def run_step(launcher: list[str] | None, command: str, args: list[str], log: Path,
+             main: Callable[[list[str]], int] | None = None) -> None:  # fmt: skip
+    """``whispergpt <command> <args>``: through the launcher when there is one, else in this process
+    through ``main`` (the CLI's entry point, handed in: the harness never imports the CLI), else as
+    a child of this interpreter."""
+    if launcher or main is None:
+        run_logged([*(launcher or [sys.executable]), "-m", "whispergpt", command, *args], log)
         return
-    from whispergpt.cli import main as cli_main
-
     print(f"$ whispergpt {command} {shlex.join(args)}", flush=True)
-    rc = cli_main([command, *args])
+    rc = main([command, *args])
     if rc != 0:
         raise CommandFailed(f"whispergpt {command} failed (exit {rc})", rc)
 
@@ -141,9 +143,12 @@ def compare(
     prompts: int = 8,
     prompt_seconds: float | None = None,
     seconds: float = 2.0,
+    main: Callable[[list[str]], int] | None = None,
 ) -> dict:
     """Train + evaluate every recipe on every set, then (``prompts > 0``) have every model continue
-    the same held-out prompts and score them; returns (and writes) the comparison dict."""
+    the same held-out prompts and score them; returns (and writes) the comparison dict. Without a
+    launcher each step runs in this process through ``main`` (``whispergpt.cli.main``), or as a
+    child process when ``main`` is None."""
     from whispergpt.config import resolve_config
     from whispergpt.data import read_manifest
 
@@ -176,7 +181,7 @@ def compare(
                 recipe_path = run_dir / "recipe.yaml"
                 recipe_path.write_text(yaml.safe_dump(raw, sort_keys=False))
                 t0 = time.perf_counter()
-                _step(launch, "train", [str(recipe_path)], run_dir / "train.log")
+                run_step(launch, "train", [str(recipe_path)], run_dir / "train.log", main)
                 timings[f"train {set_name}/{recipe}"] = time.perf_counter() - t0
             else:
                 print(f"{final} exists: not training again", flush=True)
@@ -187,13 +192,13 @@ def compare(
             args = [a for f in finals for a in ("--checkpoint", str(f))]
             args += ["--data", str(data_dir), "--split", "val", "--mel", "both", "--out", str(report_path)]
             t0 = time.perf_counter()
-            _step(launch, "eval", args, out / set_name / "eval.log")
+            run_step(launch, "eval", args, out / set_name / "eval.log", main)
             timings[f"eval {set_name}"] = time.perf_counter() - t0
         results[set_name] = json.loads(report_path.read_text())
         if prompts > 0:
             t0 = time.perf_counter()
             scored[set_name], work = score_heldout(
-                out / set_name, data_dir, finals, prompts, prompt_seconds, seconds, launch
+                out / set_name, data_dir, finals, prompts, prompt_seconds, seconds, launch, main
             )
             if work:
                 timings[f"heldout {set_name}"] = time.perf_counter() - t0
@@ -217,7 +222,8 @@ def compare(
 
 
 def score_heldout(set_dir: Path, data_dir: str, finals: list[Path], prompts: int, prompt_seconds: float | None,
-                  seconds: float, launch: list[str] | None) -> tuple[dict[str, dict], bool]:  # fmt: skip
+                  seconds: float, launch: list[str] | None,
+                  main: Callable[[list[str]], int] | None = None) -> tuple[dict[str, dict], bool]:  # fmt: skip
     """Every model continues the same held-out prompts (``sample --data``); each set is scored
     against the real continuations, all under one judge (GPT-L, the largest token-only model).
     Returns the score reports by recipe and whether anything had to be (re)done."""
@@ -234,13 +240,13 @@ def score_heldout(set_dir: Path, data_dir: str, finals: list[Path], prompts: int
         args += ["--seconds", f"{seconds:.6g}", "--out", str(gen), "--seed", "0", "--no-progress"]
         record = gen / "generation.json"  # written last: the set is complete
         if not record.is_file() or json.loads(record.read_text()).get("num_prompts") != prompts:
-            _step(launch, "sample", args, gen / "sample.log")  # resumes: finished prompts are kept
+            run_step(launch, "sample", args, gen / "sample.log", main)  # resumes: finished prompts are kept
             work = True
         dest = set_dir / "score" / recipe
         report = dest / "score.json"
         if not report.is_file() or report.stat().st_mtime < record.stat().st_mtime:
             args = [str(gen), "--checkpoint", str(final), "--judge", str(judge), "--out", str(dest)]
-            _step(launch, "score", args, dest / "score.log")
+            run_step(launch, "score", args, dest / "score.log", main)
             work = True
         reports[recipe] = json.loads(report.read_text())
     return reports, work

@@ -32,6 +32,7 @@ import resource
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -159,18 +160,21 @@ def _eval_args(run: Run, checkpoint: Path, out: Path) -> list[str]:
             "--mel", mel, "--out", str(out)]  # fmt: skip
 
 
-def _call(launch: list[str] | None, args: list[str], log: Path, threads: int) -> None:
+def _call(launch: list[str] | None, args: list[str], log: Path, threads: int,
+          main: Callable[[list[str]], int] | None) -> None:  # fmt: skip
     """``whispergpt <args>``: a child process through ``launch`` (output in ``log``), or in this
-    process when ``launch`` is None (one run at a time, no launcher: no start-up per run)."""
-    from whispergpt.experiments.compare import _run, _step
+    process through ``main`` when ``launch`` is None (one run at a time: no start-up per run)."""
+    from whispergpt.experiments.compare import run_logged, run_step
 
     if launch is None:
-        _step(None, args[0], args[1:], log)
+        run_step(None, args[0], args[1:], log, main)
     else:
-        _run([*launch, "-m", "whispergpt", *args], log, _env(threads))
+        run_logged([*launch, "-m", "whispergpt", *args], log, _env(threads))
 
 
-def run_one(run: Run, launch: list[str] | None, threads: int) -> bool:
+def run_one(
+    run: Run, launch: list[str] | None, threads: int, main: Callable[[list[str]], int] | None = None
+) -> bool:
     """Train (unless ``final/`` exists) and evaluate (unless ``eval.json`` is newer) one run;
     ``run.json`` keeps the plan and the wall times summed over resumes. Returns whether it worked."""
 
@@ -183,21 +187,22 @@ def run_one(run: Run, launch: list[str] | None, threads: int) -> bool:
         recipe = run.dir / "recipe.yaml"
         write_atomic(recipe, yaml.safe_dump(run.raw, sort_keys=False))
         t0 = time.perf_counter()
-        _call(launch, ["train", str(recipe)], run.dir / "train.log", threads)
+        _call(launch, ["train", str(recipe)], run.dir / "train.log", threads, main)
         rec["train_s"] = rec.get("train_s", 0.0) + time.perf_counter() - t0
         write_json_atomic(path, rec)
         worked = True
     report = run.dir / "eval.json"
     if not report.is_file() or report.stat().st_mtime < final.stat().st_mtime:
         t0 = time.perf_counter()
-        _call(launch, _eval_args(run, final.parent, report), run.dir / "eval.log", threads)
+        _call(launch, _eval_args(run, final.parent, report), run.dir / "eval.log", threads, main)
         rec["eval_s"] = time.perf_counter() - t0
         worked = True
     write_json_atomic(path, rec)
     return worked
 
 
-def execute(runs: list[Run], jobs: int, launch: list[str] | None, threads: int) -> tuple[int, list[str]]:
+def execute(runs: list[Run], jobs: int, launch: list[str] | None, threads: int,
+            main: Callable[[list[str]], int] | None = None) -> tuple[int, list[str]]:  # fmt: skip
     """All runs, ``jobs`` at a time; a failed run is reported and the others go on.
     Returns (runs that did work, failures as "name: log")."""
     done, failures, n = [0], [], len(runs)
@@ -206,7 +211,7 @@ def execute(runs: list[Run], jobs: int, launch: list[str] | None, threads: int) 
         print(f"[{i + 1}/{n}] {run.name}: start", flush=True)
         t0 = time.perf_counter()
         try:
-            if run_one(run, launch, threads):
+            if run_one(run, launch, threads, main):
                 done[0] += 1
                 print(
                     f"[{i + 1}/{n}] {run.name}: done in {(time.perf_counter() - t0) / 60:.1f} min", flush=True
@@ -230,8 +235,10 @@ def run_preset(preset_name: str | os.PathLike, out: str | os.PathLike, scale: st
                sets: dict[str, str] | None = None, seeds: int | None = None, jobs: int | None = None,
                launcher: str | None = None, processes: int = 1, overrides: list[str] | None = None,
                corpus: str | None = None, minutes: float | None = None, install: bool = True,
-               estimate_steps: tuple[int, int] | None = None, settings: list[str] | None = None) -> dict:  # fmt: skip
-    """The whole preset (see the module docstring); returns the report's summary (or the estimate)."""
+               estimate_steps: tuple[int, int] | None = None, settings: list[str] | None = None,
+               main: Callable[[list[str]], int] | None = None) -> dict:  # fmt: skip
+    """The whole preset (see the module docstring); returns the report's summary (or the estimate).
+    One run at a time without a launcher: in this process through ``main`` (``whispergpt.cli.main``)."""
     import shlex
 
     from whispergpt.experiments.compare_bits import bits_report, fine_runs
@@ -277,7 +284,7 @@ def run_preset(preset_name: str | os.PathLike, out: str | os.PathLike, scale: st
         flush=True,
     )
     t0 = time.perf_counter()
-    worked, failures = execute(runs + fine, jobs, launch, threads)
+    worked, failures = execute(runs + fine, jobs, launch, threads, main)
     finished = [r for r in runs if (r.dir / "eval.json").is_file() and (r.dir / "run.json").is_file()]
     records = [read_run(r.dir) for r in finished]
     ablations = {name: ab["model"] for name, ab in preset["ablations"].items()}
@@ -317,10 +324,10 @@ def demo_data(preset: dict, out: Path, corpus: str | None, minutes: float | None
 
 def _timed(cmd: list[str], log: Path, env: dict) -> tuple[float, float]:
     """(CPU seconds, wall seconds) of one child command."""
-    from whispergpt.experiments.compare import _run
+    from whispergpt.experiments.compare import run_logged
 
     r0, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
-    _run(cmd, log, env)
+    run_logged(cmd, log, env)
     r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime, time.perf_counter() - t0
 

@@ -134,7 +134,7 @@ def render_slots(
         mid, wav = Path(tmp) / "slots.mid", Path(tmp) / "slots.wav"
         write_midi(mid, events)
         cmd = ["fluidsynth", "-ni", "-q", "-g", "0.5", "-r", str(SAMPLE_RATE), "-T", "wav", "-F", str(wav), str(sf2), str(mid)]  # fmt: skip
-        system._run(cmd, timeout=1800)
+        system.run_tool(cmd, timeout=1800)
         audio = load_audio(wav).numpy()
     n = int(seconds * SAMPLE_RATE)
     clips = [audio[round(i * period * SAMPLE_RATE) :][:n] for i in range(len(slots))]

@@ -29,7 +29,7 @@ from whispergpt.errors import CommandFailed
 STEPS = ("corpus", "prepare", "train", "eval", "sample", "score")
 
 
-def _recipe() -> Path:
+def default_recipe() -> Path:
     """The quickstart training recipe (repo checkout or the copy shipped in the wheel)."""
     from whispergpt.config_io import recipe_path
 
@@ -88,7 +88,7 @@ def demo_sets(runner: Runner, corpus: Path, build: bool, minutes: float, sources
     return prepared
 
 
-def _first_val_file(prepared: Path) -> str | None:
+def first_val_file(prepared: Path) -> str | None:
     """A held-out (val) file of a prepared dataset, to prompt the sampler with."""
     manifest = prepared / "manifest.json"
     if not manifest.is_file():

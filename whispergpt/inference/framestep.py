@@ -113,17 +113,17 @@ class FrameStep:
         return self.decode(f)
 
     def _run_feed(self) -> tuple[torch.Tensor, torch.Tensor]:
-        new = self.decode._run(self.frame.transpose(0, 1))  # (K, B, 1) -> (B, 320)
+        new = self.decode.push_kbt(self.frame.transpose(0, 1))  # (K, B, 1) -> (B, 320)
         self.win.copy_(torch.cat([self.win[:, HOP_LENGTH:], new], dim=1))
         return new, log_mel_frame(self.win, self.n_mels)
 
     def _run_step(self, span: int) -> torch.Tensor:
         mel = self.mel_in if self.n_mels else None
-        return self.model._step_static(self.tok, mel, self.cache, span, self.sem)
+        return self.model.step_static(self.tok, mel, self.cache, span, self.sem)
 
     def _run_feed_step(self, span: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         new, mel = self._run_feed()
-        return self.model._step_static(self.tok, mel, self.cache, span, self.sem), new, mel
+        return self.model.step_static(self.tok, mel, self.cache, span, self.sem), new, mel
 
     # -- what generate calls ------------------------------------------------------------------
     def _store(self, f: int, new: torch.Tensor, mel: torch.Tensor) -> None:
@@ -148,7 +148,7 @@ class FrameStep:
         """The model's step on ``tok (B, Kin)`` and ``mel (B, M)`` (None for a pad position);
         ``semantic (B,)``: the token the step reads (``semantic="aligned"``, else None)."""
         if not self.static:
-            return self.model._step(tok, mel, self.cache, semantic)
+            return self.model.step_unchecked(tok, mel, self.cache, semantic)
         self.tok.copy_(tok)
         if semantic is not None:
             self.sem.copy_(semantic)
@@ -162,7 +162,7 @@ class FrameStep:
         """``feed(f)`` then ``step(tok, mel of f, semantic)``: one call (one graph) in the static path."""
         if not self.static:
             self.feed(f)
-            return self.model._step(tok, self.fed_mel[:, :, f], self.cache, semantic)
+            return self.model.step_unchecked(tok, self.fed_mel[:, :, f], self.cache, semantic)
         self.tok.copy_(tok)
         if semantic is not None:
             self.sem.copy_(semantic)

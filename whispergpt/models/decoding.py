@@ -1,5 +1,5 @@
 """Incremental-decoding state of ``WhisperGPT``: the KV cache (``WhisperGPTCache``, dynamic or
-static shapes) and the memoised weight copies its one-position step reads on CPU (``_DecodeWeights``,
+static shapes) and the memoised weight copies its one-position step reads on CPU (``DecodeWeights``,
 in the cache's ``decode_dtype``). ``WhisperGPT.new_cache`` / ``step`` are the public entry points.
 """
 
@@ -43,7 +43,7 @@ class WhisperGPTCache:
     ) -> None:
         self.main, self.mel, self.max_steps, self.depth = main, mel, max_steps, depth
         # (checking every parameter's version each step cost ~5% of a D256 L4 step on CPU)
-        self.weights: _DecodeWeights | None = None
+        self.weights: DecodeWeights | None = None
         self.steps = 0
         self.prefix = 0
         self.decode_dtype = decode_dtype
@@ -92,7 +92,7 @@ class WhisperGPTCache:
 
 
 @dataclass
-class _DecodeWeights:
+class DecodeWeights:
     """The decode copies (``blocks.decode_linear``, in one ``decode_dtype``) ``step`` uses in
     inference on CPU, memoised on the model by ``WhisperGPT._decode_weights`` and rebuilt when
     ``key`` (the dtype, every parameter's ``_version`` and storage) changes: optimizer steps, ``load_state_dict``, ``.to()``, in-place edits under
@@ -109,7 +109,7 @@ class _DecodeWeights:
     depth: DepthWeights | None
 
 
-def decode_weights(model, decode_dtype: str = "fp32") -> _DecodeWeights | None:
+def decode_weights(model, decode_dtype: str = "fp32") -> DecodeWeights | None:
     """``WhisperGPT._decode_weights``: the decode copies (``blocks.decode_linear``) its ``_step``
     reads; None with autograd (gradients must reach the parameters) and off CPU (cuBLAS takes
     either layout at full speed). A traced step reads the copies built before it (inductor keeps
@@ -131,7 +131,7 @@ def decode_weights(model, decode_dtype: str = "fp32") -> _DecodeWeights | None:
     def lin(m: nn.Linear) -> FastLinear | Int8Linear:
         return decode_linear(m.weight, m.bias, decode_dtype)
 
-    memo = model._decode_memo = model._decode_memos[decode_dtype] = _DecodeWeights(
+    memo = model._decode_memo = model._decode_memos[decode_dtype] = DecodeWeights(
         params=params,
         key=key,
         decoder=[BlockWeights.of(b, decode_dtype) for b in model.decoder.blocks],

@@ -52,7 +52,7 @@ from whispergpt.models.blocks import (
     StaticPos,
 )
 from whispergpt.models.config import WhisperGPTConfig
-from whispergpt.models.decoding import WhisperGPTCache, _DecodeWeights, decode_weights
+from whispergpt.models.decoding import DecodeWeights, WhisperGPTCache, decode_weights
 from whispergpt.models.depth import DepthTransformer
 from whispergpt.models.loss import chunked_nll
 from whispergpt.models.registry import check_model_type
@@ -117,8 +117,8 @@ class WhisperGPT(nn.Module):
             else nn.Linear(c.d_model, self.num_scored_codebooks * c.codebook_size, bias=False)
         )
         self._init_weights()
-        self._decode_memo: _DecodeWeights | None = None  # the last used; all: _decode_memos[dtype]
-        self._decode_memos: dict[str, _DecodeWeights] = {}
+        self._decode_memo: DecodeWeights | None = None  # the last used; all: _decode_memos[dtype]
+        self._decode_memos: dict[str, DecodeWeights] = {}
 
     def _init_weights(self) -> None:
         # GPT-2: N(0, 0.02) everywhere, residual output projections scaled by 1/sqrt(2 * layers).
@@ -368,21 +368,21 @@ class WhisperGPT(nn.Module):
         if c.semantic == "prefix" and cache.steps == 0:
             raise ValueError("semantic='prefix': start the cache with forward_steps(..., semantic=prefix)")
         self._check_step_semantic(semantic, B, None, cache.steps)
-        return self._step(step_tokens, step_mel, cache, semantic)
+        return self.step_unchecked(step_tokens, step_mel, cache, semantic)
 
-    def _step(
+    def step_unchecked(
         self,
         step_tokens: torch.Tensor,
         step_mel: torch.Tensor | None,
         cache: WhisperGPTCache,
         semantic: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``step`` without its argument checks: the same ``Block``/``Stack`` modules as
+        """``step`` without its argument checks, for samplers that checked them once per run: the same ``Block``/``Stack`` modules as
         ``forward_steps``, through their one-position ``step`` entry points."""
         if cache.static:
             if step_mel is None and self.mel_branch is not None:  # a pad step: any values
                 step_mel = torch.zeros(step_tokens.shape[0], self.config.n_mels, device=step_tokens.device)
-            logits = self._step_static(step_tokens, step_mel, cache, cache.static_span(), semantic)
+            logits = self.step_static(step_tokens, step_mel, cache, cache.static_span(), semantic)
             cache.steps += 1
             return logits
         c, start, B = self.config, cache.steps, step_tokens.shape[0]
@@ -404,7 +404,7 @@ class WhisperGPT(nn.Module):
     def _step_body(
         self, step_tokens: torch.Tensor, step_mel: torch.Tensor | None, semantic: torch.Tensor | None,
         cache: WhisperGPTCache,
-        w: _DecodeWeights | None, at_mel: int | StaticPos, at: int | StaticPos, at_interleave: int | StaticPos | None,
+        w: DecodeWeights | None, at_mel: int | StaticPos, at: int | StaticPos, at_interleave: int | StaticPos | None,
     ) -> torch.Tensor:  # fmt: skip
         """One position through the mel branch, the fusion and the decoder, for the dynamic cache
         (int positions) and the static one (``StaticPos``): ``at_mel`` in the mel stack, ``at`` the
@@ -440,7 +440,7 @@ class WhisperGPT(nn.Module):
             raise ValueError(f"tokens must be (B,) = ({B},), got shape {tuple(tokens.shape)}")
         return self.depth.step(tokens, cache.depth)  # with the weights the frame's ``step`` chose
 
-    def _step_static(
+    def step_static(
         self,
         step_tokens: torch.Tensor,
         step_mel: torch.Tensor | None,
@@ -448,7 +448,7 @@ class WhisperGPT(nn.Module):
         span: int,
         semantic: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``_step`` of a static cache, device ops only: the position is ``cache.pos`` (advanced
+        """``step_unchecked`` of a static cache, device ops only: the position is ``cache.pos`` (advanced
         here, in place), ``cache.steps`` and ``span`` (``cache.static_span()``) are the caller's;
         ``step_mel`` is required (any values) with a mel branch. One trace per ``span`` (and per
         semantic prefix length, a host value fixed within a window)."""
@@ -462,8 +462,8 @@ class WhisperGPT(nn.Module):
         logits = F.linear(h, self._head_weight()) if w is None else w.head(h)  # (B, Ks*V)
         return logits.view(B, self.num_scored_codebooks, c.codebook_size)
 
-    def _decode_weights(self, decode_dtype: str = "fp32") -> _DecodeWeights | None:
-        """Decode copies (``blocks.decode_linear``) for ``_step``, memoised: ``decoding.decode_weights``."""
+    def _decode_weights(self, decode_dtype: str = "fp32") -> DecodeWeights | None:
+        """Decode copies (``blocks.decode_linear``) for ``step_unchecked``, memoised: ``decoding.decode_weights``."""
         return decode_weights(self, decode_dtype)
 
     # -- frame space --------------------------------------------------------------------------

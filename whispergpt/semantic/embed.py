@@ -58,7 +58,7 @@ def embed_files(
     """Embed every audio file of ``sources`` into ``out``; returns the index (see module docstring)."""
     from safetensors.torch import save_file
 
-    from whispergpt.data.prepare import _batches, scan_sources
+    from whispergpt.data.prepare import audio_batches, scan_sources
 
     if pool not in POOLS:
         raise ValueError(f"--pool must be one of {POOLS}, got {pool!r}")
@@ -84,7 +84,7 @@ def embed_files(
 
     # batch_seconds=0: every file alone (the encoder attends over the whole window, so padding
     # a short file to a longer one would change its frames)
-    for batch in _batches(list(name_of), 0.0, skip, load_audio):
+    for batch in audio_batches(list(name_of), 0.0, skip, load_audio):
         for path, wave in batch:
             frames = encode_frames(model, inputs.features(wave)[0], layer, chunk)  # (T, D)
             emb = frames.mean(dim=0) if pool == "mean" else frames  # (D,) or (T, D)

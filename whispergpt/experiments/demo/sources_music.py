@@ -14,7 +14,7 @@ import numpy as np
 from whispergpt.audio import SAMPLE_RATE, load_audio
 from whispergpt.experiments.demo import system
 from whispergpt.experiments.demo.build import Item, Source, to_mono_24k
-from whispergpt.experiments.demo.system import Requirement, _run, find_data
+from whispergpt.experiments.demo.system import Requirement, find_data, run_tool
 
 # -- ufoai ---------------------------------------------------------------------------------------
 
@@ -154,7 +154,7 @@ class Music21Source(Source):
         wav = tmp / "score.wav"
         sf2 = self.find_soundfont(cache)
         assert sf2 is not None
-        _run(
+        run_tool(
             [
                 "fluidsynth",
                 "-ni",

@@ -11,7 +11,7 @@ import numpy as np
 from whispergpt.audio import load_audio
 from whispergpt.experiments.demo import system
 from whispergpt.experiments.demo.build import Item, Source
-from whispergpt.experiments.demo.system import Requirement, _run, find_data
+from whispergpt.experiments.demo.system import Requirement, find_data, run_tool
 
 # -- espeak-ng -----------------------------------------------------------------------------------
 
@@ -108,7 +108,7 @@ class EspeakSource(Source):
         voice, speed, pitch = item.payload
         out = tmp / "espeak.wav"
         # text on stdin: a text argument starting with '-' would be parsed as an option
-        _run(
+        run_tool(
             ["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", str(out), "--stdin"],
             stdin=item.text,
         )

@@ -85,7 +85,7 @@ def install_hint(missing: Sequence[Requirement]) -> str:
     return " && ".join(cmds)
 
 
-def _run(cmd: list[str], stdin: str | None = None, timeout: float = 300) -> None:
+def run_tool(cmd: list[str], stdin: str | None = None, timeout: float = 300) -> None:
     try:
         subprocess.run(cmd, input=stdin, text=True, check=True, capture_output=True, timeout=timeout)
     except subprocess.CalledProcessError as e:
