@@ -1,4 +1,4 @@
-"""``whispergpt prepare`` / ``whispergpt inspect``: encode audio into a memory-mapped training set.
+"""``prepare``: encode audio into a memory-mapped training set (the CLI is ``cli/prepare.py``).
 
 Usage::
 

@@ -22,7 +22,7 @@ The reader reads both; ``prepare`` writes format 2 only.
 
 ``mel_dtype`` (``prepare --mel-dtype``, default float16): the normalised log-mel lies in about
 [-1.5, 2], where float16's rounding error is at most 2^-11 * 2 ~ 4.9e-4 (measured on the demo
-corpus: docs/DATA.md), below the sampler's own feedback tolerance (1e-3, tests/test_generate.py)
+corpus: docs/DATA.md), below the sampler's own feedback tolerance (1e-3, tests/inference/test_generate.py)
 and 16x below the bf16 rounding a GPU step applies to the mel anyway; it halves the mel bytes.
 
 Adding a stream

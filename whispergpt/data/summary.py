@@ -1,4 +1,4 @@
-"""``whispergpt prepare`` / ``whispergpt inspect``: argument parsing only (the work is in ``prepare.py``)."""
+"""What a prepared dataset holds, as ``whispergpt inspect`` prints it (hours, files, streams, skipped)."""
 
 from __future__ import annotations
 

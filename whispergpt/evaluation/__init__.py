@@ -1,7 +1,8 @@
-"""Offline sample metrics (``whispergpt score``): distribution, paired and token metrics.
+"""Evaluation: teacher-forced NLL / perplexity (``teacher_forced``, ``semantic``), bits per second,
+metrics of generated audio (``score``, ``distribution``, ``paired``, ``tokens``) and consistency.
 
 Nothing here downloads anything: embeddings come from the codec's encoder, NLL from our own
-checkpoints. See docs/EVAL.md ("Scoring generated audio").
+checkpoints. See docs/EVAL.md.
 """
 
 from whispergpt.evaluation.distribution import MIN_N, distribution_metrics, frechet_distance, mmd2_unbiased

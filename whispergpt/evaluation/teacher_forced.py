@@ -35,7 +35,7 @@ as they sample (``fine_stage``; ``--overlap`` default ``context // 4``). The ``b
 table (``metrics.bits``) ranks all checkpoints on bits/s over all K codebooks, coarse + fine paired.
 
 Semantic LMs (``models/semantic_lm.py``) score the split's ``semantic`` stream at their own rate
-(``evaluate_semantic``): NLL per semantic token, bits/s over the seconds the tokens cover.
+(``evaluation.semantic``): NLL per semantic token, bits/s over the seconds the tokens cover.
 
 Outputs (main process): a markdown table on stdout; with ``--out X.json`` also ``X.md`` and
 ``X.png`` (NLL per codebook per checkpoint and mel source, and val NLL over training steps from

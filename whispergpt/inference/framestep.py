@@ -13,7 +13,7 @@ streaming decoder keeps its state in fixed buffers updated in place, the mel win
 device work only, with the same shapes and addresses at every frame of a span (attention reads
 the first ``span`` cache positions, a power of two >= 64: ``WhisperGPTCache.static_span``):
 traced by ``torch.compile`` (``compile=True``) once per span, or capturable as one CUDA graph per
-span. The tokens equal those of the default path (``tests/test_framestep.py``).
+span. The tokens equal those of the default path (``tests/inference/test_framestep.py``).
 
 ``compile=True`` compiles the static calls with ``torch.compile`` (on CUDA ``mode="reduce-overhead"``,
 which captures them as CUDA graphs). Inductor's compiled code is cached on disk

@@ -24,7 +24,7 @@ what training fed it. Decoding is incremental, one frame per step for the whole 
   W = 4, ~4e-2 at W = 8, ~2e-3 at W = 16, ~1e-5 at W = 32 (the default).
 
 The new frame's samples go into a rolling audio buffer from which its mel frame (a 1024-sample
-window ending at ``(f+1)*320``) is computed. ``tests/test_generate.py`` checks that the fed mel
+window ending at ``(f+1)*320``) is computed. ``tests/inference/test_generate.py`` checks that the fed mel
 equals ``log_mel(codec.decode(final codes))`` within 1e-3 for both decoders.
 
 Coarse models generate codebook 0 only and decode it alone (``Codec.decode`` with K' = 1).

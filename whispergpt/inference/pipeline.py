@@ -1,4 +1,4 @@
-"""``whispergpt sample`` / ``python sample.py``: generate audio with a trained WhisperGPT.
+"""Audio in, audio out behind ``whispergpt sample`` / ``python sample.py`` (the flags: ``cli/sample.py``).
 
 ::
 

@@ -106,9 +106,6 @@ def _register_zero3_external_params(wrapper: TaskModule) -> None:
         deepspeed.zero.register_external_parameter(wrapper, weight)
 
 
-_Logits = TaskModule  # the old name of the wrapper
-
-
 class Trainer:
     """One training run (use :func:`train`); holds the accelerator, model and data of a process."""
 

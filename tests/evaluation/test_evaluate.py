@@ -21,7 +21,7 @@ from whispergpt.data import PreparedDataset
 from whispergpt.evaluation import teacher_forced as ev
 from whispergpt.models import WhisperGPT, WhisperGPTConfig, nll_per_codebook
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FILE_SECONDS = (0.61, 0.43, 0.29)  # 45, 32, 21 frames: distinct lengths, several windows each at context 16
 
 

@@ -188,7 +188,7 @@ def test_cli_decode_dtype_and_compile_reach_generate(tmp_path, ckpt_dir, tiny_co
     seen = []
     real = sample_mod.generate
 
-    def spy(*a, **k):  # compiling is tested in tests/test_framestep.py; here only the wiring
+    def spy(*a, **k):  # compiling is tested in tests/inference/test_framestep.py; here only the wiring
         seen.append((k["decode_dtype"], k.pop("compile")))
         return real(*a, **k)
 

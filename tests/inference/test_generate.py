@@ -1,6 +1,6 @@
 """Sampling: token filters, determinism, greedy == full-forward argmax, the mel feedback loop's
 fidelity, long-form sliding context. (Streaming decode: tests/codec/test_streaming.py; the CLI:
-tests/tools/test_sample.py.)"""
+tests/inference/test_sample.py.)"""
 
 import pytest
 import torch

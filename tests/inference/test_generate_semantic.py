@@ -78,7 +78,7 @@ def test_sampled_logits_equal_the_full_forward(tiny_codec, monkeypatch, semantic
 def test_long_form_reprefills_with_the_window_semantic(tiny_codec, monkeypatch, semantic):
     """Past the context the cache restarts at frame s0 with the prefix of frames [s0, s0 + C) (prefix),
     or the same per-step tokens (aligned): each step's logits equal a training-style forward over
-    that crop (the re-prefill rule replicated, as in tests/test_generate.py)."""
+    that crop (the re-prefill rule replicated, as in tests/inference/test_generate.py)."""
     C, keep, Tp, N = 9, 7, 3, 20  # keep = round(0.75 * 9)
     model = model_of(semantic, "coarse", "concat", context=C)
     T = Tp + N
