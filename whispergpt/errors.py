@@ -46,3 +46,7 @@ class CommandFailed(WhisperGPTError):
     ):
         super().__init__(what, path, hint)
         self.exit_code = exit_code if exit_code in (1, 2, 3) else 1
+
+
+class FolderInUse(WhisperGPTError):
+    """Another live process holds the output folder's lock (``runtime.folder_lock``)."""

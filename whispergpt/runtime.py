@@ -4,18 +4,28 @@ writes, seeding and the reproducibility condition. Written once here; trainers, 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
+import functools
+import inspect
 import json
 import os
 import random
-from collections.abc import Iterator
+import socket
+import time
+import warnings
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
 
+from whispergpt.errors import FolderInUse
+
 Precision = Literal["bf16", "no"]
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
@@ -126,6 +136,92 @@ def move_aside(path: str | os.PathLike, prefix: str = ".bad-") -> Path:
         target, i = path.parent / f"{prefix}{path.name}-{i}", i + 1
     os.replace(path, target)
     return target
+
+
+# --- one writer per output folder ----------------------------------------------------------------
+
+LOCK_NAME = ".whispergpt.lock"
+# filesystems without flock (some network mounts) say so with one of these
+_NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
+
+
+@contextlib.contextmanager
+def folder_lock(directory: str | os.PathLike, command: str) -> Iterator[Path]:
+    """Hold an exclusive ``flock`` on ``directory/.whispergpt.lock`` for the block: a second
+    process that asks for it gets ``FolderInUse`` naming the holder (pid, host, start time). The
+    OS drops the lock when its process dies, however it dies, so a lock is never stale; the file
+    stays (removing it would race with a waiter that opened it). Where the filesystem has no
+    locks the block runs unlocked, with a warning."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FolderInUse(
+                f"{directory} is in use by {_holder(path)}", None,
+                "wait for it to finish, or write into another folder",
+            ) from None  # fmt: skip
+        except OSError as e:
+            if e.errno not in _NO_LOCKS:
+                raise
+            warnings.warn(f"cannot lock {directory} ({e.strerror}): a second writer into it would not be "
+                          "detected", RuntimeWarning, stacklevel=3)  # fmt: skip
+            yield directory
+            return
+        holder = dict(command=command, pid=os.getpid(), host=socket.gethostname(),
+                      started=time.strftime("%Y-%m-%d %H:%M:%S %Z"))  # fmt: skip
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+        yield directory
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def holds_folder(command: str, param: str = "out") -> Callable[[F], F]:
+    """Decorate a single-process command's library function: it runs under ``folder_lock`` on
+    its argument ``param`` (the output folder)."""
+
+    def wrap(fn: F) -> F:
+        sig = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def locked(*args: Any, **kwargs: Any) -> Any:
+            with folder_lock(sig.bind(*args, **kwargs).arguments[param], command):
+                return fn(*args, **kwargs)
+
+        return locked  # type: ignore[return-value]
+
+    return wrap
+
+
+def main_process_lock(acc: Any, directory: str | os.PathLike, command: str) -> contextlib.ExitStack:
+    """``folder_lock`` for a launched job: the main process takes it, the other ranks wait for its
+    go-ahead and fail with the same ``FolderInUse`` when it has none. Close the stack to release."""
+    from accelerate.utils import broadcast_object_list
+
+    stack, failed = contextlib.ExitStack(), [None]
+    if acc.is_main_process:
+        try:
+            stack.enter_context(folder_lock(directory, command))
+        except FolderInUse as e:
+            failed = [e.message()]
+    if acc.num_processes > 1:
+        broadcast_object_list(failed, from_process=0)
+    if failed[0] is not None:
+        stack.close()
+        raise FolderInUse(failed[0])
+    return stack
+
+
+def _holder(path: Path) -> str:
+    try:
+        h = json.loads(path.read_text())
+        return f"whispergpt {h['command']} (pid {h['pid']} on {h['host']}, since {h['started']})"
+    except (OSError, ValueError, KeyError, TypeError):  # the holder has not written it yet
+        return "another process"
 
 
 # --- seeding and reproducibility -----------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import sys
 import time
@@ -9,6 +11,7 @@ from pathlib import Path
 
 from whispergpt.cli import command, make_parser
 from whispergpt.experiments.quickstart import Runner, default_recipe, demo_sets, first_val_file
+from whispergpt.runtime import folder_lock
 
 
 @command("quickstart")
@@ -58,6 +61,11 @@ def main(argv: list[str]) -> int:
         args.prompts = min(args.prompts, 2)
 
     out = Path(args.out)
+    with contextlib.nullcontext() if args.dry_run else folder_lock(out, "quickstart"):
+        return _run(args, out)
+
+
+def _run(args: argparse.Namespace, out: Path) -> int:
     runner = Runner(out, dry_run=args.dry_run)
     t_start = time.time()
     corpus = Path(args.corpus) if args.corpus else out / "corpus"

@@ -54,7 +54,7 @@ from whispergpt.codec.trainable import (
     quantizers_per_bandwidth,
 )
 from whispergpt.config_io import dump_yaml, to_dict
-from whispergpt.runtime import make_accelerator, seed_everything, write_atomic
+from whispergpt.runtime import main_process_lock, make_accelerator, seed_everything, write_atomic
 
 # ---------------------------------------------------------------------------------------------
 # config
@@ -69,14 +69,20 @@ from whispergpt.runtime import make_accelerator, seed_everything, write_atomic
 
 
 def train(cfg: CodecTrainConfig, audio: list[str | os.PathLike], out: str | os.PathLike) -> dict:
-    """Train a codec on ``audio`` (files/directories) into ``out``; returns the last metrics row."""
-    import auraloss
-    from tqdm.auto import tqdm
-
+    """Train a codec on ``audio`` (files/directories) into ``out``; returns the last metrics row.
+    One writer per ``out``: a second job into it fails at once naming the first."""
     out = Path(out)
     if cfg.train.num_threads > 0:
         torch.set_num_threads(cfg.train.num_threads)
     acc = make_accelerator()
+    with main_process_lock(acc, out, "codec train"):
+        return _train(cfg, audio, out, acc)
+
+
+def _train(cfg: CodecTrainConfig, audio: list[str | os.PathLike], out: Path, acc) -> dict:
+    import auraloss
+    from tqdm.auto import tqdm
+
     main = acc.is_main_process
     if main:
         out.mkdir(parents=True, exist_ok=True)

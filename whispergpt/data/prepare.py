@@ -100,7 +100,7 @@ from whispergpt.data.dataset import FORMAT_VERSION, MANIFEST, SHARDS_DIR, check_
 from whispergpt.data.encode import encode_batch, encode_long, latent_dim
 from whispergpt.data.streams import MEL_DTYPES, STREAMS, FileWork, SemanticSource, register_stream
 from whispergpt.errors import WhisperGPTError
-from whispergpt.runtime import move_aside, resolve_device, write_json_atomic
+from whispergpt.runtime import LOCK_NAME, holds_folder, move_aside, resolve_device, write_json_atomic
 
 CONTEXT_SECONDS = 2.0
 SPLITS = ("train", "val")
@@ -313,6 +313,7 @@ def audio_batches(
         yield batch
 
 
+@holds_folder("prepare")
 def prepare(
     sources: Sequence[str | os.PathLike],
     out: str | os.PathLike,
@@ -382,7 +383,7 @@ def prepare(
                 "use a new --out"
             )
         skipped = {s["path"]: s["reason"] for s in old.get("skipped", [])}
-    elif out.exists() and any(out.iterdir()):
+    elif out.exists() and any(p.name != LOCK_NAME for p in out.iterdir()):  # our own lock aside
         raise ValueError(
             f"--out {out} exists, is not empty and holds no {MANIFEST}; use a new or empty folder"
         )

@@ -59,6 +59,7 @@ import yaml
 from whispergpt.config import apply_overrides, load_recipe
 from whispergpt.config_io import deep_merge, recipes_dir
 from whispergpt.errors import CommandFailed
+from whispergpt.runtime import holds_folder
 
 RECIPES = (("GPT-S", "paper_gpt_s"), ("GPT-L", "paper_gpt_l"), ("hybrid", "paper_hybrid"))
 SETS = ("speech", "music")
@@ -131,6 +132,7 @@ def run_step(launcher: list[str] | None, command: str, args: list[str], log: Pat
         raise CommandFailed(f"whispergpt {command} failed (exit {rc})", rc)
 
 
+@holds_folder("compare")
 def compare(
     sets: dict[str, str],
     out: str | os.PathLike,

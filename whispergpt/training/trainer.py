@@ -37,6 +37,7 @@ from whispergpt.data import PreparedDataset
 from whispergpt.errors import WhisperGPTError
 from whispergpt.runtime import (
     choose_precision,
+    main_process_lock,
     make_accelerator,
     reproducibility_note,
     seed_everything,
@@ -121,6 +122,15 @@ class Trainer:
         self.rank, self.world = acc.process_index, acc.num_processes
         self.out = Path(cfg.out_dir)
         self.precision = mixed
+        self.lock = main_process_lock(acc, self.out, "train")  # one writer per out_dir; train() releases it
+        try:
+            self._build(cfg, mixed)
+        except BaseException:
+            self.lock.close()  # an in-process caller may start again into the same folder
+            raise
+
+    def _build(self, cfg: RunConfig, mixed: str) -> None:
+        tc, acc = cfg.train, self.acc
         if self.is_ds:
             # Fill the "auto" entries ourselves: we never hand a DataLoader to accelerate.
             ds = acc.state.deepspeed_plugin.deepspeed_config
@@ -549,6 +559,7 @@ def train(cfg: RunConfig) -> Path:
             write_atomic(out / "config.yaml", text)
         return trainer.run()
     finally:
+        trainer.lock.close()
         trainer.acc.end_training()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
