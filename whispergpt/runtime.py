@@ -11,6 +11,7 @@ import inspect
 import json
 import os
 import random
+import shutil
 import socket
 import time
 import warnings
@@ -22,7 +23,7 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 import torch
 
-from whispergpt.errors import FolderInUse
+from whispergpt.errors import FolderInUse, WhisperGPTError
 
 Precision = Literal["bf16", "no"]
 F = TypeVar("F", bound=Callable[..., Any])
@@ -121,6 +122,47 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
         f.flush()
         os.fsync(f.fileno())
     return Path(path)
+
+
+# programming errors stay tracebacks; anything else a writer raises is a failed write
+_BUGS = (TypeError, AttributeError, NameError, KeyError, IndexError, AssertionError, ImportError)
+
+
+def free_bytes(path: str | os.PathLike) -> int | None:
+    """Free space on the filesystem of ``path`` (its nearest existing ancestor); None if unknown."""
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return shutil.disk_usage(p).free
+    except OSError:
+        return None
+
+
+@contextlib.contextmanager
+def writing(
+    path: str | os.PathLike, what: str, hint: str, cleanup: str | os.PathLike | None = None
+) -> Iterator[None]:
+    """Turn a failed write in the block into one ``WhisperGPTError`` naming ``path`` and the free
+    space on its disk, whatever the library raised: Python's ``OSError(ENOSPC)``, torch's zip
+    writer's ``RuntimeError`` ("unexpected pos ..."), safetensors' own error. ``cleanup`` (a temp
+    folder) is removed first, so that what was there before stays the last good state."""
+    try:
+        yield
+    except (WhisperGPTError, *_BUGS):
+        raise
+    except Exception as e:
+        if cleanup is not None:
+            shutil.rmtree(cleanup, ignore_errors=True)
+        free = free_bytes(path)
+        if isinstance(e, OSError) and e.strerror:
+            reason = e.strerror
+        elif free is not None and free < 1 << 20:
+            reason = "the disk is full"
+        else:
+            reason = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]}"
+        room = "unknown space" if free is None else f"{free / 2**20:.1f} MiB"
+        raise WhisperGPTError(f"could not write {what} ({reason}; {room} free there)", path, hint) from e
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int = 2) -> Path:

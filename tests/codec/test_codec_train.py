@@ -11,16 +11,12 @@ import torch
 
 from whispergpt.audio import SAMPLE_RATE, save_audio
 from whispergpt.codec import PRIME_FRAMES, Codec
+from whispergpt.codec.checkpoint import latest_checkpoint
 from whispergpt.codec.eval import codebook_usage, mel_distance, si_snr
+from whispergpt.codec.lsuv import lsuv_init
 from whispergpt.codec.rvq import ResidualVQ, export_to_encodec, nearest_code, rvq_for_encodec
-from whispergpt.codec.train import (
-    CodecTrainConfig,
-    TrainableCodec,
-    build_encodec,
-    latest_checkpoint,
-    lsuv_init,
-    train,
-)
+from whispergpt.codec.train import train
+from whispergpt.codec.trainable import CodecTrainConfig, TrainableCodec, build_encodec
 from whispergpt.config import ConfigError
 from whispergpt.config_io import load_config
 
@@ -277,6 +273,16 @@ def test_training_lowers_loss_checkpoints_resumes_and_exports(audio_dir, tmp_pat
         "step-0000020",
         "step-0000025",
     ]  # keep 2
+    # a checkpoint whose generator was cut short (files.json says so) is moved aside: resume from 20
+    gen = out / "checkpoints" / "step-0000025" / "generator.safetensors"
+    gen.write_bytes(gen.read_bytes()[:-100])
+    cfg3 = tiny_cfg("train.max_steps=30", "train.log_every=5", "train.ckpt_every=10", "train.progress=false")
+    train(cfg3, [audio_dir], out)
+    captured = capsys.readouterr()
+    assert "step-0000025 failed verification: generator.safetensors has" in captured.err
+    assert "resumed from" in captured.out and "(step 20)" in captured.out
+    assert latest_checkpoint(out).name == "step-0000030"
+    assert (out / "checkpoints" / ".bad-step-0000025").is_dir()  # kept for inspection
 
 
 def test_warmup_then_frozen_encoder(audio_dir, tmp_path):

@@ -35,8 +35,8 @@ from whispergpt.audio import SAMPLE_RATE, log_mel
 from whispergpt.codec.checkpoint import (
     CODEC_STATE,
     export_codec,
-    latest_checkpoint,
     load_safetensors,
+    resume_checkpoint,
     save_checkpoint,
 )
 from whispergpt.codec.corpus import CropSampler, find_audio_files, load_corpus
@@ -129,7 +129,7 @@ def _train(cfg: CodecTrainConfig, audio: list[str | os.PathLike], out: Path, acc
     )
 
     start = 0
-    ckpt = latest_checkpoint(out) if tc.resume else None
+    ckpt = resume_checkpoint(out, acc) if tc.resume else None
     if ckpt is None and not cfg.model.init:
         with torch.no_grad():
             init_wave = sampler.batch(cfg.data.batch_size, -100)

@@ -99,8 +99,7 @@ from whispergpt.data.augment import AugmentedCopies, AugmentRecipe
 from whispergpt.data.dataset import FORMAT_VERSION, MANIFEST, SHARDS_DIR, check_shard, read_manifest
 from whispergpt.data.encode import encode_batch, encode_long, latent_dim
 from whispergpt.data.streams import MEL_DTYPES, STREAMS, FileWork, SemanticSource, register_stream
-from whispergpt.errors import WhisperGPTError
-from whispergpt.runtime import LOCK_NAME, holds_folder, move_aside, resolve_device, write_json_atomic
+from whispergpt.runtime import LOCK_NAME, holds_folder, move_aside, resolve_device, write_json_atomic, writing
 
 CONTEXT_SECONDS = 2.0
 SPLITS = ("train", "val")
@@ -240,15 +239,11 @@ class _ShardWriter:
         tmp = self.root / f".tmp-{name}-{os.getpid()}"
         if tmp.exists():
             shutil.rmtree(tmp)
-        try:
+        hint = "free disk space (or move the folder to a disk with room) and rerun: finished shards are kept"
+        with writing(
+            tmp, f"shard {name}", hint, cleanup=tmp
+        ):  # finished shards and the manifest are untouched
             self._write(tmp)
-        except OSError as e:  # e.g. ENOSPC: finished shards and the manifest are untouched
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise WhisperGPTError(
-                f"could not write shard {name} ({e.strerror or e})",
-                getattr(e, "filename", None) or tmp,
-                "free disk space and rerun the same prepare command: finished shards are kept",
-            ) from e
         os.rename(tmp, final)
         shard = dict(name=name, split=self.split, files=len(self.entries), frames=self.frames)
         self.arrays = {st.name: [] for st in self.streams}
@@ -451,7 +446,8 @@ def prepare(
             v["seconds"] = v["frames"] / cdc.frame_rate
         manifest["shards"] = sorted(shards, key=lambda sh: sh["name"])
         manifest["skipped"] = [dict(path=p, reason=r) for p, r in sorted(skipped.items())]
-        write_json_atomic(out / MANIFEST, manifest, indent=1)
+        with writing(out / MANIFEST, "the manifest", "free disk space and rerun: finished shards are kept"):
+            write_json_atomic(out / MANIFEST, manifest, indent=1)
         return manifest
 
     def on_shard(shard: dict) -> None:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from whispergpt.runtime import write_atomic
+from whispergpt.runtime import write_atomic, writing
 
 if TYPE_CHECKING:
     from whispergpt.config import LoggingConfig
@@ -102,8 +102,11 @@ class Loggers:
     def log(self, record: dict) -> None:
         if not self.is_main:
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        with writing(
+            self.path, "a metrics line", "free disk space and rerun: it resumes from the last checkpoint"
+        ):
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
         step = record["step"]
         scalars = {k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float))}
         if self.wandb is not None:

@@ -43,6 +43,7 @@ from whispergpt.runtime import (
     seed_everything,
     write_atomic,
     write_json_atomic,
+    writing,
 )
 from whispergpt.training.loggers import Loggers
 from whispergpt.training.record import write_training_record
@@ -239,33 +240,22 @@ class Trainer:
         if self.is_ds:
             acc.save_state(str(tmp / "deepspeed"))  # collective: model + optimizer shards
         state = self._state_dict_for_save()  # collective under ZeRO-3
-        try:
+        last = ckpt_io.latest_checkpoint(self.out) if acc.is_main_process else None
+        what, hint = f"the step-{step} checkpoint", (
+            f"free disk space (or move {self.out} to a disk with room) and rerun to resume from {last.name}"
+            if last else "free disk space and rerun (no earlier checkpoint: it starts over)"
+        )  # fmt: skip
+        with writing(tmp, what, hint, cleanup=tmp):
             ckpt_io.save_rng_state(tmp, self.rank)
-        except OSError as e:
-            raise self._save_failed(e, tmp) from e
         acc.wait_for_everyone()
         final = None
         if acc.is_main_process:
-            try:
+            with writing(tmp, what, hint, cleanup=tmp):  # the previous checkpoints are untouched
                 self._write_checkpoint_files(tmp, state)
-            except OSError as e:  # e.g. ENOSPC: the previous checkpoints are untouched
-                raise self._save_failed(e, tmp) from e
             final = ckpt_io.publish_checkpoint(tmp, step)
             ckpt_io.prune_checkpoints(self.out, self.cfg.train.keep_last)
         acc.wait_for_everyone()
         return final
-
-    def _save_failed(self, e: OSError, tmp: Path) -> WhisperGPTError:
-        """One line for a failed checkpoint write (a full disk, a quota); the temp dir goes."""
-        shutil.rmtree(tmp, ignore_errors=True)
-        last = ckpt_io.latest_checkpoint(self.out)
-        return WhisperGPTError(
-            f"could not write the step-{self.step} checkpoint ({e.strerror or e})",
-            getattr(e, "filename", None) or tmp,
-            f"free disk space and rerun to resume from {last}"
-            if last
-            else "free disk space and rerun (no earlier checkpoint: it starts over)",
-        )
 
     def _write_checkpoint_files(self, tmp: Path, state: dict[str, torch.Tensor]) -> None:
         """The main process's files of a checkpoint; ``files.json`` (sizes + sha256) comes last."""
@@ -367,12 +357,14 @@ class Trainer:
         if self.acc.is_main_process:
             tmp = self.out / f".tmp-{name}"
             shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir()
-            for f in ("config.json", "model.safetensors"):
-                shutil.copy2(src / f, tmp / f)
-            # what the model was trained on, so eval and sampling can pick the same codec and mel
-            self._write_record(tmp, step)
-            ckpt_io.write_files_manifest(tmp)
+            hint = f"free disk space and rerun: it resumes from {src} and writes {name}/ again"
+            with writing(tmp, f"{name}/", hint, cleanup=tmp):
+                tmp.mkdir()
+                for f in ("config.json", "model.safetensors"):
+                    shutil.copy2(src / f, tmp / f)
+                # what the model was trained on, so eval and sampling can pick the same codec and mel
+                self._write_record(tmp, step)
+                ckpt_io.write_files_manifest(tmp)
             ckpt_io.replace_dir(tmp, out)
         self.acc.wait_for_everyone()
         return out
@@ -556,7 +548,8 @@ def train(cfg: RunConfig) -> Path:
             out.mkdir(parents=True, exist_ok=True)
             text = dump_yaml(cfg)
             print("resolved config:\n" + text, flush=True)
-            write_atomic(out / "config.yaml", text)
+            with writing(out / "config.yaml", "the resolved config", "free disk space and rerun"):
+                write_atomic(out / "config.yaml", text)
         return trainer.run()
     finally:
         trainer.lock.close()
