@@ -21,6 +21,8 @@ ranks; the coarse pattern reads codebook 0 only).
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import os
 import shutil
@@ -34,7 +36,7 @@ from whispergpt import checkpoint as ckpt_io
 from whispergpt.config import RunConfig
 from whispergpt.config_io import dump_yaml, to_dict
 from whispergpt.data import PreparedDataset
-from whispergpt.errors import WhisperGPTError
+from whispergpt.errors import InputError, WhisperGPTError
 from whispergpt.runtime import (
     choose_precision,
     main_process_lock,
@@ -301,9 +303,26 @@ class Trainer:
         acc.wait_for_everyone()
         return ckpt_io.latest_checkpoint(self.out)
 
+    def check_same_model(self, path: Path) -> None:
+        """The checkpoint's ``config.json`` against this run's model, before any tensor is read: a
+        drifted key is one line naming each difference, not a state_dict size-mismatch traceback."""
+        saved = json.loads((path / "config.json").read_text())
+        saved.pop("model_type", None)
+        ours = json.loads(json.dumps(dataclasses.asdict(self.core.config)))  # tuples as JSON lists
+        missing = object()
+        diff = [k for k in sorted(set(saved) | set(ours)) if saved.get(k, missing) != ours.get(k, missing)]
+        if diff:
+            shown = ", ".join(f"model.{k} ({saved.get(k, 'unset')!r} in the checkpoint, {ours.get(k, 'unset')!r} now)"
+                              for k in diff)  # fmt: skip
+            raise InputError(
+                f"the checkpoint's model differs from the config in {shown}", path,
+                "resume with the same model keys, or start over with train.resume_from=none or a new out_dir",
+            )  # fmt: skip
+
     def load_checkpoint(self, path: Path) -> None:
         from safetensors.torch import load_file
 
+        self.check_same_model(path)
         state = ckpt_io.read_trainer_state(path)
         if bool(state.get("deepspeed")) != self.is_ds:
             raise ValueError(

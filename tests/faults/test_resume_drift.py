@@ -1,0 +1,29 @@
+"""Resuming an out_dir with a changed model: one line naming each drifted key, before any tensor."""
+
+from __future__ import annotations
+
+import pytest
+
+from whispergpt.cli import main
+
+pytestmark = pytest.mark.faults
+
+
+def run(data, out, *extra: str) -> int:
+    return main(["train", "tiny.yaml", f"data.dir={data}", f"out_dir={out}", "logging.wandb=false",
+                 "logging.progress=false", "train.max_steps=2", "train.save_every=2", "train.eval_every=1000",
+                 "train.batch_size=2", *extra])  # fmt: skip
+
+
+def test_a_drifted_model_key_is_one_line_naming_it(tiny_dataset, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run(tiny_dataset, out) == 0
+    capsys.readouterr()
+    assert run(tiny_dataset, out, "train.max_steps=4", "model.d_model=32", "model.n_layers=1") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert "model.d_model (64 in the checkpoint, 32 now)" in err[0]
+    assert "model.n_layers (2 in the checkpoint, 1 now)" in err[0]
+    assert "train.resume_from=none" in err[0] and "size mismatch" not in err[0]
+    # the same keys resume
+    assert run(tiny_dataset, out, "train.max_steps=4") == 0
