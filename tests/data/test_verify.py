@@ -178,3 +178,35 @@ def test_enospc_while_writing_a_shard(tiny_dataset, tiny_codec_dir, tmp_path, mo
     assert len(PreparedDataset(out, "train")) == 1
     assert cli(argv) == 0
     assert verify_dataset(out) == ([], 6)
+
+
+@pytest.mark.parametrize(
+    "name, bad, expect",
+    [("mel.npy", np.nan, "mel.npy holds non-finite values"), ("codes.npy", 4000, "outside [0, 1024)")],
+)
+def test_cheap_check_samples_values(ds, name, bad, expect):
+    """A shard bad throughout (a writer's NaNs, garbage codes) fails the cheap check too."""
+    sdir = shard_dir(ds)
+    arr = np.load(sdir / name)
+    np.save(sdir / name, np.full_like(arr, bad))
+    problem = check_shard(sdir, json.loads((ds / "manifest.json").read_text()))
+    assert problem is not None and expect in problem
+
+
+def test_a_file_that_encodes_to_nan_is_skipped_not_written(tiny_dataset, tiny_codec_dir, tmp_path, capsys):
+    import soundfile as sf
+
+    wav = tmp_path / "wav"
+    shutil.copytree(tiny_dataset.parent / "wav", wav)
+    bad = sorted(wav.rglob("*.wav"))[0]
+    x, sr = sf.read(bad, dtype="float32")
+    x[100:200] = np.nan  # a float WAV can hold NaN samples
+    sf.write(bad, x, sr, subtype="FLOAT")
+    out = tmp_path / "ds"
+    argv = ["prepare", str(wav), "--out", str(out), "--codec", str(tiny_codec_dir), "--bandwidth", "1.5",
+            "--device", "cpu", "--no-progress"]  # fmt: skip
+    assert cli(argv) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    reasons = {Path(s["path"]).name: s["reason"] for s in m["skipped"]}
+    assert list(reasons) == [bad.name] and ("non-finite" in reasons[bad.name] or "NaN" in reasons[bad.name])
+    assert verify_dataset(out) == ([], len(m["shards"]))

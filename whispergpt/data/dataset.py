@@ -127,7 +127,8 @@ def check_shard(
     ``index.json`` parses and its offsets tile the frames; each stream's ``.npy`` has the dtype
     and the shape (``streams.expected_shape``: time-major in format 2) the manifest implies, ``N``
     the index's total (and ``frames``, the manifest's count, when given); every file's size is
-    what its header implies. ``full`` also reads every value (``_check_values``).
+    what its header implies; ``SAMPLED_FRAMES`` evenly spaced frames of each stream hold sound
+    values (``bad_values``). ``full`` reads every value instead (``inspect --verify``).
     """
     sdir = Path(sdir)
     names = stored_streams(manifest) if streams is None else list(streams)
@@ -165,14 +166,35 @@ def check_shard(
         if size != need:
             state = "truncated" if size < need else "too long"
             return f"{stream.file} is {state}: {size} bytes, its header implies {need}"
-    if full:
-        return _check_values(sdir, manifest, names)
+    return _check_values(sdir, manifest, names, sampled=not full)
+
+
+def bad_values(
+    name: str, block: np.ndarray, codebook_size: int, first_frame: int = 0, time_major: bool = True
+) -> str | None:
+    """What is wrong with the values of a block of stream ``name`` (codes in ``[0, V)``, other
+    integer streams >= 0, float streams finite), or None. ``first_frame``: the block's first frame,
+    for the message."""
+    file = STREAMS[name].file
+    if STREAMS[name].kind == "int":
+        lo, hi = int(block.min(initial=0)), int(block.max(initial=0))
+        if name == "codes" and (lo < 0 or hi >= codebook_size):
+            return f"{file} holds codes outside [0, {codebook_size}) (min {lo}, max {hi})"
+        if lo < 0:
+            return f"{file} holds negative values (min {lo})"
+    elif not np.isfinite(block).all():
+        bad = np.argwhere(~np.isfinite(block))[0]
+        return f"{file} holds non-finite values (first at frame {first_frame + int(bad[0] if time_major else bad[-1])})"
     return None
 
 
-def _check_values(sdir: Path, manifest: dict, streams: Sequence[str]) -> str | None:
-    """Read every value in frame blocks (bounded memory): codes in ``[0, V)``, other integer
-    streams >= 0, float streams finite."""
+SAMPLED_FRAMES = 16  # frames per stream the cheap check reads: a few KiB per shard
+
+
+def _check_values(sdir: Path, manifest: dict, streams: Sequence[str], sampled: bool = False) -> str | None:
+    """Every value in frame blocks (bounded memory), or with ``sampled`` only ``SAMPLED_FRAMES``
+    evenly spaced frames per stream: that catches a shard bad throughout (garbage bytes, a wrong
+    dtype, a writer's NaNs), not one corrupt value, which needs the full read."""
     tm = time_major(manifest)
     V = int(manifest["codebook_size"])
     for name in streams:
@@ -182,20 +204,20 @@ def _check_values(sdir: Path, manifest: dict, streams: Sequence[str]) -> str | N
         except (OSError, ValueError) as e:
             return f"{stream.file} cannot be read ({e})"
         n = arr.shape[0] if tm else arr.shape[-1]
+        if sampled:
+            at = np.unique(np.linspace(0, max(0, n - 1), min(n, SAMPLED_FRAMES)).astype(np.int64))
+            for a in at.tolist():
+                problem = bad_values(name, np.asarray(arr[a : a + 1] if tm else arr[:, a : a + 1]), V, a, tm)
+                if problem:
+                    return problem
+            continue
         per_frame = max(1, arr.size // max(1, n))
         step = max(1, (1 << 24) // per_frame)
         for a in range(0, n, step):
             block = np.asarray(arr[a : a + step] if tm else arr[:, a : a + step])
-            if stream.kind == "int":
-                lo, hi = int(block.min(initial=0)), int(block.max(initial=0))
-                if name == "codes" and (lo < 0 or hi >= V):
-                    return f"{stream.file} holds codes outside [0, {V}) (min {lo}, max {hi})"
-                if lo < 0:
-                    return f"{stream.file} holds negative values (min {lo})"
-            elif not np.isfinite(block).all():
-                bad = np.argwhere(~np.isfinite(block))[0]
-                frame = a + int(bad[0] if tm else bad[-1])
-                return f"{stream.file} holds non-finite values (first at frame {frame})"
+            problem = bad_values(name, block, V, a, tm)
+            if problem:
+                return problem
     return None
 
 

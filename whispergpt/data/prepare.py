@@ -96,7 +96,14 @@ import torch
 
 from whispergpt.audio import AUDIO_EXTENSIONS, HOP_LENGTH, SAMPLE_RATE, AudioLoadError, num_frames
 from whispergpt.data.augment import AugmentedCopies, AugmentRecipe
-from whispergpt.data.dataset import FORMAT_VERSION, MANIFEST, SHARDS_DIR, check_shard, read_manifest
+from whispergpt.data.dataset import (
+    FORMAT_VERSION,
+    MANIFEST,
+    SHARDS_DIR,
+    bad_values,
+    check_shard,
+    read_manifest,
+)
 from whispergpt.data.encode import encode_batch, encode_long, latent_dim
 from whispergpt.data.streams import MEL_DTYPES, STREAMS, FileWork, SemanticSource, register_stream
 from whispergpt.runtime import LOCK_NAME, holds_folder, move_aside, resolve_device, write_json_atomic, writing
@@ -500,6 +507,12 @@ def prepare(
                         work = FileWork(p, w.to(dev), c.cpu(), None if lat is None else lat.float().cpu(), cdc,
                                         settings, chunk_frames, context_frames, state)  # fmt: skip
                         arrays = {name: STREAMS[name].writer(work) for name in streams}  # (T, ...) each
+                        V = cdc.codebook_size
+                        problem = next(filter(None, (bad_values(n, a, V) for n, a in arrays.items())), None)
+                        if problem:  # checked in memory (one pass, no IO), before it can reach a shard
+                            skipped[p] = f"{p}: encoded to bad values ({problem})"
+                            bar.write(f"skipped {skipped[p]}")
+                            continue
                         writer.add(p, arrays, w.shape[-1] / SAMPLE_RATE, aug.pop_record(p))
                         written.add(p)
                         skipped.pop(p, None)  # skipped by an earlier run, readable now
