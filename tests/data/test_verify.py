@@ -193,7 +193,7 @@ def test_cheap_check_samples_values(ds, name, bad, expect):
     assert problem is not None and expect in problem
 
 
-def test_a_file_that_encodes_to_nan_is_skipped_not_written(tiny_dataset, tiny_codec_dir, tmp_path, capsys):
+def test_a_wav_holding_nan_is_skipped_with_its_reason(tiny_dataset, tiny_codec_dir, tmp_path, capsys):
     import soundfile as sf
 
     wav = tmp_path / "wav"
@@ -209,4 +209,29 @@ def test_a_file_that_encodes_to_nan_is_skipped_not_written(tiny_dataset, tiny_co
     m = json.loads((out / "manifest.json").read_text())
     reasons = {Path(s["path"]).name: s["reason"] for s in m["skipped"]}
     assert list(reasons) == [bad.name] and ("non-finite" in reasons[bad.name] or "NaN" in reasons[bad.name])
+    assert verify_dataset(out) == ([], len(m["shards"]))
+
+
+def test_values_are_checked_before_a_shard_is_written(tiny_dataset, tiny_codec_dir, tmp_path, monkeypatch):
+    """A stream writer that yields NaN for one file (a broken codec, a bad mel) skips that file."""
+    import dataclasses
+
+    from whispergpt.data import streams
+
+    real = streams.STREAMS["mel_decoded"]
+    victim = sorted((tiny_dataset.parent / "wav").rglob("*.wav"))[0]
+
+    def nan_for_victim(work):
+        out = real.writer(work)
+        return np.full_like(out, np.nan) if Path(work.path).name == victim.name else out
+
+    monkeypatch.setitem(streams.STREAMS, "mel_decoded", dataclasses.replace(real, writer=nan_for_victim))
+    out = tmp_path / "ds"
+    argv = ["prepare", str(tiny_dataset.parent / "wav"), "--out", str(out), "--codec", str(tiny_codec_dir),
+            "--bandwidth", "1.5", "--device", "cpu", "--no-progress"]  # fmt: skip
+    assert cli(argv) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    (entry,) = m["skipped"]
+    assert Path(entry["path"]).name == victim.name
+    assert "encoded to bad values (mel_decoded.npy holds non-finite values" in entry["reason"]
     assert verify_dataset(out) == ([], len(m["shards"]))
