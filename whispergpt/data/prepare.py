@@ -94,10 +94,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from whispergpt.audio import AUDIO_EXTENSIONS, HOP_LENGTH, SAMPLE_RATE, AudioLoadError, num_frames
+from whispergpt.audio import HOP_LENGTH, SAMPLE_RATE, AudioLoadError, num_frames
 from whispergpt.data.augment import AugmentedCopies, AugmentRecipe
 from whispergpt.data.dataset import FORMAT_VERSION, MANIFEST, SHARDS_DIR, check_shard, read_manifest
 from whispergpt.data.encode import encode_batch, encode_long, latent_dim
+from whispergpt.data.merge import PARTS_DIR, part_path, shard_of, shard_tag
+from whispergpt.data.sources import HFOptions, scan_candidates, scan_sources
 from whispergpt.data.streams import MEL_DTYPES, STREAMS, FileWork, SemanticSource, register_stream
 from whispergpt.errors import WhisperGPTError
 from whispergpt.runtime import move_aside, resolve_device, write_json_atomic
@@ -110,76 +112,9 @@ class NoUsableAudioError(ValueError):
     """Every candidate file was skipped (the manifest with the skipped list is still written)."""
 
 
-# -- sources ------------------------------------------------------------------------------------
-def _is_audio(path: Path) -> bool:
-    return path.suffix.lower() in AUDIO_EXTENSIONS
-
-
 def collect_sources(sources: Sequence[str | os.PathLike]) -> list[Path]:
-    """The candidate audio paths of ``sources`` (see ``scan_sources``), without the skipped ones."""
+    """The candidate audio paths of files / folders / lists (``sources.scan_sources``), without the skipped ones."""
     return scan_sources(sources)[0]
-
-
-def scan_sources(sources: Sequence[str | os.PathLike]) -> tuple[list[Path], dict[str, str]]:
-    """Expand files / folders (recursive) / text lists into ``(candidates, skipped)``.
-
-    ``candidates``: sorted, deduplicated resolved paths to encode. ``skipped``: ``{path: reason}``
-    for paths that can never be read: a dangling symlink with an audio suffix, a folder that
-    cannot be listed. A missing SRC (or a path named in a list that does not exist) is a
-    ``ValueError``; files that exist but do not decode are left for the encoder to skip and report.
-    """
-    if not sources:
-        raise ValueError("prepare needs at least one SRC (audio file, folder or text list of paths)")
-    found: set[Path] = set()
-    skipped: dict[str, str] = {}
-    for src in sources:
-        p = Path(src).expanduser()
-        if p.is_dir():
-            _walk(p, found, skipped)
-        elif p.is_file() and (_is_audio(p) or p.suffix.lower() not in (".txt", ".lst", ".list", ".scp")):
-            found.add(p.resolve())  # audio, or a file with an unknown suffix: let the decoder judge
-        elif p.is_file():
-            _read_list(p, found, skipped)
-        elif p.is_symlink():
-            skipped[str(p.absolute())] = f"{p}: dangling symlink to {os.readlink(p)}"
-        else:
-            raise ValueError(f"SRC {src}: no such file or folder")
-    return sorted(found, key=str), {k: v for k, v in skipped.items() if Path(k) not in found}
-
-
-def _walk(folder: Path, found: set[Path], skipped: dict[str, str]) -> None:
-    """Audio files under ``folder`` (symlinked folders are not followed, as ``Path.rglob``)."""
-
-    def unreadable(e: OSError) -> None:
-        skipped[str(Path(e.filename).absolute())] = f"{e.filename}: cannot list folder ({e.strerror})"
-
-    for dirpath, _, filenames in os.walk(folder, onerror=unreadable):
-        for name in filenames:
-            q = Path(dirpath) / name
-            if not _is_audio(q):
-                continue
-            if q.is_file():
-                found.add(q.resolve())
-            elif q.is_symlink():
-                skipped[str(q.absolute())] = f"{q}: dangling symlink to {os.readlink(q)}"
-
-
-def _read_list(list_path: Path, found: set[Path], skipped: dict[str, str]) -> None:
-    for n, line in enumerate(list_path.read_text().splitlines(), 1):
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        p = Path(line).expanduser()
-        if not p.is_absolute():
-            p = list_path.parent / p
-        if p.is_symlink() and not p.exists():
-            skipped[str(p.absolute())] = f"{list_path}:{n}: {p}: dangling symlink to {os.readlink(p)}"
-        elif not p.exists():
-            raise ValueError(f"{list_path}:{n}: listed path {line!r} does not exist")
-        elif p.is_dir():
-            _walk(p, found, skipped)
-        else:
-            found.add(p.resolve())
 
 
 def assign_splits(paths: Sequence[Path], val_fraction: float, seed: int) -> dict[str, str]:
@@ -200,8 +135,11 @@ def assign_splits(paths: Sequence[Path], val_fraction: float, seed: int) -> dict
 class _ShardWriter:
     """Accumulates encoded files of one split and writes them as atomic shard directories."""
 
-    def __init__(self, root: Path, split: str, next_index: int, shard_frames: int, on_shard, manifest: dict):
+    def __init__(
+        self, root: Path, split: str, next_index: int, shard_frames: int, on_shard, manifest: dict, tag: str = ""
+    ):
         self.root, self.split, self.index, self.shard_frames = root, split, next_index, shard_frames
+        self.prefix = f"{split}-{tag}-" if tag else f"{split}-"  # a rank's shards carry its tag
         self.on_shard = on_shard
         self.streams = [STREAMS[n] for n in manifest["streams"]]
         self.storage = {st.name: st.storage(manifest) for st in self.streams}
@@ -235,7 +173,7 @@ class _ShardWriter:
     def flush(self) -> None:
         if not self.entries:
             return
-        name = f"{self.split}-{self.index:05d}"
+        name = f"{self.prefix}{self.index:05d}"
         final = self.root / name
         tmp = self.root / f".tmp-{name}-{os.getpid()}"
         if tmp.exists():
@@ -257,9 +195,10 @@ class _ShardWriter:
         self.on_shard(shard)
 
 
-def _scan_shards(root: Path, manifest: dict, check: bool) -> tuple[list[dict], set[str]]:
+def _scan_shards(root: Path, manifest: dict, check: bool, tag: str = "") -> tuple[list[dict], set[str]]:
     """Completed shards on disk (``[{name, split, files, frames}]``) and the paths they hold; with
-    ``check`` (resuming), broken shards (cheap check) are moved aside, their files not done."""
+    ``check`` (resuming), broken shards (cheap check) are moved aside, their files not done; with
+    ``tag`` (a rank of a sharded run) only that rank's shards."""
     shards, done = [], set()
     if not root.is_dir():
         return shards, done
@@ -267,7 +206,9 @@ def _scan_shards(root: Path, manifest: dict, check: bool) -> tuple[list[dict], s
     for d in sorted(root.iterdir()):
         if d.name.startswith(".") or not d.is_dir():
             continue
-        split = d.name.rsplit("-", 1)[0]
+        split = d.name.split("-", 1)[0]
+        if tag and not d.name.startswith(f"{split}-{tag}-"):
+            continue
         if split not in SPLITS or not all((d / f).is_file() for f in files):
             continue
         if check:
@@ -332,6 +273,8 @@ def prepare(
     latent: bool = False,
     decoded_coarse_mel: bool | None = None,
     semantic: SemanticSource | None = None,
+    hf: HFOptions | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> dict:
     """Encode ``sources`` into the dataset at ``out`` (resuming if it exists); returns the manifest.
 
@@ -339,6 +282,9 @@ def prepare(
     ``decoded_coarse_mel`` (default: as ``decoded_mel``) of the codebook-0 decode; ``latent`` the
     codec encoder's output; ``semantic`` (``semantic.tokenizer.semantic_source`` of a ``whispergpt
     semantic fit`` folder) the per-frame semantic tokens. ``mel_dtype``: float16 or float32 for every mel stream.
+    ``hf``: how manifests and Hugging Face datasets among ``sources`` are read (``data.sources``).
+    ``shard=(I, N)``: only the candidates whose id hashes to ``I``, written as part ``I`` of ``N``
+    (``data.merge``; the returned dict is then the part).
     Raises ``ValueError`` for bad arguments / a mismatched existing dataset, and
     ``NoUsableAudioError`` (after writing the manifest) when no file at all could be used.
     """
@@ -353,10 +299,22 @@ def prepare(
     if mel_dtype not in MEL_DTYPES:
         raise ValueError(f"mel_dtype must be one of {list(MEL_DTYPES)}, got {mel_dtype!r}")
     aug = AugmentedCopies(augment, copies, seed)  # train copies SRC#augN (none without a recipe)
-    candidates, unreadable = scan_sources(sources)  # errors on a missing SRC before any work
-    split_of = assign_splits(candidates, val_fraction, seed)
+    cands = scan_candidates(sources, hf)  # errors on a missing SRC / column before any work
+    if cands.is_streaming() and aug.recipe is not None:
+        raise ValueError("--augment re-reads each train file for its copies: not with --hf-streaming")
+    aug.loader = cands.load
+    split_of = assign_splits(cands.keys, val_fraction, seed)  # over every candidate, before sharding
+    unreadable = cands.skipped
     out = Path(out)
     root = out / SHARDS_DIR
+    tag, manifest_path = "", out / MANIFEST
+    if shard is not None:
+        index, count = shard
+        if not 0 <= index < count:
+            raise ValueError(f"shard must be (I, N) with 0 <= I < N, got {shard}")
+        split_of = {k: v for k, v in split_of.items() if shard_of(k, count) == index}
+        unreadable = {k: v for k, v in unreadable.items() if shard_of(k, count) == index}
+        tag, manifest_path = shard_tag(index, count), part_path(out, index, count)
     coarse = decoded_mel if decoded_coarse_mel is None else decoded_coarse_mel
     semantic_info = None
     if semantic is not None:  # checked before any work by semantic_source; the writer is the tokenizer's
@@ -368,8 +326,8 @@ def prepare(
     streams = [name for name, st in STREAMS.items() if st.enabled(settings)]  # registry order
     skipped: dict[str, str] = {}
     old = None
-    if (out / MANIFEST).exists():
-        old = read_manifest(out)
+    if manifest_path.exists():
+        old = read_manifest(out) if shard is None else json.loads(manifest_path.read_text())
         if old["format_version"] != FORMAT_VERSION:
             raise ValueError(
                 f"{out} holds a format-{old['format_version']} dataset (channel-major shards, written by an "
@@ -382,14 +340,15 @@ def prepare(
                 "use a new --out"
             )
         skipped = {s["path"]: s["reason"] for s in old.get("skipped", [])}
-    elif out.exists() and any(out.iterdir()):
+    elif out.exists() and any(e.name not in (SHARDS_DIR, PARTS_DIR) for e in out.iterdir()):
         raise ValueError(
             f"--out {out} exists, is not empty and holds no {MANIFEST}; use a new or empty folder"
         )
     root.mkdir(parents=True, exist_ok=True)
-    for d in root.glob(".tmp-*"):  # debris of an interrupted run: never valid
+    manifest_path.parent.mkdir(parents=True, exist_ok=True)
+    for d in root.glob(f".tmp-*-{tag}-*" if tag else ".tmp-*"):  # debris of an interrupted run (this rank's)
         shutil.rmtree(d, ignore_errors=True)
-    shards, done = _scan_shards(root, old or dict(streams=streams), check=old is not None)
+    shards, done = _scan_shards(root, old or dict(streams=streams), check=old is not None, tag=tag)
     for p in done:
         skipped.pop(p, None)
     for p in list(skipped):  # a folder or a link was skipped by the scan, which this run redoes
@@ -437,8 +396,10 @@ def prepare(
     if semantic_info is not None:
         base["semantic_tokenizer"] = semantic_info
 
-    def write_manifest() -> dict:
+    def write_manifest(finished: bool = False) -> dict:
         manifest = dict(base)
+        if shard is not None:  # merge refuses a part until its run has finished
+            manifest["part"] = dict(index=shard[0], count=shard[1], finished=finished)
         manifest["splits"] = {
             s: dict(
                 files=sum(sh["files"] for sh in shards if sh["split"] == s),
@@ -450,7 +411,7 @@ def prepare(
             v["seconds"] = v["frames"] / cdc.frame_rate
         manifest["shards"] = sorted(shards, key=lambda sh: sh["name"])
         manifest["skipped"] = [dict(path=p, reason=r) for p, r in sorted(skipped.items())]
-        write_json_atomic(out / MANIFEST, manifest, indent=1)
+        write_json_atomic(manifest_path, manifest, indent=1)
         return manifest
 
     def on_shard(shard: dict) -> None:
@@ -466,13 +427,15 @@ def prepare(
             bar.update(1)
 
     write_manifest()  # from the start, so that a run killed inside its first shard can resume
-    pending = {s: [q for p in sorted(split_of) if split_of[p] == s for q in aug.names(p, s) if q not in done] for s in SPLITS}  # fmt: skip
+    order = [k for k in cands.keys if k in split_of]  # files sorted, dataset rows in row order (streams)
+    pending = {s: [q for p in order if split_of[p] == s for q in aug.names(p, s) if q not in done] for s in SPLITS}  # fmt: skip
     n_pending = sum(len(v) for v in pending.values())
     shard_frames = max(1, int(shard_seconds * cdc.frame_rate))
     chunk_frames = max(1, int(batch_seconds * cdc.frame_rate))
     context_frames = int(CONTEXT_SECONDS * cdc.frame_rate)
     print(
-        f"prepare: {len(candidates)} candidate files ({len(done)} already done, {n_pending} to encode) -> {out}; "
+        f"prepare: {len(split_of)} candidate files ({len(done)} already done, {n_pending} to encode) -> {out}"
+        f"{f' (shard {shard[0]}/{shard[1]})' if shard else ''}; "
         f"codec {codec} @ {bandwidth} kbps (K={cdc.num_codebooks}, V={cdc.codebook_size}), n_mels={n_mels}, "
         f"device {dev}; streams {', '.join(streams)}, mel {mel_dtype}",
         flush=True,
@@ -490,7 +453,7 @@ def prepare(
             for split in SPLITS:
                 next_index = 1 + max((int(sh["name"].rsplit("-", 1)[1]) for sh in shards if sh["split"] == split),
                                      default=-1)  # fmt: skip
-                writer = _ShardWriter(root, split, next_index, shard_frames, on_shard, base)
+                writer = _ShardWriter(root, split, next_index, shard_frames, on_shard, base, tag)
                 for batch in audio_batches(pending[split], batch_seconds, skip, aug.load):
                     waves = [w for _, w in batch]
                     if len(batch) == 1 and waves[0].shape[-1] > batch_seconds * SAMPLE_RATE:
@@ -503,7 +466,8 @@ def prepare(
                         work = FileWork(p, w.to(dev), c.cpu(), None if lat is None else lat.float().cpu(), cdc,
                                         settings, chunk_frames, context_frames, state)  # fmt: skip
                         arrays = {name: STREAMS[name].writer(work) for name in streams}  # (T, ...) each
-                        writer.add(p, arrays, w.shape[-1] / SAMPLE_RATE, aug.pop_record(p))
+                        extra, meta = aug.pop_record(p) or {}, cands.meta(aug.source.get(p, (p,))[0])
+                        writer.add(p, arrays, w.shape[-1] / SAMPLE_RATE, {**extra, "meta": meta} if meta else extra)
                         written.add(p)
                         skipped.pop(p, None)  # skipped by an earlier run, readable now
                         audio_seconds += w.shape[-1] / SAMPLE_RATE
@@ -516,12 +480,12 @@ def prepare(
                 writer.flush()
     finally:
         bar.close()
-    manifest = write_manifest()
+    manifest = write_manifest(finished=True)
     elapsed = time.perf_counter() - t0
     # every candidate path is accounted for: in a completed shard, or skipped with a reason
     n_prepared = sum(1 for p in split_of if p in done or p in written)
     n_skipped = sum(1 for p in split_of if p in skipped) + len(unreadable)
-    n_candidates = len(candidates) + len(unreadable)
+    n_candidates = len(split_of) + len(unreadable)
     assert n_prepared + n_skipped == n_candidates, (n_prepared, n_skipped, n_candidates)
     copies_skipped = sum(1 for p in skipped if p in aug.source)  # augmented copies are not candidates
     print(
@@ -536,7 +500,7 @@ def prepare(
         + (f" (reasons: whispergpt inspect {out})" if n_skipped or copies_skipped else ""),
         flush=True,
     )
-    if manifest["splits"]["train"]["files"] + manifest["splits"]["val"]["files"] == 0:
+    if shard is None and manifest["splits"]["train"]["files"] + manifest["splits"]["val"]["files"] == 0:
         raise NoUsableAudioError(
             f"no usable audio: all {n_candidates} candidate files were skipped (reasons in {out / MANIFEST})"
         )
