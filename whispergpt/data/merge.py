@@ -72,7 +72,9 @@ def part_path(out: str | os.PathLike, index: int, count: int) -> Path:
 def _read_parts(out: Path) -> list[tuple[Path, dict]]:
     files = sorted((out / PARTS_DIR).glob("part-*.json"))
     if not files:
-        raise ValueError(f"{out}: no parts to merge ({PARTS_DIR}/part-*.json); prepare with --shard I/N first")
+        raise ValueError(
+            f"{out}: no parts to merge ({PARTS_DIR}/part-*.json); prepare with --shard I/N first"
+        )
     return [(f, json.loads(f.read_text())) for f in files]
 
 
@@ -100,7 +102,9 @@ def merge_parts(out: str | os.PathLike) -> dict:
     have = {p["part"]["index"] for _, p in parts}
     missing = sorted(set(range(count)) - have)
     if missing:
-        raise ValueError(f"{out}: parts {missing} of {count} are missing; run `prepare --shard I/{count}` for them")
+        raise ValueError(
+            f"{out}: parts {missing} of {count} are missing; run `prepare --shard I/{count}` for them"
+        )
     for f, p in parts:
         if not p["part"]["finished"]:
             raise ValueError(

@@ -136,7 +136,14 @@ class _ShardWriter:
     """Accumulates encoded files of one split and writes them as atomic shard directories."""
 
     def __init__(
-        self, root: Path, split: str, next_index: int, shard_frames: int, on_shard, manifest: dict, tag: str = ""
+        self,
+        root: Path,
+        split: str,
+        next_index: int,
+        shard_frames: int,
+        on_shard,
+        manifest: dict,
+        tag: str = "",
     ):
         self.root, self.split, self.index, self.shard_frames = root, split, next_index, shard_frames
         self.prefix = f"{split}-{tag}-" if tag else f"{split}-"  # a rank's shards carry its tag
@@ -467,7 +474,9 @@ def prepare(
                                         settings, chunk_frames, context_frames, state)  # fmt: skip
                         arrays = {name: STREAMS[name].writer(work) for name in streams}  # (T, ...) each
                         extra, meta = aug.pop_record(p) or {}, cands.meta(aug.source.get(p, (p,))[0])
-                        writer.add(p, arrays, w.shape[-1] / SAMPLE_RATE, {**extra, "meta": meta} if meta else extra)
+                        writer.add(
+                            p, arrays, w.shape[-1] / SAMPLE_RATE, {**extra, "meta": meta} if meta else extra
+                        )
                         written.add(p)
                         skipped.pop(p, None)  # skipped by an earlier run, readable now
                         audio_seconds += w.shape[-1] / SAMPLE_RATE

@@ -202,7 +202,11 @@ def _add_manifest(
     out: Candidates, rows: dict, files_meta: dict[str, dict], path: Path, opts: HFOptions
 ) -> None:
     table, columns = _manifest_rows(path)
-    col = opts.audio_column if opts.audio_column in columns else next((c for c in PATH_COLUMNS if c in columns), None)
+    col = (
+        opts.audio_column
+        if opts.audio_column in columns
+        else next((c for c in PATH_COLUMNS if c in columns), None)
+    )
     if col is None:
         raise ValueError(
             f"{path}: no path column (--audio-column {opts.audio_column!r} or one of {list(PATH_COLUMNS)}); "
@@ -236,7 +240,9 @@ def _open_dataset(src: str, local: Path | None, opts: HFOptions):
     try:
         import datasets
     except ImportError as e:
-        raise ValueError(f"SRC {src}: reading a Hugging Face dataset needs `pip install 'whispergpt[hf]'`") from e
+        raise ValueError(
+            f"SRC {src}: reading a Hugging Face dataset needs `pip install 'whispergpt[hf]'`"
+        ) from e
     split = opts.split or "train"
     if local is not None:
         ds = datasets.load_from_disk(str(local))
@@ -260,7 +266,9 @@ def _open_dataset(src: str, local: Path | None, opts: HFOptions):
             fingerprint = hashlib.sha1(f"{src}|{split}".encode()).hexdigest()[:16]
     columns = list(ds.column_names or [])
     if opts.audio_column not in columns:
-        raise ValueError(f"{src}: no audio column {opts.audio_column!r} (--audio-column); it has columns {columns}")
+        raise ValueError(
+            f"{src}: no audio column {opts.audio_column!r} (--audio-column); it has columns {columns}"
+        )
     if opts.id_column is not None and opts.id_column not in columns:
         raise ValueError(f"{src}: no id column {opts.id_column!r} (--id-column); it has columns {columns}")
     if isinstance((ds.features or {}).get(opts.audio_column), datasets.Audio):
@@ -333,7 +341,9 @@ class _HFRows(_RowSource):
             return decode_audio(io.BytesIO(value["bytes"]), f"{key} ({value.get('path') or 'bytes'})")
         path = value.get("path") if isinstance(value, dict) else value
         if not isinstance(path, str) or not path:
-            raise AudioLoadError(f"{key}: the audio column holds neither bytes nor a path ({type(value).__name__})")
+            raise AudioLoadError(
+                f"{key}: the audio column holds neither bytes nor a path ({type(value).__name__})"
+            )
         try:
             return load_audio(path)
         except AudioLoadError as e:
