@@ -250,7 +250,9 @@ def _open_dataset(src: str, local: Path | None, opts: HFOptions):
             if split not in ds:
                 raise ValueError(f"{src}: no split {split!r} (--hf-split); it has splits {sorted(ds)}")
             ds = ds[split]
-        fingerprint = ds._fingerprint  # stored in state.json: the same on every load of the folder
+        # the fingerprint save_to_disk stored: the same on every load, wherever the folder is moved
+        state = next((f for f in (local / "state.json", local / split / "state.json") if f.is_file()), None)
+        fingerprint = json.loads(state.read_text())["_fingerprint"] if state else ds._fingerprint
         if opts.streaming:
             ds = ds.to_iterable_dataset()
     else:
@@ -273,7 +275,7 @@ def _open_dataset(src: str, local: Path | None, opts: HFOptions):
         raise ValueError(f"{src}: no id column {opts.id_column!r} (--id-column); it has columns {columns}")
     if isinstance((ds.features or {}).get(opts.audio_column), datasets.Audio):
         ds = ds.cast_column(opts.audio_column, datasets.Audio(decode=False))  # path/bytes: no torchcodec
-    return _HFRows(src, ds, opts.audio_column, fingerprint, opts.streaming)
+    return _HFRows(src, ds, opts.audio_column, fingerprint, opts.streaming, opts.id_column)
 
 
 def _add_dataset(out: Candidates, rows: dict, source: _HFRows, opts: HFOptions) -> None:
@@ -306,9 +308,11 @@ class _ManifestRows(_RowSource):
 class _HFRows(_RowSource):
     """One dataset: rows by index (map-style) or from a forward cursor (streaming, rows asked in order)."""
 
-    def __init__(self, name: str, ds, column: str, fingerprint: str, streaming: bool) -> None:
+    def __init__(
+        self, name: str, ds, column: str, fingerprint: str, streaming: bool, id_column: str | None = None
+    ) -> None:
         self.name, self.ds, self.column_name, self.fingerprint = name, ds, column, fingerprint
-        self.streaming = streaming
+        self.streaming, self.id_column = streaming, id_column
         self._it, self._next = None, 0
 
     def column(self, name: str) -> list:
@@ -335,7 +339,9 @@ class _HFRows(_RowSource):
 
     def load(self, row: int, key: str, meta: dict[str, dict]) -> torch.Tensor:
         ex = self._row(row)
-        meta[key] = {k: v for k, v in ex.items() if k != self.column_name and _scalar(v)}
+        meta[key] = {
+            k: v for k, v in ex.items() if k not in (self.column_name, self.id_column) and _scalar(v)
+        }
         value = ex[self.column_name]
         if isinstance(value, dict) and value.get("bytes") is not None:
             return decode_audio(io.BytesIO(value["bytes"]), f"{key} ({value.get('path') or 'bytes'})")
