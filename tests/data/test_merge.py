@@ -1,0 +1,157 @@
+"""Sharded prepare: ``--shard I/N`` parts, ``prepare --merge``, resume of one rank, ``accelerate launch``."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_prepare import run_prepare, tone, write
+from test_sources import by_key
+
+import whispergpt.data.prepare as prep
+from whispergpt.cli import main as cli_main
+from whispergpt.data import PreparedDataset
+from whispergpt.data.merge import merge_parts, part_path, shard_of
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # codes are compared bit for bit (see test_prepare.single_thread)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def src(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("src")
+    for i in range(8):
+        write(root / f"x{i}.wav", tone(0.3 + 0.1 * i, 120 + 25 * i, seed=i))
+    (root / "broken.wav").write_bytes(b"RIFF nothing")
+    return root
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory, src, tiny_codec_dir) -> Path:
+    out = tmp_path_factory.mktemp("single") / "ds"
+    run_prepare([src], out, tiny_codec_dir, val_fraction=0.25, shard_seconds=1.0)
+    return out
+
+
+def assert_same_dataset(a: Path, b: Path) -> None:
+    """Same files, split, codes and frames (shard boundaries may differ)."""
+    ma, mb = (json.loads((d / "manifest.json").read_text()) for d in (a, b))
+    assert ma["splits"] == mb["splits"] and ma["skipped"] == mb["skipped"]
+    ka, kb = by_key(a), by_key(b)
+    assert sorted(ka) == sorted(kb)
+    for k, (split, codes, mel) in ka.items():
+        assert kb[k][0] == split, k
+        np.testing.assert_array_equal(kb[k][1], codes)
+        np.testing.assert_array_equal(kb[k][2], mel)
+
+
+def test_two_shards_merged_equal_the_single_process_dataset(tmp_path, src, single, tiny_codec_dir, capsys):
+    out = tmp_path / "ds"
+    parts = [run_prepare([src], out, tiny_codec_dir, val_fraction=0.25, shard_seconds=1.0, shard=(i, 2)) for i in (0, 1)]  # fmt: skip
+    keys = [str(p.resolve()) for p in sorted(src.glob("*.wav"))]
+    assert {shard_of(k, 2) for k in keys} == {0, 1}  # both ranks have work
+    for i, part in enumerate(parts):
+        assert part["part"] == dict(index=i, count=2, finished=True)
+        assert all(f"-s0000{i}of00002-" in sh["name"] for sh in part["shards"])
+    assert not (out / "manifest.json").exists()  # not a dataset until merged
+    assert cli_main(["prepare", "--merge", str(out)]) == 0
+    assert "merged 2 parts" in capsys.readouterr().out
+    assert_same_dataset(single, out)
+    assert (
+        len(PreparedDataset(out).files)
+        == json.loads((single / "manifest.json").read_text())["splits"]["train"]["files"]
+    )
+
+
+def test_merge_refuses_missing_unfinished_and_disagreeing_parts(tmp_path, src, tiny_codec_dir, capsys):
+    out = tmp_path / "ds"
+    assert cli_main(["prepare", "--merge", str(out)]) == 2
+    run_prepare([src], out, tiny_codec_dir, val_fraction=0.25, shard=(0, 2))
+    assert cli_main(["prepare", "--merge", str(out)]) == 2
+    assert "parts [1] of 2 are missing" in capsys.readouterr().err
+    run_prepare([src], out, tiny_codec_dir, val_fraction=0.25, shard=(1, 2))
+    p1 = part_path(out, 1, 2)
+    good = json.loads(p1.read_text())
+    p1.write_text(json.dumps(dict(good, part=dict(good["part"], finished=False))))  # a rank still writing
+    assert cli_main(["prepare", "--merge", str(out)]) == 2
+    assert "part 1 of 2 is unfinished" in capsys.readouterr().err
+    p1.write_text(json.dumps(dict(good, n_mels=32)))
+    assert cli_main(["prepare", "--merge", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "parts disagree on n_mels: 16 in part-00000-of-00002.json, 32 in part-00001-of-00002.json" in err
+    p1.write_text(json.dumps(good))
+    assert merge_parts(out)["merged_parts"] == 2
+
+
+def test_killed_rank_resumes_only_its_own_work(tmp_path, src, single, tiny_codec_dir, monkeypatch):
+    out = tmp_path / "ds"
+    run_prepare([src], out, tiny_codec_dir, val_fraction=0.25, shard_seconds=0.5, shard=(0, 2))
+    saves = []
+    real_save = np.save
+
+    def dying_save(path, arr):  # rank 1 dies in its second shard
+        saves.append(path)
+        real_save(path, arr)
+        if len(saves) == 5:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(prep.np, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        run_prepare([src], out, tiny_codec_dir, val_fraction=0.25, shard_seconds=0.5, shard=(1, 2))
+    monkeypatch.undo()
+    assert json.loads(part_path(out, 1, 2).read_text())["part"]["finished"] is False
+    before0 = part_path(out, 0, 2).read_text()
+    shards0 = {d.name: d.stat().st_mtime_ns for d in (out / "shards").iterdir() if "-s00000of" in d.name}
+    mine = [str(p.resolve()) for p in sorted(src.glob("*.wav")) if shard_of(str(p.resolve()), 2) == 1]
+    done = {e["path"] for sh in json.loads(part_path(out, 1, 2).read_text())["shards"]
+            for e in json.loads((out / "shards" / sh["name"] / "index.json").read_text())}  # fmt: skip
+    counted = []
+    real = prep.encode_batch
+    monkeypatch.setattr(prep, "encode_batch", lambda c, w, **k: counted.extend(w) or real(c, w, **k))
+    run_prepare([src], out, tiny_codec_dir, val_fraction=0.25, shard_seconds=0.5, shard=(1, 2))
+    readable = [p for p in mine if not p.endswith("broken.wav")]
+    assert 0 < len(done) and len(counted) == len(readable) - len(done)  # only rank 1's remaining files
+    assert part_path(out, 0, 2).read_text() == before0
+    assert shards0 == {
+        d.name: d.stat().st_mtime_ns for d in (out / "shards").iterdir() if "-s00000of" in d.name
+    }
+    merge_parts(out)
+    assert_same_dataset(single, out)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_accelerate_launch_two_processes_equals_single(tmp_path, src, single, tiny_codec_dir):
+    """Rank and world come from the launcher (no --shard); rank 0 merges at the end."""
+    out = tmp_path / "ds"
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+        str(REPO / "configs" / "accelerate" / "ddp_cpu.yaml"), "--num_processes", "2",
+        "--main_process_port", str(_free_port()), "-m", "whispergpt", "prepare", str(src), "--out", str(out),
+        "--codec", str(tiny_codec_dir), "--bandwidth", "1.5", "--n-mels", "16", "--val-fraction", "0.25",
+        "--shard-seconds", "1.0", "--device", "cpu", "--no-progress",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "rank 0 merged 2 parts" in run.stdout
+    assert_same_dataset(single, out)
