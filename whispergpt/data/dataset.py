@@ -64,6 +64,11 @@ DEFAULT_STREAMS = ("codes", "mel")
 _NP_ITEM = {"int": np.int64, "float": np.float32}
 # manifest keys that must agree for several prepared folders to be read as one dataset
 _UNION_KEYS = ("num_codebooks", "codebook_size", "n_mels", "frame_rate", "sample_rate", "codec", "bandwidth")
+# check="auto": up to this many shards are checked when the reader is built (a broken one is named
+# before training starts); beyond, each shard is checked when a process first opens it, so that
+# start-up reads the manifest alone (no per-shard I/O for a corpus of thousands of shards)
+CHECK_EAGER_SHARDS = 64
+CHECKS = ("auto", "eager", "lazy")
 
 
 def read_manifest(directory: str | os.PathLike) -> dict:
@@ -267,6 +272,36 @@ class _Rows:
         return out
 
 
+class _IndexPaths:
+    """Each shard's ``index.json``, read when first needed (a file's path, a shard's check)."""
+
+    def __init__(self, directories: list[Path]):
+        self.directories, self.cache = directories, {}
+
+    def index(self, key: tuple[int, str]) -> list[dict]:
+        if key not in self.cache:
+            path = self.directories[key[0]] / SHARDS_DIR / key[1] / "index.json"
+            self.cache[key] = json.loads(path.read_text())
+        return self.cache[key]
+
+    def __getstate__(self) -> dict:
+        return dict(directories=self.directories, cache={})
+
+
+class _Entry(dict):
+    """A file of ``PreparedDataset.files``: its ``path`` is read from the shard's index on first access."""
+
+    def __init__(self, paths: _IndexPaths, key: tuple[int, str], pos: int):
+        super().__init__()
+        self.paths, self.key, self.pos = paths, key, pos
+
+    def __missing__(self, name: str):
+        if name != "path":
+            raise KeyError(name)
+        self["path"] = self.paths.index(self.key)[self.pos]["path"]
+        return self["path"]
+
+
 class PreparedDataset(torch.utils.data.Dataset):
     """Aligned crops of one split of a prepared dataset: a tuple of tensors in the order of ``streams``."""
 
@@ -277,6 +312,7 @@ class PreparedDataset(torch.utils.data.Dataset):
         frames: int | None = None,
         mel_source: str = "truth",
         streams: Sequence[str] = DEFAULT_STREAMS,
+        check: str = "auto",
     ):
         # Several prepared folders (e.g. speech and music prepared apart) read as one dataset when
         # they agree on the codec and the grid; files keep their order, folder by folder.
@@ -333,41 +369,69 @@ class PreparedDataset(torch.utils.data.Dataset):
         self.frames = frames
         self._time_major = [time_major(m) for m in self.manifests]
         self._arrays: dict[tuple[int, str], tuple[np.ndarray, ...]] = {}  # (dir, shard) -> memmaps
+        if check not in CHECKS:
+            raise ValueError(f"check must be one of {CHECKS}, got {check!r}")
+        n_shards = sum(sh["split"] == split for m in self.manifests for sh in m["shards"])
+        eager = check == "eager" or (check == "auto" and n_shards <= CHECK_EAGER_SHARDS)
+        self._checked: set[tuple[int, str]] = set()  # shards this process has checked
+        self._shard_frames: dict[tuple[int, str], dict] = {}
+        self._paths = _IndexPaths(self.directories)
 
         self.files: list[dict] = []
         for root_index, (root, manifest) in enumerate(zip(self.directories, self.manifests)):
-            self._read_shards(root_index, root, manifest, split)
-        self._arrays.clear()  # opened only to validate; each process reopens lazily
+            self._read_shards(root_index, root, manifest, split, eager)
         self.total_frames = sum(f["frames"] for f in self.files)
         self._build_tiling()
 
-    def _read_shards(self, root_index: int, root: Path, manifest: dict, split: str) -> None:
-        checked = sorted(set(self._stored) | {"codes"})
+    def _read_shards(self, root_index: int, root: Path, manifest: dict, split: str, eager: bool) -> None:
         for shard in manifest["shards"]:
             if shard["split"] != split:
                 continue
-            sdir = root / SHARDS_DIR / shard["name"]
-            problem = check_shard(sdir, manifest, checked, frames=shard.get("frames"))
-            if problem is not None:  # header + size only: names a truncated file before training
-                raise broken_shard_error(root, shard["name"], problem)
-            # check_shard has validated index.json, the shapes and the sizes; codes are read once
-            # here so that the training step needs no range check (no host-device sync): an id >= V
-            # would silently read the next codebook's embedding rows
-            index = json.loads((sdir / "index.json").read_text())
-            bad_codes = _check_values(sdir, manifest, ["codes"])
-            if bad_codes is not None:
-                raise ValueError(f"{sdir}: {bad_codes}; prepare the data again with this dataset's codec")
-            for f in index:
-                self.files.append(
-                    dict(
-                        path=f["path"],
-                        frames=int(f["frames"]),
-                        shard=shard["name"],
-                        offset=int(f["offset"]),
-                        seconds=float(f.get("seconds", int(f["frames"]) / self.frame_rate)),
-                        root=root_index,
-                    )
-                )
+            key = (root_index, shard["name"])
+            self._shard_frames[key] = shard
+            if eager:
+                self._check(key)
+            if eager or "file_frames" not in shard:  # datasets prepared before file_frames: the index
+                index = json.loads((root / SHARDS_DIR / shard["name"] / "index.json").read_text())
+            else:  # the manifest's counts alone; paths come from index.json when asked for
+                index = [dict(frames=n) for n in shard["file_frames"]]
+            offset = 0
+            for pos, f in enumerate(index):
+                n = int(f["frames"])
+                entry = _Entry(self._paths, key, pos)
+                entry.update(frames=n, shard=shard["name"], offset=int(f.get("offset", offset)),
+                             seconds=float(f.get("seconds", n / self.frame_rate)), root=root_index)  # fmt: skip
+                if "path" in f:
+                    entry["path"] = f["path"]
+                self.files.append(entry)
+                offset += n
+
+    def _check(self, key: tuple[int, str]) -> None:
+        """The cheap check of one shard, once per process, and its codes read once: an id >= V
+        would silently read the next codebook's embedding rows, and the training step does no
+        range check (no host-device sync)."""
+        if key in self._checked:
+            return
+        root_index, name = key
+        root, manifest, shard = (
+            self.directories[root_index],
+            self.manifests[root_index],
+            self._shard_frames[key],
+        )
+        sdir = root / SHARDS_DIR / name
+        problem = check_shard(
+            sdir, manifest, sorted(set(self._stored) | {"codes"}), frames=shard.get("frames")
+        )
+        if problem is None and "file_frames" in shard:
+            index = self._paths.index(key)
+            if [int(e["frames"]) for e in index] != [int(n) for n in shard["file_frames"]]:
+                problem = "index.json disagrees with the manifest's file_frames"
+        if problem is not None:  # header + size only: names a truncated file in one line
+            raise broken_shard_error(root, name, problem)
+        bad_codes = _check_values(sdir, manifest, ["codes"])
+        if bad_codes is not None:
+            raise ValueError(f"{sdir}: {bad_codes}; prepare the data again with this dataset's codec")
+        self._checked.add(key)
 
     # -- manifest properties ------------------------------------------------------------------
     @property
@@ -400,6 +464,7 @@ class PreparedDataset(torch.utils.data.Dataset):
         """Per process, per shard: a ``_Rows`` reader per stream (format 2) or memmaps (format 1)."""
         arrays = self._arrays.get((root_index, shard))
         if arrays is None:
+            self._check((root_index, shard))
             sdir = self.directories[root_index] / SHARDS_DIR / shard
             paths = [sdir / STREAMS[n].file for n in self._stored]
             try:

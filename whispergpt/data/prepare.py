@@ -195,7 +195,9 @@ class _ShardWriter:
                 "free disk space and rerun the same prepare command: finished shards are kept",
             ) from e
         os.rename(tmp, final)
-        shard = dict(name=name, split=self.split, files=len(self.entries), frames=self.frames)
+        # file_frames: the reader starts from the manifest alone, without opening the shard
+        frames = [e["frames"] for e in self.entries]
+        shard = dict(name=name, split=self.split, files=len(frames), frames=self.frames, file_frames=frames)
         self.arrays = {st.name: [] for st in self.streams}
         self.entries, self.frames = [], 0
         self.index += 1
@@ -227,7 +229,13 @@ def _scan_shards(root: Path, manifest: dict, check: bool, tag: str = "") -> tupl
                 continue
         index = json.loads((d / "index.json").read_text())
         shards.append(
-            dict(name=d.name, split=split, files=len(index), frames=sum(e["frames"] for e in index))
+            dict(
+                name=d.name,
+                split=split,
+                files=len(index),
+                frames=sum(e["frames"] for e in index),
+                file_frames=[e["frames"] for e in index],
+            )  # fmt: skip
         )
         done.update(e["path"] for e in index)
     return shards, done
