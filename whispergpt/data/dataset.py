@@ -29,7 +29,12 @@ Verification: ``check_shard`` tests one shard directory against what its ``index
 manifest say (each ``.npy`` header's dtype and shape, and the file size the header implies, so a
 truncated or padded file is caught without reading it); ``full=True`` also reads the data (codes
 in ``[0, V)``, other integer streams >= 0, float streams finite). The reader runs the cheap check
-on every shard it opens, so ``train`` names a broken shard in one line before it starts;
+(and reads the codes once, for their range) on every shard it uses. ``check="auto"``: on a
+dataset of up to ``CHECK_EAGER_SHARDS`` shards when it is built, so ``train`` names a broken shard
+in one line before it starts; on a larger one (a merged corpus of thousands of shards) when a
+process first opens the shard, so that start-up reads ``manifest.json`` alone (its shards list
+each file's frames; a file's ``path`` is read from the shard's ``index.json`` when first asked
+for). ``check="eager"`` / ``"lazy"`` force either;
 ``verify_dataset`` (``whispergpt inspect --verify``) runs the full one on every shard of the
 manifest; ``prepare`` runs the cheap one on resume and re-encodes the files of a broken shard.
 

@@ -6,12 +6,20 @@ Usage::
                        [--val-fraction 0.05] [--seed 0] [--batch-seconds 60] [--shard-seconds 1800]
                        [--device auto|cpu|cuda] [--augment RECIPE.yaml [--copies 1]]
                        [--no-decoded-mel] [--no-coarse-mel] [--mel-dtype float16|float32] [--latent]
-                       [--semantic TOKENIZER_DIR]
+                       [--semantic TOKENIZER_DIR] [--hf-split S] [--audio-column audio] [--id-column C]
+                       [--hf-streaming] [--shard I/N]
+    whispergpt prepare --merge DIR
     whispergpt inspect DIR [--max-skipped 10]
 
-SRC is an audio file, a folder (searched recursively for ``audio.AUDIO_EXTENSIONS``, any case) or
-a text file listing paths (one per line, ``#`` comments, relative paths resolved against the list
-file's folder). A missing SRC is an error before any work is done.
+SRC is an audio file, a folder (searched recursively for ``audio.AUDIO_EXTENSIONS``, any case), a
+text file listing paths (one per line, ``#`` comments, relative paths resolved against the list
+file's folder), a JSON-lines/CSV manifest, a ``datasets`` ``save_to_disk`` folder or a hub id
+(``whispergpt.data.sources``). A missing SRC, a manifest without a path column or a dataset without
+the audio column is an error before any work is done. Each candidate has a stable id (a file's
+resolved path; a row's ``--id-column`` value, else ``fingerprint:row``): the index entry's
+``path`` holds it, and it keys the split, resume and ``skipped``. ``--shard I/N`` (or the rank of
+``accelerate launch``) prepares the candidates whose id hashes to ``I`` as part ``I`` of ``DIR``,
+``--merge DIR`` joins the parts (``whispergpt.data.merge``).
 
 Dataset layout (``format_version`` 2)
 -------------------------------------
@@ -22,7 +30,8 @@ Dataset layout (``format_version`` 2)
                          decoded_mel, decoded_coarse_mel, latent, mel_dtype, streams, [latent_dim],
                          semantic (tokenizer dir or null), [semantic_tokenizer: clusters, layer, rate...],
                          splits: {train: {files, frames, seconds}, val: {...}},
-                         shards: [{name, split, files, frames}], skipped: [{path, reason}], format_version
+                         shards: [{name, split, files, frames, file_frames}], skipped: [{path, reason}],
+                         format_version (file_frames: each file's frames, so the reader starts from here)
     DIR/shards/<split>-<NNNNN>/   one completed shard: one time-major ``.npy`` per stored stream
                                   (codes, mel, mel_decoded, mel_decoded_coarse, latent; see
                                   ``whispergpt.data.streams``) + index.json
