@@ -68,6 +68,8 @@ def test_two_shards_merged_equal_the_single_process_dataset(tmp_path, src, singl
         assert part["part"] == dict(index=i, count=2, finished=True)
         assert all(f"-s0000{i}of00002-" in sh["name"] for sh in part["shards"])
     assert not (out / "manifest.json").exists()  # not a dataset until merged
+    with pytest.raises(ValueError, match="sharded prepare, not yet merged.*prepare --merge"):
+        PreparedDataset(out)
     assert cli_main(["prepare", "--merge", str(out)]) == 0
     assert "merged 2 parts" in capsys.readouterr().out
     assert_same_dataset(single, out)

@@ -193,3 +193,22 @@ def test_manifest_without_path_column_exits_2_naming_its_columns(tmp_path, tiny_
     )
     err = capsys.readouterr().err
     assert code == 2 and "no path column" in err and "['wave', 'text']" in err
+
+
+def test_a_dataset_folder_and_a_jsonl_manifest_each_prepare_and_train(
+    tmp_path, hf_folder, wavs, tiny_codec_dir
+):
+    from whispergpt.cli.train import main as train_main
+
+    (tmp_path / "m.jsonl").write_text(
+        "".join(json.dumps({"path": str(p), "n": i}) + "\n" for i, p in enumerate(wavs))
+    )
+    tiny = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"
+    for name, src in (("hf", hf_folder), ("jsonl", tmp_path / "m.jsonl")):
+        data = tmp_path / name
+        run_prepare([src], data, tiny_codec_dir, val_fraction=0.4)
+        args = [f"data.dir={data}", f"out_dir={tmp_path / f'run-{name}'}", "logging.wandb=false",
+                "logging.progress=false", "train.max_steps=2", "train.save_every=2", "train.eval_every=2",
+                "train.eval_batches=1", "train.batch_size=2", "model.context=16"]  # fmt: skip
+        assert train_main([str(tiny), *args]) == 0
+        assert (tmp_path / f"run-{name}" / "final" / "model.safetensors").is_file()

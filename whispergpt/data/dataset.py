@@ -79,6 +79,11 @@ CHECKS = ("auto", "eager", "lazy")
 def read_manifest(directory: str | os.PathLike) -> dict:
     """Load and sanity-check ``DIR/manifest.json``; ``ValueError`` with the reason otherwise."""
     path = Path(directory) / MANIFEST
+    if not path.is_file() and (Path(directory) / "parts").is_dir():  # data.merge.PARTS_DIR
+        raise ValueError(
+            f"{directory}: holds the parts of a sharded prepare, not yet merged; run "
+            f"`whispergpt prepare --merge {directory}` once every rank has finished"
+        )
     if not path.is_file():
         raise ValueError(
             f"{directory}: not a prepared dataset (expected {path}; run `whispergpt prepare` first)"
