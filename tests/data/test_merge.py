@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from test_sources import by_key
 import whispergpt.data.prepare as prep
 from whispergpt.cli import main as cli_main
 from whispergpt.data import PreparedDataset
-from whispergpt.data.merge import merge_parts, part_path, shard_of
+from whispergpt.data.merge import merge_parts, part_path, parts_finished, shard_of
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -65,9 +66,13 @@ def test_two_shards_merged_equal_the_single_process_dataset(tmp_path, src, singl
     keys = [str(p.resolve()) for p in sorted(src.glob("*.wav"))]
     assert {shard_of(k, 2) for k in keys} == {0, 1}  # both ranks have work
     for i, part in enumerate(parts):
-        assert part["part"] == dict(index=i, count=2, finished=True)
+        assert {k: v for k, v in part["part"].items() if k != "updated"} == dict(
+            index=i, count=2, finished=True
+        )
         assert all(f"-s0000{i}of00002-" in sh["name"] for sh in part["shards"])
     assert not (out / "manifest.json").exists()  # not a dataset until merged
+    assert parts_finished(out, 2) and not parts_finished(out, 3)
+    assert not parts_finished(out, 2, since=time.time() + 1)  # parts left by an earlier launch do not count
     with pytest.raises(ValueError, match="sharded prepare, not yet merged.*prepare --merge"):
         PreparedDataset(out)
     assert cli_main(["prepare", "--merge", str(out)]) == 0

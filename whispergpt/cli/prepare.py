@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 from whispergpt.cli import command, make_parser
@@ -113,6 +114,7 @@ def main_prepare(argv: list[str]) -> int:
     if not args.sources or args.out is None or args.codec is None:
         ap.error("SRC..., --out and --codec are required (or --merge DIR)")
     launched = args.shard is None and launcher_shard() is not None
+    started = time.time() - 60.0  # this launch's parts are all rewritten after this (clock skew margin)
     shard = parse_shard(args.shard) if args.shard else launcher_shard()
     prepare(
         args.sources,
@@ -137,7 +139,7 @@ def main_prepare(argv: list[str]) -> int:
         shard=shard,
     )
     if launched and shard[0] == 0:  # the launched run's rank 0 joins the parts once all are finished
-        m = wait_and_merge(args.out, shard[1])
+        m = wait_and_merge(args.out, shard[1], since=started)
         print(f"prepare: rank 0 merged {shard[1]} parts into {Path(args.out) / MANIFEST}", flush=True)
         if m["splits"]["train"]["files"] + m["splits"]["val"]["files"] == 0:
             raise NoUsableAudioError(f"no usable audio: every candidate was skipped (reasons in {args.out})")

@@ -78,13 +78,19 @@ def _read_parts(out: Path) -> list[tuple[Path, dict]]:
     return [(f, json.loads(f.read_text())) for f in files]
 
 
-def parts_finished(out: str | os.PathLike, count: int) -> bool:
-    """Whether all ``count`` parts exist and are finished (rank 0 polls this before merging)."""
+def parts_finished(out: str | os.PathLike, count: int, since: float = 0.0) -> bool:
+    """Whether all ``count`` parts exist and are finished, written at or after ``since`` (a
+    ``time.time()``; rank 0 polls this before merging, so a part left finished by an earlier launch
+    is not taken for this one's)."""
     try:
         parts = _read_parts(Path(out))
     except (ValueError, OSError, json.JSONDecodeError):
         return False
-    done = {p["part"]["index"] for _, p in parts if p["part"]["count"] == count and p["part"]["finished"]}
+    done = {
+        p["part"]["index"]
+        for _, p in parts
+        if p["part"]["count"] == count and p["part"]["finished"] and p["part"].get("updated", 0.0) >= since
+    }
     return done == set(range(count))
 
 
@@ -133,9 +139,10 @@ def merge_parts(out: str | os.PathLike) -> dict:
     return manifest
 
 
-def wait_and_merge(out: str | os.PathLike, count: int, poll_seconds: float = 2.0) -> dict:
-    """Rank 0 at the end of a launched run: wait until every part is finished, then merge. A rank
-    that fails ends the launch (the launcher stops the others), so there is no timeout here."""
-    while not parts_finished(out, count):
+def wait_and_merge(out: str | os.PathLike, count: int, since: float = 0.0, poll_seconds: float = 2.0) -> dict:
+    """Rank 0 at the end of a launched run: wait until every part is finished (after ``since``: the
+    launch's start, less a margin for clock skew between nodes), then merge. A rank that fails ends
+    the launch (the launcher stops the others), so there is no timeout here."""
+    while not parts_finished(out, count, since):
         time.sleep(poll_seconds)
     return merge_parts(out)

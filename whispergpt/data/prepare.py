@@ -364,7 +364,9 @@ def prepare(
                 "use a new --out"
             )
         skipped = {s["path"]: s["reason"] for s in old.get("skipped", [])}
-    elif out.exists() and any(e.name not in (SHARDS_DIR, PARTS_DIR) for e in out.iterdir()):
+    elif shard is not None and (out / MANIFEST).exists() and not (out / PARTS_DIR).is_dir():
+        raise ValueError(f"--out {out} holds a dataset prepared without --shard; shard into a new --out")
+    elif out.exists() and any(e.name not in (SHARDS_DIR, PARTS_DIR, MANIFEST) for e in out.iterdir()):
         raise ValueError(
             f"--out {out} exists, is not empty and holds no {MANIFEST}; use a new or empty folder"
         )
@@ -423,7 +425,7 @@ def prepare(
     def write_manifest(finished: bool = False) -> dict:
         manifest = dict(base)
         if shard is not None:  # merge refuses a part until its run has finished
-            manifest["part"] = dict(index=shard[0], count=shard[1], finished=finished)
+            manifest["part"] = dict(index=shard[0], count=shard[1], finished=finished, updated=time.time())
         manifest["splits"] = {
             s: dict(
                 files=sum(sh["files"] for sh in shards if sh["split"] == s),
