@@ -86,7 +86,9 @@ code (~1% of frames seen with random tiny codebooks). The mel is computed per fi
 (cheap, exact). The decoded mels decode each file's codes (``Codec.decode`` is causal, so whole-
 file decoding equals what the sampler's feedback loop reconstructs frame by frame, up to its
 stated window error); long files are decoded in ``batch_seconds`` chunks with ``CONTEXT_SECONDS``
-of left context, like encoding. Each decode costs about one encode. Work runs under ``torch.inference_mode`` on ``--device`` (``auto``: CUDA when
+of left context, like encoding. Each decode costs about one encode. On CUDA, files are read
+``PACK_BATCHES`` batches ahead and batched by length (``audio_batches``: less padding), and the
+decoded mels are computed on the GPU too. Work runs under ``torch.inference_mode`` on ``--device`` (``auto``: CUDA when
 available).
 """
 
@@ -250,32 +252,57 @@ def _scan_shards(root: Path, manifest: dict, check: bool, tag: str = "") -> tupl
     return shards, done
 
 
+PACK_BATCHES = 8  # on CUDA, files are read this many batches ahead and batched by length
+
+
 def audio_batches(
-    paths: list[str], batch_seconds: float, skip, load
+    paths: list[str], batch_seconds: float, skip, load, pack_seconds: float = 0.0
 ) -> Iterator[list[tuple[str, torch.Tensor]]]:
-    """``load`` files in order and group them into batches of <= batch_seconds (a long file alone)."""
-    batch: list[tuple[str, torch.Tensor]] = []
-    total = 0.0
-    for p in paths:
-        try:
-            wave = load(p)
-        except AudioLoadError as e:
-            skip(p, str(e))
-            continue
-        if num_frames(wave.shape[-1]) < 1:
-            skip(
-                p,
-                f"{p}: shorter than one frame ({wave.shape[-1]} samples at {SAMPLE_RATE} Hz < {HOP_LENGTH})",
-            )
-            continue
-        sec = wave.shape[-1] / SAMPLE_RATE
-        if batch and total + sec > batch_seconds:
+    """``load`` files in order and group them into batches of <= batch_seconds (a long file alone).
+
+    ``pack_seconds > 0`` (prepare on CUDA): files are read ahead that much audio at a time and
+    batched longest first, so a batch holds files of similar length: the codec's work is the
+    zero-padded batch, and padding is what packing removes."""
+
+    def loaded() -> Iterator[tuple[str, torch.Tensor]]:
+        for p in paths:
+            try:
+                wave = load(p)
+            except AudioLoadError as e:
+                skip(p, str(e))
+                continue
+            if num_frames(wave.shape[-1]) < 1:
+                skip(
+                    p,
+                    f"{p}: shorter than one frame ({wave.shape[-1]} samples at {SAMPLE_RATE} Hz < {HOP_LENGTH})",
+                )
+                continue
+            yield p, wave
+
+    def group(items) -> Iterator[list[tuple[str, torch.Tensor]]]:
+        batch: list[tuple[str, torch.Tensor]] = []
+        total = 0.0
+        for p, wave in items:
+            sec = wave.shape[-1] / SAMPLE_RATE
+            if batch and total + sec > batch_seconds:
+                yield batch
+                batch, total = [], 0.0
+            batch.append((p, wave))
+            total += sec
+        if batch:
             yield batch
-            batch, total = [], 0.0
-        batch.append((p, wave))
-        total += sec
-    if batch:
-        yield batch
+
+    if pack_seconds <= 0:
+        yield from group(loaded())
+        return
+    ahead, seconds = [], 0.0
+    for item in loaded():
+        ahead.append(item)
+        seconds += item[1].shape[-1] / SAMPLE_RATE
+        if seconds >= pack_seconds:
+            yield from group(sorted(ahead, key=lambda x: -x[1].shape[-1]))
+            ahead, seconds = [], 0.0
+    yield from group(sorted(ahead, key=lambda x: -x[1].shape[-1]))
 
 
 def prepare(
@@ -456,6 +483,7 @@ def prepare(
     order = [k for k in cands.keys if k in split_of]  # files sorted, dataset rows in row order (streams)
     pending = {s: [q for p in order if split_of[p] == s for q in aug.names(p, s) if q not in done] for s in SPLITS}  # fmt: skip
     n_pending = sum(len(v) for v in pending.values())
+    pack_seconds = PACK_BATCHES * batch_seconds if dev.type == "cuda" else 0.0  # CPU: id order, as before
     shard_frames = max(1, int(shard_seconds * cdc.frame_rate))
     chunk_frames = max(1, int(batch_seconds * cdc.frame_rate))
     context_frames = int(CONTEXT_SECONDS * cdc.frame_rate)
@@ -480,7 +508,7 @@ def prepare(
                 next_index = 1 + max((int(sh["name"].rsplit("-", 1)[1]) for sh in shards if sh["split"] == split),
                                      default=-1)  # fmt: skip
                 writer = _ShardWriter(root, split, next_index, shard_frames, on_shard, base, tag)
-                for batch in audio_batches(pending[split], batch_seconds, skip, aug.load):
+                for batch in audio_batches(pending[split], batch_seconds, skip, aug.load, pack_seconds):
                     waves = [w for _, w in batch]
                     if len(batch) == 1 and waves[0].shape[-1] > batch_seconds * SAMPLE_RATE:
                         encoded = encode_long(cdc, waves[0], chunk_frames, context_frames, **want_latent)
