@@ -240,9 +240,10 @@ def _open_dataset(src: str, local: Path | None, opts: HFOptions):
     try:
         import datasets
     except ImportError as e:
-        raise ValueError(
-            f"SRC {src}: reading a Hugging Face dataset needs `pip install 'whispergpt[hf]'`"
-        ) from e
+        what = (
+            "a Hugging Face dataset folder" if local is not None else "no such file or folder; as a hub id it"
+        )
+        raise ValueError(f"SRC {src}: {what} needs `pip install 'whispergpt[hf]'`") from e
     split = opts.split or "train"
     if local is not None:
         ds = datasets.load_from_disk(str(local))
