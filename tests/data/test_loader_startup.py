@@ -80,6 +80,7 @@ def test_start_up_reads_only_the_manifest(many):
     with recording() as opened:
         assert ds.files[17]["path"].endswith("b.wav")  # a path is read from its shard's index when asked
     assert opened == [str(many / "shards" / "train-00008" / "index.json")]
+    assert ds.files[19].get("path").endswith("b.wav") and ds.files[19].get("nope") is None
 
 
 def test_a_broken_shard_is_named_when_first_opened(many, tmp_path):

@@ -162,3 +162,14 @@ def test_accelerate_launch_two_processes_equals_single(tmp_path, src, single, ti
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "rank 0 merged 2 parts" in run.stdout
     assert_same_dataset(single, out)
+
+
+def test_shard_and_merge_usage_errors_exit_2(tmp_path, src, tiny_codec_dir, capsys):
+    base = ["prepare", str(src), "--out", str(tmp_path / "ds"), "--codec", str(tiny_codec_dir)]
+    assert cli_main([*base, "--shard", "2/2"]) == 2
+    assert "need 0 <= I < N" in capsys.readouterr().err
+    assert cli_main([*base, "--shard", "one"]) == 2
+    assert "--shard must be I/N" in capsys.readouterr().err
+    assert cli_main([*base, "--merge", str(tmp_path / "ds")]) == 2
+    assert "--merge DIR takes no SRC" in capsys.readouterr().err
+    assert not (tmp_path / "ds").exists()

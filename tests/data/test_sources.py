@@ -212,3 +212,31 @@ def test_a_dataset_folder_and_a_jsonl_manifest_each_prepare_and_train(
                 "train.eval_batches=1", "train.batch_size=2", "model.context=16"]  # fmt: skip
         assert train_main([str(tiny), *args]) == 0
         assert (tmp_path / f"run-{name}" / "final" / "model.safetensors").is_file()
+
+
+def test_dataset_dict_folder_takes_the_hf_split(tmp_path, wavs, tiny_codec_dir, capsys):
+    table = lambda ps: {"audio": [str(p) for p in ps], "id": [Path(p).stem for p in ps]}  # noqa: E731
+    dd = datasets.DatasetDict(
+        train=datasets.Dataset.from_dict(table(wavs[:3])), test=datasets.Dataset.from_dict(table(wavs[3:]))
+    ).cast_column("audio", datasets.Audio())
+    dd.save_to_disk(str(tmp_path / "dd"))
+    run_prepare(
+        [tmp_path / "dd"],
+        tmp_path / "ds",
+        tiny_codec_dir,
+        val_fraction=0.0,
+        hf=HFOptions("test", id_column="id"),
+    )
+    assert sorted(by_key(tmp_path / "ds")) == ["w3", "w4"]
+    args = [
+        "prepare",
+        str(tmp_path / "dd"),
+        "--hf-split",
+        "dev",
+        "--out",
+        str(tmp_path / "x"),
+        "--codec",
+        str(tiny_codec_dir),
+    ]
+    assert cli_main(args) == 2
+    assert "no split 'dev' (--hf-split); it has splits ['test', 'train']" in capsys.readouterr().err

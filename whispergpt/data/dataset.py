@@ -311,6 +311,9 @@ class _Entry(dict):
         self["path"] = self.paths.index(self.key)[self.pos]["path"]
         return self["path"]
 
+    def get(self, name: str, default=None):
+        return self[name] if name == "path" or name in self else default
+
 
 class PreparedDataset(torch.utils.data.Dataset):
     """Aligned crops of one split of a prepared dataset: a tuple of tensors in the order of ``streams``."""
