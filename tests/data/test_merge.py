@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -146,21 +147,46 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_accelerate_launch_two_processes_equals_single(tmp_path, src, single, tiny_codec_dir):
-    """Rank and world come from the launcher (no --shard); rank 0 merges at the end."""
-    out = tmp_path / "ds"
+def launch(src: Path, out: Path, codec: Path, shard_seconds: float, script: list[str] | None = None):
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file",
         str(REPO / "configs" / "accelerate" / "ddp_cpu.yaml"), "--num_processes", "2",
-        "--main_process_port", str(_free_port()), "-m", "whispergpt", "prepare", str(src), "--out", str(out),
-        "--codec", str(tiny_codec_dir), "--bandwidth", "1.5", "--n-mels", "16", "--val-fraction", "0.25",
-        "--shard-seconds", "1.0", "--device", "cpu", "--no-progress",
+        "--main_process_port", str(_free_port()), *(script or ["-m", "whispergpt"]), "prepare", str(src),
+        "--out", str(out), "--codec", str(codec), "--bandwidth", "1.5", "--n-mels", "16", "--val-fraction",
+        "0.25", "--shard-seconds", str(shard_seconds), "--device", "cpu", "--no-progress",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_accelerate_launch_two_processes_equals_single(tmp_path, src, single, tiny_codec_dir):
+    """Rank and world come from the launcher (no --shard); rank 0 merges at the end."""
+    run = launch(src, tmp_path / "ds", tiny_codec_dir, 1.0)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "rank 0 merged 2 parts" in run.stdout
+    assert_same_dataset(single, tmp_path / "ds")
+
+
+@pytest.mark.slow
+def test_launched_rank_killed_then_relaunched_resumes_only_its_work(tmp_path, src, single, tiny_codec_dir):
+    out = tmp_path / "ds"
+    run = launch(src, out, tiny_codec_dir, 0.5, script=[str(Path(__file__).with_name("prepare_fault.py"))])
+    assert run.returncode != 0  # rank 1 was killed in its second shard; the launcher stopped rank 0
+    part0, part1 = (json.loads(part_path(out, i, 2).read_text()) for i in (0, 1))
+    assert part0["part"]["finished"] and not part1["part"]["finished"] and part1["shards"]
+    assert any(d.name.startswith(".tmp-") for d in (out / "shards").iterdir())  # the killed write
+    before = {d.name: d.stat().st_mtime_ns for d in (out / "shards").iterdir() if "-s00000of" in d.name}
+    run = launch(src, out, tiny_codec_dir, 0.5)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    n0 = sum(sh["files"] for sh in part0["shards"])
+    n1 = sum(sh["files"] for sh in part1["shards"])
+    assert f"({n0} already done, 0 to encode)" in run.stdout  # rank 0: nothing
+    assert re.search(rf"\({n1} already done, [1-9]\d* to encode\) -> \S+ \(shard 1/2\)", run.stdout)
+    assert before == {
+        d.name: d.stat().st_mtime_ns for d in (out / "shards").iterdir() if "-s00000of" in d.name
+    }
+    assert not any(d.name.startswith(".tmp-") for d in (out / "shards").iterdir())
     assert_same_dataset(single, out)
 
 
