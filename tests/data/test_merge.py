@@ -20,7 +20,16 @@ from test_sources import by_key
 import whispergpt.data.prepare as prep
 from whispergpt.cli import main as cli_main
 from whispergpt.data import PreparedDataset
-from whispergpt.data.merge import merge_parts, part_path, parts_finished, shard_of
+from whispergpt.data.merge import (
+    LAUNCHER_ENV,
+    launcher_shard,
+    merge_parts,
+    part_path,
+    parts_finished,
+    shard_of,
+)
+from whispergpt.data.sources import HFOptions
+from whispergpt.data.summary import summarize
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -33,19 +42,28 @@ def single_thread():
     torch.set_num_threads(n)
 
 
+IDS = HFOptions(id_column="id")
+# ids (not paths, which vary with the tmp folder) fix which rank takes which file: utt1, utt2, utt5
+# and utt7 (train) and the broken one hash to rank 1 of 2, the others to rank 0
+MINE = ["utt1", "utt2", "utt5", "utt7"]
+
+
 @pytest.fixture(scope="module")
 def src(tmp_path_factory) -> Path:
+    """A JSON-lines manifest of 8 files (0.3-1.0 s) and a broken one, with ids."""
     root = tmp_path_factory.mktemp("src")
-    for i in range(8):
-        write(root / f"x{i}.wav", tone(0.3 + 0.1 * i, 120 + 25 * i, seed=i))
+    rows = [dict(id=f"utt{i}", path=str(write(root / f"x{i}.wav", tone(0.3 + 0.1 * i, 120 + 25 * i, seed=i)))) for i in range(8)]  # fmt: skip
     (root / "broken.wav").write_bytes(b"RIFF nothing")
-    return root
+    rows.append(dict(id="broken", path=str(root / "broken.wav")))
+    (root / "list.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert [k for k in (r["id"] for r in rows) if shard_of(k, 2) == 1] == [*MINE, "broken"]
+    return root / "list.jsonl"
 
 
 @pytest.fixture(scope="module")
 def single(tmp_path_factory, src, tiny_codec_dir) -> Path:
     out = tmp_path_factory.mktemp("single") / "ds"
-    run_prepare([src], out, tiny_codec_dir, val_fraction=0.25, shard_seconds=1.0)
+    run_prepare([src], out, tiny_codec_dir, val_fraction=0.25, shard_seconds=1.0, hf=IDS)
     return out
 
 
@@ -63,9 +81,7 @@ def assert_same_dataset(a: Path, b: Path) -> None:
 
 def test_two_shards_merged_equal_the_single_process_dataset(tmp_path, src, single, tiny_codec_dir, capsys):
     out = tmp_path / "ds"
-    parts = [run_prepare([src], out, tiny_codec_dir, val_fraction=0.25, shard_seconds=1.0, shard=(i, 2)) for i in (0, 1)]  # fmt: skip
-    keys = [str(p.resolve()) for p in sorted(src.glob("*.wav"))]
-    assert {shard_of(k, 2) for k in keys} == {0, 1}  # both ranks have work
+    parts = [run_prepare([src], out, tiny_codec_dir, val_fraction=0.25, shard_seconds=1.0, shard=(i, 2), hf=IDS) for i in (0, 1)]  # fmt: skip
     for i, part in enumerate(parts):
         assert {k: v for k, v in part["part"].items() if k != "updated"} == dict(
             index=i, count=2, finished=True
@@ -78,6 +94,7 @@ def test_two_shards_merged_equal_the_single_process_dataset(tmp_path, src, singl
         PreparedDataset(out)
     assert cli_main(["prepare", "--merge", str(out)]) == 0
     assert "merged 2 parts" in capsys.readouterr().out
+    assert "(merged from 2 parts)" in summarize(out)
     assert_same_dataset(single, out)
     assert (
         len(PreparedDataset(out).files)
@@ -88,10 +105,10 @@ def test_two_shards_merged_equal_the_single_process_dataset(tmp_path, src, singl
 def test_merge_refuses_missing_unfinished_and_disagreeing_parts(tmp_path, src, tiny_codec_dir, capsys):
     out = tmp_path / "ds"
     assert cli_main(["prepare", "--merge", str(out)]) == 2
-    run_prepare([src], out, tiny_codec_dir, val_fraction=0.25, shard=(0, 2))
+    run_prepare([src], out, tiny_codec_dir, val_fraction=0.25, shard=(0, 2), hf=IDS)
     assert cli_main(["prepare", "--merge", str(out)]) == 2
     assert "parts [1] of 2 are missing" in capsys.readouterr().err
-    run_prepare([src], out, tiny_codec_dir, val_fraction=0.25, shard=(1, 2))
+    run_prepare([src], out, tiny_codec_dir, val_fraction=0.25, shard=(1, 2), hf=IDS)
     p1 = part_path(out, 1, 2)
     good = json.loads(p1.read_text())
     p1.write_text(json.dumps(dict(good, part=dict(good["part"], finished=False))))  # a rank still writing
@@ -107,7 +124,7 @@ def test_merge_refuses_missing_unfinished_and_disagreeing_parts(tmp_path, src, t
 
 def test_killed_rank_resumes_only_its_own_work(tmp_path, src, single, tiny_codec_dir, monkeypatch):
     out = tmp_path / "ds"
-    run_prepare([src], out, tiny_codec_dir, val_fraction=0.25, shard_seconds=0.5, shard=(0, 2))
+    run_prepare([src], out, tiny_codec_dir, val_fraction=0.25, shard_seconds=0.5, shard=(0, 2), hf=IDS)
     saves = []
     real_save = np.save
 
@@ -119,20 +136,20 @@ def test_killed_rank_resumes_only_its_own_work(tmp_path, src, single, tiny_codec
 
     monkeypatch.setattr(prep.np, "save", dying_save)
     with pytest.raises(KeyboardInterrupt):
-        run_prepare([src], out, tiny_codec_dir, val_fraction=0.25, shard_seconds=0.5, shard=(1, 2))
+        run_prepare([src], out, tiny_codec_dir, val_fraction=0.25, shard_seconds=0.5, shard=(1, 2), hf=IDS)
     monkeypatch.undo()
     assert json.loads(part_path(out, 1, 2).read_text())["part"]["finished"] is False
     before0 = part_path(out, 0, 2).read_text()
     shards0 = {d.name: d.stat().st_mtime_ns for d in (out / "shards").iterdir() if "-s00000of" in d.name}
-    mine = [str(p.resolve()) for p in sorted(src.glob("*.wav")) if shard_of(str(p.resolve()), 2) == 1]
     done = {e["path"] for sh in json.loads(part_path(out, 1, 2).read_text())["shards"]
             for e in json.loads((out / "shards" / sh["name"] / "index.json").read_text())}  # fmt: skip
     counted = []
     real = prep.encode_batch
     monkeypatch.setattr(prep, "encode_batch", lambda c, w, **k: counted.extend(w) or real(c, w, **k))
-    run_prepare([src], out, tiny_codec_dir, val_fraction=0.25, shard_seconds=0.5, shard=(1, 2))
-    readable = [p for p in mine if not p.endswith("broken.wav")]
-    assert 0 < len(done) and len(counted) == len(readable) - len(done)  # only rank 1's remaining files
+    run_prepare([src], out, tiny_codec_dir, val_fraction=0.25, shard_seconds=0.5, shard=(1, 2), hf=IDS)
+    assert 0 < len(done) < len(MINE) and len(counted) == len(MINE) - len(
+        done
+    )  # only rank 1's remaining files
     assert part_path(out, 0, 2).read_text() == before0
     assert shards0 == {
         d.name: d.stat().st_mtime_ns for d in (out / "shards").iterdir() if "-s00000of" in d.name
@@ -153,7 +170,7 @@ def launch(src: Path, out: Path, codec: Path, shard_seconds: float, script: list
         str(REPO / "configs" / "accelerate" / "ddp_cpu.yaml"), "--num_processes", "2",
         "--main_process_port", str(_free_port()), *(script or ["-m", "whispergpt"]), "prepare", str(src),
         "--out", str(out), "--codec", str(codec), "--bandwidth", "1.5", "--n-mels", "16", "--val-fraction",
-        "0.25", "--shard-seconds", str(shard_seconds), "--device", "cpu", "--no-progress",
+        "0.25", "--shard-seconds", str(shard_seconds), "--device", "cpu", "--no-progress", "--id-column", "id",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
@@ -199,3 +216,16 @@ def test_shard_and_merge_usage_errors_exit_2(tmp_path, src, tiny_codec_dir, caps
     assert cli_main([*base, "--merge", str(tmp_path / "ds")]) == 2
     assert "--merge DIR takes no SRC" in capsys.readouterr().err
     assert not (tmp_path / "ds").exists()
+
+
+def test_rank_and_world_come_from_the_launcher_env(monkeypatch):
+    for rank, size in LAUNCHER_ENV:
+        monkeypatch.delenv(rank, raising=False)
+        monkeypatch.delenv(size, raising=False)
+    assert launcher_shard() is None
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "4")
+    monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "3")
+    assert launcher_shard() == (3, 4)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert launcher_shard() == (1, 2)

@@ -52,13 +52,23 @@ def parse_shard(text: str) -> tuple[int, int]:
     return index, count
 
 
+# (rank, world size) variables: torchrun / accelerate launch / deepspeed, then MPI launches
+# (accelerate's multi-CPU mode under mpirun), as accelerate's PartialState reads them
+LAUNCHER_ENV = (
+    ("RANK", "WORLD_SIZE"),
+    ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
+    ("PMI_RANK", "PMI_SIZE"),
+)
+
+
 def launcher_shard() -> tuple[int, int] | None:
-    """``(rank, world_size)`` from the launcher's environment (torchrun / ``accelerate launch`` set
-    ``RANK`` and ``WORLD_SIZE``), or None for a single process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return None
-    return int(os.environ.get("RANK", "0")), world
+    """``(rank, world_size)`` from the launcher's environment (``LAUNCHER_ENV``), or None for a
+    single process."""
+    for rank, size in LAUNCHER_ENV:
+        world = int(os.environ.get(size, "1"))
+        if world > 1:
+            return int(os.environ.get(rank, "0")), world
+    return None
 
 
 def shard_tag(index: int, count: int) -> str:
