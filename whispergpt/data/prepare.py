@@ -246,7 +246,7 @@ def _scan_shards(root: Path, manifest: dict, check: bool, tag: str = "") -> tupl
                 files=len(index),
                 frames=sum(e["frames"] for e in index),
                 file_frames=[e["frames"] for e in index],
-            )  # fmt: skip
+            )
         )
         done.update(e["path"] for e in index)
     return shards, done
