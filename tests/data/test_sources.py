@@ -102,6 +102,26 @@ def test_undecodable_row_is_skipped_with_its_id(tmp_path, wavs, tiny_codec_dir):
     assert [s["path"] for s in m["skipped"]] == ["bad"] and "cannot decode audio" in m["skipped"][0]["reason"]
 
 
+def test_array_column_rows_are_resampled_and_bad_ones_skipped(tmp_path, wavs, tiny_codec_dir):
+    import soundfile as sf
+
+    from whispergpt.audio import resample
+
+    data, sr = sf.read(str(wavs[2]), dtype="float32")
+    data16 = resample(data, sr, 16000)  # a 16 kHz column: resampled to 24 kHz on the way in
+    rows = [
+        dict(array=data16, sampling_rate=16000),
+        dict(array=np.full(800, np.nan, np.float32), sampling_rate=16000),
+    ]
+    datasets.Dataset.from_dict({"audio": rows, "id": ["ok", "nan"]}).save_to_disk(str(tmp_path / "hf"))
+    m = run_prepare(
+        [tmp_path / "hf"], tmp_path / "ds", tiny_codec_dir, val_fraction=0.0, hf=HFOptions(id_column="id")
+    )
+    assert [s["path"] for s in m["skipped"]] == ["nan"] and "non-finite" in m["skipped"][0]["reason"]
+    ds = PreparedDataset(tmp_path / "ds")
+    assert ds.files[0]["frames"] == resample(data16, 16000, sr).shape[-1] // 320 == data.shape[-1] // 320
+
+
 def test_dataset_without_audio_column_exits_2_naming_its_columns(tmp_path, tiny_codec_dir, capsys):
     datasets.Dataset.from_dict({"sound": ["x.wav"], "id": ["a"]}).save_to_disk(str(tmp_path / "hf"))
     args = ["prepare", str(tmp_path / "hf"), "--out", str(tmp_path / "ds"), "--codec", str(tiny_codec_dir)]

@@ -17,7 +17,8 @@ A SRC is, in this order of checks:
 Every candidate has a stable id, its key in the split, the resume and ``skipped``: a file's
 resolved path; a manifest row's ``--id-column`` value, else its resolved path; a dataset row's
 ``--id-column`` value, else ``<dataset fingerprint>:<row index>``. A dataset's audio column is
-read with ``Audio(decode=False)`` (its path or its bytes) and decoded by ``audio.decode_audio``
+read with ``Audio(decode=False)`` (its path or its bytes; a plain ``{array, sampling_rate}`` column
+is taken as samples) and decoded by ``audio.decode_audio``
 (soundfile + soxr): recent ``datasets`` decode audio through torchcodec and FFmpeg, which are not
 needed here. Other scalar columns of a dataset row go into ``meta`` as well.
 """
@@ -34,9 +35,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from whispergpt.audio import AUDIO_EXTENSIONS, AudioLoadError, decode_audio, load_audio
+from whispergpt.audio import AUDIO_EXTENSIONS, SAMPLE_RATE, AudioLoadError, decode_audio, load_audio, resample
 
 LIST_SUFFIXES = (".txt", ".lst", ".list", ".scp")
 MANIFEST_SUFFIXES = (".jsonl", ".ndjson", ".csv", ".tsv")
@@ -346,6 +348,8 @@ class _HFRows(_RowSource):
         value = ex[self.column_name]
         if isinstance(value, dict) and value.get("bytes") is not None:
             return decode_audio(io.BytesIO(value["bytes"]), f"{key} ({value.get('path') or 'bytes'})")
+        if isinstance(value, dict) and value.get("array") is not None:  # decoded samples stored as a column
+            return _from_array(value, key)
         path = value.get("path") if isinstance(value, dict) else value
         if not isinstance(path, str) or not path:
             raise AudioLoadError(
@@ -355,6 +359,21 @@ class _HFRows(_RowSource):
             return load_audio(path)
         except AudioLoadError as e:
             raise AudioLoadError(f"{key}: {e}") from e
+
+
+def _from_array(value: dict, key: str) -> torch.Tensor:
+    """``{"array", "sampling_rate"}`` (samples, or (samples, channels)) -> ``(S,)`` at 24 kHz, checked as a file is."""
+    try:
+        data = np.asarray(value["array"], dtype=np.float32)
+        sr = int(value["sampling_rate"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise AudioLoadError(f"{key}: the audio column's array is unusable ({type(e).__name__}: {e})") from e
+    data = data.mean(axis=1, dtype=np.float32) if data.ndim == 2 else data.reshape(-1)
+    if data.size == 0:
+        raise AudioLoadError(f"{key}: the audio column holds no samples")
+    if not np.isfinite(data).all():
+        raise AudioLoadError(f"{key}: {int((~np.isfinite(data)).sum())} non-finite (NaN/inf) samples")
+    return torch.from_numpy(np.ascontiguousarray(resample(data, sr, SAMPLE_RATE), dtype=np.float32))
 
 
 def _scalar(v) -> bool:
