@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_prepare import run_prepare, tone, write
-from test_sources import by_key
+from test_prepare import by_key, run_prepare, tone, write
 
 import whispergpt.data.prepare as prep
 from whispergpt.cli import main as cli_main

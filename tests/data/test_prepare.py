@@ -41,6 +41,17 @@ def run_prepare(sources, out, codec_dir, **kw) -> dict:
     return prep.prepare([str(s) for s in sources], out, str(codec_dir), **kw)
 
 
+def by_key(out: Path) -> dict[str, tuple]:
+    """``{entry path (the id): (split, codes, mel)}`` over both splits."""
+    got = {}
+    for split in ("train", "val"):
+        ds = PreparedDataset(out, split, streams=("codes", "mel"))
+        for i, f in enumerate(ds.files):
+            codes, mel = ds.file_arrays(i)
+            got[f["path"]] = (split, codes.numpy(), mel.numpy())
+    return got
+
+
 @pytest.fixture(scope="module", autouse=True)
 def single_thread():
     """Codes are compared bit for bit: with several threads, float reductions in a batch of 1 vs a

@@ -13,13 +13,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_prepare import run_prepare, tone, write
+from test_prepare import by_key, run_prepare, tone, write
 
 from whispergpt.cli import main as cli_main
 from whispergpt.data import PreparedDataset
 from whispergpt.data.sources import HFOptions
 
-datasets = pytest.importorskip("datasets")
+try:
+    import datasets
+except ImportError:  # the `hf` extra: manifests are tested without it
+    datasets = None
+needs_hf = pytest.mark.skipif(datasets is None, reason="needs `pip install 'whispergpt[hf]'`")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -28,17 +32,6 @@ def single_thread():
     torch.set_num_threads(1)  # codes are compared bit for bit (see test_prepare.single_thread)
     yield
     torch.set_num_threads(n)
-
-
-def by_key(out: Path) -> dict[str, tuple]:
-    """``{entry path (the id): (split, codes, mel)}`` over both splits."""
-    got = {}
-    for split in ("train", "val"):
-        ds = PreparedDataset(out, split, streams=("codes", "mel"))
-        for i, f in enumerate(ds.files):
-            codes, mel = ds.file_arrays(i)
-            got[f["path"]] = (split, codes.numpy(), mel.numpy())
-    return got
 
 
 def entries(out: Path) -> dict[str, dict]:
@@ -61,6 +54,7 @@ def hf_folder(tmp_path_factory, wavs) -> Path:
     return out
 
 
+@needs_hf
 def test_dataset_folder_prepares_the_codes_of_its_files(tmp_path, hf_folder, wavs, tiny_codec_dir):
     ref = by_key(
         run_prepare(wavs, tmp_path / "files", tiny_codec_dir, val_fraction=0.0) and tmp_path / "files"
@@ -74,6 +68,7 @@ def test_dataset_folder_prepares_the_codes_of_its_files(tmp_path, hf_folder, wav
     assert entries(tmp_path / "hf")["utt2"]["meta"] == {"text": "c"}
 
 
+@needs_hf
 def test_rows_without_id_column_are_keyed_by_fingerprint_and_resume(
     tmp_path, hf_folder, tiny_codec_dir, capsys
 ):
@@ -87,6 +82,7 @@ def test_rows_without_id_column_are_keyed_by_fingerprint_and_resume(
     assert "(5 already done, 0 to encode)" in capsys.readouterr().out and m2["shards"] == m["shards"]
 
 
+@needs_hf
 def test_undecodable_row_is_skipped_with_its_id(tmp_path, wavs, tiny_codec_dir):
     rows = [{"bytes": Path(p).read_bytes(), "path": None} for p in wavs[:2]] + [
         {"bytes": b"not audio", "path": None}
@@ -102,6 +98,7 @@ def test_undecodable_row_is_skipped_with_its_id(tmp_path, wavs, tiny_codec_dir):
     assert [s["path"] for s in m["skipped"]] == ["bad"] and "cannot decode audio" in m["skipped"][0]["reason"]
 
 
+@needs_hf
 def test_array_column_rows_are_resampled_and_bad_ones_skipped(tmp_path, wavs, tiny_codec_dir):
     import soundfile as sf
 
@@ -122,6 +119,7 @@ def test_array_column_rows_are_resampled_and_bad_ones_skipped(tmp_path, wavs, ti
     assert ds.files[0]["frames"] == resample(data16, 16000, sr).shape[-1] // 320 == data.shape[-1] // 320
 
 
+@needs_hf
 def test_dataset_without_audio_column_exits_2_naming_its_columns(tmp_path, tiny_codec_dir, capsys):
     datasets.Dataset.from_dict({"sound": ["x.wav"], "id": ["a"]}).save_to_disk(str(tmp_path / "hf"))
     args = ["prepare", str(tmp_path / "hf"), "--out", str(tmp_path / "ds"), "--codec", str(tiny_codec_dir)]
@@ -154,6 +152,7 @@ def hub_cache(tmp_path: Path, hf_folder: Path, repo: str) -> Path:
     return tmp_path / "cache"
 
 
+@needs_hf
 def test_hub_id_from_the_local_cache_and_streaming(tmp_path, hf_folder, tiny_codec_dir, monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", hub_cache(tmp_path, hf_folder, "tester/tiny"))
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
@@ -215,6 +214,7 @@ def test_manifest_without_path_column_exits_2_naming_its_columns(tmp_path, tiny_
     assert code == 2 and "no path column" in err and "['wave', 'text']" in err
 
 
+@needs_hf
 def test_a_dataset_folder_and_a_jsonl_manifest_each_prepare_and_train(
     tmp_path, hf_folder, wavs, tiny_codec_dir
 ):
@@ -234,6 +234,7 @@ def test_a_dataset_folder_and_a_jsonl_manifest_each_prepare_and_train(
         assert (tmp_path / f"run-{name}" / "final" / "model.safetensors").is_file()
 
 
+@needs_hf
 def test_dataset_dict_folder_takes_the_hf_split(tmp_path, wavs, tiny_codec_dir, capsys):
     table = lambda ps: {"audio": [str(p) for p in ps], "id": [Path(p).stem for p in ps]}  # noqa: E731
     dd = datasets.DatasetDict(
