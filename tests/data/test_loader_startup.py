@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from test_prepare import run_prepare, tone, write
 
 from whispergpt.data import PreparedDataset
@@ -97,3 +98,14 @@ def test_a_broken_shard_is_named_when_first_opened(many, tmp_path):
     # the dataset pickles for DataLoader workers with its lazy state
     clone = pickle.loads(pickle.dumps(ds))
     assert clone.files[3]["path"].endswith("b.wav") and len(clone.files) == 2 * N_SHARDS
+
+
+def test_a_broken_shard_found_in_a_worker_is_still_an_input_error(many, tmp_path):
+    out = tmp_path / "ds"
+    shutil.copytree(many, out)
+    codes = out / "shards" / "train-00000" / "codes.npy"
+    codes.write_bytes(codes.read_bytes()[:-10])
+    ds = PreparedDataset(out, "train", frames=16)
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, [0]), num_workers=1)
+    with pytest.raises(ValueError, match="broken shard train-00000: codes.npy is truncated"):
+        next(iter(loader))  # a ValueError (exit 2), not the TypeError torch makes of an InputError

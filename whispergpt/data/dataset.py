@@ -440,7 +440,12 @@ class PreparedDataset(torch.utils.data.Dataset):
             if [int(e["frames"]) for e in index] != [int(n) for n in shard["file_frames"]]:
                 problem = "index.json disagrees with the manifest's file_frames"
         if problem is not None:  # header + size only: names a truncated file in one line
-            raise broken_shard_error(root, name, problem)
+            err = broken_shard_error(root, name, problem)
+            if torch.utils.data.get_worker_info() is not None:
+                # a DataLoader worker re-raises an exception class with a `message` attribute as
+                # cls(message=...), which InputError's signature refuses (a TypeError): plain ValueError
+                raise ValueError(str(err))
+            raise err
         bad_codes = _check_values(sdir, manifest, ["codes"])
         if bad_codes is not None:
             raise ValueError(f"{sdir}: {bad_codes}; prepare the data again with this dataset's codec")
