@@ -100,7 +100,7 @@ def test_a_broken_shard_is_named_when_first_opened(many, tmp_path):
     assert clone.files[3]["path"].endswith("b.wav") and len(clone.files) == 2 * N_SHARDS
 
 
-def test_a_broken_shard_found_in_a_worker_is_still_an_input_error(many, tmp_path):
+def test_a_broken_shard_found_in_a_worker_exits_2_not_1(many, tmp_path):
     out = tmp_path / "ds"
     shutil.copytree(many, out)
     codes = out / "shards" / "train-00000" / "codes.npy"
