@@ -24,6 +24,7 @@ Resampling on load uses soxr (high-quality polyphase, on the CPU, numpy in and o
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from functools import lru_cache
@@ -62,20 +63,26 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> torch
     Returns a ``(S,)`` float32 tensor. Raises ``AudioLoadError`` (a ``ValueError``) naming the file
     when it is missing, unreadable, empty, or holds NaN/inf samples.
     """
-    import soundfile as sf
-
     path = Path(path)
     if not path.is_file():
         raise AudioLoadError(f"{path}: no such audio file")
+    return decode_audio(str(path), str(path), sample_rate)
+
+
+def decode_audio(source: str | io.BytesIO, name: str, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
+    """``load_audio`` on a path or an in-memory file (e.g. the bytes of a ``datasets`` Audio
+    column); ``name`` is what error messages call it. ``(S,)`` float32, or ``AudioLoadError``."""
+    import soundfile as sf
+
     try:
-        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        data, sr = sf.read(source, dtype="float32", always_2d=True)
     except Exception as e:  # soundfile raises several types (LibsndfileError, RuntimeError, TypeError)
-        raise AudioLoadError(f"{path}: cannot decode audio ({type(e).__name__}: {e})") from e
+        raise AudioLoadError(f"{name}: cannot decode audio ({type(e).__name__}: {e})") from e
     if data.size == 0 or data.shape[0] == 0:
-        raise AudioLoadError(f"{path}: file holds no audio samples")
+        raise AudioLoadError(f"{name}: file holds no audio samples")
     if not np.isfinite(data).all():
         bad = int((~np.isfinite(data)).sum())
-        raise AudioLoadError(f"{path}: {bad} non-finite (NaN/inf) samples")
+        raise AudioLoadError(f"{name}: {bad} non-finite (NaN/inf) samples")
     mono = data.mean(axis=1, dtype=np.float32)
     mono = resample(mono, int(sr), sample_rate)
     return torch.from_numpy(np.ascontiguousarray(mono, dtype=np.float32))

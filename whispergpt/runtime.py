@@ -195,9 +195,11 @@ def folder_lock(directory: str | os.PathLike, command: str) -> Iterator[Path]:
     stays (removing it would race with a waiter that opened it). Where the filesystem has no
     locks the block runs unlocked, with a warning."""
     directory = Path(directory)
+    created = not directory.exists()
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / LOCK_NAME
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    ok = False
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -212,26 +214,36 @@ def folder_lock(directory: str | os.PathLike, command: str) -> Iterator[Path]:
             warnings.warn(f"cannot lock {directory} ({e.strerror}): a second writer into it would not be "
                           "detected", RuntimeWarning, stacklevel=3)  # fmt: skip
             yield directory
+            ok = True
             return
         holder = dict(command=command, pid=os.getpid(), host=socket.gethostname(),
                       started=time.strftime("%Y-%m-%d %H:%M:%S %Z"))  # fmt: skip
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
         yield directory
+        ok = True
     finally:
+        if not ok and created and [p.name for p in directory.iterdir()] == [LOCK_NAME]:
+            path.unlink()  # a command that failed before writing anything leaves no folder behind
+            directory.rmdir()
         os.close(fd)  # releases the lock
 
 
-def holds_folder(command: str, param: str = "out") -> Callable[[F], F]:
+def holds_folder(
+    command: str, param: str = "out", where: Callable[[dict], Any] | None = None
+) -> Callable[[F], F]:
     """Decorate a single-process command's library function: it runs under ``folder_lock`` on
-    its argument ``param`` (the output folder)."""
+    its argument ``param`` (the output folder), or on ``where(arguments)`` when given."""
 
     def wrap(fn: F) -> F:
         sig = inspect.signature(fn)
 
         @functools.wraps(fn)
         def locked(*args: Any, **kwargs: Any) -> Any:
-            with folder_lock(sig.bind(*args, **kwargs).arguments[param], command):
+            bound = sig.bind(*args, **kwargs)
+            bound.apply_defaults()
+            folder = where(bound.arguments) if where else bound.arguments[param]
+            with folder_lock(folder, command):
                 return fn(*args, **kwargs)
 
         return locked  # type: ignore[return-value]

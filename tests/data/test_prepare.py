@@ -41,6 +41,17 @@ def run_prepare(sources, out, codec_dir, **kw) -> dict:
     return prep.prepare([str(s) for s in sources], out, str(codec_dir), **kw)
 
 
+def by_key(out: Path) -> dict[str, tuple]:
+    """``{entry path (the id): (split, codes, mel)}`` over both splits."""
+    got = {}
+    for split in ("train", "val"):
+        ds = PreparedDataset(out, split, streams=("codes", "mel"))
+        for i, f in enumerate(ds.files):
+            codes, mel = ds.file_arrays(i)
+            got[f["path"]] = (split, codes.numpy(), mel.numpy())
+    return got
+
+
 @pytest.fixture(scope="module", autouse=True)
 def single_thread():
     """Codes are compared bit for bit: with several threads, float reductions in a batch of 1 vs a
@@ -403,3 +414,17 @@ def test_every_candidate_is_prepared_or_skipped_with_a_reason(tmp_path, tiny_cod
         .splitlines()[-1]
         .startswith("prepare: 4 prepared, 2 skipped, of 6 candidates")
     )
+
+
+def test_packed_batches_hold_files_of_similar_length():
+    lengths = [1, 9, 2, 8, 3, 7]  # seconds, in id order
+    waves = {f"f{i}": torch.zeros(int(s * SR)) for i, s in enumerate(lengths)}
+
+    def padded(batches) -> float:  # the seconds the codec computes: each batch padded to its longest
+        return sum(len(b) * max(w.shape[-1] for _, w in b) / SR for b in batches)
+
+    plain = list(prep.audio_batches(list(waves), 10.0, None, waves.__getitem__))
+    packed = list(prep.audio_batches(list(waves), 10.0, None, waves.__getitem__, pack_seconds=100.0))
+    assert sorted(p for b in packed for p, _ in b) == sorted(waves)  # the same files, reordered
+    assert [[p for p, _ in b] for b in packed] == [["f1"], ["f3"], ["f5", "f4"], ["f2", "f0"]]
+    assert padded(packed) < padded(plain)

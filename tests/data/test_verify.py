@@ -15,7 +15,8 @@ import pytest
 from whispergpt.cli import main as cli
 from whispergpt.data import PreparedDataset
 from whispergpt.data import prepare as prepare_mod
-from whispergpt.data.dataset import check_shard, verify_dataset
+from whispergpt.data.dataset import verify_dataset
+from whispergpt.data.verify import check_shard
 from whispergpt.errors import InputError
 
 REPO = Path(__file__).resolve().parents[2]

@@ -512,6 +512,7 @@ class AugmentedCopies:
         self.recipe, self.seed = recipe, seed
         self.copies = copies if recipe is not None else None
         self.source: dict[str, tuple[str, int]] = {}  # "SRC#augN" -> (SRC, N)
+        self.loader = None  # id -> (S,) audio; None: load_audio (prepare sets it for dataset rows)
         self._records: dict[str, dict] = {}
 
     def settings(self) -> dict | None:
@@ -532,12 +533,13 @@ class AugmentedCopies:
 
         from whispergpt.audio import load_audio
 
+        load = self.loader or (lambda p: load_audio(p, SAMPLE_RATE))
         if name not in self.source:
-            return load_audio(name, SAMPLE_RATE)
+            return load(name)
         src, n = self.source[name]
         s = copy_seed(self.seed, src, n)
         chain = sample_chain(self.recipe, s)
-        wave = apply_chain(load_audio(src, SAMPLE_RATE).numpy(), chain, s)  # AugmentedClipError: skipped
+        wave = apply_chain(load(src).numpy(), chain, s)  # AugmentedClipError: skipped
         self._records[name] = dict(augment=dict(copy=n, seed=s, source=src, chain=chain))
         return torch.from_numpy(wave)
 

@@ -29,7 +29,12 @@ Verification: ``check_shard`` tests one shard directory against what its ``index
 manifest say (each ``.npy`` header's dtype and shape, and the file size the header implies, so a
 truncated or padded file is caught without reading it); ``full=True`` also reads the data (codes
 in ``[0, V)``, other integer streams >= 0, float streams finite). The reader runs the cheap check
-on every shard it opens, so ``train`` names a broken shard in one line before it starts;
+(and reads the codes once, for their range) on every shard it uses. ``check="auto"``: on a
+dataset of up to ``CHECK_EAGER_SHARDS`` shards when it is built, so ``train`` names a broken shard
+in one line before it starts; on a larger one (a merged corpus of thousands of shards) when a
+process first opens the shard, so that start-up reads ``manifest.json`` alone (its shards list
+each file's frames; a file's ``path`` is read from the shard's ``index.json`` when first asked
+for). ``check="eager"`` / ``"lazy"`` force either;
 ``verify_dataset`` (``whispergpt inspect --verify``) runs the full one on every shard of the
 manifest; ``prepare`` runs the cheap one on resume and re-encodes the files of a broken shard.
 
@@ -50,7 +55,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from whispergpt.data.streams import MEL_STREAMS, STREAMS, Stream, expected_shape, stored_streams, time_major
+from whispergpt.data.streams import MEL_STREAMS, STREAMS, stored_streams, time_major
+from whispergpt.data.verify import check_shard, check_values, npy_header
 from whispergpt.errors import InputError
 
 FORMAT_VERSION = 2  # what prepare writes: time-major shards (whispergpt.data.streams)
@@ -64,11 +70,21 @@ DEFAULT_STREAMS = ("codes", "mel")
 _NP_ITEM = {"int": np.int64, "float": np.float32}
 # manifest keys that must agree for several prepared folders to be read as one dataset
 _UNION_KEYS = ("num_codebooks", "codebook_size", "n_mels", "frame_rate", "sample_rate", "codec", "bandwidth")
+# check="auto": up to this many shards are checked when the reader is built (a broken one is named
+# before training starts); beyond, each shard is checked when a process first opens it, so that
+# start-up reads the manifest alone (no per-shard I/O for a corpus of thousands of shards)
+CHECK_EAGER_SHARDS = 64
+CHECKS = ("auto", "eager", "lazy")
 
 
 def read_manifest(directory: str | os.PathLike) -> dict:
     """Load and sanity-check ``DIR/manifest.json``; ``ValueError`` with the reason otherwise."""
     path = Path(directory) / MANIFEST
+    if not path.is_file() and (Path(directory) / "parts").is_dir():  # data.merge.PARTS_DIR
+        raise ValueError(
+            f"{directory}: holds the parts of a sharded prepare, not yet merged; run "
+            f"`whispergpt prepare --merge {directory}` once every rank has finished"
+        )
     if not path.is_file():
         raise ValueError(
             f"{directory}: not a prepared dataset (expected {path}; run `whispergpt prepare` first)"
@@ -91,134 +107,6 @@ def read_manifest(directory: str | os.PathLike) -> dict:
     if unknown:
         raise ValueError(f"{path}: unknown streams {unknown} (known: {sorted(STREAMS)}); upgrade whispergpt")
     return manifest
-
-
-def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
-    """``(shape, dtype, data offset)`` from a ``.npy`` header; reads a few hundred bytes."""
-    with open(path, "rb") as f:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        else:
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-        if fortran:
-            raise ValueError("Fortran order (prepare writes C order)")
-        return tuple(shape), np.dtype(dtype), f.tell()
-
-
-def _dtype_ok(stream: Stream, dtype: np.dtype, manifest: dict) -> str | None:
-    """None if ``dtype`` is what ``stream`` may hold on disk, else what was expected."""
-    if stream.kind == "int":  # any integer type reads the same; prepare writes the registered one
-        return None if np.issubdtype(dtype, np.integer) else "integer"
-    want = stream.storage(manifest)
-    return None if dtype == want else str(want)
-
-
-def check_shard(
-    sdir: str | os.PathLike,
-    manifest: dict,
-    streams: Sequence[str] | None = None,
-    frames: int | None = None,
-    full: bool = False,
-) -> str | None:
-    """None if the shard ``sdir`` is sound, else one phrase saying what is wrong.
-
-    ``streams``: the stored streams to check (default: all the manifest lists). Cheap (default):
-    ``index.json`` parses and its offsets tile the frames; each stream's ``.npy`` has the dtype
-    and the shape (``streams.expected_shape``: time-major in format 2) the manifest implies, ``N``
-    the index's total (and ``frames``, the manifest's count, when given); every file's size is
-    what its header implies; ``SAMPLED_FRAMES`` evenly spaced frames of each stream hold sound
-    values (``bad_values``). ``full`` reads every value instead (``inspect --verify``).
-    """
-    sdir = Path(sdir)
-    names = stored_streams(manifest) if streams is None else list(streams)
-    try:
-        index = json.loads((sdir / "index.json").read_text())
-        offset = 0
-        for f in index:
-            if int(f["offset"]) != offset:
-                return f"index.json: offset of {f['path']} is {f['offset']}, expected {offset}"
-            offset += int(f["frames"])
-        n_total = offset
-    except FileNotFoundError:
-        return "index.json is missing"
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        return f"index.json is unreadable ({e})"
-    if frames is not None and frames != n_total:
-        return f"index.json holds {n_total} frames, the manifest says {frames}"
-    for name in names:
-        stream = STREAMS[name]
-        path = sdir / stream.file
-        try:
-            shape, dtype, data_offset = _npy_header(path)
-            size = path.stat().st_size
-        except FileNotFoundError:
-            return f"{stream.file} is missing"
-        except (OSError, ValueError, SyntaxError) as e:
-            return f"{stream.file} has no valid .npy header ({e})"
-        want_dtype = _dtype_ok(stream, dtype, manifest)
-        if want_dtype is not None:
-            return f"{stream.file} has dtype {dtype}, expected {want_dtype}"
-        want = expected_shape(stream, manifest, n_total)
-        if shape != want:
-            return f"{stream.file} has shape {shape}, expected {want}"
-        need = data_offset + int(np.prod(shape)) * dtype.itemsize
-        if size != need:
-            state = "truncated" if size < need else "too long"
-            return f"{stream.file} is {state}: {size} bytes, its header implies {need}"
-    return _check_values(sdir, manifest, names, sampled=not full)
-
-
-def bad_values(
-    name: str, block: np.ndarray, codebook_size: int, first_frame: int = 0, time_major: bool = True
-) -> str | None:
-    """What is wrong with the values of a block of stream ``name`` (codes in ``[0, V)``, other
-    integer streams >= 0, float streams finite), or None. ``first_frame``: the block's first frame,
-    for the message."""
-    file = STREAMS[name].file
-    if STREAMS[name].kind == "int":
-        lo, hi = int(block.min(initial=0)), int(block.max(initial=0))
-        if name == "codes" and (lo < 0 or hi >= codebook_size):
-            return f"{file} holds codes outside [0, {codebook_size}) (min {lo}, max {hi})"
-        if lo < 0:
-            return f"{file} holds negative values (min {lo})"
-    elif not np.isfinite(block).all():
-        bad = np.argwhere(~np.isfinite(block))[0]
-        return f"{file} holds non-finite values (first at frame {first_frame + int(bad[0] if time_major else bad[-1])})"
-    return None
-
-
-SAMPLED_FRAMES = 16  # frames per stream the cheap check reads: a few KiB per shard
-
-
-def _check_values(sdir: Path, manifest: dict, streams: Sequence[str], sampled: bool = False) -> str | None:
-    """Every value in frame blocks (bounded memory), or with ``sampled`` only ``SAMPLED_FRAMES``
-    evenly spaced frames per stream: that catches a shard bad throughout (garbage bytes, a wrong
-    dtype, a writer's NaNs), not one corrupt value, which needs the full read."""
-    tm = time_major(manifest)
-    V = int(manifest["codebook_size"])
-    for name in streams:
-        stream = STREAMS[name]
-        try:
-            arr = np.load(sdir / stream.file, mmap_mode="r")
-        except (OSError, ValueError) as e:
-            return f"{stream.file} cannot be read ({e})"
-        n = arr.shape[0] if tm else arr.shape[-1]
-        if sampled:
-            at = np.unique(np.linspace(0, max(0, n - 1), min(n, SAMPLED_FRAMES)).astype(np.int64))
-            for a in at.tolist():
-                problem = bad_values(name, np.asarray(arr[a : a + 1] if tm else arr[:, a : a + 1]), V, a, tm)
-                if problem:
-                    return problem
-            continue
-        per_frame = max(1, arr.size // max(1, n))
-        step = max(1, (1 << 24) // per_frame)
-        for a in range(0, n, step):
-            block = np.asarray(arr[a : a + step] if tm else arr[:, a : a + step])
-            problem = bad_values(name, block, V, a, tm)
-            if problem:
-                return problem
-    return None
 
 
 def verify_dataset(directory: str | os.PathLike, full: bool = True) -> tuple[list[tuple[str, str]], int]:
@@ -269,7 +157,7 @@ class _Rows:
     """
 
     def __init__(self, path: Path):
-        shape, self.dtype, self.offset = _npy_header(path)
+        shape, self.dtype, self.offset = npy_header(path)
         self.path, self.frame_shape = path, shape[1:]
         self.frame_bytes = int(np.prod(self.frame_shape)) * self.dtype.itemsize
 
@@ -289,6 +177,39 @@ class _Rows:
         return out
 
 
+class _IndexPaths:
+    """Each shard's ``index.json``, read when first needed (a file's path, a shard's check)."""
+
+    def __init__(self, directories: list[Path]):
+        self.directories, self.cache = directories, {}
+
+    def index(self, key: tuple[int, str]) -> list[dict]:
+        if key not in self.cache:
+            path = self.directories[key[0]] / SHARDS_DIR / key[1] / "index.json"
+            self.cache[key] = json.loads(path.read_text())
+        return self.cache[key]
+
+    def __getstate__(self) -> dict:
+        return dict(directories=self.directories, cache={})
+
+
+class _Entry(dict):
+    """A file of ``PreparedDataset.files``: its ``path`` is read from the shard's index on first access."""
+
+    def __init__(self, paths: _IndexPaths, key: tuple[int, str], pos: int):
+        super().__init__()
+        self.paths, self.key, self.pos = paths, key, pos
+
+    def __missing__(self, name: str):
+        if name != "path":
+            raise KeyError(name)
+        self["path"] = self.paths.index(self.key)[self.pos]["path"]
+        return self["path"]
+
+    def get(self, name: str, default=None):
+        return self[name] if name == "path" or name in self else default
+
+
 class PreparedDataset(torch.utils.data.Dataset):
     """Aligned crops of one split of a prepared dataset: a tuple of tensors in the order of ``streams``."""
 
@@ -299,6 +220,7 @@ class PreparedDataset(torch.utils.data.Dataset):
         frames: int | None = None,
         mel_source: str = "truth",
         streams: Sequence[str] = DEFAULT_STREAMS,
+        check: str = "auto",
     ):
         # Several prepared folders (e.g. speech and music prepared apart) read as one dataset when
         # they agree on the codec and the grid; files keep their order, folder by folder.
@@ -355,41 +277,74 @@ class PreparedDataset(torch.utils.data.Dataset):
         self.frames = frames
         self._time_major = [time_major(m) for m in self.manifests]
         self._arrays: dict[tuple[int, str], tuple[np.ndarray, ...]] = {}  # (dir, shard) -> memmaps
+        if check not in CHECKS:
+            raise ValueError(f"check must be one of {CHECKS}, got {check!r}")
+        n_shards = sum(sh["split"] == split for m in self.manifests for sh in m["shards"])
+        eager = check == "eager" or (check == "auto" and n_shards <= CHECK_EAGER_SHARDS)
+        self._checked: set[tuple[int, str]] = set()  # shards this process has checked
+        self._shard_frames: dict[tuple[int, str], dict] = {}
+        self._paths = _IndexPaths(self.directories)
 
         self.files: list[dict] = []
         for root_index, (root, manifest) in enumerate(zip(self.directories, self.manifests)):
-            self._read_shards(root_index, root, manifest, split)
-        self._arrays.clear()  # opened only to validate; each process reopens lazily
+            self._read_shards(root_index, root, manifest, split, eager)
         self.total_frames = sum(f["frames"] for f in self.files)
         self._build_tiling()
 
-    def _read_shards(self, root_index: int, root: Path, manifest: dict, split: str) -> None:
-        checked = sorted(set(self._stored) | {"codes"})
+    def _read_shards(self, root_index: int, root: Path, manifest: dict, split: str, eager: bool) -> None:
         for shard in manifest["shards"]:
             if shard["split"] != split:
                 continue
-            sdir = root / SHARDS_DIR / shard["name"]
-            problem = check_shard(sdir, manifest, checked, frames=shard.get("frames"))
-            if problem is not None:  # header + size only: names a truncated file before training
-                raise broken_shard_error(root, shard["name"], problem)
-            # check_shard has validated index.json, the shapes and the sizes; codes are read once
-            # here so that the training step needs no range check (no host-device sync): an id >= V
-            # would silently read the next codebook's embedding rows
-            index = json.loads((sdir / "index.json").read_text())
-            bad_codes = _check_values(sdir, manifest, ["codes"])
-            if bad_codes is not None:
-                raise ValueError(f"{sdir}: {bad_codes}; prepare the data again with this dataset's codec")
-            for f in index:
-                self.files.append(
-                    dict(
-                        path=f["path"],
-                        frames=int(f["frames"]),
-                        shard=shard["name"],
-                        offset=int(f["offset"]),
-                        seconds=float(f.get("seconds", int(f["frames"]) / self.frame_rate)),
-                        root=root_index,
-                    )
-                )
+            key = (root_index, shard["name"])
+            self._shard_frames[key] = shard
+            if eager:
+                self._check(key)
+            if eager or "file_frames" not in shard:  # datasets prepared before file_frames: the index
+                index = json.loads((root / SHARDS_DIR / shard["name"] / "index.json").read_text())
+            else:  # the manifest's counts alone; paths come from index.json when asked for
+                index = [dict(frames=n) for n in shard["file_frames"]]
+            offset = 0
+            for pos, f in enumerate(index):
+                n = int(f["frames"])
+                entry = _Entry(self._paths, key, pos)
+                entry.update(frames=n, shard=shard["name"], offset=int(f.get("offset", offset)),
+                             seconds=float(f.get("seconds", n / self.frame_rate)), root=root_index)  # fmt: skip
+                if "path" in f:
+                    entry["path"] = f["path"]
+                self.files.append(entry)
+                offset += n
+
+    def _check(self, key: tuple[int, str]) -> None:
+        """The cheap check of one shard, once per process, and its codes read once: an id >= V
+        would silently read the next codebook's embedding rows, and the training step does no
+        range check (no host-device sync)."""
+        if key in self._checked:
+            return
+        root_index, name = key
+        root, manifest, shard = (
+            self.directories[root_index],
+            self.manifests[root_index],
+            self._shard_frames[key],
+        )
+        sdir = root / SHARDS_DIR / name
+        problem = check_shard(
+            sdir, manifest, sorted(set(self._stored) | {"codes"}), frames=shard.get("frames")
+        )
+        if problem is None and "file_frames" in shard:
+            index = self._paths.index(key)
+            if [int(e["frames"]) for e in index] != [int(n) for n in shard["file_frames"]]:
+                problem = "index.json disagrees with the manifest's file_frames"
+        if problem is not None:  # header + size only: names a truncated file in one line
+            err = broken_shard_error(root, name, problem)
+            if torch.utils.data.get_worker_info() is not None:
+                # a DataLoader worker re-raises an exception class with a `message` attribute as
+                # cls(message=...), which InputError's signature refuses (a TypeError): plain ValueError
+                raise ValueError(str(err))
+            raise err
+        bad_codes = check_values(sdir, manifest, ["codes"])
+        if bad_codes is not None:
+            raise ValueError(f"{sdir}: {bad_codes}; prepare the data again with this dataset's codec")
+        self._checked.add(key)
 
     # -- manifest properties ------------------------------------------------------------------
     @property
@@ -422,6 +377,7 @@ class PreparedDataset(torch.utils.data.Dataset):
         """Per process, per shard: a ``_Rows`` reader per stream (format 2) or memmaps (format 1)."""
         arrays = self._arrays.get((root_index, shard))
         if arrays is None:
+            self._check((root_index, shard))
             sdir = self.directories[root_index] / SHARDS_DIR / shard
             paths = [sdir / STREAMS[n].file for n in self._stored]
             try:

@@ -6,12 +6,20 @@ Usage::
                        [--val-fraction 0.05] [--seed 0] [--batch-seconds 60] [--shard-seconds 1800]
                        [--device auto|cpu|cuda] [--augment RECIPE.yaml [--copies 1]]
                        [--no-decoded-mel] [--no-coarse-mel] [--mel-dtype float16|float32] [--latent]
-                       [--semantic TOKENIZER_DIR]
+                       [--semantic TOKENIZER_DIR] [--hf-split S] [--audio-column audio] [--id-column C]
+                       [--hf-streaming] [--shard I/N]
+    whispergpt prepare --merge DIR
     whispergpt inspect DIR [--max-skipped 10]
 
-SRC is an audio file, a folder (searched recursively for ``audio.AUDIO_EXTENSIONS``, any case) or
-a text file listing paths (one per line, ``#`` comments, relative paths resolved against the list
-file's folder). A missing SRC is an error before any work is done.
+SRC is an audio file, a folder (searched recursively for ``audio.AUDIO_EXTENSIONS``, any case), a
+text file listing paths (one per line, ``#`` comments, relative paths resolved against the list
+file's folder), a JSON-lines/CSV manifest, a ``datasets`` ``save_to_disk`` folder or a hub id
+(``whispergpt.data.sources``). A missing SRC, a manifest without a path column or a dataset without
+the audio column is an error before any work is done. Each candidate has a stable id (a file's
+resolved path; a row's ``--id-column`` value, else ``fingerprint:row``): the index entry's
+``path`` holds it, and it keys the split, resume and ``skipped``. ``--shard I/N`` (or the rank of
+``accelerate launch``) prepares the candidates whose id hashes to ``I`` as part ``I`` of ``DIR``,
+``--merge DIR`` joins the parts (``whispergpt.data.merge``).
 
 Dataset layout (``format_version`` 2)
 -------------------------------------
@@ -22,7 +30,8 @@ Dataset layout (``format_version`` 2)
                          decoded_mel, decoded_coarse_mel, latent, mel_dtype, streams, [latent_dim],
                          semantic (tokenizer dir or null), [semantic_tokenizer: clusters, layer, rate...],
                          splits: {train: {files, frames, seconds}, val: {...}},
-                         shards: [{name, split, files, frames}], skipped: [{path, reason}], format_version
+                         shards: [{name, split, files, frames, file_frames}], skipped: [{path, reason}],
+                         format_version (file_frames: each file's frames, so the reader starts from here)
     DIR/shards/<split>-<NNNNN>/   one completed shard: one time-major ``.npy`` per stored stream
                                   (codes, mel, mel_decoded, mel_decoded_coarse, latent; see
                                   ``whispergpt.data.streams``) + index.json
@@ -44,7 +53,7 @@ files are complete; ``manifest.json`` is written to a temp file and ``os.replace
 every shard. Readers use only shards named in the manifest; ``prepare`` on an existing DIR
 rebuilds the shard list from the completed shard directories on disk (so a shard renamed just
 before a crash is kept), deletes stale ``.tmp-*`` directories, and encodes only files not yet in a
-completed shard. A shard failing the cheap check (``dataset.check_shard``) is moved aside to
+completed shard. A shard failing the cheap check (``verify.check_shard``) is moved aside to
 ``.bad-<name>`` and its files are encoded again (``inspect --verify`` checks values too); a failed
 write (full disk) removes the temp shard and stops with one line. Codec, bandwidth, n_mels, seed,
 val_fraction, augment and the stored streams must match the existing manifest (else
@@ -77,7 +86,9 @@ code (~1% of frames seen with random tiny codebooks). The mel is computed per fi
 (cheap, exact). The decoded mels decode each file's codes (``Codec.decode`` is causal, so whole-
 file decoding equals what the sampler's feedback loop reconstructs frame by frame, up to its
 stated window error); long files are decoded in ``batch_seconds`` chunks with ``CONTEXT_SECONDS``
-of left context, like encoding. Each decode costs about one encode. Work runs under ``torch.inference_mode`` on ``--device`` (``auto``: CUDA when
+of left context, like encoding. Each decode costs about one encode. On CUDA, files are read
+``PACK_BATCHES`` batches ahead and batched by length (``audio_batches``: less padding), and the
+decoded mels are computed on the GPU too. Work runs under ``torch.inference_mode`` on ``--device`` (``auto``: CUDA when
 available).
 """
 
@@ -94,18 +105,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from whispergpt.audio import AUDIO_EXTENSIONS, HOP_LENGTH, SAMPLE_RATE, AudioLoadError, num_frames
+from whispergpt.audio import HOP_LENGTH, SAMPLE_RATE, AudioLoadError, num_frames
 from whispergpt.data.augment import AugmentedCopies, AugmentRecipe
-from whispergpt.data.dataset import (
-    FORMAT_VERSION,
-    MANIFEST,
-    SHARDS_DIR,
-    bad_values,
-    check_shard,
-    read_manifest,
-)
+from whispergpt.data.dataset import FORMAT_VERSION, MANIFEST, SHARDS_DIR, read_manifest
 from whispergpt.data.encode import encode_batch, encode_long, latent_dim
+from whispergpt.data.merge import PARTS_DIR, part_path, shard_of, shard_tag
+from whispergpt.data.sources import HFOptions, scan_candidates, scan_sources
 from whispergpt.data.streams import MEL_DTYPES, STREAMS, FileWork, SemanticSource, register_stream
+from whispergpt.data.verify import bad_values, check_shard
 from whispergpt.runtime import LOCK_NAME, holds_folder, move_aside, resolve_device, write_json_atomic, writing
 
 CONTEXT_SECONDS = 2.0
@@ -116,76 +123,9 @@ class NoUsableAudioError(ValueError):
     """Every candidate file was skipped (the manifest with the skipped list is still written)."""
 
 
-# -- sources ------------------------------------------------------------------------------------
-def _is_audio(path: Path) -> bool:
-    return path.suffix.lower() in AUDIO_EXTENSIONS
-
-
 def collect_sources(sources: Sequence[str | os.PathLike]) -> list[Path]:
-    """The candidate audio paths of ``sources`` (see ``scan_sources``), without the skipped ones."""
+    """The candidate audio paths of files / folders / lists (``sources.scan_sources``), without the skipped ones."""
     return scan_sources(sources)[0]
-
-
-def scan_sources(sources: Sequence[str | os.PathLike]) -> tuple[list[Path], dict[str, str]]:
-    """Expand files / folders (recursive) / text lists into ``(candidates, skipped)``.
-
-    ``candidates``: sorted, deduplicated resolved paths to encode. ``skipped``: ``{path: reason}``
-    for paths that can never be read: a dangling symlink with an audio suffix, a folder that
-    cannot be listed. A missing SRC (or a path named in a list that does not exist) is a
-    ``ValueError``; files that exist but do not decode are left for the encoder to skip and report.
-    """
-    if not sources:
-        raise ValueError("prepare needs at least one SRC (audio file, folder or text list of paths)")
-    found: set[Path] = set()
-    skipped: dict[str, str] = {}
-    for src in sources:
-        p = Path(src).expanduser()
-        if p.is_dir():
-            _walk(p, found, skipped)
-        elif p.is_file() and (_is_audio(p) or p.suffix.lower() not in (".txt", ".lst", ".list", ".scp")):
-            found.add(p.resolve())  # audio, or a file with an unknown suffix: let the decoder judge
-        elif p.is_file():
-            _read_list(p, found, skipped)
-        elif p.is_symlink():
-            skipped[str(p.absolute())] = f"{p}: dangling symlink to {os.readlink(p)}"
-        else:
-            raise ValueError(f"SRC {src}: no such file or folder")
-    return sorted(found, key=str), {k: v for k, v in skipped.items() if Path(k) not in found}
-
-
-def _walk(folder: Path, found: set[Path], skipped: dict[str, str]) -> None:
-    """Audio files under ``folder`` (symlinked folders are not followed, as ``Path.rglob``)."""
-
-    def unreadable(e: OSError) -> None:
-        skipped[str(Path(e.filename).absolute())] = f"{e.filename}: cannot list folder ({e.strerror})"
-
-    for dirpath, _, filenames in os.walk(folder, onerror=unreadable):
-        for name in filenames:
-            q = Path(dirpath) / name
-            if not _is_audio(q):
-                continue
-            if q.is_file():
-                found.add(q.resolve())
-            elif q.is_symlink():
-                skipped[str(q.absolute())] = f"{q}: dangling symlink to {os.readlink(q)}"
-
-
-def _read_list(list_path: Path, found: set[Path], skipped: dict[str, str]) -> None:
-    for n, line in enumerate(list_path.read_text().splitlines(), 1):
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        p = Path(line).expanduser()
-        if not p.is_absolute():
-            p = list_path.parent / p
-        if p.is_symlink() and not p.exists():
-            skipped[str(p.absolute())] = f"{list_path}:{n}: {p}: dangling symlink to {os.readlink(p)}"
-        elif not p.exists():
-            raise ValueError(f"{list_path}:{n}: listed path {line!r} does not exist")
-        elif p.is_dir():
-            _walk(p, found, skipped)
-        else:
-            found.add(p.resolve())
 
 
 def assign_splits(paths: Sequence[Path], val_fraction: float, seed: int) -> dict[str, str]:
@@ -203,11 +143,27 @@ def assign_splits(paths: Sequence[Path], val_fraction: float, seed: int) -> dict
     return {name: ("val" if name in val else "train") for name in names}
 
 
+def lock_folder(out: str | os.PathLike, shard: tuple[int, int] | None) -> Path:
+    """Where a prepare holds its lock: ``out``, or for part I of N its own folder under ``parts/``
+    (the ranks of one launch share ``out``; a second job on the same part is refused)."""
+    return Path(out) if shard is None else Path(out) / PARTS_DIR / f".lock-{shard_tag(*shard)}"
+
+
 class _ShardWriter:
     """Accumulates encoded files of one split and writes them as atomic shard directories."""
 
-    def __init__(self, root: Path, split: str, next_index: int, shard_frames: int, on_shard, manifest: dict):
+    def __init__(
+        self,
+        root: Path,
+        split: str,
+        next_index: int,
+        shard_frames: int,
+        on_shard,
+        manifest: dict,
+        tag: str = "",
+    ):
         self.root, self.split, self.index, self.shard_frames = root, split, next_index, shard_frames
+        self.prefix = f"{split}-{tag}-" if tag else f"{split}-"  # a rank's shards carry its tag
         self.on_shard = on_shard
         self.streams = [STREAMS[n] for n in manifest["streams"]]
         self.storage = {st.name: st.storage(manifest) for st in self.streams}
@@ -241,7 +197,7 @@ class _ShardWriter:
     def flush(self) -> None:
         if not self.entries:
             return
-        name = f"{self.split}-{self.index:05d}"
+        name = f"{self.prefix}{self.index:05d}"
         final = self.root / name
         tmp = self.root / f".tmp-{name}-{os.getpid()}"
         if tmp.exists():
@@ -252,16 +208,19 @@ class _ShardWriter:
         ):  # finished shards and the manifest are untouched
             self._write(tmp)
         os.rename(tmp, final)
-        shard = dict(name=name, split=self.split, files=len(self.entries), frames=self.frames)
+        # file_frames: the reader starts from the manifest alone, without opening the shard
+        frames = [e["frames"] for e in self.entries]
+        shard = dict(name=name, split=self.split, files=len(frames), frames=self.frames, file_frames=frames)
         self.arrays = {st.name: [] for st in self.streams}
         self.entries, self.frames = [], 0
         self.index += 1
         self.on_shard(shard)
 
 
-def _scan_shards(root: Path, manifest: dict, check: bool) -> tuple[list[dict], set[str]]:
+def _scan_shards(root: Path, manifest: dict, check: bool, tag: str = "") -> tuple[list[dict], set[str]]:
     """Completed shards on disk (``[{name, split, files, frames}]``) and the paths they hold; with
-    ``check`` (resuming), broken shards (cheap check) are moved aside, their files not done."""
+    ``check`` (resuming), broken shards (cheap check) are moved aside, their files not done; with
+    ``tag`` (a rank of a sharded run) only that rank's shards."""
     shards, done = [], set()
     if not root.is_dir():
         return shards, done
@@ -269,7 +228,9 @@ def _scan_shards(root: Path, manifest: dict, check: bool) -> tuple[list[dict], s
     for d in sorted(root.iterdir()):
         if d.name.startswith(".") or not d.is_dir():
             continue
-        split = d.name.rsplit("-", 1)[0]
+        split = d.name.split("-", 1)[0]
+        if tag and not d.name.startswith(f"{split}-{tag}-"):
+            continue
         if split not in SPLITS or not all((d / f).is_file() for f in files):
             continue
         if check:
@@ -281,41 +242,72 @@ def _scan_shards(root: Path, manifest: dict, check: bool) -> tuple[list[dict], s
                 continue
         index = json.loads((d / "index.json").read_text())
         shards.append(
-            dict(name=d.name, split=split, files=len(index), frames=sum(e["frames"] for e in index))
+            dict(
+                name=d.name,
+                split=split,
+                files=len(index),
+                frames=sum(e["frames"] for e in index),
+                file_frames=[e["frames"] for e in index],
+            )
         )
         done.update(e["path"] for e in index)
     return shards, done
 
 
+PACK_BATCHES = 8  # on CUDA, files are read this many batches ahead and batched by length
+
+
 def audio_batches(
-    paths: list[str], batch_seconds: float, skip, load
+    paths: list[str], batch_seconds: float, skip, load, pack_seconds: float = 0.0
 ) -> Iterator[list[tuple[str, torch.Tensor]]]:
-    """``load`` files in order and group them into batches of <= batch_seconds (a long file alone)."""
-    batch: list[tuple[str, torch.Tensor]] = []
-    total = 0.0
-    for p in paths:
-        try:
-            wave = load(p)
-        except AudioLoadError as e:
-            skip(p, str(e))
-            continue
-        if num_frames(wave.shape[-1]) < 1:
-            skip(
-                p,
-                f"{p}: shorter than one frame ({wave.shape[-1]} samples at {SAMPLE_RATE} Hz < {HOP_LENGTH})",
-            )
-            continue
-        sec = wave.shape[-1] / SAMPLE_RATE
-        if batch and total + sec > batch_seconds:
+    """``load`` files in order and group them into batches of <= batch_seconds (a long file alone).
+
+    ``pack_seconds > 0`` (prepare on CUDA): files are read ahead that much audio at a time and
+    batched longest first, so a batch holds files of similar length: the codec's work is the
+    zero-padded batch, and padding is what packing removes."""
+
+    def loaded() -> Iterator[tuple[str, torch.Tensor]]:
+        for p in paths:
+            try:
+                wave = load(p)
+            except AudioLoadError as e:
+                skip(p, str(e))
+                continue
+            if num_frames(wave.shape[-1]) < 1:
+                skip(
+                    p,
+                    f"{p}: shorter than one frame ({wave.shape[-1]} samples at {SAMPLE_RATE} Hz < {HOP_LENGTH})",
+                )
+                continue
+            yield p, wave
+
+    def group(items) -> Iterator[list[tuple[str, torch.Tensor]]]:
+        batch: list[tuple[str, torch.Tensor]] = []
+        total = 0.0
+        for p, wave in items:
+            sec = wave.shape[-1] / SAMPLE_RATE
+            if batch and total + sec > batch_seconds:
+                yield batch
+                batch, total = [], 0.0
+            batch.append((p, wave))
+            total += sec
+        if batch:
             yield batch
-            batch, total = [], 0.0
-        batch.append((p, wave))
-        total += sec
-    if batch:
-        yield batch
+
+    if pack_seconds <= 0:
+        yield from group(loaded())
+        return
+    ahead, seconds = [], 0.0
+    for item in loaded():
+        ahead.append(item)
+        seconds += item[1].shape[-1] / SAMPLE_RATE
+        if seconds >= pack_seconds:
+            yield from group(sorted(ahead, key=lambda x: -x[1].shape[-1]))
+            ahead, seconds = [], 0.0
+    yield from group(sorted(ahead, key=lambda x: -x[1].shape[-1]))
 
 
-@holds_folder("prepare")
+@holds_folder("prepare", where=lambda a: lock_folder(a["out"], a["shard"]))
 def prepare(
     sources: Sequence[str | os.PathLike],
     out: str | os.PathLike,
@@ -335,6 +327,8 @@ def prepare(
     latent: bool = False,
     decoded_coarse_mel: bool | None = None,
     semantic: SemanticSource | None = None,
+    hf: HFOptions | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> dict:
     """Encode ``sources`` into the dataset at ``out`` (resuming if it exists); returns the manifest.
 
@@ -342,6 +336,9 @@ def prepare(
     ``decoded_coarse_mel`` (default: as ``decoded_mel``) of the codebook-0 decode; ``latent`` the
     codec encoder's output; ``semantic`` (``semantic.tokenizer.semantic_source`` of a ``whispergpt
     semantic fit`` folder) the per-frame semantic tokens. ``mel_dtype``: float16 or float32 for every mel stream.
+    ``hf``: how manifests and Hugging Face datasets among ``sources`` are read (``data.sources``).
+    ``shard=(I, N)``: only the candidates whose id hashes to ``I``, written as part ``I`` of ``N``
+    (``data.merge``; the returned dict is then the part).
     Raises ``ValueError`` for bad arguments / a mismatched existing dataset, and
     ``NoUsableAudioError`` (after writing the manifest) when no file at all could be used.
     """
@@ -356,10 +353,22 @@ def prepare(
     if mel_dtype not in MEL_DTYPES:
         raise ValueError(f"mel_dtype must be one of {list(MEL_DTYPES)}, got {mel_dtype!r}")
     aug = AugmentedCopies(augment, copies, seed)  # train copies SRC#augN (none without a recipe)
-    candidates, unreadable = scan_sources(sources)  # errors on a missing SRC before any work
-    split_of = assign_splits(candidates, val_fraction, seed)
+    cands = scan_candidates(sources, hf)  # errors on a missing SRC / column before any work
+    if cands.is_streaming() and aug.recipe is not None:
+        raise ValueError("--augment re-reads each train file for its copies: not with --hf-streaming")
+    aug.loader = cands.load
+    split_of = assign_splits(cands.keys, val_fraction, seed)  # over every candidate, before sharding
+    unreadable = cands.skipped
     out = Path(out)
     root = out / SHARDS_DIR
+    tag, manifest_path = "", out / MANIFEST
+    if shard is not None:
+        index, count = shard
+        if not 0 <= index < count:
+            raise ValueError(f"shard must be (I, N) with 0 <= I < N, got {shard}")
+        split_of = {k: v for k, v in split_of.items() if shard_of(k, count) == index}
+        unreadable = {k: v for k, v in unreadable.items() if shard_of(k, count) == index}
+        tag, manifest_path = shard_tag(index, count), part_path(out, index, count)
     coarse = decoded_mel if decoded_coarse_mel is None else decoded_coarse_mel
     semantic_info = None
     if semantic is not None:  # checked before any work by semantic_source; the writer is the tokenizer's
@@ -371,8 +380,8 @@ def prepare(
     streams = [name for name, st in STREAMS.items() if st.enabled(settings)]  # registry order
     skipped: dict[str, str] = {}
     old = None
-    if (out / MANIFEST).exists():
-        old = read_manifest(out)
+    if manifest_path.exists():
+        old = read_manifest(out) if shard is None else json.loads(manifest_path.read_text())
         if old["format_version"] != FORMAT_VERSION:
             raise ValueError(
                 f"{out} holds a format-{old['format_version']} dataset (channel-major shards, written by an "
@@ -385,14 +394,19 @@ def prepare(
                 "use a new --out"
             )
         skipped = {s["path"]: s["reason"] for s in old.get("skipped", [])}
-    elif out.exists() and any(p.name != LOCK_NAME for p in out.iterdir()):  # our own lock aside
+    elif shard is not None and (out / MANIFEST).exists() and not (out / PARTS_DIR).is_dir():
+        raise ValueError(f"--out {out} holds a dataset prepared without --shard; shard into a new --out")
+    elif out.exists() and any(
+        e.name not in (SHARDS_DIR, PARTS_DIR, MANIFEST, LOCK_NAME) for e in out.iterdir()
+    ):
         raise ValueError(
             f"--out {out} exists, is not empty and holds no {MANIFEST}; use a new or empty folder"
         )
     root.mkdir(parents=True, exist_ok=True)
-    for d in root.glob(".tmp-*"):  # debris of an interrupted run: never valid
+    manifest_path.parent.mkdir(parents=True, exist_ok=True)
+    for d in root.glob(f".tmp-*-{tag}-*" if tag else ".tmp-*"):  # debris of an interrupted run (this rank's)
         shutil.rmtree(d, ignore_errors=True)
-    shards, done = _scan_shards(root, old or dict(streams=streams), check=old is not None)
+    shards, done = _scan_shards(root, old or dict(streams=streams), check=old is not None, tag=tag)
     for p in done:
         skipped.pop(p, None)
     for p in list(skipped):  # a folder or a link was skipped by the scan, which this run redoes
@@ -440,8 +454,10 @@ def prepare(
     if semantic_info is not None:
         base["semantic_tokenizer"] = semantic_info
 
-    def write_manifest() -> dict:
+    def write_manifest(finished: bool = False) -> dict:
         manifest = dict(base)
+        if shard is not None:  # merge refuses a part until its run has finished
+            manifest["part"] = dict(index=shard[0], count=shard[1], finished=finished, updated=time.time())
         manifest["splits"] = {
             s: dict(
                 files=sum(sh["files"] for sh in shards if sh["split"] == s),
@@ -453,8 +469,8 @@ def prepare(
             v["seconds"] = v["frames"] / cdc.frame_rate
         manifest["shards"] = sorted(shards, key=lambda sh: sh["name"])
         manifest["skipped"] = [dict(path=p, reason=r) for p, r in sorted(skipped.items())]
-        with writing(out / MANIFEST, "the manifest", "free disk space and rerun: finished shards are kept"):
-            write_json_atomic(out / MANIFEST, manifest, indent=1)
+        with writing(manifest_path, "the manifest", "free disk space and rerun: finished shards are kept"):
+            write_json_atomic(manifest_path, manifest, indent=1)
         return manifest
 
     def on_shard(shard: dict) -> None:
@@ -470,13 +486,16 @@ def prepare(
             bar.update(1)
 
     write_manifest()  # from the start, so that a run killed inside its first shard can resume
-    pending = {s: [q for p in sorted(split_of) if split_of[p] == s for q in aug.names(p, s) if q not in done] for s in SPLITS}  # fmt: skip
+    order = [k for k in cands.keys if k in split_of]  # files sorted, dataset rows in row order (streams)
+    pending = {s: [q for p in order if split_of[p] == s for q in aug.names(p, s) if q not in done] for s in SPLITS}  # fmt: skip
     n_pending = sum(len(v) for v in pending.values())
+    pack_seconds = PACK_BATCHES * batch_seconds if dev.type == "cuda" else 0.0  # CPU: id order, as before
     shard_frames = max(1, int(shard_seconds * cdc.frame_rate))
     chunk_frames = max(1, int(batch_seconds * cdc.frame_rate))
     context_frames = int(CONTEXT_SECONDS * cdc.frame_rate)
     print(
-        f"prepare: {len(candidates)} candidate files ({len(done)} already done, {n_pending} to encode) -> {out}; "
+        f"prepare: {len(split_of)} candidate files ({len(done)} already done, {n_pending} to encode) -> {out}"
+        f"{f' (shard {shard[0]}/{shard[1]})' if shard else ''}; "
         f"codec {codec} @ {bandwidth} kbps (K={cdc.num_codebooks}, V={cdc.codebook_size}), n_mels={n_mels}, "
         f"device {dev}; streams {', '.join(streams)}, mel {mel_dtype}",
         flush=True,
@@ -494,8 +513,8 @@ def prepare(
             for split in SPLITS:
                 next_index = 1 + max((int(sh["name"].rsplit("-", 1)[1]) for sh in shards if sh["split"] == split),
                                      default=-1)  # fmt: skip
-                writer = _ShardWriter(root, split, next_index, shard_frames, on_shard, base)
-                for batch in audio_batches(pending[split], batch_seconds, skip, aug.load):
+                writer = _ShardWriter(root, split, next_index, shard_frames, on_shard, base, tag)
+                for batch in audio_batches(pending[split], batch_seconds, skip, aug.load, pack_seconds):
                     waves = [w for _, w in batch]
                     if len(batch) == 1 and waves[0].shape[-1] > batch_seconds * SAMPLE_RATE:
                         encoded = encode_long(cdc, waves[0], chunk_frames, context_frames, **want_latent)
@@ -513,7 +532,10 @@ def prepare(
                             skipped[p] = f"{p}: encoded to bad values ({problem})"
                             bar.write(f"skipped {skipped[p]}")
                             continue
-                        writer.add(p, arrays, w.shape[-1] / SAMPLE_RATE, aug.pop_record(p))
+                        extra, meta = aug.pop_record(p) or {}, cands.meta(aug.source.get(p, (p,))[0])
+                        writer.add(
+                            p, arrays, w.shape[-1] / SAMPLE_RATE, {**extra, "meta": meta} if meta else extra
+                        )
                         written.add(p)
                         skipped.pop(p, None)  # skipped by an earlier run, readable now
                         audio_seconds += w.shape[-1] / SAMPLE_RATE
@@ -526,12 +548,12 @@ def prepare(
                 writer.flush()
     finally:
         bar.close()
-    manifest = write_manifest()
+    manifest = write_manifest(finished=True)
     elapsed = time.perf_counter() - t0
     # every candidate path is accounted for: in a completed shard, or skipped with a reason
     n_prepared = sum(1 for p in split_of if p in done or p in written)
     n_skipped = sum(1 for p in split_of if p in skipped) + len(unreadable)
-    n_candidates = len(candidates) + len(unreadable)
+    n_candidates = len(split_of) + len(unreadable)
     assert n_prepared + n_skipped == n_candidates, (n_prepared, n_skipped, n_candidates)
     copies_skipped = sum(1 for p in skipped if p in aug.source)  # augmented copies are not candidates
     print(
@@ -546,7 +568,7 @@ def prepare(
         + (f" (reasons: whispergpt inspect {out})" if n_skipped or copies_skipped else ""),
         flush=True,
     )
-    if manifest["splits"]["train"]["files"] + manifest["splits"]["val"]["files"] == 0:
+    if shard is None and manifest["splits"]["train"]["files"] + manifest["splits"]["val"]["files"] == 0:
         raise NoUsableAudioError(
             f"no usable audio: all {n_candidates} candidate files were skipped (reasons in {out / MANIFEST})"
         )

@@ -12,7 +12,7 @@ Dataset layout (``format_version`` 2, written by ``whispergpt prepare``)
         mel_decoded.npy          (N_total, M) mel_dtype      log-mel of codec.decode(codes), all K codebooks
         mel_decoded_coarse.npy   (N_total, M) mel_dtype      log-mel of codec.decode(codes[:1]), codebook 0 alone
         latent.npy               (N_total, C) float32        Codec.latent: the encoder output before quantization
-        index.json               [{path, frames, offset, seconds, split[, augment]}], offset into N_total
+        index.json               [{path (the id), frames, offset, seconds, split[, augment][, meta]}], offset into N_total
 
 Time-major: row ``t`` of every array is frame ``t`` of the 75 Hz grid, so a training crop is one
 contiguous byte range per array. Format 1 (before this module) stored the same arrays

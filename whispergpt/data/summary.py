@@ -44,7 +44,10 @@ def summarize(directory: str | os.PathLike, max_skipped: int = 10) -> str:
             f"semantic     {t.get('clusters')} clusters of MAE layer {t.get('layer')} at {t.get('rate')} Hz "
             f"({t.get('rule')}); tokenizer {m.get('semantic')}"
         )
-    lines.append(f"shards       {len(m['shards'])}")
+    lines.append(
+        f"shards       {len(m['shards'])}"
+        + (f" (merged from {m['merged_parts']} parts)" if m.get("merged_parts") else "")
+    )
     skipped = m.get("skipped", [])
     lines.append(f"skipped      {len(skipped)} files")
     for s in skipped[:max_skipped]:
