@@ -89,7 +89,8 @@ def read_training_record(directory: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A ``save_pretrained`` dir, or a training ``out_dir`` (-> its ``final``, else newest checkpoint).
+    """A ``save_pretrained`` dir, a Hub model id (``org/name[@rev]``: its snapshot in the Hub cache,
+    ``hub.resolve_model_dir``), or a training ``out_dir`` (-> its ``final``, else newest checkpoint).
 
     Directories with a ``files.json`` are verified (``checkpoint.verify_checkpoint``): an explicit
     model dir that fails is an ``InputError``; in a run dir, a ``final`` or checkpoint that fails is
@@ -97,10 +98,11 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """
     from whispergpt.checkpoint import list_checkpoints, verify_checkpoint
     from whispergpt.errors import InputError
+    from whispergpt.hub import is_hub_id, resolve_model_dir
 
-    p = Path(path).expanduser()
+    p = resolve_model_dir(path) if is_hub_id(path) else Path(path).expanduser()
     if not p.exists():
-        raise ValueError(f"--checkpoint {p}: no such directory")
+        raise ValueError(f"--checkpoint {p}: no such directory (nor a Hub id org/name)")
     if (p / "config.json").is_file() and (p / "model.safetensors").is_file():
         problem = verify_checkpoint(p, marker=None)
         if problem is not None:
