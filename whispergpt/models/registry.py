@@ -113,6 +113,24 @@ class HubModel(
 
         return ModelCard(render_card(self.model_type, self.config.to_dict(), self.num_parameters(), None))
 
+    def push_to_hub(  # type: ignore[override]
+        self,
+        repo_id: str,
+        *,
+        private: bool = False,
+        token: str | None = None,
+        commit_message: str = "Upload whispergpt model",
+    ) -> str:
+        """Save into a temporary folder and upload it (``whispergpt.hub.push_folder``): offline or
+        refused, one ``InputError`` line. A trained folder is pushed with ``whispergpt push``."""
+        import tempfile
+
+        from whispergpt.hub import push_folder
+
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp)
+            return push_folder(tmp, repo_id, private=private, token=token, commit_message=commit_message)
+
     # -- load ---------------------------------------------------------------------------------
     @classmethod
     def read_config(cls, directory: str | os.PathLike) -> Any:

@@ -35,6 +35,7 @@ from whispergpt.config import RunConfig
 from whispergpt.config_io import dump_yaml, to_dict
 from whispergpt.data import PreparedDataset
 from whispergpt.errors import WhisperGPTError
+from whispergpt.hub.card import write_card
 from whispergpt.runtime import (
     choose_precision,
     make_accelerator,
@@ -112,7 +113,7 @@ _Logits = TaskModule  # the old name of the wrapper
 class Trainer:
     """One training run (use :func:`train`); holds the accelerator, model and data of a process."""
 
-    def __init__(self, cfg: RunConfig):
+    def __init__(self, cfg: RunConfig, command: str | None = None):
         from accelerate.utils import DistributedType
 
         self.cfg = cfg
@@ -183,6 +184,10 @@ class Trainer:
         self.keep_best = bool(cfg.train.early_stop_patience)
         self.elapsed_before = 0.0
         self.wandb_id: str | None = None
+        self.command = command  # recorded in training_data.json and the model card
+        self.last_eval: dict | None = None  # {step, val_nll, val_nll_per_codebook}
+        self.best_eval: dict | None = None
+        self.parent: dict | None = None  # train.init_from: the model these weights started from
 
     def _dataset(self, split: str) -> PreparedDataset:
         d = self.cfg.data
@@ -336,10 +341,17 @@ class Trainer:
 
     def _write_record(self, directory: Path, step: int | None = None) -> None:
         d = self.cfg.data
+        step = self.step if step is None else step
+        # the evaluation of these weights (the best one for best/ and an early-stopped final/)
+        val = self.best_eval if self.best_eval and self.best_eval["step"] == step else self.last_eval
+        extra = dict(
+            task=self.cfg.task, command=self.command, val=val if val and val["step"] == step else None
+        )
+        if self.parent is not None:
+            extra["parent"] = self.parent
         write_training_record(
-            directory, self.train_ds.manifest, d.mel_source, self.train_ds.directories,
-            self.step if step is None else step,
-        )  # fmt: skip
+            directory, self.train_ds.manifest, d.mel_source, self.train_ds.directories, step, extra
+        )
 
     def save_final(self) -> Path:
         """``out_dir/final``: the HF files of the last checkpoint (always written at max_steps or an
@@ -365,6 +377,7 @@ class Trainer:
                 shutil.copy2(src / f, tmp / f)
             # what the model was trained on, so eval and sampling can pick the same codec and mel
             self._write_record(tmp, step)
+            write_card(tmp)  # README.md from that record (whispergpt push adds the licence)
             ckpt_io.write_files_manifest(tmp)
             ckpt_io.replace_dir(tmp, out)
         self.acc.wait_for_everyone()
@@ -512,6 +525,10 @@ class Trainer:
                     metrics = self.evaluate()
                     if metrics is not None:
                         loggers.log(dict(step=self.step, **metrics))
+                        self.last_eval = dict(step=self.step, val_nll=metrics["val_nll"],
+                                              val_nll_per_codebook=metrics["val_nll_per_codebook"])  # fmt: skip
+                        if self.best_val is None or metrics["val_nll"] < self.best_val:
+                            self.best_eval = self.last_eval
                         if self.best_val is None or metrics["val_nll"] < self.best_val:
                             self.best_val, self.evals_since_best = metrics["val_nll"], 0
                             self.best_step, new_best = self.step, self.keep_best
@@ -540,9 +557,10 @@ class Trainer:
         return final
 
 
-def train(cfg: RunConfig) -> Path:
-    """Train (resuming from the newest checkpoint in ``cfg.out_dir``); returns ``out_dir/final``."""
-    trainer = Trainer(cfg)
+def train(cfg: RunConfig, command: str | None = None) -> Path:
+    """Train (resuming from the newest checkpoint in ``cfg.out_dir``); returns ``out_dir/final``.
+    ``command``: the command line that started it, for the training record and the model card."""
+    trainer = Trainer(cfg, command)
     try:
         if trainer.acc.is_main_process:
             out = Path(cfg.out_dir)
