@@ -44,6 +44,7 @@ from whispergpt.runtime import (
     write_atomic,
     write_json_atomic,
 )
+from whispergpt.training.init import init_from_pretrained
 from whispergpt.training.loggers import Loggers
 from whispergpt.training.record import write_training_record
 from whispergpt.training.schedule import (
@@ -141,6 +142,13 @@ class Trainer:
         seed_everything(tc.seed)
         self.task = get_task(cfg.task)
         self.core = self.task.build(cfg)
+        self.parent: dict | None = None  # train.init_from: the model these weights start from
+        if tc.init_from is not None:  # weights only; a checkpoint of this run, if any, overrides them
+            self.parent = init_from_pretrained(self.core, tc.init_from, tc.init_strict)
+            if acc.is_main_process:
+                skipped = self.parent["skipped"]
+                print(f"init_from {tc.init_from}: {self.parent['loaded']} tensors loaded ({self.parent['init']})"
+                      + (f"; kept fresh: {', '.join(skipped)}" if skipped else ""), flush=True)  # fmt: skip
         self.n_params = self.core.num_parameters()  # before ZeRO-3 partitions it away
         self.train_ds = self._dataset(cfg.data.train_split)
         self.train_ds.random_crop(torch.Generator())  # fails early, with the dataset's reason
@@ -187,7 +195,6 @@ class Trainer:
         self.command = command  # recorded in training_data.json and the model card
         self.last_eval: dict | None = None  # {step, val_nll, val_nll_per_codebook}
         self.best_eval: dict | None = None
-        self.parent: dict | None = None  # train.init_from: the model these weights started from
 
     def _dataset(self, split: str) -> PreparedDataset:
         d = self.cfg.data

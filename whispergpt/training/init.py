@@ -1,0 +1,76 @@
+"""``train.init_from``: start a run from the weights of a trained model (fine-tuning).
+
+Weights only: the optimizer, the LR schedule and the step counter start fresh (``resume_from``
+continues a run; this starts a new one). The source is a model folder, a run ``out_dir`` (its
+``final/``) or a Hub id, resolved like every ``--checkpoint`` (``training.record.resolve_checkpoint``).
+
+- strict (``train.init_strict: true``, the default): the source must be the same model type with
+  the same config (K, V, M, width, pattern, ...; the ``SHAPE_FREE`` keys such as dropout or
+  context may differ); a mismatch is a ``ValueError`` naming both sides;
+- partial (``init_strict: false``): the tensors whose name and shape match are loaded, the others
+  (new, missing, or of another shape) keep their fresh init and are listed in the returned record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import torch
+
+# config keys that change no tensor's shape or meaning: they may differ between source and run
+SHAPE_FREE = frozenset({"dropout", "context", "rope_base", "semantic_lookahead", "mask_ratio", "span"})
+
+
+def config_differences(source: dict[str, Any], run: dict[str, Any]) -> list[str]:
+    """``"key: SOURCE (init_from) vs RUN (this run)"`` for every shape-bearing key that differs."""
+    keys = sorted((set(source) | set(run)) - SHAPE_FREE)
+    return [
+        f"{k}: {source.get(k, '<absent>')!r} (init_from) vs {run.get(k, '<absent>')!r} (this run)"
+        for k in keys
+        if source.get(k) != run.get(k)
+    ]
+
+
+def init_from_pretrained(
+    model: torch.nn.Module, source: str | os.PathLike, strict: bool = True
+) -> dict[str, Any]:
+    """Load the weights of ``source`` into ``model`` (module docstring); returns the parent record
+    for ``training_data.json``: ``{source, resolved, model_type, init, loaded, skipped}``."""
+    from safetensors.torch import load_file
+
+    from whispergpt.models.registry import model_type_of, strict_load
+    from whispergpt.training.record import resolve_checkpoint
+
+    directory = resolve_checkpoint(source)
+    kind = model_type_of(directory)
+    if kind != model.model_type:
+        raise ValueError(
+            f"train.init_from {source}: a {kind!r} model, this run trains a {model.model_type!r} model"
+        )
+    raw = json.loads((directory / "config.json").read_text())
+    raw.pop("model_type", None)
+    state = load_file(str(directory / "model.safetensors"))
+    record: dict[str, Any] = dict(source=str(source), resolved=str(directory), model_type=kind)
+    if strict:
+        diffs = config_differences(raw, model.config.to_dict())
+        if diffs:
+            raise ValueError(
+                f"train.init_from {source}: its config does not match this run's: "
+                + "; ".join(diffs)
+                + " (set train.init_strict=false to load only the tensors that match)"
+            )
+        strict_load(model, state, f"train.init_from {source}")
+        return dict(record, init="full", loaded=len(state), skipped=[])
+    own = model.state_dict()
+    matching = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    skipped = [f"{k} (not in {source})" for k in sorted(set(own) - set(state))]
+    skipped += [f"{k} (not in this model)" for k in sorted(set(state) - set(own))]
+    skipped += [
+        f"{k} ({tuple(state[k].shape)} in {source} vs {tuple(own[k].shape)} here)"
+        for k in sorted(set(own) & set(state))
+        if k not in matching
+    ]
+    model.load_state_dict(matching, strict=False)
+    return dict(record, init="partial", loaded=len(matching), skipped=skipped)
