@@ -94,6 +94,8 @@ class TrainConfig:
     # name and shape match are loaded and the others listed (e.g. a new codebook count).
     init_from: str | None = None
     init_strict: bool = True
+    # recompute each transformer block in the backward pass: less activation memory, ~1/3 more compute
+    grad_checkpointing: bool = False
     # stop once val NLL has not improved on its best for this many evaluations in a row (every
     # eval_every steps); 0: off, train to max_steps. With it on, every new best is checkpointed and
     # copied to out_dir/best/, and final/ holds those best weights (the last ones stay in

@@ -36,6 +36,7 @@ from whispergpt.config_io import dump_yaml, to_dict
 from whispergpt.data import PreparedDataset
 from whispergpt.errors import WhisperGPTError
 from whispergpt.hub.card import write_card
+from whispergpt.models.blocks import set_grad_checkpointing
 from whispergpt.runtime import (
     choose_precision,
     make_accelerator,
@@ -150,6 +151,8 @@ class Trainer:
                 print(f"init_from {tc.init_from}: {self.parent['loaded']} tensors loaded ({self.parent['init']})"
                       + (f"; kept fresh: {', '.join(skipped)}" if skipped else ""), flush=True)  # fmt: skip
         self.n_params = self.core.num_parameters()  # before ZeRO-3 partitions it away
+        if tc.grad_checkpointing:
+            set_grad_checkpointing(self.core)
         self.train_ds = self._dataset(cfg.data.train_split)
         self.train_ds.random_crop(torch.Generator())  # fails early, with the dataset's reason
         self.val_ds = None
