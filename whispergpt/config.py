@@ -60,6 +60,28 @@ class DataConfig:
             raise ValueError(f"data.num_workers must be >= 0 or null, got {self.num_workers}")
 
 
+LORA_TARGETS = ("qkv", "proj", "fc", "out")  # a Block's attention (qkv, proj) and MLP (fc, out) linears
+
+
+@dataclass
+class LoraSettings:
+    """``train.lora``: low-rank adapters (peft LoRA) on every transformer block's projections."""
+
+    r: int = 0  # adapter rank; 0: off (every weight trains)
+    alpha: float = 16.0  # scaling alpha / r
+    dropout: float = 0.0  # on the adapter's input
+    targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+
+    def __post_init__(self) -> None:
+        if self.r < 0 or self.alpha <= 0 or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"train.lora needs r >= 0, alpha > 0, 0 <= dropout < 1; got {self}")
+        unknown = sorted(set(self.targets) - set(LORA_TARGETS))
+        if unknown or not self.targets:
+            raise ValueError(
+                f"train.lora.targets must be a non-empty subset of {list(LORA_TARGETS)}, got {self.targets}"
+            )
+
+
 @dataclass
 class TrainConfig:
     max_steps: int = 1000  # optimizer steps
@@ -96,6 +118,9 @@ class TrainConfig:
     init_strict: bool = True
     # recompute each transformer block in the backward pass: less activation memory, ~1/3 more compute
     grad_checkpointing: bool = False
+    # LoRA (peft): only the adapters train; checkpoints hold them (adapter/) next to the merged
+    # model, final/ is the merged model and final/adapter/ the adapter alone in peft's format
+    lora: LoraSettings = field(default_factory=LoraSettings)
     # stop once val NLL has not improved on its best for this many evaluations in a row (every
     # eval_every steps); 0: off, train to max_steps. With it on, every new best is checkpointed and
     # copied to out_dir/best/, and final/ holds those best weights (the last ones stay in

@@ -103,6 +103,10 @@ def render_card(
         lines.append(
             f"- fine-tuned from: `{record['parent']['source']}` ({record['parent'].get('init', 'full')} init)"
         )
+    if record.get("lora"):
+        lo = record["lora"]
+        lines.append(f"- LoRA r={lo['r']} alpha={lo['alpha']} on {', '.join(lo['targets'])}: {lo['trainable']:,} of "
+                     f"{lo['total']:,} parameters trained; these weights are merged (the adapter: `adapter/`)")  # fmt: skip
     lines += _data_summary(record)
     ev = record.get("val") or {}
     if ev.get("val_nll") is not None:

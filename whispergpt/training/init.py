@@ -74,3 +74,32 @@ def init_from_pretrained(
     ]
     model.load_state_dict(matching, strict=False)
     return dict(record, init="partial", loaded=len(matching), skipped=skipped)
+
+
+def prepare_weights(
+    model: torch.nn.Module, tc: Any, deepspeed: bool, main: bool
+) -> tuple[dict | None, dict | None]:
+    """``train.init_from`` then ``train.lora`` on a freshly built ``model``: ``(parent, lora)``
+    records for ``training_data.json`` (None when unset); the main process says what it did."""
+    parent = lora_info = None
+    if tc.init_from is not None:  # weights only; a checkpoint of this run, if any, overrides them
+        parent = init_from_pretrained(model, tc.init_from, tc.init_strict)
+        if main:
+            kept = f"; kept fresh: {', '.join(parent['skipped'])}" if parent["skipped"] else ""
+            print(
+                f"init_from {tc.init_from}: {parent['loaded']} tensors loaded ({parent['init']}){kept}",
+                flush=True,
+            )
+    if tc.lora.r:
+        if deepspeed:
+            raise ValueError("train.lora runs on one process or under DDP, not under DeepSpeed (untested)")
+        from whispergpt.training.lora import apply_lora
+
+        lora_info = apply_lora(model, tc.lora)
+        if main:
+            n, total = lora_info["trainable"], lora_info["total"]
+            print(
+                f"LoRA r={tc.lora.r}: {n:,} of {total:,} parameters train ({100 * n / total:.2f}%)",
+                flush=True,
+            )
+    return parent, lora_info

@@ -45,7 +45,8 @@ from whispergpt.runtime import (
     write_atomic,
     write_json_atomic,
 )
-from whispergpt.training.init import init_from_pretrained
+from whispergpt.training import lora
+from whispergpt.training.init import prepare_weights
 from whispergpt.training.loggers import Loggers
 from whispergpt.training.record import write_training_record
 from whispergpt.training.schedule import (
@@ -143,13 +144,8 @@ class Trainer:
         seed_everything(tc.seed)
         self.task = get_task(cfg.task)
         self.core = self.task.build(cfg)
-        self.parent: dict | None = None  # train.init_from: the model these weights start from
-        if tc.init_from is not None:  # weights only; a checkpoint of this run, if any, overrides them
-            self.parent = init_from_pretrained(self.core, tc.init_from, tc.init_strict)
-            if acc.is_main_process:
-                skipped = self.parent["skipped"]
-                print(f"init_from {tc.init_from}: {self.parent['loaded']} tensors loaded ({self.parent['init']})"
-                      + (f"; kept fresh: {', '.join(skipped)}" if skipped else ""), flush=True)  # fmt: skip
+        # train.init_from (weights only), then train.lora (adapters, the rest frozen): training/init.py
+        self.parent, self.lora = prepare_weights(self.core, tc, self.is_ds, acc.is_main_process)
         self.n_params = self.core.num_parameters()  # before ZeRO-3 partitions it away
         if tc.grad_checkpointing:
             set_grad_checkpointing(self.core)
@@ -223,6 +219,9 @@ class Trainer:
 
     def _write_hf(self, directory: Path, state: dict[str, torch.Tensor]) -> None:
         """config.json + model.safetensors (main process)."""
+        if self.lora is not None:  # the merged model in HF layout, the adapter beside it
+            lora.save_merged(self.core, lambda: self.task.build(self.cfg), directory)
+            return
         if not self.is_ds:
             self.core.save_pretrained(directory)
             return
@@ -330,8 +329,11 @@ class Trainer:
             )
         if self.is_ds:
             self.acc.load_state(str(path / "deepspeed"))
-        else:
-            self.core.load_state_dict(load_file(str(path / "model.safetensors")))
+        else:  # LoRA: the frozen base is rebuilt as at the start; only the adapter is loaded
+            if self.lora is not None:
+                lora.load_adapter(self.core, path)
+            else:
+                self.core.load_state_dict(load_file(str(path / "model.safetensors")))
             self.opt.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
         self.sched.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
         if not ckpt_io.load_rng_state(path, self.rank) and self.acc.is_main_process:
@@ -359,6 +361,8 @@ class Trainer:
         )
         if self.parent is not None:
             extra["parent"] = self.parent
+        if self.lora is not None:
+            extra["lora"] = self.lora
         write_training_record(
             directory, self.train_ds.manifest, d.mel_source, self.train_ds.directories, step, extra
         )
@@ -385,6 +389,8 @@ class Trainer:
             tmp.mkdir()
             for f in ("config.json", "model.safetensors"):
                 shutil.copy2(src / f, tmp / f)
+            if (src / lora.ADAPTER_DIR).is_dir():  # LoRA: the adapter alone, in peft's format
+                shutil.copytree(src / lora.ADAPTER_DIR, tmp / lora.ADAPTER_DIR)
             # what the model was trained on, so eval and sampling can pick the same codec and mel
             self._write_record(tmp, step)
             write_card(tmp)  # README.md from that record (whispergpt push adds the licence)
