@@ -85,3 +85,9 @@ def test_init_from_takes_a_hub_id(parent_run, tiny_dataset, tmp_path, local_hub)
     assert "models--org--parent" in trainer.parent["resolved"]
     parent = WhisperGPT.from_pretrained("org/parent").state_dict()
     assert all(torch.equal(v, parent[k]) for k, v in trainer.core.state_dict().items())
+
+
+def test_the_finetune_recipe_loads_the_quickstart_shape(tiny_dataset, tmp_path):
+    cfg = load_run_config("finetune_quickstart.yaml", quiet(tiny_dataset, tmp_path, "train.lora.r=8"))
+    assert cfg.train.init_from == "runs/quickstart/train/hybrid" and cfg.model.d_model == 128
+    assert cfg.train.lora.r == 8 and cfg.train.max_steps == 200
