@@ -77,10 +77,11 @@ def init_from_pretrained(
 
 
 def prepare_weights(
-    model: torch.nn.Module, tc: Any, deepspeed: bool, main: bool
+    model: torch.nn.Module, tc: Any, zero_stage: int | None, precision: str, main: bool
 ) -> tuple[dict | None, dict | None]:
     """``train.init_from`` then ``train.lora`` on a freshly built ``model``: ``(parent, lora)``
-    records for ``training_data.json`` (None when unset); the main process says what it did."""
+    records for ``training_data.json`` (None when unset); the main process says what it did.
+    ``zero_stage``: the DeepSpeed ZeRO stage, None without DeepSpeed."""
     parent = lora_info = None
     if tc.init_from is not None:  # weights only; a checkpoint of this run, if any, overrides them
         parent = init_from_pretrained(model, tc.init_from, tc.init_strict)
@@ -91,8 +92,11 @@ def prepare_weights(
                 flush=True,
             )
     if tc.lora.r:
-        if deepspeed:
-            raise ValueError("train.lora runs on one process or under DDP, not under DeepSpeed (untested)")
+        # the merged export reads the live module: whole under ZeRO <= 2, and fp32 (not bf16 copies)
+        if zero_stage is not None and (zero_stage > 2 or precision == "bf16"):
+            raise ValueError(
+                f"train.lora under DeepSpeed needs ZeRO stage <= 2 and fp32 (got stage {zero_stage}, {precision})"
+            )
         from whispergpt.training.lora import apply_lora
 
         lora_info = apply_lora(model, tc.lora)

@@ -9,6 +9,8 @@ model keeps its class and the trainer its code path; every other weight is froze
   ``train.init_from``) and loads the adapter: the run continues bit for bit.
 - ``final/`` is the merged model, so sampling, eval and the fast decode path need nothing new;
   ``final/adapter/`` keeps the adapter alone.
+- One process, DDP, and DeepSpeed ZeRO <= 2 in fp32 (the merge reads the live module, whole on
+  every rank there; a DeepSpeed run resumes through its own state, adapters included).
 """
 
 from __future__ import annotations

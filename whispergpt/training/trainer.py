@@ -145,7 +145,8 @@ class Trainer:
         self.task = get_task(cfg.task)
         self.core = self.task.build(cfg)
         # train.init_from (weights only), then train.lora (adapters, the rest frozen): training/init.py
-        self.parent, self.lora = prepare_weights(self.core, tc, self.is_ds, acc.is_main_process)
+        stage = acc.state.deepspeed_plugin.zero_stage if self.is_ds else None
+        self.parent, self.lora = prepare_weights(self.core, tc, stage, mixed, acc.is_main_process)
         self.n_params = self.core.num_parameters()  # before ZeRO-3 partitions it away
         if tc.grad_checkpointing:
             set_grad_checkpointing(self.core)
