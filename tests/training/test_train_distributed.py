@@ -93,6 +93,7 @@ def test_ddp_two_processes_reduce_val_nll_and_save_once(ddp_run, data_dir):
     from whispergpt.training import val_indices
 
     assert sorted(p.name for p in (ddp_run / "final").iterdir()) == [
+        "README.md",  # the model card
         "config.json",
         "files.json",
         "model.safetensors",
