@@ -78,7 +78,9 @@ def download_model(repo_id: str, revision: str | None = None, token: str | bool 
             repo_id, revision=revision, token=token, allow_patterns=list(HUB_FILES), repo_type="model"
         )
     except (RepositoryNotFoundError, RevisionNotFoundError) as e:
-        raise InputError(f"{where}: no such model on the Hub ({type(e).__name__})") from e
+        raise InputError(
+            f"{where}: no such directory, and no such model on the Hub ({type(e).__name__})"
+        ) from e
     except LocalEntryNotFoundError as e:
         raise InputError(
             f"{where}: not a local folder, and not in the Hub cache {constants.HF_HUB_CACHE} while offline",
