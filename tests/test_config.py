@@ -213,7 +213,7 @@ def test_wheel_ships_recipes_and_finds_them_by_name(tmp_path, tiny_dataset):
     env = {**os.environ, "PYTHONPATH": str(site)}
     work = tmp_path / "elsewhere"
     work.mkdir()
-    probe = "from whispergpt.config import recipe_path; print(recipe_path('tiny.yaml'))"
+    probe = "from whispergpt.config_io import recipe_path; print(recipe_path('tiny.yaml'))"
     r = subprocess.run([sys.executable, "-c", probe], cwd=work, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert Path(r.stdout.strip()) == site / "whispergpt" / "configs" / "tiny.yaml"
