@@ -105,3 +105,58 @@ def semantic_dataset(tmp_path_factory, tiny_dataset, tiny_codec_dir, semantic_to
     prepare([tiny_dataset.parent / "wav"], out, tiny_codec_dir, bandwidth=1.5, n_mels=80, val_fraction=0.34,
             seed=0, device="cpu", progress=False, semantic=semantic_source(semantic_tokenizer))  # fmt: skip
     return out
+
+
+class LocalHub:
+    """A Hub cache in huggingface_hub's own layout, in a temporary HF_HOME, used offline:
+
+    ``hub/models--org--name/blobs/<sha256>``, ``snapshots/<commit>/<file>`` (symlinks to the
+    blobs) and ``refs/main`` (the commit). ``publish(folder, "org/name")`` puts a model folder there.
+    """
+
+    def __init__(self, root):
+        self.cache = root / "hub"
+        self.cache.mkdir(parents=True, exist_ok=True)
+
+    def publish(self, folder, repo_id: str, commit: str | None = None, ref: str = "main") -> str:
+        import hashlib
+
+        from whispergpt.hub import HUB_FILES
+
+        commit = (
+            commit
+            or hashlib.sha1(f"{repo_id}{sorted(p.name for p in folder.iterdir())}".encode()).hexdigest()
+        )
+        repo = self.cache / ("models--" + repo_id.replace("/", "--"))
+        snap = repo / "snapshots" / commit
+        (repo / "blobs").mkdir(parents=True, exist_ok=True)
+        snap.mkdir(parents=True, exist_ok=True)
+        for f in sorted(folder.iterdir()):
+            if f.name not in HUB_FILES:
+                continue
+            data = f.read_bytes()
+            blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+            blob.write_bytes(data)
+            link = snap / f.name
+            if link.exists() or link.is_symlink():
+                link.unlink()
+            link.symlink_to(f"../../blobs/{blob.name}")
+        (repo / "refs").mkdir(exist_ok=True)
+        (repo / "refs" / ref).write_text(commit)
+        return commit
+
+
+@pytest.fixture
+def local_hub(tmp_path, monkeypatch):
+    """An offline :class:`LocalHub` in ``tmp_path/hf_home``. huggingface_hub reads HF_HOME and
+    HF_HUB_OFFLINE into ``constants`` at import, so the constants are patched as well as the env."""
+    from huggingface_hub import constants
+
+    home = tmp_path / "hf_home"
+    hub = LocalHub(home)
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HOME", str(home))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub.cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return hub

@@ -23,6 +23,7 @@ _EXPORTS = {
     "EnCodecMAE": "models",
     "EnCodecMAEConfig": "models",
     "generate": "inference.generate",
+    "Pipeline": "inference.api",
 }
 
 __all__ = sorted(_EXPORTS)

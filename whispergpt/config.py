@@ -60,6 +60,28 @@ class DataConfig:
             raise ValueError(f"data.num_workers must be >= 0 or null, got {self.num_workers}")
 
 
+LORA_TARGETS = ("qkv", "proj", "fc", "out")  # a Block's attention (qkv, proj) and MLP (fc, out) linears
+
+
+@dataclass
+class LoraSettings:
+    """``train.lora``: low-rank adapters (peft LoRA) on every transformer block's projections."""
+
+    r: int = 0  # adapter rank; 0: off (every weight trains)
+    alpha: float = 16.0  # scaling alpha / r
+    dropout: float = 0.0  # on the adapter's input
+    targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+
+    def __post_init__(self) -> None:
+        if self.r < 0 or self.alpha <= 0 or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"train.lora needs r >= 0, alpha > 0, 0 <= dropout < 1; got {self}")
+        unknown = sorted(set(self.targets) - set(LORA_TARGETS))
+        if unknown or not self.targets:
+            raise ValueError(
+                f"train.lora.targets must be a non-empty subset of {list(LORA_TARGETS)}, got {self.targets}"
+            )
+
+
 @dataclass
 class TrainConfig:
     max_steps: int = 1000  # optimizer steps
@@ -86,6 +108,19 @@ class TrainConfig:
     # PATH: that checkpoint (or that run's newest valid one); "none": never resume (an error if
     # out_dir already holds checkpoints, so a script cannot silently continue an old run)
     resume_from: str | None = None
+    # PATH_OR_HUB_ID of a trained model (a model folder, a run out_dir or a Hub id org/name[@rev])
+    # whose weights start this run: weights only, so the optimizer, schedule and step counter start
+    # fresh (fine-tuning). A run that already has checkpoints resumes from them instead (resume_from
+    # keeps its meaning). The config must match the model's (K, V, M, width, pattern, ...): a
+    # mismatch is an error naming both sides, unless init_strict is false: then the tensors whose
+    # name and shape match are loaded and the others listed (e.g. a new codebook count).
+    init_from: str | None = None
+    init_strict: bool = True
+    # recompute each transformer block in the backward pass: less activation memory, ~1/3 more compute
+    grad_checkpointing: bool = False
+    # LoRA (peft): only the adapters train; checkpoints hold them (adapter/) next to the merged
+    # model, final/ is the merged model and final/adapter/ the adapter alone in peft's format
+    lora: LoraSettings = field(default_factory=LoraSettings)
     # stop once val NLL has not improved on its best for this many evaluations in a row (every
     # eval_every steps); 0: off, train to max_steps. With it on, every new best is checkpointed and
     # copied to out_dir/best/, and final/ holds those best weights (the last ones stay in
@@ -115,6 +150,8 @@ class TrainConfig:
             raise ValueError("train.early_stop_patience needs periodic validation: set train.eval_every > 0")
         if self.resume_from is not None and (not isinstance(self.resume_from, str) or not self.resume_from):
             raise ValueError(f"train.resume_from must be null, none or a path, got {self.resume_from!r}")
+        if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from):
+            raise ValueError(f"train.init_from must be null, a path or a Hub id, got {self.init_from!r}")
 
 
 @dataclass

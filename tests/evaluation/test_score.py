@@ -130,3 +130,16 @@ def test_pairing_rule_and_prompt_boundaries(tmp_path):
     assert by_key["sub/q"].start == 0 and by_key["sub/q"].reference.path.name == "q_reference.wav"
     assert by_key["h/y"].start == 15 and by_key["h/y"].reference.start == 15
     assert sorted(r.key for r in sets.references) == ["h/y", "other", "sub/q"]
+
+
+def test_checkpoint_and_judge_take_hub_ids(gen_dir, tiny_codec_dir, tiny_ckpt, tmp_path, local_hub):
+    """--checkpoint / --judge org/name: read from the (offline) Hub cache, the same NLL as the folder."""
+    local_hub.publish(tiny_ckpt, "org/judge")
+    args = [str(gen_dir), "--codec", str(tiny_codec_dir), "--bootstrap", "20", "--seed", "1"]
+    assert (
+        main([*args, "--checkpoint", str(tiny_ckpt), "--judge", "org/judge", "--out", str(tmp_path / "s")])
+        == 0
+    )
+    r = json.loads((tmp_path / "s" / "score.json").read_text())
+    assert "models--org--judge" in r["nll"]["judge"]["checkpoint"] and r["nll"]["judge"]["reason"] is None
+    assert r["nll"]["judge"]["generated"]["value"] == r["nll"]["checkpoint"]["generated"]["value"]

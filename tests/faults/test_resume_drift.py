@@ -22,8 +22,8 @@ def test_a_drifted_model_key_is_one_line_naming_it(tiny_dataset, tmp_path, capsy
     assert run(tiny_dataset, out, "train.max_steps=4", "model.d_model=32", "model.n_layers=1") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
-    assert "model.d_model (64 in the checkpoint, 32 now)" in err[0]
-    assert "model.n_layers (2 in the checkpoint, 1 now)" in err[0]
+    assert "model.d_model: 64 (checkpoint) vs 32 (this run)" in err[0]
+    assert "model.n_layers: 2 (checkpoint) vs 1 (this run)" in err[0]
     assert "train.resume_from=none" in err[0] and "size mismatch" not in err[0]
     # the same keys resume
     assert run(tiny_dataset, out, "train.max_steps=4") == 0

@@ -183,7 +183,7 @@ def test_cli_precision_bf16_casts_the_model(tmp_path, ckpt_dir, tiny_codec_dir):
 
 
 def test_cli_decode_dtype_and_compile_reach_generate(tmp_path, ckpt_dir, tiny_codec_dir, monkeypatch):
-    import whispergpt.inference.pipeline as sample_mod
+    import whispergpt.inference.generate as sample_mod  # what inference.api.Pipeline calls
 
     seen = []
     real = sample_mod.generate

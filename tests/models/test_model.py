@@ -432,7 +432,8 @@ def test_nll_is_fp32_under_autocast():
 def test_save_and_load_roundtrip(tmp_path, tie):
     model = small_model("delay", "sum", tie_weights=tie, pos_emb="learned")
     model.save_pretrained(tmp_path / "m")
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
+    names = sorted(p.name for p in (tmp_path / "m").iterdir())
+    assert names == ["README.md", "config.json", "model.safetensors"]  # + the Hub model card
     loaded = WhisperGPT.from_pretrained(tmp_path / "m")
     assert loaded.config == model.config
     codes, mel = inputs()

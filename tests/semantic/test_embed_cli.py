@@ -140,3 +140,12 @@ def test_not_an_mae_and_layer_out_of_range_exit_2(tmp_path, mae_dir, tiny_codec_
     assert main([str(mae_dir), wav, "--out", str(tmp_path / "o"), "--layer", "0"]) == 2
     assert main([str(mae_dir), str(tmp_path / "missing.wav"), "--out", str(tmp_path / "o")]) == 2
     assert "no such file or folder" in capsys.readouterr().err
+
+
+def test_mae_checkpoint_takes_a_hub_id(mae_dir, local_hub):
+    """The --mae / embed / probe checkpoint resolver: a Hub id from the (offline) cache."""
+    from whispergpt.semantic.features import load_mae
+
+    local_hub.publish(mae_dir, "org/mae")
+    model, directory = load_mae("org/mae")
+    assert "models--org--mae" in str(directory) and type(model).__name__ == "EnCodecMAE"

@@ -40,6 +40,7 @@ def test_record_round_trip(tmp_path):
     assert rec == dict(
         codec="my-codec", bandwidth=3.0, num_codebooks=4, codebook_size=1024, n_mels=80, sample_rate=24000,
         mel_source="decoded", data_dirs=[str(tmp_path / "a"), "b"], steps=12,
+        data=dict(train=dict(files=0, hours=0.0), val=dict(files=0, hours=0.0), domains={}),  # no manifests
     )  # fmt: skip
     assert training_codec(tmp_path) == ("my-codec", 3.0)
     assert not list(tmp_path.glob("*.tmp"))  # written atomically
@@ -113,9 +114,21 @@ def test_training_writes_the_record_into_every_checkpoint(tiny_dataset, tmp_path
     final = read_training_record(out / "final")
     for s, path in steps:
         rec = json.loads((path / TRAINING_DATA_FILE).read_text())  # its own file, not final's
-        assert rec == dict(final, steps=s)
+        assert rec.pop("val") == (None if s == 1 else final["val"])  # evaluated at the last step only
+        assert rec == {k: v for k, v in dict(final, steps=s).items() if k != "val"}
     assert final["steps"] == 2 and final["bandwidth"] == 1.5
     assert training_codec(steps[0][1]) == (final["codec"], 1.5)
+    # what the model card is written from
+    assert final["task"] == "lm" and final["command"].startswith("whispergpt train ")
+    assert "train.max_steps=2" in final["command"]
+    assert final["val"]["step"] == 2 and len(final["val"]["val_nll_per_codebook"]) >= 1
+    assert final["data"]["train"]["files"] == 4 and final["data"]["val"]["files"] == 2
+    assert final["data"]["domains"] == {"prepared": 4} and final["data"]["train"]["hours"] > 0
+    card = (out / "final" / "README.md").read_text()
+    nll = final["val"]["val_nll"]
+    for text in ("library_name: whispergpt", final["command"], f"{nll:.4f}", "at 1.5 kbps", "- steps: 2",
+                 "train: 4 files", "- parameters: "):  # fmt: skip
+        assert text in card, text
 
 
 def test_record_carries_the_semantic_tokenizer_and_grid(tmp_path):

@@ -39,7 +39,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(accel_config: str, data_dir: Path, out: Path, nan_step: int = 0) -> subprocess.CompletedProcess:
+def launch(
+    accel_config: str, data_dir: Path, out: Path, nan_step: int = 0, extra: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess:
     # nan_step: run through tests/training/nan_fault.py, whose loss is NaN from that step on
     script = [str(REPO / "train.py")]
     if nan_step:
@@ -51,7 +53,7 @@ def launch(accel_config: str, data_dir: Path, out: Path, nan_step: int = 0) -> s
         *script, str(TINY),
         f"data.dir={data_dir}", f"out_dir={out}", "logging.wandb=false", "logging.progress=false",
         f"train.max_steps={STEPS}", "train.save_every=2", "train.eval_every=3", "train.keep_last=2",
-        "train.batch_size=2", "train.grad_accum=2", "train.eval_batches=2", "model.context=32",
+        "train.batch_size=2", "train.grad_accum=2", "train.eval_batches=2", "model.context=32", *extra,
     ]  # fmt: skip
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
     # the DeepSpeed JSON path in configs/accelerate/*.yaml is relative to the repo root
@@ -91,6 +93,7 @@ def test_ddp_two_processes_reduce_val_nll_and_save_once(ddp_run, data_dir):
     from whispergpt.training import val_indices
 
     assert sorted(p.name for p in (ddp_run / "final").iterdir()) == [
+        "README.md",  # the model card
         "config.json",
         "files.json",
         "model.safetensors",
@@ -158,3 +161,36 @@ def test_deepspeed_zero_trains_and_consolidates(ddp_run, data_dir, tmp_path, sta
     a, b = load_file(str(last / "model.safetensors")), load_file(str(out / "final" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     WhisperGPT.from_pretrained(out / "final")
+
+
+@pytest.fixture(scope="module")
+def lora_parent(data_dir, tmp_path_factory) -> Path:
+    from whispergpt.cli.train import main
+
+    out = tmp_path_factory.mktemp("lora-parent") / "run"
+    argv = [str(TINY), f"data.dir={data_dir}", f"out_dir={out}", "logging.wandb=false", "logging.progress=false",
+            "train.max_steps=2", "train.save_every=2", "model.context=32"]  # fmt: skip
+    assert main(argv) == 0
+    return out / "final"
+
+
+def test_lora_under_ddp_and_deepspeed_zero2_over_gloo(data_dir, tmp_path, lora_parent):
+    """train.lora in two processes: DDP and ZeRO-2 give the same merged final/ and adapter, the
+    frozen weights stay the parent's."""
+    pytest.importorskip("deepspeed")
+    extra = (f"train.init_from={lora_parent}", "train.lora.r=4")
+    runs = {}
+    for name, accel in (("ddp", "ddp_cpu.yaml"), ("zero2", "zero2.yaml")):
+        done = launch(accel, data_dir, tmp_path / name, extra=extra)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+        assert "LoRA r=4" in done.stdout
+        runs[name] = tmp_path / name
+    assert_close_runs(runs["zero2"], runs["ddp"])
+    parent = load_file(str(lora_parent / "model.safetensors"))
+    for out in runs.values():
+        final = load_file(str(out / "final" / "model.safetensors"))
+        assert torch.equal(final["decoder.blocks.0.ln1.weight"], parent["decoder.blocks.0.ln1.weight"])
+        assert not torch.equal(
+            final["decoder.blocks.0.attn.qkv.weight"], parent["decoder.blocks.0.attn.qkv.weight"]
+        )
+        assert (out / "final" / "adapter" / "adapter_model.safetensors").is_file()

@@ -93,6 +93,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     ),
     "semantic": ("whispergpt.cli.semantic", "main", "fit a semantic tokenizer (semantic fit)"),
     "quickstart": ("whispergpt.cli.quickstart", "main", "the README's end-to-end demo"),
+    "push": ("whispergpt.cli.push", "main", "upload a trained model with its card to the Hugging Face Hub"),
 }
 
 

@@ -26,7 +26,9 @@ def main(argv: list[str]) -> int:
     )
     ap.add_argument("folders", nargs="+", help="folders written by sample --data (the first is the baseline)")
     ap.add_argument(
-        "--mae", default=None, help="EnCodecMAE checkpoint for the language judge (none: chroma only)"
+        "--mae",
+        default=None,
+        help="EnCodecMAE checkpoint (folder or Hub id) for the language judge (none: chroma only)",
     )
     ap.add_argument("--layer", type=int, default=None, help="its encoder layer (default: the last)")
     ap.add_argument("--out", required=True, help="folder for consistency.json / consistency.md")

@@ -26,7 +26,12 @@ def main(argv: list[str]) -> int:
             --checkpoint runs/tiny --data ds
         """,
     )
-    ap.add_argument("--checkpoint", action="append", required=True, help="save_pretrained dir (repeatable)")
+    ap.add_argument(
+        "--checkpoint",
+        action="append",
+        required=True,
+        help="save_pretrained dir or Hub id org/name[@rev] (repeatable)",
+    )
     ap.add_argument("--data", required=True, help="a `whispergpt prepare` output")
     ap.add_argument("--split", default="val")
     ap.add_argument("--out", help="report JSON path (also writes .md and .png next to it)")

@@ -21,8 +21,8 @@ EXAMPLES = """
   whispergpt sample --semantic-lm runs/semantic --checkpoint runs/acoustic --fine runs/fine \\
       --prompt speech.wav --prompt-seconds 2 --seconds 8 --out runs/hierarchy/samples
 
-  --checkpoint takes a model directory or a training out_dir (its final/, else its newest
-  checkpoint); without --codec, the codec the training data was prepared with is used.
+  --checkpoint (like --fine and --semantic-lm) takes a model directory, a training out_dir (its
+  final/, else its newest checkpoint) or a Hub id (org/name, org/name@revision; cached in HF_HOME); without --codec, the codec the training data was prepared with is used.
 """
 
 
@@ -33,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
         EXAMPLES,
     )
     ap.add_argument(
-        "--checkpoint", required=True, help="model dir (config.json + model.safetensors) or a run out_dir"
+        "--checkpoint",
+        required=True,
+        help="model dir (config.json + model.safetensors), a run out_dir, or a Hub id org/name[@rev]",
     )
     ap.add_argument(
         "--codec",
@@ -102,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--fine",
         default=None,
-        help="fine acoustic stage (model dir or run out_dir) that fills the codebooks a coarse model "
+        help="fine acoustic stage (model dir, run out_dir or Hub id) that fills the codebooks a coarse model "
         "does not generate; the WAVs are then decoded from all K codebooks",
     )
     ap.add_argument(
@@ -112,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     sem.add_argument(
         "--semantic-lm",
         default=None,
-        help="semantic LM (model dir or run out_dir) whose tokens condition --checkpoint (model.semantic)",
+        help="semantic LM (model dir, run out_dir or Hub id) whose tokens condition --checkpoint (model.semantic)",
     )
     sem.add_argument(
         "--semantic-tokenizer",

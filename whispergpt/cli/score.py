@@ -25,8 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder for score.json / score.md / score.png")
     p.add_argument("--codec", default=None,
                    help="codec for embeddings and codes (default: --checkpoint's training codec, else 'default')")  # fmt: skip
-    p.add_argument("--checkpoint", default=None, help="NLL of the generated codes under this model")
-    p.add_argument("--judge", default=None, help="NLL under a second model too")
+    p.add_argument(
+        "--checkpoint", default=None, help="NLL of the generated codes under this model (folder or Hub id)"
+    )
+    p.add_argument("--judge", default=None, help="NLL under a second model too (folder or Hub id)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples per interval")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--device", default="cpu", help="device for the codec and models (cpu, cuda)")

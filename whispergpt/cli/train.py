@@ -6,6 +6,8 @@ a non-finite loss stopped it before an update (the last good checkpoint is kept)
 
 from __future__ import annotations
 
+import shlex
+
 from whispergpt.cli import command, make_parser
 from whispergpt.config import load_run_config
 
@@ -32,5 +34,5 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     from whispergpt.training.trainer import train  # the trainer imports this module for its ``main``
 
-    train(load_run_config(args.config, args.overrides))
+    train(load_run_config(args.config, args.overrides), command=shlex.join(["whispergpt", "train", *argv]))
     return 0

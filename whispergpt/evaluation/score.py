@@ -129,6 +129,12 @@ def score(
     """
     if n_boot < 1:
         raise ValueError(f"--bootstrap must be >= 1, got {n_boot}")
+    from whispergpt.hub import is_hub_id, resolve_model_dir
+
+    # a Hub id becomes its cached snapshot folder, so the training codec is read from its record
+    checkpoint, judge = (
+        str(resolve_model_dir(c)) if c is not None and is_hub_id(c) else c for c in (checkpoint, judge)
+    )
     clock = _Clock(timings)
     sets = clips_mod.load(clips_mod.discover(generated, reference, exclude))
     gen, refs = sets.generated, sets.references

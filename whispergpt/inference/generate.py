@@ -242,6 +242,7 @@ def generate(
     static: bool = False,
     compile: bool = False,
     semantic: torch.Tensor | None = None,
+    on_frame=None,
 ) -> GenerationResult:
     """Generate ``frames`` new frames for ``num_samples`` samples (after an optional prompt).
 
@@ -257,6 +258,9 @@ def generate(
     ``semantic (1 or B, Tp + frames)`` long: one semantic token per codec frame of the prompt and the
     continuation (a semantic LM's continuation repeated ``g`` times per token), required by models
     with ``config.semantic != "none"`` and rejected by others (``models/semantic.py``).
+    ``on_frame(codes, f)``: called as soon as frame ``f >= Tp`` has all its codebooks, with the
+    frame-space ``codes (B, Kin, T)`` being filled (read ``codes[..., f]`` only: later frames are
+    still written); ``inference.api.Pipeline`` streams audio from it.
     """
     c = model.config
     check_sampling_args(temperature, top_k, top_p)
@@ -403,6 +407,8 @@ def generate(
                 tok = torch.where(fixed[:, s], placed[:, :, s], tok)
             placed[:, :, s] = tok  # also fills frame space (``codes`` is a view of ``placed``)
             f = s - lag  # the frame completed by this step: decoded, its mel read at step s + 1
+            if on_frame is not None and f >= Tp:
+                on_frame(codes, f)
             feed = hybrid and f >= Tp
             full = s + 1 - s0 >= capacity  # cache full: rebuild it from the last `keep` positions
             sem_next = None if sem_steps is None or s == P - 1 else sem_steps[:, s + 1]

@@ -12,8 +12,9 @@
 
 Writes ``sample_<i>.wav`` (prompt + continuation), ``sample_<i>_continuation.wav``,
 ``sample_<i>.png`` (log-mel, prompt boundary marked) and ``generation.json`` (arguments, model,
-codec, mel source, timings) into ``--out``. Every argument is checked before any work. The
-generation itself is ``whispergpt.inference.generate.generate``; ``--fine DIR`` then fills codebooks
+codec, mel source, timings) into ``--out``. Every argument is checked before any work. The work
+is ``whispergpt.inference.api.Pipeline`` (the Python API: this module is its thin CLI layer), whose
+generation is ``whispergpt.inference.generate.generate``; ``--fine DIR`` then fills codebooks
 ``Kc..K-1`` with a fine acoustic stage (``whispergpt.inference.fine_stage``), so the WAVs are decoded from all
 K codebooks, and ``generation.json`` records it under ``fine``. ``--semantic-lm DIR`` runs the
 AudioLM hierarchy (``whispergpt.inference.hierarchy``): the prompt's semantic tokens, continued by a semantic
@@ -30,17 +31,13 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
-from whispergpt.audio import FRAME_RATE, HOP_LENGTH, SAMPLE_RATE, log_mel
+from whispergpt.audio import FRAME_RATE, HOP_LENGTH, SAMPLE_RATE
+from whispergpt.inference.api import Pipeline
 from whispergpt.inference.generate import (
     check_sampling_args,
-    generate,
 )
-from whispergpt.inference.hierarchy import check_acoustic_pairing, load_semantic_stage, stages_record
+from whispergpt.inference.hierarchy import stages_record
 from whispergpt.plots import save_spectrogram
-from whispergpt.runtime import choose_precision, resolve_device
-from whispergpt.training.record import resolve_checkpoint, training_codec
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -93,85 +90,43 @@ def generate_options(args: argparse.Namespace) -> dict:
     )
 
 
+def open_pipeline(args: argparse.Namespace) -> Pipeline:
+    """The ``Pipeline`` the flags name (``--checkpoint``, ``--codec``, ``--fine``, ``--semantic-lm``, ...)."""
+    return Pipeline.from_pretrained(
+        args.checkpoint, fine=args.fine, semantic_lm=args.semantic_lm, device=args.device, codec=args.codec,
+        precision=args.precision, fine_temperature=args.fine_temperature,
+        semantic_tokenizer=args.semantic_tokenizer, semantic_temperature=args.semantic_temperature,
+        semantic_top_k=args.semantic_top_k, semantic_top_p=args.semantic_top_p,
+        decode_dtype=args.decode_dtype, context_keep=args.context_keep, progress=not args.no_progress,
+    )  # fmt: skip
+
+
 def run(args: argparse.Namespace) -> dict:
     """Everything after parsing: checks (before any work), generation, outputs. Returns the JSON record."""
     from whispergpt.audio import load_audio, save_audio
-    from whispergpt.codec import open_codec
-    from whispergpt.config_io import from_dict
-    from whispergpt.models import WhisperGPT, WhisperGPTConfig
-    from whispergpt.models.registry import check_model_type
 
     t0 = time.perf_counter()
     _check_args(args)
-    device = resolve_device(args.device)
-    if args.decode_dtype != "fp32" and device.type != "cpu":
-        raise ValueError(
-            f"--decode-dtype {args.decode_dtype} is for CPU sampling; on {device} use --precision bf16"
-        )
-    dtype = torch.bfloat16 if choose_precision(args.precision, device) == "bf16" else torch.float32
-    ckpt = resolve_checkpoint(args.checkpoint)
-    try:
-        raw = json.loads((ckpt / "config.json").read_text())
-        check_model_type(ckpt, raw, WhisperGPT.model_type)  # pops config.json's "model_type"
-        config = from_dict(WhisperGPTConfig, raw, "model")
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"{ckpt / 'config.json'}: not a valid WhisperGPT config ({e})") from e
-    semantic = None  # the semantic stage (whispergpt.inference.hierarchy), checked against the acoustic model
-    if args.semantic_lm is None:
-        check_acoustic_pairing(config, ckpt, None)
-    else:
-        semantic = load_semantic_stage(
-            args.semantic_lm, config, ckpt, device, dtype, tokenizer=args.semantic_tokenizer,
-            temperature=args.semantic_temperature, top_k=args.semantic_top_k, top_p=args.semantic_top_p,
-            seed=args.seed, context_keep=args.context_keep, decode_dtype=args.decode_dtype,
-            progress=not args.no_progress,
-        )  # fmt: skip
-        for line in semantic.notes:
-            print(f"note: {line}", file=sys.stderr)
+    pipe = open_pipeline(args)
+    model, codec, config, ckpt = pipe.model, pipe.codec, pipe.config, pipe.checkpoint
+    device, dtype = pipe.device, pipe.dtype
+    fine, semantic, note, codec_source = pipe.fine, pipe.semantic, pipe.codec_note, pipe.codec_source
+    for line in pipe.notes:
+        print(f"note: {line}", file=sys.stderr)
+    for stage in (fine, semantic):
+        if stage is not None:
+            stage.seed = args.seed  # every stage draws from its own generator seeded with --seed
 
     wave = None
     if args.prompt is not None:
         wave = load_audio(args.prompt)  # AudioLoadError (a ValueError) names the file
         if args.prompt_seconds is not None:
             wave = wave[: int(round(args.prompt_seconds * SAMPLE_RATE))]
-        if semantic is not None:  # a whole number of semantic tokens
-            wave = semantic.trim_prompt(wave)
-        tp = wave.shape[-1] // HOP_LENGTH
-        if tp < 1:
-            raise ValueError(f"--prompt {args.prompt}: shorter than one frame ({HOP_LENGTH} samples)")
-        if tp >= config.context:
-            raise ValueError(
-                f"--prompt {args.prompt}: {tp} frames ({tp / FRAME_RATE:.2f} s) do not fit the model context "
-                f"of {config.context} frames; pass --prompt-seconds < {config.context / FRAME_RATE:.2f}"
-            )
-        wave = wave[: tp * HOP_LENGTH]
+        try:
+            wave = pipe.prepare_prompt(wave)
+        except ValueError as e:
+            raise ValueError(f"--prompt {args.prompt}: {e} (--prompt-seconds cuts it)") from e
 
-    codec_name, bandwidth, codec_source = args.codec, None, "--codec"
-    if codec_name is None:
-        recorded = training_codec(ckpt)
-        if recorded is not None:
-            (codec_name, bandwidth), codec_source = recorded, "training data manifest"
-        else:
-            codec_name, codec_source = "default", "default (no training manifest found)"
-    codec, note = open_codec(
-        codec_name,
-        num_codebooks=config.num_codebooks,
-        codebook_size=config.codebook_size,
-        bandwidth=bandwidth,
-    )
-    if note:
-        print(f"note: {note}", file=sys.stderr)
-    codec.to(device)
-    # Only the model is cast: the codec's decoder and log-mel feed the model back, and in bf16 they
-    # would drift from the training features (the fed mel is cast to the weights' dtype per step).
-    model = WhisperGPT.from_pretrained(ckpt, device=device).to(dtype).eval()
-    fine = None
-    if args.fine is not None:
-        from whispergpt.inference.fine_stage import load_fine_stage
-
-        fine = load_fine_stage(args.fine, config, ckpt, device, dtype, args.fine_temperature, args.seed)
-        for line in fine.notes:
-            print(f"note: {line}", file=sys.stderr)
     t_load = time.perf_counter()
     if args.data is not None:
         from whispergpt.inference.heldout import run_heldout
@@ -194,29 +149,10 @@ def run(args: argparse.Namespace) -> dict:
         return record
 
     frames = int(round(args.seconds * FRAME_RATE))
-    prompt_codes = prompt_mel = None
-    if wave is not None:
-        prompt_codes = codec.encode(wave[None].to(device))
-        if args.prompt_mel == "truth":
-            prompt_mel = log_mel(wave[None].to(device), config.n_mels)
-    gen = torch.Generator(device=device).manual_seed(args.seed)
-    t_prompt = time.perf_counter()
-    conditioning = {}
-    if semantic is not None:  # stages 1-2: (B, Tp + frames) semantic tokens on the codec grid
-        conditioning["semantic"] = semantic.frame_tokens(wave, frames, args.num_samples, device)
-    result = generate(
-        model,
-        codec,
-        frames=frames,
-        prompt_codes=prompt_codes,
-        prompt_mel=prompt_mel,
-        num_samples=args.num_samples,
-        generator=gen,
-        decode_audio=fine is None,
-        **generate_options(args),
-        **conditioning,
-    )
-    audio = result.audio if fine is None else codec.decode(fine(result.codes, prompt_codes))
+    sampled = pipe.sample(wave, args.seconds, args.num_samples, args.seed, prompt_mel=args.prompt_mel,
+                          **generate_options(args))  # fmt: skip
+    result, audio = sampled.result, sampled.audio
+    t_prompt = t_load + sampled.timings["prompt_s"]  # the prompt encoded, generation starts
     t_gen = time.perf_counter()
 
     out = Path(args.out)
@@ -277,7 +213,7 @@ def run(args: argparse.Namespace) -> dict:
             load_s=t_load - t0,
             prompt_s=t_prompt - t_load,
             generate_s=loop_s,
-            final_decode_s=result.timings["final_decode_s"],
+            final_decode_s=result.timings["final_decode_s"],  # 0: decoded live (inference.api.ChunkDecoder)
             write_s=t_write - t_gen,
             frames_per_s=frames / loop_s,
             frames_per_s_batch=frames * args.num_samples / loop_s,

@@ -13,7 +13,7 @@ from torch import nn
 from whispergpt.models.encodecmae import EnCodecMAE, EnCodecMAEConfig
 from whispergpt.models.fine import FineConfig, FineModel, FineOutput
 from whispergpt.models.loss import nll_per_codebook
-from whispergpt.models.registry import WrongModelType, model_type_of
+from whispergpt.models.registry import HubModel, WrongModelType, model_type_of
 from whispergpt.models.semantic_lm import SemanticLM, SemanticLMConfig
 from whispergpt.models.whispergpt import WhisperGPT, WhisperGPTCache, WhisperGPTConfig, WhisperGPTOutput
 
@@ -23,6 +23,7 @@ __all__ = [
     "FineConfig",
     "FineModel",
     "FineOutput",
+    "HubModel",
     "WrongModelType",
     "load_pretrained",
     "model_type_of",
@@ -43,8 +44,13 @@ def model_classes() -> dict[str, type[nn.Module]]:
     return classes
 
 
-def load_pretrained(directory: str | os.PathLike, device=None) -> nn.Module:
-    """Open any model's ``save_pretrained`` directory as its own class."""
+def load_pretrained(
+    directory: str | os.PathLike, device: str | None = None, revision: str | None = None
+) -> nn.Module:
+    """Open any model's ``save_pretrained`` directory (or Hub id) as its own class."""
+    from whispergpt.hub import resolve_model_dir
+
+    directory = resolve_model_dir(directory, revision)
     kind = model_type_of(directory)
     classes = model_classes()
     if kind not in classes:

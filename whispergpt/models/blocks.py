@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 if TYPE_CHECKING:
@@ -292,6 +293,7 @@ class Stack(nn.Module):
             Block(dim, heads, cfg.mlp_ratio, cfg.dropout, cfg.bias, causal) for _ in range(layers)
         )
         self.ln_f = nn.LayerNorm(dim, bias=cfg.bias)
+        self.grad_checkpointing = False  # a training setting (train.grad_checkpointing), not saved
         # (device, dtype) -> (cos, sin) for positions 0..n-1: built once, not per call or per step
         self._rope_tables: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -328,8 +330,12 @@ class Stack(nn.Module):
         rope = self.rope(start + N, x.device)
         if rope is not None:
             rope = (rope[0][start : start + N], rope[1][start : start + N])  # (N, hd)
+        checkpointed = self.grad_checkpointing and kvs is None and self.training and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
-            x = block(x, rope, None if kvs is None else kvs[i], start)
+            if checkpointed:  # activations recomputed in backward (RNG kept: same dropout masks)
+                x = torch.utils.checkpoint.checkpoint(block, x, rope, None, start, use_reentrant=False)
+            else:
+                x = block(x, rope, None if kvs is None else kvs[i], start)
         return self.ln_f(x)
 
     def step(
@@ -409,3 +415,12 @@ class MelBranch(nn.Module):
         else:
             x = inp(mel.to(self.inp.weight.dtype))
         return self.stack.step(x, kvs, pos, weights)
+
+
+def set_grad_checkpointing(model: nn.Module, enabled: bool = True) -> int:
+    """Recompute every ``Stack`` block of ``model`` in the backward pass (``train.grad_checkpointing``):
+    activation memory per block drops to its input; returns how many stacks were switched."""
+    stacks = [m for m in model.modules() if isinstance(m, Stack)]
+    for m in stacks:
+        m.grad_checkpointing = enabled
+    return len(stacks)

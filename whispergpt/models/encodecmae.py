@@ -21,8 +21,8 @@ Public API:
 - ``span_mask(B, T, ratio, span, generator)``: the masks; ``EnCodecMAE.predict`` gives the mask
   and the logits of every frame (for tests and inspection).
 - ``encode(x (B, C, T), layer=None) -> (B, T, D)``: the encoder on unmasked input, any length.
-- ``save_pretrained(dir)`` / ``EnCodecMAE.from_pretrained(dir)``: ``config.json`` (with
-  ``"model_type": "encodecmae"``) + ``model.safetensors``.
+- ``save_pretrained(dir)`` / ``EnCodecMAE.from_pretrained(dir_or_hub_id)`` (``models.registry.HubModel``):
+  ``config.json`` (with ``"model_type": "encodecmae"``) + ``model.safetensors``.
 
 Masks: in training they are drawn from the global RNG (which the trainer checkpoints, so a resumed
 run draws the same masks); in eval mode from a generator seeded with ``EVAL_MASK_SEED`` at every
@@ -33,11 +33,8 @@ a batch masks the same number of frames, so the visible frames form a dense ``(B
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import ClassVar, Literal
 
 import torch
@@ -45,7 +42,7 @@ from torch import nn
 
 from whispergpt.models.blocks import Stack
 from whispergpt.models.loss import nll_per_codebook
-from whispergpt.models.registry import check_model_type
+from whispergpt.models.registry import HubModel
 
 EVAL_MASK_SEED = 0  # eval-mode masks: the same for every call, so validation NLL is reproducible
 INPUTS = ("latent", "mel")
@@ -227,10 +224,11 @@ def _take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 # The model
 # ---------------------------------------------------------------------------------------------
-class EnCodecMAE(nn.Module):
+class EnCodecMAE(HubModel, nn.Module):
     """Masked encoder + light decoder over 75 Hz frames (see the module docstring)."""
 
     model_type = "encodecmae"  # config.json's "model_type" (see models.registry)
+    config_class, config_section = EnCodecMAEConfig, "mae"  # save/load: models.registry.HubModel
 
     def __init__(self, config: EnCodecMAEConfig) -> None:
         super().__init__()
@@ -427,36 +425,3 @@ class EnCodecMAE(nn.Module):
         target = _take(x.transpose(1, 2), masked).float()  # (B, Nm, C)
         target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6).sqrt()
         return (self.recon_head(_take(h, masked)).float() - target).square().mean()
-
-    # -- save / load --------------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write ``config.json`` and ``model.safetensors`` into ``directory``."""
-        from safetensors.torch import save_file
-
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        config = {"model_type": self.model_type, **self.config.to_dict()}
-        (d / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(d / "model.safetensors"), metadata={"format": "pt"})
-
-    @classmethod
-    def from_pretrained(
-        cls, directory: str | os.PathLike, device: torch.device | str | None = None
-    ) -> EnCodecMAE:
-        """Load a ``save_pretrained`` directory (no pickle); another model type is refused."""
-        from safetensors.torch import load_file
-
-        from whispergpt.config_io import from_dict
-
-        d = Path(directory)
-        for name in ("config.json", "model.safetensors"):
-            if not (d / name).is_file():
-                raise OSError(f"{d} is not an EnCodecMAE save_pretrained directory: {name} is missing")
-        raw = json.loads((d / "config.json").read_text())
-        if not isinstance(raw, dict):
-            raise ValueError(f"{d / 'config.json'}: expected a JSON object")
-        check_model_type(d, raw, cls.model_type)
-        model = cls(from_dict(EnCodecMAEConfig, raw, "mae"))
-        model.load_state_dict(load_file(str(d / "model.safetensors")))
-        return model if device is None else model.to(device)

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from whispergpt.models.blocks import Stack
-from whispergpt.models.registry import PretrainedIO
+from whispergpt.models.registry import HubModel
 
 
 @dataclass
@@ -114,11 +114,11 @@ class FineOutput:
     logits: torch.Tensor
 
 
-class FineModel(PretrainedIO, nn.Module):
+class FineModel(HubModel, nn.Module):
     """Codebooks ``Kc..K-1`` from codebooks ``0..Kc-1``, stage by stage (module docstring)."""
 
     model_type = "whispergpt-fine"  # config.json's "model_type" (see models.registry)
-    config_class, config_section = FineConfig, "fine"  # save_pretrained / from_pretrained: PretrainedIO
+    config_class, config_section = FineConfig, "fine"  # save/load: models.registry.HubModel
 
     def __init__(self, config: FineConfig) -> None:
         super().__init__()

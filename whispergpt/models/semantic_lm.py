@@ -26,7 +26,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from whispergpt.models.registry import PretrainedIO
+from whispergpt.models.registry import HubModel
 from whispergpt.models.semantic import group_size
 from whispergpt.models.whispergpt import WhisperGPT, WhisperGPTConfig
 
@@ -102,11 +102,11 @@ def frame_tokens(tokens: torch.Tensor, group: int, frames: int) -> torch.Tensor:
     return tokens.repeat_interleave(group, dim=-1)[..., :frames]
 
 
-class SemanticLM(PretrainedIO, nn.Module):
+class SemanticLM(HubModel, nn.Module):
     """Next-token decoder over semantic tokens (module docstring)."""
 
     model_type = "semantic-lm"  # config.json's "model_type" (see models.registry)
-    config_class, config_section = SemanticLMConfig, "semantic_lm"  # save/load: PretrainedIO
+    config_class, config_section = SemanticLMConfig, "semantic_lm"  # save/load: models.registry.HubModel
 
     def __init__(self, config: SemanticLMConfig) -> None:
         super().__init__()

@@ -27,18 +27,16 @@ Public API:
   codebooks 1..K-1.
 - ``model.semantic`` (``models/semantic.py``): ``none`` | ``prefix`` | ``aligned`` conditioning on
   semantic tokens, ``semantic (B, T)`` one per codec frame, passed to ``forward``/``nll``.
-- ``save_pretrained(dir)`` / ``WhisperGPT.from_pretrained(dir)``: ``config.json`` + ``model.safetensors``.
+- ``save_pretrained(dir)`` / ``WhisperGPT.from_pretrained(dir_or_hub_id)`` / ``push_to_hub``:
+  ``config.json`` + ``model.safetensors`` (``models.registry.HubModel``, the Hub mixin).
 
 Parameter counts (``num_parameters()``) include every parameter: embeddings, heads, mel branch.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -55,7 +53,7 @@ from whispergpt.models.config import WhisperGPTConfig
 from whispergpt.models.decoding import DecodeWeights, WhisperGPTCache, decode_weights
 from whispergpt.models.depth import DepthTransformer
 from whispergpt.models.loss import chunked_nll
-from whispergpt.models.registry import check_model_type
+from whispergpt.models.registry import HubModel
 from whispergpt.models.semantic import (
     SemanticEmbedding,
     aligned_tokens,
@@ -76,10 +74,11 @@ class WhisperGPTOutput:
 # ---------------------------------------------------------------------------------------------
 # The model
 # ---------------------------------------------------------------------------------------------
-class WhisperGPT(nn.Module):
+class WhisperGPT(HubModel, nn.Module):
     """Hybrid mel + token GPT decoder (see the module docstring and ``whispergpt.patterns``)."""
 
     model_type = "whispergpt"  # config.json's "model_type" (see models.registry)
+    config_class, config_section = WhisperGPTConfig, "model"  # save/load: models.registry.HubModel
 
     def __init__(self, config: WhisperGPTConfig) -> None:
         super().__init__()
@@ -558,35 +557,3 @@ class WhisperGPT(nn.Module):
         return chunked_nll(
             h, self._head_weight(), codes, self.num_scored_codebooks, c.pattern == "delay", mask, chunk_rows
         )
-
-    # -- persistence --------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write ``config.json`` and ``model.safetensors`` into ``directory``."""
-        from safetensors.torch import save_file
-
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        config = {"model_type": self.model_type, **self.config.to_dict()}
-        (d / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(d / "model.safetensors"), metadata={"format": "pt"})
-
-    @classmethod
-    def from_pretrained(
-        cls, directory: str | os.PathLike, device: torch.device | str | None = None
-    ) -> WhisperGPT:
-        """Load a ``save_pretrained`` directory (no pickle)."""
-        from safetensors.torch import load_file
-
-        from whispergpt.config_io import from_dict
-
-        d = Path(directory)
-        for name in ("config.json", "model.safetensors"):
-            if not (d / name).is_file():
-                raise OSError(f"{d} is not a WhisperGPT save_pretrained directory: {name} is missing")
-        raw = json.loads((d / "config.json").read_text())
-        check_model_type(d, raw, cls.model_type)
-        config = from_dict(WhisperGPTConfig, raw, "model")
-        model = cls(config)
-        model.load_state_dict(load_file(str(d / "model.safetensors")))
-        return model if device is None else model.to(device)

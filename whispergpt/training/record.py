@@ -32,11 +32,15 @@ def write_training_record(
     mel_source: str,
     data_dirs: Iterable[str | os.PathLike],
     steps: int,
+    extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``directory/training_data.json`` atomically from the training data's ``manifest``."""
+    """Write ``directory/training_data.json`` atomically from the training data's ``manifest``;
+    ``extra`` (the trainer's: task, command, val, parent) is merged in, and ``data`` summarises
+    the datasets (files and hours per split, domains) for the model card."""
     from whispergpt.checkpoint import write_json_atomic
 
     path = Path(directory) / TRAINING_DATA_FILE
+    data_dirs = [str(d) for d in data_dirs]  # read twice below
     record = dict(
         codec=manifest.get("codec"),
         bandwidth=manifest.get("bandwidth"),
@@ -45,7 +49,7 @@ def write_training_record(
         n_mels=manifest["n_mels"],
         sample_rate=manifest["sample_rate"],
         mel_source=mel_source,
-        data_dirs=[str(d) for d in data_dirs],
+        data_dirs=data_dirs,
         steps=int(steps),
     )
     if "frame_rate" in manifest:  # the grid the stages of `sample --semantic-lm` must share
@@ -53,8 +57,33 @@ def write_training_record(
     tokenizer = semantic_tokenizer_of(manifest)
     if tokenizer is not None:
         record["semantic_tokenizer"] = tokenizer
+    record["data"] = data_summary(data_dirs)
+    record.update(extra or {})
     write_json_atomic(path, record)
     return path
+
+
+def data_summary(data_dirs: Iterable[str | os.PathLike]) -> dict[str, Any]:
+    """Files and hours per split over the prepared ``data_dirs``, and their domains (a manifest's
+    ``domain``, else the dataset folder's name) with their train files; unreadable manifests are skipped."""
+    out: dict[str, Any] = {
+        "train": {"files": 0, "hours": 0.0},
+        "val": {"files": 0, "hours": 0.0},
+        "domains": {},
+    }
+    for d in data_dirs:
+        try:
+            manifest = json.loads((Path(d) / "manifest.json").read_text())
+            splits = manifest["splits"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        for split in ("train", "val"):
+            s = splits.get(split) or {}
+            out[split]["files"] += int(s.get("files", 0))
+            out[split]["hours"] += float(s.get("seconds", 0.0)) / 3600
+        name = str(manifest.get("domain") or Path(d).name)
+        out["domains"][name] = out["domains"].get(name, 0) + int((splits.get("train") or {}).get("files", 0))
+    return out
 
 
 def semantic_tokenizer_of(manifest: dict[str, Any]) -> dict[str, Any] | None:
@@ -89,7 +118,8 @@ def read_training_record(directory: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A ``save_pretrained`` dir, or a training ``out_dir`` (-> its ``final``, else newest checkpoint).
+    """A ``save_pretrained`` dir, a Hub model id (``org/name[@rev]``: its snapshot in the Hub cache,
+    ``hub.resolve_model_dir``), or a training ``out_dir`` (-> its ``final``, else newest checkpoint).
 
     Directories with a ``files.json`` are verified (``checkpoint.verify_checkpoint``): an explicit
     model dir that fails is an ``InputError``; in a run dir, a ``final`` or checkpoint that fails is
@@ -97,10 +127,11 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """
     from whispergpt.checkpoint import list_checkpoints, verify_checkpoint
     from whispergpt.errors import InputError
+    from whispergpt.hub import is_hub_id, resolve_model_dir
 
-    p = Path(path).expanduser()
+    p = resolve_model_dir(path) if is_hub_id(path) else Path(path).expanduser()
     if not p.exists():
-        raise ValueError(f"--checkpoint {p}: no such directory")
+        raise ValueError(f"--checkpoint {p}: no such directory (nor a Hub id org/name)")
     if (p / "config.json").is_file() and (p / "model.safetensors").is_file():
         problem = verify_checkpoint(p, marker=None)
         if problem is not None:

@@ -78,7 +78,10 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     for _, p in model.named_parameters():
         if p.requires_grad:
             (decay if p.dim() >= 2 else no_decay).append(p)
-    return [
+    groups = [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+    # an empty group (LoRA trains matrices only) is dropped: DeepSpeed drops it too, and the LR
+    # scheduler must see the optimizer's groups
+    return [g for g in groups if g["params"]]

@@ -21,8 +21,6 @@ ranks; the coarse pattern reads codebook 0 only).
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import os
 import shutil
@@ -36,7 +34,9 @@ from whispergpt import checkpoint as ckpt_io
 from whispergpt.config import RunConfig
 from whispergpt.config_io import dump_yaml, to_dict
 from whispergpt.data import PreparedDataset
-from whispergpt.errors import InputError, WhisperGPTError
+from whispergpt.errors import WhisperGPTError
+from whispergpt.hub.card import write_card
+from whispergpt.models.blocks import set_grad_checkpointing
 from whispergpt.runtime import (
     choose_precision,
     main_process_lock,
@@ -47,6 +47,8 @@ from whispergpt.runtime import (
     write_json_atomic,
     writing,
 )
+from whispergpt.training import lora
+from whispergpt.training.init import check_resume_config, prepare_weights
 from whispergpt.training.loggers import Loggers
 from whispergpt.training.record import write_training_record
 from whispergpt.training.schedule import (
@@ -113,7 +115,7 @@ def _register_zero3_external_params(wrapper: TaskModule) -> None:
 class Trainer:
     """One training run (use :func:`train`); holds the accelerator, model and data of a process."""
 
-    def __init__(self, cfg: RunConfig):
+    def __init__(self, cfg: RunConfig, command: str | None = None):
         from accelerate.utils import DistributedType
 
         self.cfg = cfg
@@ -127,12 +129,12 @@ class Trainer:
         self.precision = mixed
         self.lock = main_process_lock(acc, self.out, "train")  # one writer per out_dir; train() releases it
         try:
-            self._build(cfg, mixed)
+            self._build(cfg, mixed, command)
         except BaseException:
             self.lock.close()  # an in-process caller may start again into the same folder
             raise
 
-    def _build(self, cfg: RunConfig, mixed: str) -> None:
+    def _build(self, cfg: RunConfig, mixed: str, command: str | None) -> None:
         tc, acc = cfg.train, self.acc
         if self.is_ds:
             # Fill the "auto" entries ourselves: we never hand a DataLoader to accelerate.
@@ -150,7 +152,12 @@ class Trainer:
         seed_everything(tc.seed)
         self.task = get_task(cfg.task)
         self.core = self.task.build(cfg)
+        # train.init_from (weights only), then train.lora (adapters, the rest frozen): training/init.py
+        stage = acc.state.deepspeed_plugin.zero_stage if self.is_ds else None
+        self.parent, self.lora = prepare_weights(self.core, tc, stage, mixed, acc.is_main_process)
         self.n_params = self.core.num_parameters()  # before ZeRO-3 partitions it away
+        if tc.grad_checkpointing:
+            set_grad_checkpointing(self.core)
         self.train_ds = self._dataset(cfg.data.train_split)
         self.train_ds.random_crop(torch.Generator())  # fails early, with the dataset's reason
         self.val_ds = None
@@ -193,6 +200,9 @@ class Trainer:
         self.keep_best = bool(cfg.train.early_stop_patience)
         self.elapsed_before = 0.0
         self.wandb_id: str | None = None
+        self.command = command  # recorded in training_data.json and the model card
+        self.last_eval: dict | None = None  # {step, val_nll, val_nll_per_codebook}
+        self.best_eval: dict | None = None
 
     def _dataset(self, split: str) -> PreparedDataset:
         d = self.cfg.data
@@ -218,6 +228,9 @@ class Trainer:
 
     def _write_hf(self, directory: Path, state: dict[str, torch.Tensor]) -> None:
         """config.json + model.safetensors (main process)."""
+        if self.lora is not None:  # the merged model in HF layout, the adapter beside it
+            lora.save_merged(self.core, lambda: self.task.build(self.cfg), directory)
+            return
         if not self.is_ds:
             self.core.save_pretrained(directory)
             return
@@ -303,26 +316,10 @@ class Trainer:
         acc.wait_for_everyone()
         return ckpt_io.latest_checkpoint(self.out)
 
-    def check_same_model(self, path: Path) -> None:
-        """The checkpoint's ``config.json`` against this run's model, before any tensor is read: a
-        drifted key is one line naming each difference, not a state_dict size-mismatch traceback."""
-        saved = json.loads((path / "config.json").read_text())
-        saved.pop("model_type", None)
-        ours = json.loads(json.dumps(dataclasses.asdict(self.core.config)))  # tuples as JSON lists
-        missing = object()
-        diff = [k for k in sorted(set(saved) | set(ours)) if saved.get(k, missing) != ours.get(k, missing)]
-        if diff:
-            shown = ", ".join(f"model.{k} ({saved.get(k, 'unset')!r} in the checkpoint, {ours.get(k, 'unset')!r} now)"
-                              for k in diff)  # fmt: skip
-            raise InputError(
-                f"the checkpoint's model differs from the config in {shown}", path,
-                "resume with the same model keys, or start over with train.resume_from=none or a new out_dir",
-            )  # fmt: skip
-
     def load_checkpoint(self, path: Path) -> None:
         from safetensors.torch import load_file
 
-        self.check_same_model(path)
+        check_resume_config(path, self.core)
         state = ckpt_io.read_trainer_state(path)
         if bool(state.get("deepspeed")) != self.is_ds:
             raise ValueError(
@@ -331,8 +328,11 @@ class Trainer:
             )
         if self.is_ds:
             self.acc.load_state(str(path / "deepspeed"))
-        else:
-            self.core.load_state_dict(load_file(str(path / "model.safetensors")))
+        else:  # LoRA: the frozen base is rebuilt as at the start; only the adapter is loaded
+            if self.lora is not None:
+                lora.load_adapter(self.core, path)
+            else:
+                self.core.load_state_dict(load_file(str(path / "model.safetensors")))
             self.opt.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
         self.sched.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
         if not ckpt_io.load_rng_state(path, self.rank) and self.acc.is_main_process:
@@ -352,10 +352,19 @@ class Trainer:
 
     def _write_record(self, directory: Path, step: int | None = None) -> None:
         d = self.cfg.data
+        step = self.step if step is None else step
+        # the evaluation of these weights (the best one for best/ and an early-stopped final/)
+        val = self.best_eval if self.best_eval and self.best_eval["step"] == step else self.last_eval
+        extra = dict(
+            task=self.cfg.task, command=self.command, val=val if val and val["step"] == step else None
+        )
+        if self.parent is not None:
+            extra["parent"] = self.parent
+        if self.lora is not None:
+            extra["lora"] = self.lora
         write_training_record(
-            directory, self.train_ds.manifest, d.mel_source, self.train_ds.directories,
-            self.step if step is None else step,
-        )  # fmt: skip
+            directory, self.train_ds.manifest, d.mel_source, self.train_ds.directories, step, extra
+        )
 
     def save_final(self) -> Path:
         """``out_dir/final``: the HF files of the last checkpoint (always written at max_steps or an
@@ -381,8 +390,11 @@ class Trainer:
                 tmp.mkdir()
                 for f in ("config.json", "model.safetensors"):
                     shutil.copy2(src / f, tmp / f)
+                if (src / lora.ADAPTER_DIR).is_dir():  # LoRA: the adapter alone, in peft's format
+                    shutil.copytree(src / lora.ADAPTER_DIR, tmp / lora.ADAPTER_DIR)
                 # what the model was trained on, so eval and sampling can pick the same codec and mel
                 self._write_record(tmp, step)
+                write_card(tmp)  # README.md from that record (whispergpt push adds the licence)
                 ckpt_io.write_files_manifest(tmp)
             ckpt_io.replace_dir(tmp, out)
         self.acc.wait_for_everyone()
@@ -530,6 +542,10 @@ class Trainer:
                     metrics = self.evaluate()
                     if metrics is not None:
                         loggers.log(dict(step=self.step, **metrics))
+                        self.last_eval = dict(step=self.step, val_nll=metrics["val_nll"],
+                                              val_nll_per_codebook=metrics["val_nll_per_codebook"])  # fmt: skip
+                        if self.best_val is None or metrics["val_nll"] < self.best_val:
+                            self.best_eval = self.last_eval
                         if self.best_val is None or metrics["val_nll"] < self.best_val:
                             self.best_val, self.evals_since_best = metrics["val_nll"], 0
                             self.best_step, new_best = self.step, self.keep_best
@@ -558,9 +574,10 @@ class Trainer:
         return final
 
 
-def train(cfg: RunConfig) -> Path:
-    """Train (resuming from the newest checkpoint in ``cfg.out_dir``); returns ``out_dir/final``."""
-    trainer = Trainer(cfg)
+def train(cfg: RunConfig, command: str | None = None) -> Path:
+    """Train (resuming from the newest checkpoint in ``cfg.out_dir``); returns ``out_dir/final``.
+    ``command``: the command line that started it, for the training record and the model card."""
+    trainer = Trainer(cfg, command)
     try:
         if trainer.acc.is_main_process:
             out = Path(cfg.out_dir)
