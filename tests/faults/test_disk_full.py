@@ -123,3 +123,30 @@ def test_codec_train_on_a_full_disk_stops_with_one_line_and_resumes_elsewhere(
     r = whispergpt(*args, f"train.max_steps={done + 2}", "--out", str(moved))
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"(step {done})" in r.stdout
+
+
+def test_a_read_only_output_folder_is_one_line(small_disk, tiny_dataset, tiny_codec_dir):
+    disk = small_disk(1024)
+    (disk / "out").mkdir()
+    if subprocess.run(["mount", "-o", "remount,ro", str(disk)], capture_output=True).returncode != 0:
+        pytest.skip("cannot remount read-only here")
+    wav, out = tiny_dataset.parent / "wav", disk / "out"
+    runs = {
+        "train": train_args(tiny_dataset, out, 2),
+        "prepare": [
+            "prepare",
+            str(wav),
+            "--out",
+            str(out),
+            "--codec",
+            str(tiny_codec_dir),
+            "--bandwidth",
+            "1.5",
+        ],
+        "codec train": ["codec", "train", str(wav), *CODEC_TINY, "train.max_steps=2", "--out", str(out)],
+    }
+    for name, argv in runs.items():
+        r = whispergpt(*argv)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, (name, r.stderr[-2000:])
+        line = r.stderr.strip().splitlines()[-1]
+        assert "Read-only file system" in line and str(out) in line, (name, line)
