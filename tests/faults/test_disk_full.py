@@ -62,6 +62,7 @@ def train_args(data: Path, out: Path, steps: int) -> list[str]:
             "train.keep_last=1000", "train.batch_size=2"]  # fmt: skip
 
 
+@pytest.mark.case("train", "full disk (tmpfs)")
 def test_train_on_a_full_disk_stops_with_one_line_and_resumes_elsewhere(small_disk, tiny_dataset, tmp_path):
     disk = small_disk(6 * 1024)
     out = disk / "run"
@@ -79,6 +80,7 @@ def test_train_on_a_full_disk_stops_with_one_line_and_resumes_elsewhere(small_di
     assert (moved / "final" / "model.safetensors").is_file()
 
 
+@pytest.mark.case("prepare", "full disk (tmpfs)")
 def test_prepare_on_a_full_disk_stops_with_one_line_and_resumes_elsewhere(small_disk, tiny_dataset, tiny_codec_dir,
                                                                            tmp_path):  # fmt: skip
     wav = tiny_dataset.parent / "wav"
@@ -104,6 +106,7 @@ CODEC_TINY = ["model.num_filters=4", "model.hidden_size=16", "model.codebook_siz
               "train.keep_checkpoints=1000", "train.log_every=1"]  # fmt: skip
 
 
+@pytest.mark.case("codec train", "full disk (tmpfs)")
 def test_codec_train_on_a_full_disk_stops_with_one_line_and_resumes_elsewhere(
     small_disk, tiny_dataset, tmp_path
 ):
@@ -125,6 +128,7 @@ def test_codec_train_on_a_full_disk_stops_with_one_line_and_resumes_elsewhere(
     assert f"(step {done})" in r.stdout
 
 
+@pytest.mark.case(("train", "prepare", "codec train"), "read-only folder")
 def test_a_read_only_output_folder_is_one_line(small_disk, tiny_dataset, tiny_codec_dir):
     disk = small_disk(1024)
     (disk / "out").mkdir()

@@ -45,6 +45,7 @@ def commands(folder: Path, data: Path, codec: Path, wav: Path) -> dict[str, list
     }
 
 
+@pytest.mark.case(("train", "prepare", "codec train", "compare", "quickstart"), "second writer")
 @pytest.mark.slow
 def test_a_second_writer_exits_2_naming_the_holder(held, tiny_dataset, tiny_codec_dir):
     folder, child = held
@@ -59,6 +60,7 @@ def test_a_second_writer_exits_2_naming_the_holder(held, tiny_dataset, tiny_code
     assert not (folder / "checkpoints").exists() and not (folder / "manifest.json").exists()
 
 
+@pytest.mark.case(("train", "prepare", "codec train", "compare", "quickstart"), "killed lock holder")
 def test_a_killed_holder_frees_the_folder_at_once(held):
     folder, child = held
     with pytest.raises(FolderInUse, match=f"pid {child.pid}"):

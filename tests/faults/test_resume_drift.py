@@ -15,6 +15,7 @@ def run(data, out, *extra: str) -> int:
                  "train.batch_size=2", *extra])  # fmt: skip
 
 
+@pytest.mark.case("train", "drifted model keys")
 def test_a_drifted_model_key_is_one_line_naming_it(tiny_dataset, tmp_path, capsys):
     out = tmp_path / "run"
     assert run(tiny_dataset, out) == 0

@@ -60,6 +60,7 @@ def n_checkpoints(out: Path) -> int:
     return sum(1 for p in d.iterdir() if p.name.startswith("step-")) if d.is_dir() else 0
 
 
+@pytest.mark.case("train", "SIGKILL/SIGTERM, rerun")
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_train_killed_at_a_random_point_reruns_to_the_same_weights(sig, tiny_dataset, tmp_path):
     rng = random.Random(f"train-{int(sig)}")
@@ -73,6 +74,7 @@ def test_train_killed_at_a_random_point_reruns_to_the_same_weights(sig, tiny_dat
     finish(train_args(tiny_dataset, out))
     a, b = load_file(ref / "final" / "model.safetensors"), load_file(out / "final" / "model.safetensors")
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
     def logged(run: Path) -> list[tuple[int, tuple[str, ...]]]:
         rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         return [(r["step"], tuple(sorted(r))) for r in rows]
@@ -97,6 +99,7 @@ def codes_by_file(out: Path) -> dict[str, np.ndarray]:
     return found
 
 
+@pytest.mark.case("prepare", "SIGKILL/SIGTERM, rerun")
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_prepare_killed_at_a_random_point_reruns_to_the_same_dataset(
     sig, tiny_dataset, tiny_codec_dir, tmp_path
