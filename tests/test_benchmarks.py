@@ -241,3 +241,17 @@ def test_profile_sampling_quick_times_every_part_and_profiles_two(tmp_path):
     assert set(res["profiles"]) == {"step/token", "decode/tiny"}
     for p in res["profiles"].values():
         assert 0 < p["matmul_share"] <= 1 and p["ops_per_call"] > 1 and p["top"]
+
+
+def test_gpu_check_dry_run_prints_a_plan_within_10_minutes():
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
+    r = subprocess.run(["bash", str(script), "--dry-run"], capture_output=True,
+                       text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    head, *parts = r.stdout.strip().splitlines()
+    total = int(head.split(" s allowed")[0].rsplit(" ", 1)[1])
+    assert total <= 600 and len(parts) == 8
+    assert sum(int(p.split()[1].rstrip("s")) for p in parts) == total
+    assert any("--device cuda --only sampling" in p for p in parts)
