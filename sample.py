@@ -1,6 +1,6 @@
 """Generate audio with a trained WhisperGPT: ``python sample.py [--debug] --checkpoint DIR --seconds S --out DIR``.
 
-Same as ``whispergpt sample`` (errors and exit codes: ``whispergpt/cli.py``); see
+Same as ``whispergpt sample`` (errors and exit codes: ``whispergpt/cli/__init__.py``); see
 ``whispergpt/inference/pipeline.py`` (or ``--help``) for the options.
 """
 

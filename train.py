@@ -2,7 +2,7 @@
 
 Multi-process / multi-GPU / DeepSpeed ZeRO:
 ``accelerate launch --config_file configs/accelerate/zero2.yaml train.py CONFIG.yaml ...``.
-Same as ``whispergpt train`` (errors and exit codes: ``whispergpt/cli.py``); see
+Same as ``whispergpt train`` (errors and exit codes: ``whispergpt/cli/__init__.py``); see
 ``whispergpt/training/trainer.py``.
 """
 
