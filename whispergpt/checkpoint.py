@@ -94,6 +94,14 @@ def latest_checkpoint(out_dir: str | os.PathLike, marker: str = TRAINER_STATE) -
     return ckpts[-1][1] if ckpts else None
 
 
+def resume_hint(out_dir: str | os.PathLike, marker: str = TRAINER_STATE) -> str:
+    """What to do after a failed checkpoint write: the newest checkpoint is the last good state."""
+    last = latest_checkpoint(out_dir, marker)
+    if last is None:
+        return "free disk space and rerun (no earlier checkpoint: it starts over)"
+    return f"free disk space (or move {out_dir} to a disk with room) and rerun to resume from {last.name}"
+
+
 def temp_checkpoint_dir(out_dir: str | os.PathLike, step: int) -> Path:
     """The (deterministic, so that every rank agrees on it) temp directory for ``step``."""
     return checkpoints_dir(out_dir) / f"{_TMP_PREFIX}{checkpoint_name(step)}"

@@ -201,25 +201,11 @@ def folder_lock(directory: str | os.PathLike, command: str) -> Iterator[Path]:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     ok = False
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise FolderInUse(
-                f"{directory} is in use by {_holder(path)}", None,
-                "wait for it to finish, or write into another folder",
-            ) from None  # fmt: skip
-        except OSError as e:
-            if e.errno not in _NO_LOCKS:
-                raise
-            warnings.warn(f"cannot lock {directory} ({e.strerror}): a second writer into it would not be "
-                          "detected", RuntimeWarning, stacklevel=3)  # fmt: skip
-            yield directory
-            ok = True
-            return
-        holder = dict(command=command, pid=os.getpid(), host=socket.gethostname(),
-                      started=time.strftime("%Y-%m-%d %H:%M:%S %Z"))  # fmt: skip
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+        if _lock(fd, path, directory):
+            holder = dict(command=command, pid=os.getpid(), host=socket.gethostname(),
+                          started=time.strftime("%Y-%m-%d %H:%M:%S %Z"))  # fmt: skip
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
         yield directory
         ok = True
     finally:
@@ -227,6 +213,26 @@ def folder_lock(directory: str | os.PathLike, command: str) -> Iterator[Path]:
             path.unlink()  # a command that failed before writing anything leaves no folder behind
             directory.rmdir()
         os.close(fd)  # releases the lock
+
+
+def _lock(fd: int, path: Path, directory: Path) -> bool:
+    """Take the lock on ``fd``: True, or False with a warning where the filesystem has no locks;
+    ``FolderInUse`` naming the holder when another process has it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        raise FolderInUse(
+            f"{directory} is in use by {_holder(path)}",
+            None,
+            "wait for it to finish, or write into another folder",
+        ) from None
+    except OSError as e:
+        if e.errno not in _NO_LOCKS:
+            raise
+        warnings.warn(f"cannot lock {directory} ({e.strerror}): a second writer into it would not be detected",
+                      RuntimeWarning, stacklevel=4)  # fmt: skip
+        return False
 
 
 def holds_folder(

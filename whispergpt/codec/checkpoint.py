@@ -43,10 +43,9 @@ def save_checkpoint(out: Path, step: int, gen: TrainableCodec, disc, opt_g, opt_
     checkpoints stay as they were."""
     ckpt_io.remove_temp_checkpoints(out)
     tmp = ckpt_io.temp_checkpoint_dir(out, step)
-    last = latest_checkpoint(out)
-    hint = (f"free disk space (or move {out} to a disk with room) and rerun to resume from {last.name}" if last
-            else "free disk space and rerun (no earlier checkpoint: it starts over)")  # fmt: skip
-    with writing(tmp, f"the step-{step} codec checkpoint", hint, cleanup=tmp):
+    with writing(
+        tmp, f"the step-{step} codec checkpoint", ckpt_io.resume_hint(out, CODEC_STATE), cleanup=tmp
+    ):
         tmp.mkdir(parents=True)
         _state_to_safetensors(gen, tmp / "generator.safetensors")
         if disc is not None:

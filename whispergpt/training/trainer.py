@@ -255,11 +255,7 @@ class Trainer:
         if self.is_ds:
             acc.save_state(str(tmp / "deepspeed"))  # collective: model + optimizer shards
         state = self._state_dict_for_save()  # collective under ZeRO-3
-        last = ckpt_io.latest_checkpoint(self.out) if acc.is_main_process else None
-        what, hint = f"the step-{step} checkpoint", (
-            f"free disk space (or move {self.out} to a disk with room) and rerun to resume from {last.name}"
-            if last else "free disk space and rerun (no earlier checkpoint: it starts over)"
-        )  # fmt: skip
+        what, hint = f"the step-{step} checkpoint", ckpt_io.resume_hint(self.out)
         with writing(tmp, what, hint, cleanup=tmp):
             ckpt_io.save_rng_state(tmp, self.rank)
         acc.wait_for_everyone()
