@@ -12,7 +12,10 @@ import json
 import os
 import random
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -115,12 +118,17 @@ def replacing(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
-    """Write ``data`` through ``replacing``, fsynced before the rename."""
-    with replacing(path) as tmp, open(tmp, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-        f.flush()
-        os.fsync(f.fileno())
+RERUN_HINT = "free some space (or move the folder to a disk with room) and re-run the same command"
+
+
+def write_atomic(path: str | os.PathLike, data: str | bytes, what: str | None = None) -> Path:
+    """Write ``data`` through ``replacing``, fsynced before the rename. With ``what`` (e.g. "the
+    report"), a failed write is the one-line error of ``writing`` instead of the library's."""
+    with writing(path, what, RERUN_HINT) if what else contextlib.nullcontext():
+        with replacing(path) as tmp, open(tmp, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
     return Path(path)
 
 
@@ -282,6 +290,38 @@ def _holder(path: Path) -> str:
         return f"whispergpt {h['command']} (pid {h['pid']} on {h['host']}, since {h['started']})"
     except (OSError, ValueError, KeyError, TypeError):  # the holder has not written it yet
         return "another process"
+
+
+# --- child processes -------------------------------------------------------------------------------
+
+_PR_SET_PDEATHSIG = 1
+
+
+@functools.cache
+def _prctl() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+def run_child(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess:
+    """``subprocess.run(cmd, **kwargs)`` for a step of a pipeline (quickstart, compare): the child
+    gets SIGTERM when this process dies, however it dies (Linux). Otherwise a killed pipeline
+    leaves its running step behind, still holding that step's folder lock, and the rerun fails on
+    it. SIGTERM, not SIGKILL, so that a launcher child (``accelerate launch``) stops its ranks."""
+    prctl, parent = _prctl(), os.getpid()
+
+    def die_with_parent() -> None:  # in the child, between fork and exec
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return subprocess.run(cmd, preexec_fn=die_with_parent if prctl else None, **kwargs)
 
 
 # --- seeding and reproducibility -----------------------------------------------------------------------

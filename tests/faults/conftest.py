@@ -34,3 +34,22 @@ def pytest_terminal_summary(terminalreporter):
             got = _RESULTS.get((c, f))
             cells.append("-" if got is None else ("handled" if all(got) else "LOST DATA"))
         tr.write_line(f"| {c} | " + " | ".join(cells) + " |")
+
+
+@pytest.fixture(scope="session")
+def pipeline_corpus(tmp_path_factory):
+    """A demo-corpus-shaped folder (speech/, music/), four 4-second clips each: long enough for
+    the quickstart recipe's 3 s context."""
+    import numpy as np
+
+    from whispergpt.audio import save_audio
+
+    root = tmp_path_factory.mktemp("pipeline-corpus")
+    rng = np.random.default_rng(0)
+    t = np.arange(4 * 24000) / 24000
+    for k, m in enumerate(("speech", "music")):
+        (root / m).mkdir()
+        for i in range(4):
+            w = 0.3 * np.sin(2 * np.pi * (200 + 50 * i + 300 * k) * t) + 0.05 * rng.standard_normal(t.size)
+            save_audio(root / m / f"{m}{i}.wav", w.astype(np.float32), 24000)
+    return root

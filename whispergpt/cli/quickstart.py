@@ -11,7 +11,7 @@ from pathlib import Path
 
 from whispergpt.cli import command, make_parser
 from whispergpt.experiments.quickstart import Runner, default_recipe, demo_sets, first_val_file
-from whispergpt.runtime import folder_lock
+from whispergpt.runtime import folder_lock, write_atomic
 
 
 @command("quickstart")
@@ -151,9 +151,10 @@ def _run(args: argparse.Namespace, out: Path) -> int:
     for m, by_model in scores.items():
         reports = {n: json.loads((d / "score.json").read_text()) for n, d in by_model.items()}
         table = comparison(reports, f"{m}: continuations of the same {args.prompts} held-out prompts")
-        (out / "score" / f"{m}.md").write_text(table)
+        write_atomic(out / "score" / f"{m}.md", table, "the score table")
         print("\n" + table.strip())
-    (out / "quickstart.json").write_text(json.dumps({"seconds": total, "steps": runner.timings}, indent=2))
+    write_atomic(out / "quickstart.json", json.dumps({"seconds": total, "steps": runner.timings}, indent=2),
+                 "the quickstart's summary")  # fmt: skip
     return 0
 
 

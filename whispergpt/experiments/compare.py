@@ -59,7 +59,7 @@ import yaml
 from whispergpt.config import apply_overrides, load_recipe
 from whispergpt.config_io import deep_merge, recipes_dir
 from whispergpt.errors import CommandFailed
-from whispergpt.runtime import holds_folder
+from whispergpt.runtime import RERUN_HINT, holds_folder, run_child, write_atomic, writing
 
 RECIPES = (("GPT-S", "paper_gpt_s"), ("GPT-L", "paper_gpt_l"), ("hybrid", "paper_hybrid"))
 SETS = ("speech", "music")
@@ -107,10 +107,10 @@ def run_logged(cmd: list[str], log: Path, env: dict | None = None) -> None:
     """Run ``cmd`` (in ``env``), its output appended to ``log``; ``CommandFailed`` naming the log."""
     log.parent.mkdir(parents=True, exist_ok=True)
     print("$ " + shlex.join(cmd), flush=True)
-    with open(log, "a") as f:
+    with writing(log, "the step's log", RERUN_HINT), open(log, "a") as f:
         f.write("$ " + shlex.join(cmd) + "\n")
         f.flush()
-        r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+        r = run_child(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
     if r.returncode != 0:
         sys.stderr.write("".join(log.read_text().splitlines(keepends=True)[-20:]))
         raise CommandFailed(
@@ -181,7 +181,7 @@ def compare(
             if not (final / "model.safetensors").is_file():
                 run_dir.mkdir(parents=True, exist_ok=True)
                 recipe_path = run_dir / "recipe.yaml"
-                recipe_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+                write_atomic(recipe_path, yaml.safe_dump(raw, sort_keys=False), "the run's recipe")
                 t0 = time.perf_counter()
                 run_step(launch, "train", [str(recipe_path)], run_dir / "train.log", main)
                 timings[f"train {set_name}/{recipe}"] = time.perf_counter() - t0
@@ -217,8 +217,8 @@ def compare(
     summary = dict(scale=scale, processes=processes, overrides=overrides or [], timings_s=timings,
                    rows=table_rows(results), sets={k: str(v) for k, v in sets.items()},
                    scored={k: {r: str(out / k / "score" / r / "score.json") for r in v} for k, v in scored.items()})  # fmt: skip
-    (out / "compare.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / "compare.md").write_text(table)
+    write_atomic(out / "compare.json", json.dumps(summary, indent=2) + "\n", "the comparison")
+    write_atomic(out / "compare.md", table, "the comparison table")
     print(table, flush=True)
     return summary
 

@@ -19,12 +19,12 @@ Everything lands in ``--out`` (default ``runs/quickstart``); the last lines say 
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from whispergpt.errors import CommandFailed
+from whispergpt.runtime import run_child, write_atomic
 
 STEPS = ("corpus", "prepare", "train", "eval", "sample", "score")
 
@@ -57,7 +57,7 @@ class Runner:
         if self.dry_run:
             return
         t0 = time.time()
-        result = subprocess.run(cmd, env={**os.environ, **(env or {})})
+        result = run_child(cmd, env={**os.environ, **(env or {})})
         if result.returncode != 0:
             raise CommandFailed(
                 f"step {name!r} failed (exit {result.returncode})",
@@ -65,7 +65,9 @@ class Runner:
                 hint="fix the error above and re-run the same command: finished steps are not redone",
             )
         self.timings[name] = time.time() - t0
-        (self.done_dir / name).write_text(f"{self.timings[name]:.1f}\n")
+        write_atomic(
+            self.done_dir / name, f"{self.timings[name]:.1f}\n", f"the mark that step {name!r} is done"
+        )
 
 
 def demo_sets(runner: Runner, corpus: Path, build: bool, minutes: float, sources: str | None, codec: str,
