@@ -1,6 +1,7 @@
 """A real full disk (a small tmpfs, mounted by the test where it may: root on Linux) during
-``train``, ``prepare`` and ``codec train``: one line naming the path and the free space, no
-traceback, the last good state loadable, and the folder moved to a disk with space resumes."""
+``train``, ``prepare``, ``codec train``, ``compare`` and ``quickstart``: one line naming the path
+and the free space, no traceback, the last good state loadable, and the folder moved to a disk
+with space resumes. A pipeline (compare, quickstart) prints its failed step's line, then its own."""
 
 from __future__ import annotations
 
@@ -128,8 +129,53 @@ def test_codec_train_on_a_full_disk_stops_with_one_line_and_resumes_elsewhere(
     assert f"(step {done})" in r.stdout
 
 
-@pytest.mark.case(("train", "prepare", "codec train"), "read-only folder")
-def test_a_read_only_output_folder_is_one_line(small_disk, tiny_dataset, tiny_codec_dir):
+def assert_step_line(r: subprocess.CompletedProcess, step: str) -> None:
+    """A pipeline's failure on a full disk: exit 2, the step's one write-error line, then the
+    pipeline's line naming the step; no traceback anywhere."""
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    lines = r.stderr.strip().splitlines()
+    assert any("could not write" in x and "free there" in x for x in lines), r.stderr[-3000:]
+    assert step in lines[-1] and "failed" in lines[-1], lines[-1]
+
+
+@pytest.mark.case("compare", "full disk (tmpfs)")
+def test_compare_on_a_full_disk_stops_with_one_line_and_resumes_elsewhere(small_disk, tiny_dataset, tmp_path):
+    disk = small_disk(3 * 1024)
+    out = disk / "cmp"
+    argv = ["compare", "--speech", str(tiny_dataset), "--music", str(tiny_dataset), "--tokens", str(8 * 4 * 16),
+            "--prompts", "1", "--prompt-seconds", "0.1", "--seconds", "0.1", "model.context=16",
+            "train.batch_size=4", "train.eval_every=0", "train.save_every=1", "train.keep_last=1000"]  # fmt: skip
+    assert_step_line(whispergpt(*argv, "--out", str(out)), "whispergpt train")
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved)
+    r = whispergpt(*argv, "--out", str(moved))
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = json.loads((moved / "compare.json").read_text())["rows"]
+    assert len(rows) == 4 and all(r["speech"]["nll"] > 0 for r in rows)
+
+
+@pytest.mark.case("quickstart", "full disk (tmpfs)")
+def test_quickstart_on_a_full_disk_stops_with_one_line_and_resumes_elsewhere(small_disk, pipeline_corpus,
+                                                                              tiny_codec_dir, tmp_path):  # fmt: skip
+    disk = small_disk(8 * 1024)  # the run takes ~45 MB: it fills while training
+    out = disk / "qs"
+    argv = ["quickstart", "--quick", "--corpus", str(pipeline_corpus), "--codec", str(tiny_codec_dir),
+            "--no-install", "--prompts", "1"]  # fmt: skip
+    assert_step_line(whispergpt(*argv, "--out", str(out)), "step 'train-")
+    done = sorted(p.name for p in (out / ".done").iterdir())
+    assert done[:2] == ["prepare-music", "prepare-speech"], done
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved)
+    r = whispergpt(*argv, "--out", str(moved))
+    assert r.returncode == 0, r.stderr[-3000:]
+    for p in done:
+        assert f"{p}: done already, skipping" in r.stdout
+    assert (moved / "quickstart.json").is_file() and (moved / "score" / "music.md").is_file()
+
+
+@pytest.mark.case(("train", "prepare", "codec train", "compare", "quickstart"), "read-only folder")
+def test_a_read_only_output_folder_is_one_line(small_disk, tiny_dataset, tiny_codec_dir, pipeline_corpus):
     disk = small_disk(1024)
     (disk / "out").mkdir()
     if subprocess.run(["mount", "-o", "remount,ro", str(disk)], capture_output=True).returncode != 0:
@@ -148,6 +194,26 @@ def test_a_read_only_output_folder_is_one_line(small_disk, tiny_dataset, tiny_co
             "1.5",
         ],
         "codec train": ["codec", "train", str(wav), *CODEC_TINY, "train.max_steps=2", "--out", str(out)],
+        "compare": [
+            "compare",
+            "--speech",
+            str(tiny_dataset),
+            "--music",
+            str(tiny_dataset),
+            "--out",
+            str(out),
+        ],
+        "quickstart": [
+            "quickstart",
+            "--quick",
+            "--corpus",
+            str(pipeline_corpus),
+            "--codec",
+            str(tiny_codec_dir),
+            "--no-install",
+            "--out",
+            str(out),
+        ],
     }
     for name, argv in runs.items():
         r = whispergpt(*argv)
