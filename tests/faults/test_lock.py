@@ -60,6 +60,32 @@ def test_a_second_writer_exits_2_naming_the_holder(held, tiny_dataset, tiny_code
     assert not (folder / "checkpoints").exists() and not (folder / "manifest.json").exists()
 
 
+@pytest.mark.case("train (2 ranks, accelerate)", "second writer")
+@pytest.mark.slow
+def test_launched_ranks_all_stop_when_rank_0_finds_the_folder_held(held, tiny_dataset):
+    """Rank 0 asks for the lock; the other rank waits for its answer and stops with it (no rank
+    trains, nothing is written). The launcher then adds its own failure report after our lines."""
+    import socket
+
+    folder, child = held
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(REPO / "configs" / "accelerate" / "ddp_cpu.yaml"), "--num_processes", "2",
+           "--main_process_port", str(port), str(REPO / "train.py"), str(REPO / "configs" / "tiny.yaml"),
+           f"data.dir={tiny_dataset}", f"out_dir={folder}", "logging.wandb=false", "train.max_steps=2"]  # fmt: skip
+    r = subprocess.run(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"},
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode != 0
+    ours = [x for x in r.stderr.splitlines() if x.startswith("whispergpt train: error:")]
+    assert len(ours) == 2 and all(f"in use by whispergpt train (pid {child.pid} on " in x for x in ours), (
+        r.stderr
+    )
+    assert r.stderr.count("exitcode  : 2") == 2, r.stderr[-2000:]  # both ranks exit 2
+    assert sorted(p.name for p in folder.iterdir()) == [LOCK_NAME]
+
+
 @pytest.mark.case(("train", "prepare", "codec train", "compare", "quickstart"), "killed lock holder")
 def test_a_killed_holder_frees_the_folder_at_once(held):
     folder, child = held
