@@ -19,7 +19,7 @@ MAX_LINES = 600
 FLOORS = {
     "errors": 0, "audio": 0, "runtime": 0, "config_io": 0, "plots": 0, "hub": 0,
     "models": 1, "codec": 2, "checkpoint": 2, "data": 3, "config": 4, "training": 5, "semantic": 6,
-    "inference": 7, "evaluation": 8, "experiments": 9, "cli": 10, "__main__": 10, "": 10,
+    "inference": 7, "llm_codec": 7, "evaluation": 8, "experiments": 9, "cli": 10, "__main__": 10, "": 10,
 }  # fmt: skip
 
 

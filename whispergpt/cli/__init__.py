@@ -78,6 +78,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "main",
         "train (codec train) or evaluate (codec eval) an EnCodec codec",
     ),
+    "llm-codec": (
+        "whispergpt.cli.llm_codec",
+        "main",
+        "UniAudio 1.5's LLM-Codec: train, encode audio to LLM token ids, decode",
+    ),
     "augment-preview": (
         "whispergpt.cli.augment_preview",
         "main",

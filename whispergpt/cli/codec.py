@@ -26,7 +26,7 @@ examples:
 """
 
 
-def _split_overrides(items: list[str]) -> tuple[list[str], list[str]]:
+def split_overrides(items: list[str]) -> tuple[list[str], list[str]]:
     """Separate ``key=value`` overrides from audio paths (an existing path always counts as audio)."""
     paths, overrides = [], []
     for it in items:
@@ -56,7 +56,7 @@ def main_train(argv: list[str]) -> int:
     p.add_argument("--out", required=True, help="output directory (EncodecModel layout + checkpoints)")
     p.add_argument("--config", default=None, help="YAML recipe, e.g. configs/codec/small-cpu.yaml")
     args = p.parse_intermixed_args(argv)
-    audio, overrides = _split_overrides(args.items)
+    audio, overrides = split_overrides(args.items)
     if not audio:
         p.error("no audio files or directories given")
     cfg = load_config(CodecTrainConfig, args.config, overrides)

@@ -27,9 +27,12 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
 
 from whispergpt.audio import SAMPLE_RATE, log_mel
 from whispergpt.codec.checkpoint import (
@@ -45,14 +48,8 @@ from whispergpt.codec.losses import (
     disc_hinge_loss,
     gen_adv_losses,
 )
-from whispergpt.codec.lsuv import lsuv_init, standardize_latent
 from whispergpt.codec.rvq import rvq_for_encodec
-from whispergpt.codec.trainable import (
-    CodecTrainConfig,
-    TrainableCodec,
-    build_encodec,
-    quantizers_per_bandwidth,
-)
+from whispergpt.codec.trainable import CodecTrainConfig, TrainableCodec, build_encodec
 from whispergpt.config_io import dump_yaml, to_dict
 from whispergpt.runtime import main_process_lock, make_accelerator, seed_everything, write_atomic
 
@@ -68,25 +65,47 @@ from whispergpt.runtime import main_process_lock, make_accelerator, seed_everyth
 # training
 
 
-def train(cfg: CodecTrainConfig, audio: list[str | os.PathLike], out: str | os.PathLike) -> dict:
+def build_generator(cfg: CodecTrainConfig) -> TrainableCodec:
+    """The EnCodec-architecture codec to train: a fresh ``EncodecModel`` (or ``model.init``'s)
+    around our trainable ``ResidualVQ``."""
+    model = build_encodec(cfg.model)
+    if cfg.model.init and list(model.config.target_bandwidths) != list(cfg.model.target_bandwidths):
+        print(f"codec train: using the pretrained model's bandwidths {list(model.config.target_bandwidths)}")
+    q = cfg.quantizer
+    rvq = rvq_for_encodec(model, decay=q.decay, eps=q.eps, kmeans_iters=q.kmeans_iters,
+                          dead_threshold=q.dead_threshold, mean_decay=q.mean_decay)  # fmt: skip
+    return TrainableCodec(model, rvq, lsuv=cfg.model.lsuv_init, pretrained=bool(cfg.model.init))
+
+
+def train(
+    cfg: Any,
+    audio: list[str | os.PathLike],
+    out: str | os.PathLike,
+    build: Callable[[Any], nn.Module] = build_generator,
+    command: str = "codec train",
+) -> dict:
     """Train a codec on ``audio`` (files/directories) into ``out``; returns the last metrics row.
-    One writer per ``out``: a second job into it fails at once naming the first."""
+    ``build(cfg)`` gives the trainable codec: EnCodec's by default, or any module with
+    ``TrainableCodec``'s trainer-facing methods (``llm_codec`` passes its own). ``cfg`` has the
+    ``quantizer``, ``loss``, ``data`` and ``train`` sections of ``CodecTrainConfig``. One writer
+    per ``out``: a second job into it fails at once naming the first."""
     out = Path(out)
     if cfg.train.num_threads > 0:
         torch.set_num_threads(cfg.train.num_threads)
     acc = make_accelerator()
-    with main_process_lock(acc, out, "codec train"):
-        return _train(cfg, audio, out, acc)
+    with main_process_lock(acc, out, command):
+        return _train(cfg, audio, out, acc, build, command)
 
 
-def _train(cfg: CodecTrainConfig, audio: list[str | os.PathLike], out: Path, acc) -> dict:
+def _train(cfg: Any, audio: list[str | os.PathLike], out: Path, acc, build: Callable[[Any], nn.Module],
+           command: str) -> dict:  # fmt: skip
     import auraloss
     from tqdm.auto import tqdm
 
     main = acc.is_main_process
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        print(f"codec train: resolved config\n{dump_yaml(cfg)}", flush=True)
+        print(f"{command}: resolved config\n{dump_yaml(cfg)}", flush=True)
         write_atomic(out / "codec_train.yaml", dump_yaml(cfg))
     files = find_audio_files(audio)
     waves, skipped = load_corpus(files)
@@ -94,27 +113,14 @@ def _train(cfg: CodecTrainConfig, audio: list[str | os.PathLike], out: Path, acc
     sampler = CropSampler(waves, segment, cfg.train.seed, cfg.data.min_rms)
     if main:
         print(
-            f"codec train: {len(waves)} files, {sampler.seconds / 60:.1f} min of audio, {len(skipped)} skipped",
+            f"{command}: {len(waves)} files, {sampler.seconds / 60:.1f} min of audio, {len(skipped)} skipped",
             flush=True,
         )
 
     seed_everything(cfg.train.seed)
-    model = build_encodec(cfg.model)
-    if cfg.model.init:
-        cfg_m = model.config
-        if list(cfg_m.target_bandwidths) != list(cfg.model.target_bandwidths):
-            print(f"codec train: using the pretrained model's bandwidths {list(cfg_m.target_bandwidths)}")
+    gen = build(cfg)
     q = cfg.quantizer
-    rvq = rvq_for_encodec(
-        model,
-        decay=q.decay,
-        eps=q.eps,
-        kmeans_iters=q.kmeans_iters,
-        dead_threshold=q.dead_threshold,
-        mean_decay=q.mean_decay,
-    )
-    gen = TrainableCodec(model, rvq)
-    nq_choices = quantizers_per_bandwidth(model)
+    nq_choices = gen.n_q_choices()
     disc = (
         MultiScaleSTFTDiscriminator(cfg.loss.disc_n_ffts, cfg.loss.disc_filters)
         if cfg.loss.adversarial
@@ -130,17 +136,11 @@ def _train(cfg: CodecTrainConfig, audio: list[str | os.PathLike], out: Path, acc
 
     start = 0
     ckpt = resume_checkpoint(out, acc) if tc.resume else None
-    if ckpt is None and not cfg.model.init:
+    if ckpt is None:
         with torch.no_grad():
-            init_wave = sampler.batch(cfg.data.batch_size, -100)
-            if cfg.model.lsuv_init:
-                lsuv_init(gen, init_wave)
-            before, after = standardize_latent(gen, init_wave)
-        if main:
-            print(
-                f"codec train: latent spread/mean {before:.3g} -> {after:.3g} (data-dependent init)",
-                flush=True,
-            )
+            said = gen.data_init(sampler.batch(cfg.data.batch_size, -100))
+        if main and said:
+            print(f"{command}: {said}", flush=True)
     if ckpt is not None:
         load_safetensors(gen, ckpt / "generator.safetensors")
         if disc is not None and (ckpt / "discriminator.safetensors").is_file():
@@ -151,14 +151,14 @@ def _train(cfg: CodecTrainConfig, audio: list[str | os.PathLike], out: Path, acc
             opt_d.load_state_dict(opt_state["opt_d"])
         start = int(json.loads((ckpt / CODEC_STATE).read_text())["step"])
         if main:
-            print(f"codec train: resumed from {ckpt} (step {start})", flush=True)
+            print(f"{command}: resumed from {ckpt} (step {start})", flush=True)
 
     gen.to(acc.device)
     if disc is not None:
         gen, disc, opt_g, opt_d = acc.prepare(gen, disc, opt_g, opt_d)
     else:
         gen, opt_g = acc.prepare(gen, opt_g)
-    raw_gen: TrainableCodec = acc.unwrap_model(gen)
+    raw_gen = acc.unwrap_model(gen)
 
     n_ffts = list(cfg.loss.stft_n_ffts)
     mrstft = auraloss.freq.MultiResolutionSTFTLoss(
@@ -206,23 +206,17 @@ def _train(cfg: CodecTrainConfig, audio: list[str | os.PathLike], out: Path, acc
     n_acc = 0
 
     def kmeans_init() -> None:
-        # k-means on encoder outputs of a few batches (all ranks get rank 0's centroids)
         with torch.no_grad():
-            z = torch.cat(
-                [
-                    raw_gen.encode_latent(
-                        sampler.batch(cfg.data.batch_size, -1 - i, acc.process_index).to(acc.device)
-                    )
-                    for i in range(q.kmeans_batches)
-                ]
-            )
-        raw_gen.rvq.init_codebooks(z)
+            raw_gen.init_quantizer(
+                [sampler.batch(cfg.data.batch_size, -1 - i, acc.process_index).to(acc.device)
+                 for i in range(q.kmeans_batches)]
+            )  # fmt: skip
 
     for step in bar:
         wave = sampler.batch(cfg.data.batch_size, step, acc.process_index).to(acc.device)  # (B, S)
         warm = step < q.warmup_steps
         raw_gen.freeze_encoder = q.freeze_encoder and not warm
-        if not warm and not raw_gen.rvq.inited:
+        if not warm and not raw_gen.quantizer_ready:
             kmeans_init()
         if q.bandwidth_dropout:
             g = torch.Generator().manual_seed(tc.seed * 7919 + step)  # same K on every rank
@@ -237,13 +231,16 @@ def _train(cfg: CodecTrainConfig, audio: list[str | os.PathLike], out: Path, acc
         l1 = (recon - wave).abs().mean()
         spec = mrstft(recon[:, None], wave[:, None])
         mel = (log_mel(recon) - log_mel(wave)).abs().mean()
+        extra = raw_gen.extra_losses(wave, recon, rq)  # weighted already (e.g. LLM-Codec's teachers)
         loss = (
             cfg.loss.l1 * l1
             + cfg.loss.stft * spec
             + cfg.loss.mel * mel
             + q.commitment_weight * rq.commit_loss
+            + sum(extra.values(), torch.zeros((), device=wave.device))
         )
         row = {"l1": l1.item(), "stft": spec.item(), "mel": mel.item(), "commit": rq.commit_loss.item()}
+        row.update({k: v.item() for k, v in extra.items()})
         if disc is not None and step >= cfg.loss.disc_start:
             d_loss = disc_hinge_loss(disc(wave), disc(recon.detach()))
             opt_d.zero_grad(set_to_none=True)
@@ -262,10 +259,11 @@ def _train(cfg: CodecTrainConfig, audio: list[str | os.PathLike], out: Path, acc
             acc.clip_grad_norm_(gen.parameters(), tc.grad_clip)
         opt_g.step()
         row["loss"] = loss.item()
-        row["dead_replaced"] = float(sum(layer.last_replaced for layer in raw_gen.rvq.layers[:n_q]))
+        row["dead_replaced"] = raw_gen.replaced_codes(n_q)
         # perplexity of the first codebook's codes in this batch: collapse shows up here first
-        if rq.codes.shape[1] > 0:
-            counts = torch.bincount(rq.codes[:, 0].reshape(-1), minlength=raw_gen.rvq.codebook_size).double()
+        first = raw_gen.first_codes(rq)
+        if first is not None:
+            counts = torch.bincount(first.reshape(-1), minlength=raw_gen.codebook_size).double()
             p0 = counts[counts > 0] / counts.sum()
             row["ppl_q0"] = float(torch.exp(-(p0 * p0.log()).sum()))
         for k, v in row.items():

@@ -199,11 +199,52 @@ class TrainableCodec(nn.Module):
     quantised prime too, so training sees exactly what inference through ``Codec`` does.
     """
 
-    def __init__(self, model, rvq: ResidualVQ):
+    def __init__(self, model, rvq: ResidualVQ, lsuv: bool = True, pretrained: bool = False):
         super().__init__()
         self.model = model
         self.rvq = rvq
         self.freeze_encoder = False
+        self.lsuv, self.pretrained = lsuv, pretrained
+
+    # -- what the codec trainer asks of any trainable codec (LLM-Codec answers the same) ----------
+    def n_q_choices(self) -> list[int]:
+        """K for each target bandwidth (bandwidth dropout draws from these; the last is full)."""
+        return quantizers_per_bandwidth(self.model)
+
+    def data_init(self, wave: torch.Tensor) -> str | None:
+        """A fresh codec's data-dependent init on a first batch; a line saying what it did."""
+        if self.pretrained:
+            return None
+        from whispergpt.codec.lsuv import lsuv_init, standardize_latent
+
+        if self.lsuv:
+            lsuv_init(self, wave)
+        before, after = standardize_latent(self, wave)
+        return f"latent spread/mean {before:.3g} -> {after:.3g} (data-dependent init)"
+
+    @property
+    def quantizer_ready(self) -> bool:
+        return self.rvq.inited
+
+    def init_quantizer(self, batches: list[torch.Tensor]) -> None:
+        """k-means on the encoder outputs of ``batches`` (every rank gets rank 0's centroids)."""
+        self.rvq.init_codebooks(torch.cat([self.encode_latent(b) for b in batches]))
+
+    @property
+    def codebook_size(self) -> int:
+        return self.rvq.codebook_size
+
+    def first_codes(self, out: RVQOutput) -> torch.Tensor | None:
+        return out.codes[:, 0] if out.codes.shape[1] > 0 else None  # none during the warm-up
+
+    def replaced_codes(self, n_q: int) -> float:
+        return float(sum(layer.last_replaced for layer in self.rvq.layers[:n_q]))
+
+    def extra_losses(
+        self, wave: torch.Tensor, recon: torch.Tensor, out: RVQOutput
+    ) -> dict[str, torch.Tensor]:
+        """Weighted losses beyond the shared ones (none for EnCodec)."""
+        return {}
 
     def encode_latent(self, wave: torch.Tensor) -> torch.Tensor:
         """(B, S) -> (B, D, PRIME_FRAMES + T) encoder output (S a multiple of 320)."""
