@@ -12,7 +12,7 @@ WORDS = ("the cat sat on a mat while music played and people spoke about rain su
          "table chair green blue red yellow happy quiet loud slow fast little big warm cold").split()  # fmt: skip
 
 
-def build_tiny_llm(root: Path, vocab_size: int = 700, width: int = 32, seed: int = 0) -> Path:
+def build_tiny_llm(root: Path, vocab_size: int = 700, width: int = 32, seed: int = 0, words=WORDS) -> Path:
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -22,7 +22,8 @@ def build_tiny_llm(root: Path, vocab_size: int = 700, width: int = 32, seed: int
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<s>", "</s>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)  # fmt: skip
-    text = [" ".join(WORDS[i:] + WORDS[:i]) for i in range(len(WORDS))] * 4
+    words = list(words)
+    text = [" ".join(words[i:] + words[:i]) for i in range(len(words))] * 4
     tok.train_from_iterator(text, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
     torch.manual_seed(seed)
@@ -37,3 +38,15 @@ def build_tiny_llm(root: Path, vocab_size: int = 700, width: int = 32, seed: int
 @pytest.fixture(scope="session")
 def tiny_llm(tmp_path_factory) -> Path:
     return build_tiny_llm(tmp_path_factory.mktemp("tiny-llm") / "llm")
+
+
+@pytest.fixture(scope="session")
+def other_llm(tmp_path_factory) -> Path:
+    """Another tiny LLM: a different vocabulary (so a different tokenizer fingerprint)."""
+    return build_tiny_llm(tmp_path_factory.mktemp("other-llm") / "llm", seed=1, words=WORDS[::2])
+
+
+@pytest.fixture(scope="session")
+def byte_llm(tmp_path_factory) -> Path:
+    """A tiny LLM whose BPE learned no merges: bytes only, no whole words."""
+    return build_tiny_llm(tmp_path_factory.mktemp("byte-llm") / "llm", vocab_size=200)

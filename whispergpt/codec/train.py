@@ -51,6 +51,7 @@ from whispergpt.codec.losses import (
 from whispergpt.codec.rvq import rvq_for_encodec
 from whispergpt.codec.trainable import CodecTrainConfig, TrainableCodec, build_encodec
 from whispergpt.config_io import dump_yaml, to_dict
+from whispergpt.errors import InputError
 from whispergpt.runtime import main_process_lock, make_accelerator, seed_everything, write_atomic
 
 # ---------------------------------------------------------------------------------------------
@@ -63,6 +64,32 @@ from whispergpt.runtime import main_process_lock, make_accelerator, seed_everyth
 
 # ---------------------------------------------------------------------------------------------
 # training
+
+
+# the sections whose keys shape the checkpoint's tensors (the others may change on a resume)
+SHAPING_SECTIONS = ("model", "quantizer", "teachers")
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_resume_drift(saved: dict, run: dict, checkpoint: Path) -> None:
+    """The checkpoint's config against this run's, before any tensor is read: every differing key
+    of the sections that shape tensors, in one line (instead of a state_dict traceback)."""
+    a = _flat({k: saved.get(k, {}) for k in SHAPING_SECTIONS if k in run})
+    b = _flat({k: run[k] for k in SHAPING_SECTIONS if k in run})
+    diffs = [f"{k}: {a.get(k, '<absent>')!r} (checkpoint) vs {b.get(k, '<absent>')!r} (this run)"
+             for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]  # fmt: skip
+    if diffs:
+        raise InputError("the checkpoint's codec differs from the config: " + "; ".join(diffs), checkpoint,
+                         "resume with the same keys, or train into a new --out")  # fmt: skip
 
 
 def build_generator(cfg: CodecTrainConfig) -> TrainableCodec:
@@ -142,6 +169,7 @@ def _train(cfg: Any, audio: list[str | os.PathLike], out: Path, acc, build: Call
         if main and said:
             print(f"{command}: {said}", flush=True)
     if ckpt is not None:
+        check_resume_drift(json.loads((ckpt / CODEC_STATE).read_text())["config"], to_dict(cfg), ckpt)
         load_safetensors(gen, ckpt / "generator.safetensors")
         if disc is not None and (ckpt / "discriminator.safetensors").is_file():
             load_safetensors(disc, ckpt / "discriminator.safetensors")

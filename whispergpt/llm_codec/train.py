@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from whispergpt.codec.trainable import CodecDataConfig, CodecTrainLoopConfig, LossConfig
+from whispergpt.errors import InputError
 from whispergpt.llm_codec.model import LLMCodec, LLMCodecConfig, VQOutput
 from whispergpt.llm_codec.tables import LLMTables, load_tables
 from whispergpt.llm_codec.teachers import load_teacher, resample_frames
@@ -132,6 +133,18 @@ class LLMCodecTrainable(nn.Module):
         return self.codec
 
 
+def check_llm(config: LLMCodecConfig, tables: LLMTables, where: str | os.PathLike) -> None:
+    """``InputError`` naming both LLMs when ``tables`` are not the ones the codec was built on."""
+    if config.tokenizer_sha != tables.fingerprint or config.vocab_size != tables.embeddings.shape[0]:
+        raise InputError(
+            f"the codec's codebooks come from {config.llm!r} (tokenizer {config.tokenizer_sha}, vocabulary "
+            f"{config.vocab_size}), not from {tables.name!r} (tokenizer {tables.fingerprint}, vocabulary "
+            f"{tables.embeddings.shape[0]})",
+            where,
+            f"use --llm {config.llm}, or train a new codec into another folder",
+        )
+
+
 def read_words(path: str) -> list[str] | None:
     if not path:
         return None
@@ -147,6 +160,8 @@ def train(cfg: LLMCodecTrainConfig, audio: list[str | os.PathLike], out: str | o
     from whispergpt.codec.train import train as codec_train
 
     tables = load_tables(llm, read_words(cfg.quantizer.word_list), cfg.quantizer.max_words)
+    if (Path(out) / "config.json").is_file():  # a run to resume: its codebooks are another LLM's?
+        check_llm(LLMCodec.read_config(out), tables, out)
     print(f"llm-codec train: {llm}: vocabulary {tables.embeddings.shape[0]} x {tables.embeddings.shape[1]}, "
           f"{len(tables.words)} whole words for layer 1", flush=True)  # fmt: skip
 
