@@ -83,6 +83,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "main",
         "UniAudio 1.5's LLM-Codec: train, encode audio to LLM token ids, decode",
     ),
+    "icl": ("whispergpt.cli.icl", "main", "in-context audio classification with a frozen LLM (UniAudio 1.5)"),
     "augment-preview": (
         "whispergpt.cli.augment_preview",
         "main",
