@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -255,3 +256,18 @@ def test_gpu_check_dry_run_prints_a_plan_within_10_minutes():
     assert total <= 600 and len(parts) == 8
     assert sum(int(p.split()[1].rstrip("s")) for p in parts) == total
     assert any("--device cuda --only sampling" in p for p in parts)
+
+
+def test_llm_codec_benchmark_quick_writes_its_table(tmp_path):
+    import subprocess
+
+    out = tmp_path / "llm_codec.json"
+    r = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "benchmarks" / "bench_llm_codec.py"),
+                        "--quick", "--out", str(out)], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["row"] for r in rows} == {"encode", "decode", "tables", "icl episode"}
+    held = [r for r in rows if r["row"] == "tables"]
+    assert all(r["tensors"] == 2 for r in held)  # the word table + one embedding table for layers 2-3
+    assert "| tables held (float32) |" in out.with_suffix(".md").read_text()

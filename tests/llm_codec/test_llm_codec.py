@@ -243,3 +243,15 @@ def test_an_llm_path_that_is_not_a_causal_lm_is_one_line(tiny_llm, tiny_codec_di
         load_tables(not_lm)
     with pytest.raises(InputError, match="no tokenizer could be loaded"):
         load_tables(tmp_path / "nothing-here")
+
+
+@pytest.mark.parametrize(
+    "recipe", ["llm_codec_tiny.yaml", "llm_codec_quickstart.yaml", "llm_codec_paper.yaml"]
+)
+def test_shipped_recipes_resolve(recipe):
+    from whispergpt.config_io import load_config
+    from whispergpt.llm_codec.train import LLMCodecTrainConfig
+
+    cfg = load_config(LLMCodecTrainConfig, recipe)
+    assert cfg.model.hop == 720 and cfg.model.pools == [4, 2, 1]
+    assert round(cfg.data.segment_seconds * 24_000) % cfg.model.align == 0  # whole frames of layer 1
