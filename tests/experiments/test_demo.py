@@ -262,3 +262,43 @@ def test_always_failing_unlimited_source_stops(tmp_path):
 
     res = _build(tmp_path, [Broken()], minutes=0.2, speech_fraction=0.0)
     assert res.files == [] and len(res.skipped) == demo.MAX_CONSECUTIVE_FAILURES
+
+
+def test_espeak_voices_default_is_english_and_others_read_numbers(monkeypatch, capsys):
+    first = next(demo.EspeakSource().candidates(random.Random("0:espeak"), None))
+    # the default (the quickstart's corpus) is unchanged by --espeak-voices existing
+    assert first.origin == "espeak-ng -v en+f2 -s 150 -p 49" and first.text.startswith("My neighbour")
+    monkeypatch.setattr(demo.sources_speech, "espeak_voice_names", lambda: {"de", "it", "en-us"})
+    monkeypatch.setattr(demo.system, "which", lambda name: f"/usr/bin/{name}")
+    src = demo.EspeakSource()
+    src.set_voices(["de", "it", "en-us"])
+    items = [it for it, _ in zip(src.candidates(random.Random("0:espeak"), None), range(30))]
+    voices = {it.payload[0].split("+")[0] for it in items}
+    assert voices == {"de", "it", "en-us"} and "numbers" in src.description
+    for it in items:
+        english = it.payload[0].startswith("en-us")
+        assert english == any(c.isalpha() for c in it.text), it.text  # numbers outside English
+    assert demo.number_text(random.Random(1)) == demo.number_text(random.Random(1))
+    with pytest.raises(ValueError, match=r"no voice \['xx'\]"):
+        src.set_voices(["de", "xx"])
+    args = ["demo", "--out", "unused", "--sources", "espeak", "--espeak-voices", "de,xx"]
+    assert data_cli.main(args) == 2 and "no voice ['xx']" in capsys.readouterr().err
+
+
+def test_rebuild_with_other_content_for_a_key_renders_it_again(tmp_path):
+    class Voiced(FakeSource):
+        def __init__(self, voice, **kw):
+            super().__init__(**kw)
+            self.voice = voice
+
+        def candidates(self, rng, cache):
+            for it in super().candidates(rng, cache):
+                yield demo.Item(it.key, f"{it.origin} {self.voice}", it.payload, f"{it.text} {self.voice}")
+
+    first = _build(tmp_path, [Voiced("a", seconds=2.0)], minutes=0.1, speech_fraction=0.0)
+    src = Voiced("b", seconds=2.0)
+    again = _build(tmp_path, [src], minutes=0.1, speech_fraction=0.0)
+    assert again.reused == 0 and src.rendered == [f["key"] for f in first.files]
+    assert all(
+        f["origin"].endswith(" b") for f in json.loads((tmp_path / "SOURCES.json").read_text())["files"]
+    )

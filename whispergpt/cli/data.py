@@ -12,6 +12,7 @@ from whispergpt.errors import InputError
 from whispergpt.experiments.demo.build import MODALITIES, build
 from whispergpt.experiments.demo.sources import ALL_SOURCES, check_sources, parse_sources, resolve
 from whispergpt.experiments.demo.sources_music import Music21Source
+from whispergpt.experiments.demo.sources_speech import EspeakSource
 from whispergpt.experiments.demo.system import default_cache_dir, install, install_hint
 
 
@@ -24,6 +25,7 @@ def _parser() -> argparse.ArgumentParser:
         whispergpt data demo --check
         whispergpt data demo --out data/demo --minutes 6
         whispergpt data demo --out data/demo --sources espeak,ufoai --install
+        whispergpt data demo --out data/de-it --sources espeak --espeak-voices de,it --speech-fraction 1
         """,
     )
     p.add_argument("--out", help="output directory (required unless --check)")
@@ -42,6 +44,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--soundfont", default=None, help="a .sf2 file for FluidSynth (default: FluidR3_GM or TimGM6mb)"
+    )
+    p.add_argument(
+        "--espeak-voices",
+        default=None,
+        help="comma list of espeak-ng voices for the espeak source (default: 6 English voices); "
+        "a voice outside English reads random numbers, which espeak-ng speaks in its language",
     )
     p.add_argument(
         "--check",
@@ -81,9 +89,12 @@ def main(argv: list[str]) -> int:
     explicit = args.sources not in ("all", "")
     cache = Path(args.cache) if args.cache else default_cache_dir()
     sources = [ALL_SOURCES[n]() for n in names]
+    voices = [v.strip() for v in (args.espeak_voices or "").split(",") if v.strip()]
     for s in sources:
         if isinstance(s, Music21Source):
             s.soundfont = args.soundfont
+        if isinstance(s, EspeakSource):
+            s.set_voices(voices or None)
 
     if args.check:
         ok = True

@@ -3,7 +3,7 @@
 Layout written under ``--out DIR`` (24 kHz mono 16-bit WAV everywhere)::
 
     DIR/speech/real/*.wav        tuxpaint-stamps-default recordings (13 languages)
-    DIR/speech/synthetic/*.wav   espeak-ng
+    DIR/speech/synthetic/*.wav   espeak-ng (English; other languages with --espeak-voices)
     DIR/music/rendered/*.wav     music21 corpus scores -> MIDI -> FluidSynth + a GM soundfont
     DIR/music/recorded/*.wav     ufoai-music soundtrack, clipped to segments
     DIR/SOURCES.json             one entry per file: source, licence, origin, seconds (+ text)
@@ -61,9 +61,12 @@ from whispergpt.experiments.demo.sources_music import (
     UfoaiSource,
 )
 from whispergpt.experiments.demo.sources_speech import (
+    ESPEAK_VOICES,
     TUXPAINT_STAMPS,
     EspeakSource,
     TuxpaintSource,
+    espeak_voice_names,
+    number_text,
     synthetic_text,
     tuxpaint_transcript,
 )
@@ -80,6 +83,7 @@ from whispergpt.experiments.demo.system import (
 
 __all__ = [
     "ALL_SOURCES",
+    "ESPEAK_VOICES",
     "FORMAT_VERSION",
     "GM_ENSEMBLES",
     "MAX_CONSECUTIVE_FAILURES",
@@ -103,12 +107,14 @@ __all__ = [
     "check_sources",
     "data_roots",
     "default_cache_dir",
+    "espeak_voice_names",
     "find_data",
     "find_module",
     "install",
     "install_hint",
     "is_silent",
     "iter_sources",
+    "number_text",
     "parse_sources",
     "readme_text",
     "resolve",

@@ -221,13 +221,17 @@ def build(
                     break
                 k = (src.name, item.key)
                 prev = done.get(k)
-                if prev and all((out / f["path"]).is_file() for f in prev):
+                # the same item only: another --seed or --espeak-voices gives a key other content
+                same = prev and all(
+                    f["origin"] == item.origin and f.get("text") == (item.text or None) for f in prev
+                )
+                if same and all((out / f["path"]).is_file() for f in prev):
                     res.files += prev
                     got += sum(f["seconds"] for f in prev)
                     res.reused += 1
                     n_items += 1
                     continue
-                if k in old_skipped:
+                if k in old_skipped and old_skipped[k]["origin"] == item.origin:
                     res.skipped.append(old_skipped[k])
                     continue
                 try:
