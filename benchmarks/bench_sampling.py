@@ -275,6 +275,7 @@ def run_sampling_benchmark(
                     calls[name] = (ours("concat", kind, dec, variant), label, dec, variant)
         names = list(calls)
         times: dict[str, list[float]] = {n: [] for n in names}
+        warm: dict[str, float] = {}  # round 0: the first call of each row (compile: trace + codegen)
         with torch.inference_mode():
             for r in range(rounds + 1):  # round 0 warms up (and compiles); the order rotates per round
                 for name in names[r % len(names) :] + names[: r % len(names)]:
@@ -284,6 +285,8 @@ def run_sampling_benchmark(
                     _sync(dev)
                     if r > 0:
                         times[name].append(timer() - t0)
+                    else:
+                        warm[name] = timer() - t0
         load.append(os.getloadavg()[0])
         for name in names:
             _, label, dec, variant = calls[name]
@@ -310,7 +313,8 @@ def run_sampling_benchmark(
                 e = paired(times[name], ref, lambda h, b: (h - b) / frames * 1e3)
                 row.update(overhead_pct=round(s["median"], 1), overhead_iqr=_spread(s, 0), overhead_stats=s,
                            extra_ms_per_frame=round(e["median"], 3), extra_ms_iqr=_spread(e, 2))  # fmt: skip
-            row.update(repeats=rounds, clock=clock, times_s=[round(x, 4) for x in times[name]])
+            row.update(repeats=rounds, clock=clock, times_s=[round(x, 4) for x in times[name]],
+                       warmup_s=round(warm[name], 3))  # fmt: skip
             rows.append(row)
     for row in rows:
         row["load_avg"] = f"{min(load):.1f}-{max(load):.1f}"
