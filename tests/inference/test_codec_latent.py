@@ -117,7 +117,9 @@ def test_train_eval_sample_end_to_end(tiny_dataset, tmp_path):
             "data.mel_source=codec_latent", "train.max_steps=2", "train.eval_every=2", "train.eval_batches=1",
             "train.save_every=2", "model.context=16"]  # fmt: skip
     assert train(["tiny.yaml", *args]) == 0
-    report = evaluate([str(out / "final")], str(tiny_dataset), batch_size=4)
+    report = evaluate(
+        [str(out / "final")], str(tiny_dataset), mel="codec_latent", batch_size=4
+    )  # compare's call
     (entry,) = report["checkpoints"]
     assert [e["mel_source"] for e in entry["evaluations"]] == ["codec_latent"]
     assert entry["trained_mel_source"] == "codec_latent"

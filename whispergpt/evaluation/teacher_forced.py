@@ -209,6 +209,8 @@ def mel_sources(model: WhisperGPT | FineModel, mel: str) -> list[str]:
         return ["n/a"]
     if getattr(model.config, "mel_input", "log_mel") == "codec_latent":
         return ["codec_latent"]  # computed from the codes, whatever --mel says
+    if mel == "codec_latent":
+        raise ValueError("mel codec_latent: this hybrid reads a log-mel (use both, truth or decoded)")
     return ["truth", "decoded"] if mel == "both" else [mel]
 
 
@@ -287,8 +289,8 @@ def evaluate(
     ``accelerator``: an ``accelerate.Accelerator`` (made here if None); files are sharded across
     its processes and the sums all-reduced.
     """
-    if mel not in ("both", "truth", "decoded"):
-        raise ValueError(f"mel must be 'both', 'truth' or 'decoded', got {mel!r}")
+    if mel not in ("both", "truth", "decoded", "codec_latent"):
+        raise ValueError(f"mel must be 'both', 'truth', 'decoded' or 'codec_latent', got {mel!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not checkpoints:
