@@ -50,6 +50,20 @@ VARIANTS: dict[str, dict] = {
     "int8": dict(decode_dtype="int8"),
     "bf16": dict(decode_dtype="bf16"),
     "int8+compile": dict(decode_dtype="int8", compile=True),
+    # the hybrid with model.mel_extra_lag=1, sequential (what "overlap" is compared with: the same
+    # model) and with its decode on a worker thread during the next step (use --clock wall: process
+    # CPU time sums both threads)
+    "lag1": dict(overlap=False),
+    "overlap": dict(overlap=True),
+    # the hybrid reading the codec latent (data.mel_source: codec_latent): no decode
+    "codec_latent": dict(),
+}
+# variants that are another hybrid model (same weights where the shapes agree): model overrides; their
+# token-only reference is the plain ours-token row (the token-only model has no such option)
+MODEL_VARIANTS: dict[str, dict] = {
+    "lag1": dict(mel_extra_lag=1),
+    "overlap": dict(mel_extra_lag=1),
+    "codec_latent": dict(mel_input="codec_latent"),
 }
 K, V = 2, 1024  # 1.5 kbps
 
@@ -186,6 +200,21 @@ def run_sampling_benchmark(
         cfg = WhisperGPTConfig(num_codebooks=K, codebook_size=V, n_mels=80, pattern="delay", fusion=fusion,
                                mel_heads=2, **size)  # fmt: skip
         models[fusion] = WhisperGPT(cfg).to(dev).eval()
+
+    def variant_model(variant: str, kind: str) -> WhisperGPT:
+        """The hybrid of a MODEL_VARIANTS variant (codec_latent: n_mels = the codec's codebook width)."""
+        over = dict(MODEL_VARIANTS[variant])
+        if over.get("mel_input") == "codec_latent":
+            over["n_mels"] = int(opened[kind][0].codebook_table(K).shape[-1])
+        base = models["concat"]
+        m = WhisperGPT(WhisperGPTConfig(**{**base.config.to_dict(), **over})).to(dev).eval()
+        own = m.state_dict()
+        m.load_state_dict(
+            {k: v for k, v in base.state_dict().items() if own[k].shape == v.shape}, strict=False
+        )
+        return m
+
+    hybrid_of = {(v, k): variant_model(v, k) for v in variants if v in MODEL_VARIANTS for k in opened}
     before = None
     if baseline:
         b_gen, b_models, b_codec = load_baseline(baseline)
@@ -223,6 +252,8 @@ def run_sampling_benchmark(
             fusion: str, kind: str, dec: str | None, variant: str, batch: int = batch, before=before
         ) -> Callable:
             gen, model, codec = generate, models[fusion], opened[kind][0]
+            if variant in MODEL_VARIANTS:
+                model = hybrid_of[(variant, kind)] if fusion == "concat" else model
             if variant == "baseline":
                 gen, model, codec = before[0], before[1][fusion], before[2][kind]
             return lambda seed: gen(
@@ -234,7 +265,8 @@ def run_sampling_benchmark(
         first = next(iter(opened))
         for variant in ("", *variants, *(("baseline",) if before else ())):
             opts = VARIANTS.get(variant, {})
-            calls[f"ours-token{'/' + variant if variant else ''}"] = (ours("none", first, None, variant), "-", None, variant)  # fmt: skip
+            if variant not in MODEL_VARIANTS:
+                calls[f"ours-token{'/' + variant if variant else ''}"] = (ours("none", first, None, variant), "-", None, variant)  # fmt: skip
             for kind, (_, label) in opened.items():
                 for dec in decoders:
                     if dec == "window" and (opts.get("static") or opts.get("compile")):
@@ -243,6 +275,7 @@ def run_sampling_benchmark(
                     calls[name] = (ours("concat", kind, dec, variant), label, dec, variant)
         names = list(calls)
         times: dict[str, list[float]] = {n: [] for n in names}
+        warm: dict[str, float] = {}  # round 0: the first call of each row (compile: trace + codegen)
         with torch.inference_mode():
             for r in range(rounds + 1):  # round 0 warms up (and compiles); the order rotates per round
                 for name in names[r % len(names) :] + names[: r % len(names)]:
@@ -252,6 +285,8 @@ def run_sampling_benchmark(
                     _sync(dev)
                     if r > 0:
                         times[name].append(timer() - t0)
+                    else:
+                        warm[name] = timer() - t0
         load.append(os.getloadavg()[0])
         for name in names:
             _, label, dec, variant = calls[name]
@@ -272,12 +307,14 @@ def run_sampling_benchmark(
                 row.update(vs_musicgen=None, vs_musicgen_iqr=None)
             row.update(overhead_pct=None, overhead_iqr=None, extra_ms_per_frame=None)
             if dec is not None:
-                ref = times[f"ours-token{'/' + variant if variant else ''}"]
+                plain = not variant or variant in MODEL_VARIANTS
+                ref = times["ours-token" if plain else f"ours-token/{variant}"]
                 s = paired(times[name], ref, lambda h, b: (h / b - 1) * 100)
                 e = paired(times[name], ref, lambda h, b: (h - b) / frames * 1e3)
                 row.update(overhead_pct=round(s["median"], 1), overhead_iqr=_spread(s, 0), overhead_stats=s,
                            extra_ms_per_frame=round(e["median"], 3), extra_ms_iqr=_spread(e, 2))  # fmt: skip
-            row.update(repeats=rounds, clock=clock, times_s=[round(x, 4) for x in times[name]])
+            row.update(repeats=rounds, clock=clock, times_s=[round(x, 4) for x in times[name]],
+                       warmup_s=round(warm[name], 3))  # fmt: skip
             rows.append(row)
     for row in rows:
         row["load_avg"] = f"{min(load):.1f}-{max(load):.1f}"

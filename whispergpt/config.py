@@ -50,8 +50,11 @@ class DataConfig:
     # mel the hybrid reads: "truth" (original audio, the paper's setting), "decoded" (audio decoded
     # from all codebooks: what delay/parallel sampling feeds back), "decoded_coarse" (from codebook
     # 0 alone: what coarse sampling feeds back); "auto" = the decoded mel the pattern samples
-    # (decoded_coarse for coarse) when the dataset stores it, else truth
-    mel_source: Literal["auto", "truth", "decoded", "decoded_coarse"] = "auto"
+    # (decoded_coarse for coarse) when the dataset stores it, else truth; "codec_latent": not a mel
+    # but the codec's dequantised latent of each frame's tokens (codec.codec_latent: table lookups,
+    # no decode; computed from the stored codes), fed through the same branch (model.mel_input
+    # and model.n_mels = the codebook width follow from it)
+    mel_source: Literal["auto", "truth", "decoded", "decoded_coarse", "codec_latent"] = "auto"
 
     def __post_init__(self) -> None:
         if self.frames is not None and self.frames < 1:
@@ -266,7 +269,23 @@ def resolve_config(data: dict) -> RunConfig:
         model = data[name] = {}
     if not isinstance(model, dict):
         raise ConfigError(f"{name}: expected a mapping, got {model!r}")
-    for key, want in _data_shape(name, section_cls, model, manifest, data_dir).items():
+    shape = _data_shape(name, section_cls, model, manifest, data_dir)
+    latent = section.get("mel_source") == "codec_latent" if isinstance(section, dict) else False
+    if latent and task != "lm":
+        raise ConfigError("data.mel_source=codec_latent is the decoder's continuous input (task lm)")
+    if task == "lm":
+        want_input = "codec_latent" if latent else "log_mel"
+        if model.get("mel_input") == "codec_latent" and not latent:
+            raise ConfigError(
+                f"model.mel_input={model['mel_input']!r} does not match data.mel_source="
+                f"{section.get('mel_source', 'auto')!r}: set data.mel_source (mel_input follows from it)"
+            )
+        model["mel_input"] = want_input
+        if latent:
+            from whispergpt.data.dataset import codec_latent_table
+
+            shape["n_mels"] = int(codec_latent_table(manifest).shape[-1])  # the stream's width C
+    for key, want in shape.items():
         have = model.get(key)
         if have is None or (key == "semantic_vocab" and have == 0):
             model[key] = want
@@ -289,6 +308,11 @@ def resolve_config(data: dict) -> RunConfig:
             "data.mel_source=decoded needs a pattern that generates all codebooks (delay, parallel or depth): "
             "the stored decoded mel uses every codebook, a coarse model only samples codebook 0; "
             "use decoded_coarse"
+        )
+    if cfg.task == "lm" and cfg.data.mel_source == "codec_latent" and coarse:
+        raise ConfigError(
+            "data.mel_source=codec_latent sums every codebook's vector, and a coarse model samples "
+            "codebook 0 only: use a pattern that generates all codebooks (delay, parallel or depth)"
         )
     if cfg.task == "lm" and cfg.data.mel_source == "decoded_coarse" and not coarse:
         raise ConfigError(

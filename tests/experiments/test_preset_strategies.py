@@ -22,8 +22,15 @@ def test_strategies_preset_plans_three_strategies_and_a_fine_stage(tiny_dataset,
     sets = {"speech": str(tiny_dataset), "music": str(tiny_dataset)}
     runs = pr.plan(p, "quickstart", sets, tmp_path, [0], [])
     fine = fine_runs(p, "quickstart", sets, tmp_path, [0], ["train.max_steps=9"])
-    assert len(runs) == 2 * 3 * 2 and len(fine) == 2
+    assert len(runs) == 2 * (3 * 2 + 1) and len(fine) == 2  # + the delay hybrid on the codec latent
     cfg = {(r.setting, r.model): resolve_config(r.raw) for r in runs if r.set == "speech"}
+    latent = cfg[("delay", "latent")]
+    assert (latent.data.mel_source, latent.model.mel_input, latent.model.pattern) == (
+        "codec_latent",
+        "codec_latent",
+        "delay",
+    )
+    assert latent.model.d_model == cfg[("delay", "hybrid")].model.d_model
     assert cfg[("depth", "hybrid")].model.pattern == "depth" and cfg[("depth", "twin")].model.fusion == "none"
     assert cfg[("coarse", "hybrid")].data.mel_source == "decoded_coarse"  # what a coarse sampler feeds back
     assert cfg[("delay", "hybrid")].model.d_model == 128 and cfg[("delay", "hybrid")].model.context == 225

@@ -37,9 +37,10 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--out", help="report JSON path (also writes .md and .png next to it)")
     ap.add_argument(
         "--mel",
-        choices=("both", "truth", "decoded"),
+        choices=("both", "truth", "decoded", "codec_latent"),
         default="both",
-        help="mel source(s) for hybrid models (token-only models: n/a)",
+        help="mel source(s) for hybrid models (token-only models: n/a; models trained on "
+        "data.mel_source=codec_latent are always scored on the codec latent of the codes)",
     )
     ap.add_argument(
         "--overlap",

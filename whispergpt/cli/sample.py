@@ -95,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="incremental decode of the mel feedback loop (auto: stream when the codec supports it)",
     )
     ap.add_argument(
+        "--overlap",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="decode each frame of the mel feedback loop on a second thread while the next step runs "
+        "(models trained with model.mel_extra_lag >= 1; auto: on for them on a CPU with >= 2 cores)",
+    )
+    ap.add_argument(
         "--context-keep",
         type=float,
         default=DEFAULT_CONTEXT_KEEP,

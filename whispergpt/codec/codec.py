@@ -197,6 +197,17 @@ class Codec:
                 self._silence_codes = self.model.quantizer.encode(self.model.encoder(zeros), None)
         return self._silence_codes
 
+    def codebook_table(self, num_codebooks: int | None = None) -> torch.Tensor:
+        """The first ``num_codebooks`` (default: this bandwidth's K) residual codebooks stacked,
+        ``(K, V, C)`` float32 (a copy): what ``codec_latent`` looks codes up in."""
+        K = self.num_codebooks if num_codebooks is None else int(num_codebooks)
+        if not 1 <= K <= self.model.config.num_quantizers:
+            raise ValueError(
+                f"codebook_table expects 1..{self.model.config.num_quantizers} codebooks, got {K}"
+            )
+        layers = self.model.quantizer.layers[:K]
+        return torch.stack([q.codebook.embed.detach().float() for q in layers]).clone()
+
     @torch.inference_mode()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """``(B, K, T)`` codes (any ``K <= num_codebooks``) -> ``(B, T * 320)`` float32 audio."""
@@ -219,6 +230,23 @@ class Codec:
             f"Codec({self.name!r}, bandwidth={self.bandwidth} kbps, K={self.num_codebooks}, "
             f"V={self.codebook_size}, {self.frame_rate} Hz)"
         )
+
+
+def codec_latent(table: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """The codec's dequantised latent of ``codes (..., K, T)`` long: ``(..., C, T)`` float, frame
+    ``t`` = ``sum_k table[k, codes[..., k, t]]`` with ``table (K, V, C)`` (``Codec.codebook_table``).
+
+    What the codec's decoder reads (``quantizer.decode``), a deterministic function of each frame's
+    tokens alone (table lookups, no decode): the continuous stream of ``data.mel_source:
+    codec_latent``. The one implementation, used by the dataset reader (training, evaluation) and
+    the sampler, so both sides compute the same numbers in the same order.
+    """
+    K, V, C = table.shape
+    if codes.dim() < 2 or codes.shape[-2] != K:
+        raise ValueError(f"codec_latent expects codes (..., K={K}, T), got shape {tuple(codes.shape)}")
+    offsets = (torch.arange(K, device=codes.device) * V)[:, None]  # (K, 1)
+    rows = torch.nn.functional.embedding(codes + offsets, table.reshape(K * V, C))  # (..., K, T, C)
+    return rows.sum(-3).transpose(-1, -2)  # (..., C, T)
 
 
 def _load_encodec(name_or_path: str | os.PathLike):

@@ -10,7 +10,10 @@ Nothing is loaded into RAM beyond the requested crop. Streams:
   (``whispergpt.data.streams.STREAMS``) by its name;
 - ``mel`` ``(M, N)`` float32, from the array ``mel_source`` names: ``truth`` (the original audio's
   log-mel), ``decoded`` (of the codec-decoded tokens, all K codebooks: what a delay/parallel
-  sampler feeds back) or ``decoded_coarse`` (of codebook 0 alone: what a coarse sampler feeds back).
+  sampler feeds back) or ``decoded_coarse`` (of codebook 0 alone: what a coarse sampler feeds back);
+  or ``codec_latent``: ``(C, N)``, not stored but computed from the crop's codes as the codec's
+  dequantised latent (``codec.codec_latent``: table lookups in the codebooks of the codec the
+  manifest names, loaded once by the reader; any dataset has it, no re-encode).
 
 A stream the dataset lacks is an ``InputError`` naming the stream and the prepare flag that stores
 it. Both layouts are read: format 2 (time-major, a crop is one contiguous read per array; mel
@@ -55,6 +58,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from whispergpt.codec.codec import codec_latent
 from whispergpt.data.streams import MEL_STREAMS, STREAMS, stored_streams, time_major
 from whispergpt.data.verify import check_shard, check_values, npy_header
 from whispergpt.errors import InputError
@@ -66,6 +70,8 @@ SHARDS_DIR = "shards"
 # which array a crop's mel comes from (data.mel_source): the original audio's, or the codec-decoded
 # tokens' audio's (all codebooks, or codebook 0 alone)
 MEL_SOURCES = {source: STREAMS[name].file for source, name in MEL_STREAMS.items()}
+# data.mel_source computed from the codes rather than read (codec.codec_latent)
+CODEC_LATENT = "codec_latent"
 DEFAULT_STREAMS = ("codes", "mel")
 _NP_ITEM = {"int": np.int64, "float": np.float32}
 # manifest keys that must agree for several prepared folders to be read as one dataset
@@ -107,6 +113,28 @@ def read_manifest(directory: str | os.PathLike) -> dict:
     if unknown:
         raise ValueError(f"{path}: unknown streams {unknown} (known: {sorted(STREAMS)}); upgrade whispergpt")
     return manifest
+
+
+def codec_latent_table(manifest: dict) -> torch.Tensor:
+    """``(K, V, C)``: the codebooks of the dataset's codec (``manifest["codec"]``, opened at its
+    recorded bandwidth) that ``mel_source: codec_latent`` looks the codes up in."""
+    from whispergpt.codec import open_codec
+
+    name, K = manifest.get("codec"), int(manifest["num_codebooks"])
+    if not name:
+        raise ValueError("mel_source codec_latent needs the dataset's codec, and its manifest names none")
+    try:
+        codec, _ = open_codec(
+            name,
+            num_codebooks=K,
+            codebook_size=int(manifest["codebook_size"]),
+            bandwidth=manifest.get("bandwidth"),
+        )
+    except OSError as e:
+        raise ValueError(
+            f"mel_source codec_latent needs the dataset's codec {name!r}, which cannot be opened: {e}"
+        ) from e
+    return codec.codebook_table(K)
 
 
 def verify_dataset(directory: str | os.PathLike, full: bool = True) -> tuple[list[tuple[str, str]], int]:
@@ -243,8 +271,8 @@ class PreparedDataset(torch.utils.data.Dataset):
                 raise ValueError(f"{d}: unknown split {split!r}, expected one of {sorted(m['splits'])}")
         if frames is not None and (not isinstance(frames, int) or frames < 1):
             raise ValueError(f"frames must be a positive int or None, got {frames!r}")
-        if mel_source not in MEL_SOURCES:
-            raise ValueError(f"mel_source must be one of {list(MEL_SOURCES)}, got {mel_source!r}")
+        if mel_source not in MEL_SOURCES and mel_source != CODEC_LATENT:
+            raise ValueError(f"mel_source must be one of {[*MEL_SOURCES, CODEC_LATENT]}, got {mel_source!r}")
         streams = (streams,) if isinstance(streams, str) else tuple(streams)
         if not streams:
             raise ValueError("streams must name at least one stream, got ()")
@@ -254,8 +282,13 @@ class PreparedDataset(torch.utils.data.Dataset):
             raise ValueError(f"unknown streams {unknown}; expected some of {known}")
         self.mel_source = mel_source
         self.streams = streams
-        # the stored stream each requested name reads ("mel" through mel_source)
-        self._stored = tuple(MEL_STREAMS[mel_source] if s == "mel" else s for s in streams)
+        # the stored stream each requested name reads ("mel" through mel_source; codec_latent: the codes)
+        latent = mel_source == CODEC_LATENT
+        self._stored = tuple(
+            ("codes" if latent else MEL_STREAMS[mel_source]) if s == "mel" else s for s in streams
+        )
+        self._latent_at = streams.index("mel") if latent and "mel" in streams else None
+        self.latent_table = codec_latent_table(self.manifest) if latent else None  # (K, V, C)
         for d, m in zip(self.directories, self.manifests):
             have = stored_streams(m)
             for asked, name in zip(streams, self._stored):
@@ -357,6 +390,9 @@ class PreparedDataset(torch.utils.data.Dataset):
 
     @property
     def n_mels(self) -> int:
+        """Rows of the ``mel`` stream: the manifest's n_mels, or C with ``codec_latent``."""
+        if self.mel_source == CODEC_LATENT:
+            return int(self.latent_table.shape[-1])
         return int(self.manifest["n_mels"])
 
     @property
@@ -420,6 +456,8 @@ class PreparedDataset(torch.utils.data.Dataset):
         else:  # format 1: (rows, N_total), one strided read per row
             for name, arr in zip(self._stored, arrays):
                 out.append(torch.from_numpy(np.array(arr[:, a:b], dtype=_NP_ITEM[STREAMS[name].kind])))
+        if self._latent_at is not None:  # codes (K, N) -> the codec's latent (C, N)
+            out[self._latent_at] = codec_latent(self.latent_table, out[self._latent_at])
         return tuple(out)
 
     def file_arrays(self, file_index: int) -> tuple[torch.Tensor, ...]:

@@ -53,6 +53,7 @@ from pathlib import Path
 
 import torch
 
+from whispergpt.codec.codec import codec_latent
 from whispergpt.data import PreparedDataset
 from whispergpt.evaluation.bits import bits_markdown, bits_rows
 from whispergpt.evaluation.semantic import (
@@ -71,6 +72,7 @@ MEL_LABELS = {
     "truth": "mel=truth (ground-truth audio)",
     "decoded": "mel=decoded (codec-decoded tokens)",
     "n/a": "mel=n/a (token-only)",
+    "codec_latent": "mel=codec_latent (the codec latent of the tokens)",
 }
 LN2 = math.log(2.0)
 
@@ -195,7 +197,8 @@ def check_compatible(model: WhisperGPT, ds: PreparedDataset, where: str) -> None
     for key, have in (("num_codebooks", ds.num_codebooks), ("codebook_size", ds.codebook_size)):
         if getattr(c, key) != have:
             raise ValueError(f"{where}: model {key}={getattr(c, key)} but the dataset has {key}={have}")
-    if getattr(c, "fusion", "none") != "none" and c.n_mels != ds.n_mels:
+    latent = getattr(c, "mel_input", "log_mel") == "codec_latent"  # its width is the codec's, checked there
+    if getattr(c, "fusion", "none") != "none" and not latent and c.n_mels != ds.n_mels:
         raise ValueError(f"{where}: model n_mels={c.n_mels} but the dataset has n_mels={ds.n_mels}")
     if getattr(c, "semantic", "none") != "none":  # conditioned on semantic tokens: the same tokenizer's
         check_semantic_tokenizer(c, ds.manifest.get("semantic_tokenizer"), where)
@@ -204,6 +207,10 @@ def check_compatible(model: WhisperGPT, ds: PreparedDataset, where: str) -> None
 def mel_sources(model: WhisperGPT | FineModel, mel: str) -> list[str]:
     if getattr(model.config, "fusion", "none") == "none":
         return ["n/a"]
+    if getattr(model.config, "mel_input", "log_mel") == "codec_latent":
+        return ["codec_latent"]  # computed from the codes, whatever --mel says
+    if mel == "codec_latent":
+        raise ValueError("mel codec_latent: this hybrid reads a log-mel (use both, truth or decoded)")
     return ["truth", "decoded"] if mel == "both" else [mel]
 
 
@@ -282,8 +289,8 @@ def evaluate(
     ``accelerator``: an ``accelerate.Accelerator`` (made here if None); files are sharded across
     its processes and the sums all-reduced.
     """
-    if mel not in ("both", "truth", "decoded"):
-        raise ValueError(f"mel must be 'both', 'truth' or 'decoded', got {mel!r}")
+    if mel not in ("both", "truth", "decoded", "codec_latent"):
+        raise ValueError(f"mel must be 'both', 'truth', 'decoded' or 'codec_latent', got {mel!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not checkpoints:
@@ -348,6 +355,16 @@ def evaluate(
         if note and acc.is_main_process:
             print(f"note: {note}", file=sys.stderr)
 
+    table = None  # the dataset codec's codebooks, for codec_latent models
+    if any("codec_latent" in srcs for _, _, srcs in models):
+        from whispergpt.data.dataset import codec_latent_table
+
+        table = codec_latent_table(ds.manifest)
+        for (_, m, srcs), ck in zip(models, checkpoints):
+            if "codec_latent" in srcs and m.config.n_mels != table.shape[-1]:
+                raise ValueError(
+                    f"{ck}: model n_mels={m.config.n_mels} but the codec latent has C={table.shape[-1]}"
+                )
     rank, world = acc.process_index, acc.num_processes
     # longest files first, dealt round-robin: balanced ranks; the sums do not depend on the order
     order = sorted(range(len(ds.files)), key=lambda i: (-ds.files[i]["frames"], i))
@@ -384,6 +401,8 @@ def evaluate(
                 mel_of = {"n/a": None, "truth": truth_of}.get(src)
                 if src == "decoded":
                     mel_of = dec_of[decoded_codebooks(model)]
+                if src == "codec_latent":
+                    mel_of = {i: codec_latent(table, codes_of[i]) for i in group}
                 conditioned = getattr(model.config, "semantic", "none") != "none"
                 evaluate_windows(
                     model, codes_of, mel_of, windows, totals[(mi, src)], batch_size, device, autocast_dtype,

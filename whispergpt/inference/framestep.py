@@ -19,17 +19,28 @@ span. The tokens equal those of the default path (``tests/inference/test_framest
 which captures them as CUDA graphs). Inductor's compiled code is cached on disk
 (``TORCHINDUCTOR_CACHE_DIR``, default ``~/.cache/whispergpt/inductor``), so only a machine's
 first run pays the code generation; each new process still traces (a few seconds).
+
+``latent_table`` (models with ``mel_input: codec_latent``): ``feed(f)`` writes the codec's
+dequantised latent of frame ``f``'s tokens (``codec.codec_latent``, table lookups) instead of
+decoding it; there is no audio buffer.
+
+Overlap (``overlap=True``, models with ``mel_extra_lag >= 1``): ``feed_async(f)`` runs ``feed(f)``
+on one worker thread while the caller computes the next model step, which reads an older frame;
+``wait()`` returns once every submitted frame is written. The worker runs the same ops in the same
+order as ``feed``, so the tokens and audio are the same as without overlap (tests).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
 from whispergpt.audio import HOP_LENGTH, WIN_LENGTH, log_mel_frame
+from whispergpt.codec.codec import codec_latent
 from whispergpt.codec.streaming import StreamingDecoder
 from whispergpt.models.decoding import warm_static_tables
 
@@ -53,7 +64,9 @@ class FrameStep:
     here for frame ``f``. ``stream (B, T*320)`` / ``fed_mel (B, M, T)``: the sampler's buffers, each
     decoded frame's samples and mel frame written there. ``decode``: ``StreamingDecoder`` (needed
     with ``static``) or a callable ``f -> (B, 320)`` (the window decoder). Token-only models pass
-    None for everything but ``model``, ``cache`` and ``codes``.
+    None for everything but ``model``, ``cache`` and ``codes``. ``latent_table (K, V, C)``: feed the
+    codec latent (``decode`` and ``stream`` None). ``overlap``: ``feed_async`` on a worker thread
+    (call ``close`` when done).
     """
 
     def __init__(
@@ -65,10 +78,17 @@ class FrameStep:
         fed_mel: torch.Tensor | None = None,
         decode: StreamingDecoder | Callable[[int], torch.Tensor] | None = None,
         compile: bool = False,
+        latent_table: torch.Tensor | None = None,
+        overlap: bool = False,
     ) -> None:
         self.model, self.cache, self.codes = model, cache, codes
         self.stream, self.fed_mel, self.decode = stream, fed_mel, decode
+        self.latent_table = latent_table
         self.static = cache.static
+        if overlap and self.static:
+            raise ValueError("overlap runs the eager step (not static/compile)")
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="whispergpt-feed") if overlap else None
+        self._pending: Future | None = None
         if compile and not self.static:
             raise ValueError("compile needs the static step (a static cache)")
         if (
@@ -132,7 +152,10 @@ class FrameStep:
         self.fed_mel[:, :, f] = mel
 
     def feed(self, f: int) -> None:
-        """Decode frame ``f`` (all samples at once) and compute its causal mel frame."""
+        """Decode frame ``f`` (all samples at once) and compute its causal mel frame (or its latent)."""
+        if self.latent_table is not None:
+            self.fed_mel[:, :, f] = codec_latent(self.latent_table, self.codes[:, :, f : f + 1])[..., 0]
+            return
         if self.static:
             self.frame.copy_(self.codes[:, :, f : f + 1])
             new, mel = self._feed()
@@ -141,6 +164,31 @@ class FrameStep:
             self.win = torch.cat([self.win[:, HOP_LENGTH:], new], dim=1)
             mel = log_mel_frame(self.win, self.n_mels)
         self._store(f, new, mel)
+
+    def _feed_worker(self, f: int) -> None:
+        with torch.inference_mode():  # grad mode is per thread
+            self.feed(f)
+
+    def feed_async(self, f: int) -> None:
+        """``feed(f)`` on the worker thread (after the frames submitted before it): read
+        ``fed_mel[:, :, f]`` only after ``wait()``."""
+        self.wait()
+        self._pending = self._pool.submit(self._feed_worker, f)
+
+    def wait(self) -> None:
+        """Until every ``feed_async`` frame is written (re-raises the worker's exception)."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def close(self) -> None:
+        """Wait for the worker and stop it."""
+        try:
+            self.wait()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown()
+                self._pool = None
 
     def step(
         self, tok: torch.Tensor, mel: torch.Tensor | None, semantic: torch.Tensor | None = None
@@ -160,6 +208,9 @@ class FrameStep:
 
     def feed_step(self, tok: torch.Tensor, f: int, semantic: torch.Tensor | None = None) -> torch.Tensor:
         """``feed(f)`` then ``step(tok, mel of f, semantic)``: one call (one graph) in the static path."""
+        if self.latent_table is not None:
+            self.feed(f)
+            return self.step(tok, self.fed_mel[:, :, f], semantic)
         if not self.static:
             self.feed(f)
             return self.model.step_unchecked(tok, self.fed_mel[:, :, f], self.cache, semantic)

@@ -27,6 +27,22 @@ The new frame's samples go into a rolling audio buffer from which its mel frame 
 window ending at ``(f+1)*320``) is computed. ``tests/inference/test_generate.py`` checks that the fed mel
 equals ``log_mel(codec.decode(final codes))`` within 1e-3 for both decoders.
 
+``model.mel_input: codec_latent``: the fed frame is the codec's dequantised latent of frame ``f``'s
+tokens (``codec.codec_latent``, the sum of its K codebook vectors, what the dataset computes from the
+stored codes): table lookups, no decode, no mel, no audio buffer (``stream_audio`` is None).
+
+Overlap (``overlap``, models trained with ``model.mel_extra_lag >= 1``): the mel of frame ``f``,
+complete after step ``s``, is read at step ``s + 1 + extra`` rather than ``s + 1``, so the frame is
+decoded (and its mel computed) on a worker thread while the decoder computes step ``s + 1``, which
+reads frame ``f - 1``: the decode leaves the critical path on a machine with a second core.
+The lag is part of the model (trained with it: ``patterns.mel_lag``), the same for every pattern
+(delay: ``lag = K``; coarse/parallel/depth: ``lag = 1``); the overlapped and sequential loops of the
+same model draw the same tokens and audio for a seed (``tests/inference/test_overlap.py``).
+``overlap=None`` (default): on for such models on CPU when the machine has >= 2 cores; never for
+``static``/``compile`` or a ``codec_latent`` model (nothing to decode). On CUDA a thread adds no
+overlap (both threads launch on the default stream): ``overlap=True`` runs, but a side stream
+for the decode is not built yet.
+
 Coarse models generate codebook 0 only and decode it alone (``Codec.decode`` with K' = 1).
 Depth models (``pattern: depth``) run one temporal step per frame (``model.step``: codebook 0),
 then K - 1 depth steps (``sample_depth_frame``): frame ``s`` is complete after step ``s`` (lag 0).
@@ -57,6 +73,7 @@ starting at frame ``s0`` has it. ``aligned``: step ``s`` reads the token of fram
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -64,6 +81,7 @@ import torch
 from torch.nn.utils import parametrize
 
 from whispergpt.audio import FRAME_RATE, HOP_LENGTH, log_mel
+from whispergpt.codec.codec import codec_latent
 from whispergpt.codec.streaming import StreamingDecoder
 from whispergpt.inference.framestep import FrameStep
 from whispergpt.models import patterns as pt
@@ -243,6 +261,7 @@ def generate(
     compile: bool = False,
     semantic: torch.Tensor | None = None,
     on_frame=None,
+    overlap: bool | None = None,
 ) -> GenerationResult:
     """Generate ``frames`` new frames for ``num_samples`` samples (after an optional prompt).
 
@@ -260,7 +279,9 @@ def generate(
     with ``config.semantic != "none"`` and rejected by others (``models/semantic.py``).
     ``on_frame(codes, f)``: called as soon as frame ``f >= Tp`` has all its codebooks, with the
     frame-space ``codes (B, Kin, T)`` being filled (read ``codes[..., f]`` only: later frames are
-    still written); ``inference.api.Pipeline`` streams audio from it.
+    still written); ``inference.api.Pipeline`` streams audio from it. ``overlap``: decode each frame
+    on a worker thread during the next step (models with ``mel_extra_lag >= 1``; None: on for them on
+    a CPU with >= 2 cores; see the module docstring).
     """
     c = model.config
     check_sampling_args(temperature, top_k, top_p)
@@ -281,6 +302,19 @@ def generate(
     model.eval()
     dev = model.tok_emb.weight.device
     K, Kin, V, M, lag = c.num_codebooks, model.num_input_codebooks, c.codebook_size, c.n_mels, c.mel_lag
+    base_lag = lag - c.mel_extra_lag  # frame s - base_lag is complete after step s
+    latent = hybrid and c.mel_input == "codec_latent"
+    if overlap is None:
+        overlap = (
+            hybrid and not latent and not static and c.mel_extra_lag >= 1
+            and dev.type == "cpu" and (os.cpu_count() or 1) >= 2
+        )  # fmt: skip
+    elif overlap and not (hybrid and c.mel_extra_lag >= 1) or overlap and (static or latent):
+        raise ValueError(
+            "overlap needs a hybrid log-mel model trained with model.mel_extra_lag >= 1 and the eager "
+            f"step (not static/compile); this one has fusion={c.fusion}, mel_input={c.mel_input}, "
+            f"mel_extra_lag={c.mel_extra_lag}"
+        )
     B = num_samples
     capacity = c.max_steps  # KV positions per pattern step = 1 (interleave handled inside the model)
 
@@ -325,9 +359,26 @@ def generate(
     fixed = (frame_of < Tp) | (frame_of >= T)  # (Kin, P)
     fixed_any = fixed.any(dim=0).tolist()  # steps where some token is fixed (no per-step test on the device)
 
-    fed_mel = stream = streamer = None
+    fed_mel = stream = streamer = table = None
     W = int(decode_window)
-    if hybrid:
+    if latent:
+        if Kin != K:
+            raise ValueError("mel_input codec_latent needs every codebook generated (not pattern coarse)")
+        table = codec.codebook_table(K).to(dev)  # (K, V, C)
+        if table.shape[1:] != (V, M):
+            raise ValueError(
+                f"codec {codec.name} has codebooks (V, C) = {tuple(table.shape[1:])}, the model reads "
+                f"codec_latent of width n_mels={M} with V={V}: sample with the codec it was trained on"
+            )
+        if prompt_mel is not None:
+            raise ValueError(
+                "prompt_mel (truth) is a log-mel; a codec_latent model reads the prompt's latent"
+            )
+        fed_mel = torch.zeros(B, T, M, device=dev).transpose(1, 2)  # (B, M, T) view, time-major
+        if Tp:
+            fed_mel[:, :, :Tp] = codec_latent(table, codes[:, :, :Tp])
+        decoder = "none"
+    elif hybrid:
         if decoder == "auto":
             decoder = "stream" if StreamingDecoder.supported(codec) else "window"
         elif decoder == "stream" and not StreamingDecoder.supported(codec):
@@ -384,8 +435,9 @@ def generate(
         raise ValueError(f"the model's context holds {capacity} step(s); sampling needs >= 2")
     cache = model.new_cache(B, capacity, decode_dtype=decode_dtype, static=static)
     logits = prefill(0, Tp)
+    decode = None if latent or not hybrid else (streamer or window_decode)
     frame_step = FrameStep(
-        model, cache, codes, stream, fed_mel, streamer or (window_decode if hybrid else None), compile
+        model, cache, codes, stream, fed_mel, decode, compile, latent_table=table, overlap=overlap
     )
     frame_step.start(Tp * HOP_LENGTH)
     s0 = 0
@@ -398,36 +450,43 @@ def generate(
         from tqdm.auto import tqdm
 
         steps = tqdm(steps, desc="sampling", unit="step")
-    with parametrize.cached():  # the codec's weight-norm weights, computed once
-        for s in steps:
-            tok = sample_tokens(logits, temperature, top_k, top_p, generator)  # (B, Kin)
-            if depth:  # codebook 0 so far: the depth transformer samples codebooks 1..K-1
-                tok = sample_depth_frame(model, tok, cache, temperature, top_k, top_p, generator)
-            if fixed_any[s]:
-                tok = torch.where(fixed[:, s], placed[:, :, s], tok)
-            placed[:, :, s] = tok  # also fills frame space (``codes`` is a view of ``placed``)
-            f = s - lag  # the frame completed by this step: decoded, its mel read at step s + 1
-            if on_frame is not None and f >= Tp:
-                on_frame(codes, f)
-            feed = hybrid and f >= Tp
-            full = s + 1 - s0 >= capacity  # cache full: rebuild it from the last `keep` positions
-            sem_next = None if sem_steps is None or s == P - 1 else sem_steps[:, s + 1]
-            if feed and not full and s < P - 1:
-                logits = frame_step.feed_step(tok, f, sem_next)  # decode + mel + model step, one call
-                continue
-            if feed:
-                frame_step.feed(f)
-            if s == P - 1:
-                break
-            if full:
-                s0 = s + 2 - keep
-                logits = prefill(s0, s + 1)
-                reprefills += 1
-                continue
-            step_mel = None
-            if hybrid:
-                step_mel = fed_mel[:, :, f] if f >= 0 else zero_mel
-            logits = frame_step.step(tok, step_mel, sem_next)
+    try:
+        with parametrize.cached():  # the codec's weight-norm weights, computed once
+            for s in steps:
+                tok = sample_tokens(logits, temperature, top_k, top_p, generator)  # (B, Kin)
+                if depth:  # codebook 0 so far: the depth transformer samples codebooks 1..K-1
+                    tok = sample_depth_frame(model, tok, cache, temperature, top_k, top_p, generator)
+                if fixed_any[s]:
+                    tok = torch.where(fixed[:, s], placed[:, :, s], tok)
+                placed[:, :, s] = tok  # also fills frame space (``codes`` is a view of ``placed``)
+                fc = s - base_lag  # the frame completed by this step: decoded now
+                f = s - lag  # the frame whose mel step s + 1 reads (fc unless mel_extra_lag)
+                if on_frame is not None and fc >= Tp:
+                    on_frame(codes, fc)
+                feed = hybrid and fc >= Tp
+                full = s + 1 - s0 >= capacity  # cache full: rebuild it from the last `keep` positions
+                sem_next = None if sem_steps is None or s == P - 1 else sem_steps[:, s + 1]
+                if feed and f == fc and not full and s < P - 1:
+                    logits = frame_step.feed_step(tok, f, sem_next)  # decode + mel + model step, one call
+                    continue
+                if feed and overlap:
+                    frame_step.feed_async(fc)  # waits for frame fc - 1 (>= f), then decodes fc meanwhile
+                elif feed:
+                    frame_step.feed(fc)
+                if s == P - 1:
+                    break
+                if full:
+                    frame_step.wait()
+                    s0 = s + 2 - keep
+                    logits = prefill(s0, s + 1)
+                    reprefills += 1
+                    continue
+                step_mel = None
+                if hybrid:
+                    step_mel = fed_mel[:, :, f] if f >= 0 else zero_mel
+                logits = frame_step.step(tok, step_mel, sem_next)
+    finally:
+        frame_step.close()
     _device_sync(dev)
     t_loop = time.perf_counter()
     codes = codes.contiguous()

@@ -75,6 +75,15 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--context-keep must be in (0, 1), got {args.context_keep}")
 
 
+def continuation_source(config) -> str:
+    """What the model read for the generated frames (the record's ``mel_source.continuation``)."""
+    return (
+        "codec_latent (of the sampled tokens)"
+        if config.mel_input == "codec_latent"
+        else "decoded (incremental)"
+    )
+
+
 def generate_options(args: argparse.Namespace) -> dict:
     """The ``generate`` keyword arguments the sampling flags set (shared with ``--data``)."""
     return dict(
@@ -87,6 +96,7 @@ def generate_options(args: argparse.Namespace) -> dict:
         progress=not args.no_progress,
         decode_dtype=args.decode_dtype,
         compile=args.compile,
+        overlap={"auto": None, "on": True, "off": False}[getattr(args, "overlap", "auto")],
     )
 
 
@@ -140,7 +150,7 @@ def run(args: argparse.Namespace) -> dict:
             codec=dict(name=codec.name, bandwidth=codec.bandwidth, source=codec_source, note=note),
             mel_source=None
             if config.fusion == "none"
-            else dict(prompt=args.prompt_mel, continuation="decoded (incremental)"),
+            else dict(prompt=args.prompt_mel, continuation=continuation_source(config)),
         )
         if semantic is not None:
             base["stages"] = stages_record(args, ckpt, config, semantic, fine)
@@ -200,7 +210,7 @@ def run(args: argparse.Namespace) -> dict:
             if config.fusion == "none"
             else dict(
                 prompt=args.prompt_mel if Tp else None,
-                continuation="decoded (incremental)",
+                continuation=continuation_source(config),
                 decoder=result.timings["decoder"],
                 decode_window=args.decode_window if result.timings["decoder"] == "window" else None,
             )

@@ -46,6 +46,13 @@ class WhisperGPTConfig:
     semantic_vocab: int | None = None  # the semantic tokenizer's clusters; 0/None: from the dataset
     semantic_rate: float = 25  # Hz of the semantic tokens; must divide 75 (g = 75 / rate frames each)
     semantic_lookahead: int = 1  # aligned: semantic frames read ahead of the predicted frame's
+    # the continuous stream the mel branch reads (set from data.mel_source by the run config):
+    # log_mel (a causal log-mel slice, M = n_mels bins) or codec_latent (the codec's dequantised
+    # latent of the frame's tokens, codec.codec_latent: n_mels = the codebook width C)
+    mel_input: Literal["log_mel", "codec_latent"] = "log_mel"
+    # frames the stream lags beyond the pattern's own lag: 1 lets the sampler decode frame f on a
+    # second thread while the decoder computes the next step (generate(overlap=...)); trained the same
+    mel_extra_lag: int = 0
 
     def __post_init__(self) -> None:
         pt.check_pattern(self.pattern, self.num_codebooks)  # also: depth needs K >= 2
@@ -57,6 +64,10 @@ class WhisperGPTConfig:
         for name in ("num_codebooks", "n_mels", "d_model", "n_layers", "n_heads", "context"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.mel_input not in ("log_mel", "codec_latent"):
+            raise ValueError(f"mel_input must be log_mel or codec_latent, got {self.mel_input!r}")
+        if not isinstance(self.mel_extra_lag, int) or self.mel_extra_lag < 0:
+            raise ValueError(f"mel_extra_lag must be an integer >= 0, got {self.mel_extra_lag!r}")
         if self.codebook_size < 2:
             raise ValueError(f"codebook_size must be >= 2, got {self.codebook_size}")
         if self.mlp_ratio <= 0:
@@ -133,7 +144,8 @@ class WhisperGPTConfig:
 
     @property
     def mel_lag(self) -> int:
-        return pt.mel_lag(self.pattern, self.num_codebooks)
+        """Frames the mel stream lags: the pattern's lag + ``mel_extra_lag``."""
+        return pt.mel_lag(self.pattern, self.num_codebooks, self.mel_extra_lag)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

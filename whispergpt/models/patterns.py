@@ -42,6 +42,9 @@ index is negative). With ``delay``, frame ``f`` is complete (all K codebooks gen
 after step ``f + K - 1``, so the mel of frame ``f`` (computed from decoded audio at sampling time)
 can be fed from step ``f + K`` on: ``lag = K - 1``. With ``coarse``/``parallel``/``depth`` the tokens of
 frame ``f`` are placed at step ``f`` and its mel is fed at step ``f + 1``: ``lag = 0``.
+``model.mel_extra_lag`` adds frames to every pattern's lag (``lag = K`` for delay with 1): the model
+is trained with the same lag it samples with, and the extra step lets the sampler decode frame ``f``
+on a second thread while it computes the step after ``f`` is complete (``inference.generate``).
 
 Training-time input for T frames (what ``build_inputs`` returns), delay, K = 3::
 
@@ -83,10 +86,14 @@ def scored_codebooks(pattern: str, num_codebooks: int) -> int:
     return input_codebooks(pattern, num_codebooks)
 
 
-def mel_lag(pattern: str, num_codebooks: int) -> int:
-    """Frames by which the mel stream is lagged: step ``p`` reads mel frame ``p - 1 - lag``."""
+def mel_lag(pattern: str, num_codebooks: int, extra: int = 0) -> int:
+    """Frames by which the mel stream is lagged: step ``p`` reads mel frame ``p - 1 - lag``.
+
+    ``extra`` (``model.mel_extra_lag``) frames are added to the pattern's own lag (the least that
+    makes every fed frame complete): with ``extra = 1`` a frame's mel is read one step after the
+    earliest step that could read it, so the sampler can decode the frame while that step runs."""
     check_pattern(pattern, num_codebooks)
-    return num_codebooks - 1 if pattern == "delay" else 0
+    return (num_codebooks - 1 if pattern == "delay" else 0) + extra
 
 
 def num_steps(pattern: str, num_codebooks: int, num_frames: int) -> int:
@@ -104,9 +111,9 @@ def step_of(pattern: str, codebook: int, frame: int) -> int:
     return frame + codebook if pattern == "delay" else frame
 
 
-def mel_frame_at_step(pattern: str, num_codebooks: int, step: int) -> int:
+def mel_frame_at_step(pattern: str, num_codebooks: int, step: int, extra: int = 0) -> int:
     """The mel frame read at input position ``step``; negative means the learned pad vector."""
-    return step - 1 - mel_lag(pattern, num_codebooks)
+    return step - 1 - mel_lag(pattern, num_codebooks, extra)
 
 
 def predicted_at_step(
@@ -160,7 +167,9 @@ def revert_logits(step_logits: torch.Tensor, pattern: str, num_frames: int) -> t
     return step_logits[:, :, :num_frames]
 
 
-def build_step_mel(mel: torch.Tensor, pattern: str, num_codebooks: int, steps: int) -> torch.Tensor:
+def build_step_mel(
+    mel: torch.Tensor, pattern: str, num_codebooks: int, steps: int, extra: int = 0
+) -> torch.Tensor:
     """Mel ``(B, M, T)`` -> the mel read at input positions ``0 .. steps-1``: ``(B, M, steps)``.
 
     Position ``p`` gets frame ``p - 1 - lag``; positions with a negative frame (and frames past
@@ -169,7 +178,7 @@ def build_step_mel(mel: torch.Tensor, pattern: str, num_codebooks: int, steps: i
     """
     if mel.dim() != 3:
         raise ValueError(f"mel must be (B, M, T), got shape {tuple(mel.shape)}")
-    shift = 1 + mel_lag(pattern, num_codebooks)
+    shift = 1 + mel_lag(pattern, num_codebooks, extra)
     out = mel.new_zeros(mel.shape[0], mel.shape[1], steps)
     n = max(0, min(steps - shift, mel.shape[-1]))
     out[:, :, shift : shift + n] = mel[:, :, :n]
@@ -177,18 +186,18 @@ def build_step_mel(mel: torch.Tensor, pattern: str, num_codebooks: int, steps: i
 
 
 def build_inputs(
-    codes: torch.Tensor, mel: torch.Tensor | None, pattern: str, pad_id: int
+    codes: torch.Tensor, mel: torch.Tensor | None, pattern: str, pad_id: int, extra_lag: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Frame-space ``codes (B, K, T)`` + ``mel (B, M, T)`` -> input-position tokens and mel.
 
     Returns ``tokens (B, Kin, P)`` (the placed step tokens shifted right by one step, BOS = pad_id
     first) and ``mel (B, M, P)`` (see ``build_step_mel``; None if ``mel`` is None). Feeding these
     to the model for positions ``0 .. P-1`` gives step logits whose step ``p`` predicts the tokens
-    placed at step ``p``.
+    placed at step ``p``. ``extra_lag``: ``model.mel_extra_lag`` (see ``mel_lag``).
     """
     K, T = codes.shape[1], codes.shape[2]
     placed = build_step_tokens(codes, pattern, pad_id)  # (B, Kin, P)
     bos = placed.new_full(placed.shape[:2] + (1,), pad_id)
     tokens = torch.cat([bos, placed[:, :, :-1]], dim=-1)
-    step_mel = None if mel is None else build_step_mel(mel, pattern, K, num_steps(pattern, K, T))
+    step_mel = None if mel is None else build_step_mel(mel, pattern, K, num_steps(pattern, K, T), extra_lag)
     return tokens, step_mel

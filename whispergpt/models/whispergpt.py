@@ -517,7 +517,7 @@ class WhisperGPT(HubModel, nn.Module):
         c = self.config
         self._check_frame_inputs(codes, mel, semantic)
         tokens, step_mel = pt.build_inputs(
-            codes.long(), mel if c.fusion != "none" else None, c.pattern, self.pad_id
+            codes.long(), mel if c.fusion != "none" else None, c.pattern, self.pad_id, c.mel_extra_lag
         )
         sem = self.step_semantic(semantic, 0, tokens.shape[-1])
         return self._hidden_steps(tokens, step_mel, None, sem)  # (B, P, D)
