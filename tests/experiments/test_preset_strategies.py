@@ -86,11 +86,12 @@ def test_bits_report_pairs_each_coarse_run_with_its_fine_stage(tmp_path):
 def test_strategies_preset_end_to_end_tiny(tiny_dataset, tmp_path):
     out = tmp_path / "strategies"
     summary = pr.run_preset("strategies", out, "tiny", {"speech": str(tiny_dataset)}, seeds=1, main=cli_main)
-    assert summary["runs_done_now"] == 7 and not summary["failures"]
+    assert summary["runs_done_now"] == 8 and not summary["failures"]  # 3 x (hybrid, twin) + latent + fine
     rows = {r["name"]: r for r in summary["bits_per_second"]}
     for name in (
         "delay/hybrid",
         "delay/twin",
+        "delay/latent",
         "depth/hybrid",
         "depth/twin",
         "coarse/hybrid + fine",
