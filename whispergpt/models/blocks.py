@@ -48,6 +48,28 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return (x.to(cos.dtype) * cos + rotated.to(sin.dtype) * sin).to(x.dtype)
 
 
+def step_rope_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(N, hd)`` RoPE tables -> the one-position step's ``(N, 3, 1, hd)`` tables, which rotate a
+    whole ``(B, 3, H, hd)`` q/k/v projection in one multiply-add (``rope_qkv``): rows q and k carry
+    the rotation, row v the identity (cos 1, sin 0). The sign of ``apply_rope``'s rotated half is
+    folded into sin (``(-a) * s == a * (-s)`` exactly), so the result is bitwise ``apply_rope``'s."""
+    half = cos.shape[-1] // 2
+    signed = torch.cat([-sin[:, :half], sin[:, half:]], dim=-1)
+    cos3 = torch.stack([cos, cos, torch.ones_like(cos)], dim=1)[:, :, None]  # (N, 3, 1, hd)
+    sin3 = torch.stack([signed, signed, torch.zeros_like(sin)], dim=1)[:, :, None]
+    return cos3, sin3
+
+
+def rope_qkv(qkv: torch.Tensor, cos3: torch.Tensor, sin3: torch.Tensor) -> torch.Tensor:
+    """``apply_rope`` on q and k of ``qkv (B, 3, H, hd)`` and v unchanged, in 5 ops instead of ~12:
+    the half swap is a ``flip`` of the ``(2, hd/2)`` view (tables: ``step_rope_tables``)."""
+    B, three, H, hd = qkv.shape
+    x = qkv if qkv.dtype == cos3.dtype else qkv.to(cos3.dtype)
+    swapped = x.view(B, three, H, 2, hd // 2).flip(-2).view(B, three, H, hd)
+    out = x * cos3 + swapped * sin3
+    return out if out.dtype == qkv.dtype else out.to(qkv.dtype)
+
+
 DECODE_DTYPES = ("fp32", "bf16", "int8")
 
 
@@ -148,11 +170,12 @@ def _drop(m: nn.Dropout, x: torch.Tensor) -> torch.Tensor:
 
 
 class LayerKV:
-    """Preallocated keys/values of one attention layer: ``(B, H, L, hd)`` each."""
+    """Preallocated keys/values of one attention layer: ``k``/``v (B, H, L, hd)`` each, views of one
+    ``kv (B, 2, H, L, hd)`` buffer, so that a decode step writes its key and value in one copy."""
 
     def __init__(self, batch: int, heads: int, length: int, head_dim: int, device, dtype) -> None:
-        self.k = torch.zeros(batch, heads, length, head_dim, device=device, dtype=dtype)
-        self.v = torch.zeros_like(self.k)
+        self.kv = torch.zeros(batch, 2, heads, length, head_dim, device=device, dtype=dtype)
+        self.k, self.v = self.kv[:, 0], self.kv[:, 1]
 
 
 class CausalSelfAttention(nn.Module):
@@ -213,22 +236,20 @@ class CausalSelfAttention(nn.Module):
         """
         B, D = x.shape
         qkv_lin, proj_lin = (self.qkv, self.proj) if w is None else (w.qkv, w.proj)
-        qkv = qkv_lin(x).view(B, 3, self.heads, D // self.heads)
-        qk, v = qkv[:, :2], qkv[:, 2]  # (B, 2, H, hd): q and k rotated in one call
-        if rope is not None:
-            qk = apply_rope(qk, *rope)
+        qkv = qkv_lin(x).view(B, 3, self.heads, D // self.heads)  # (B, 3, H, hd)
+        if rope is not None:  # q and k rotated, v passed through: one multiply-add
+            qkv = rope_qkv(qkv, *rope)
         p = self.dropout if self.training else 0.0
         if isinstance(pos, StaticPos):  # write at a device index, attend over the first L, masked
-            kv.k.index_copy_(2, pos.index, qk[:, 1, :, None].to(kv.k.dtype))
-            kv.v.index_copy_(2, pos.index, v[:, :, None].to(kv.v.dtype))
-            n = pos.mask.shape[-1]
-            keys, values, mask = kv.k[:, :, :n].to(qk.dtype), kv.v[:, :, :n].to(qk.dtype), pos.mask
+            kv.kv.index_copy_(3, pos.index, qkv[:, 1:, :, None].to(kv.kv.dtype))  # (B, 2, H, 1, hd)
+            n, mask = pos.mask.shape[-1], pos.mask
         else:
-            kv.k[:, :, pos] = qk[:, 1]
-            kv.v[:, :, pos] = v
-            end = pos + 1
-            keys, values, mask = kv.k[:, :, :end].to(qk.dtype), kv.v[:, :, :end].to(qk.dtype), None
-        q = qk[:, 0, :, None]
+            kv.kv.select(3, pos).copy_(qkv[:, 1:])  # key and value of this position, one copy
+            n, mask = pos + 1, None
+        keys, values = kv.k.narrow(2, 0, n), kv.v.narrow(2, 0, n)
+        if keys.dtype != qkv.dtype:
+            keys, values = keys.to(qkv.dtype), values.to(qkv.dtype)
+        q = qkv[:, 0, :, None]  # (B, H, 1, hd)
         y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, dropout_p=p)  # (B,H,1,hd)
         return _drop(self.resid_drop, proj_lin(y.reshape(B, D)))
 
@@ -267,8 +288,16 @@ class Block(nn.Module):
     ) -> torch.Tensor:
         """``forward`` for one position ``x (B, D)`` at absolute index ``pos`` (``w``: see
         ``CausalSelfAttention.step``)."""
-        x = x + self.attn.step(self.ln1(x), rope, kv, pos, w)
-        return x + self._mlp(x, w)
+        if w is None:
+            x = x + self.attn.step(self.ln1(x), rope, kv, pos, w)
+            return x + self._mlp(x, w)
+        # the decode copies: F.layer_norm called directly (a module call costs as much as the op)
+        ln1, ln2 = self.ln1, self.ln2
+        x = x + self.attn.step(
+            F.layer_norm(x, ln1.normalized_shape, ln1.weight, ln1.bias, ln1.eps), rope, kv, pos, w
+        )
+        h = F.layer_norm(x, ln2.normalized_shape, ln2.weight, ln2.bias, ln2.eps)
+        return x + _drop(self.drop, w.out(F.gelu(w.fc(h))))
 
 
 class Stack(nn.Module):
@@ -296,6 +325,7 @@ class Stack(nn.Module):
         self.grad_checkpointing = False  # a training setting (train.grad_checkpointing), not saved
         # (device, dtype) -> (cos, sin) for positions 0..n-1: built once, not per call or per step
         self._rope_tables: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._step_tables: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _check_positions(self, end: int) -> None:
         if end > self.max_positions and self.pos is not None:
@@ -321,6 +351,22 @@ class Stack(nn.Module):
                 tables = rope_cos_sin(0, max(end, self.max_positions), hd, self.rope_base, device, dtype)
             self._rope_tables[key] = tables
         return tables
+
+    def step_rope(self, end: int, device: torch.device, dtype: torch.dtype = torch.float32) -> tuple | None:
+        """``rope``'s tables in the one-position step's form (``step_rope_tables``: ``(>= end, 3, 1,
+        hd)``), memoised alongside them."""
+        tables = self.rope(end, device, dtype)
+        if tables is None:
+            return None
+        key = (device, dtype)
+        memo = self._step_tables.get(key)
+        if memo is not None and memo[0].shape[0] == tables[0].shape[0]:
+            return memo
+        if torch.compiler.is_compiling():  # a traced graph reads a memo built before, never writes one
+            return step_rope_tables(*tables)
+        with torch.inference_mode(False), torch.no_grad():
+            memo = self._step_tables[key] = step_rope_tables(*tables)
+        return memo
 
     def forward(self, x: torch.Tensor, kvs: list[LayerKV] | None, start: int) -> torch.Tensor:
         N = x.shape[1]
@@ -353,16 +399,16 @@ class Stack(nn.Module):
         if isinstance(pos, StaticPos):
             if self.pos is not None:
                 x = x + self.pos.weight.index_select(0, pos.index)
-            rope = self.rope(pos.mask.shape[-1], x.device)
-            if rope is not None:
-                rope = (rope[0].index_select(0, pos.index), rope[1].index_select(0, pos.index))  # (1, hd)
+            rope = self.step_rope(pos.mask.shape[-1], x.device)
+            if rope is not None:  # (1, 3, 1, hd)
+                rope = (rope[0].index_select(0, pos.index), rope[1].index_select(0, pos.index))
         else:
             self._check_positions(pos + 1)
             if self.pos is not None:
                 x = x + self.pos.weight[pos]
-            rope = self.rope(pos + 1, x.device)
+            rope = self.step_rope(pos + 1, x.device)
             if rope is not None:
-                rope = (rope[0][pos], rope[1][pos])  # (hd,)
+                rope = (rope[0][pos], rope[1][pos])  # (3, 1, hd)
         for i, (block, kv) in enumerate(zip(self.blocks, kvs)):
             x = block.step(x, rope, kv, pos, None if weights is None else weights[i])
         return self.ln_f(x)

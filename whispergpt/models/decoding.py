@@ -149,6 +149,6 @@ def warm_static_tables(model, cache: WhisperGPTCache) -> None:
     """Build the RoPE tables and the decode weight copies a static step over ``cache`` reads, so
     that a ``torch.compile``d step reads them rather than recomputing them in every call."""
     model._decode_weights(cache.decode_dtype)
-    model.decoder.rope(cache.main[0].k.shape[2], cache.main[0].k.device)
+    model.decoder.step_rope(cache.main[0].k.shape[2], cache.main[0].k.device)
     if model.mel_branch is not None:
-        model.mel_branch.stack.rope(cache.max_steps, cache.main[0].k.device)
+        model.mel_branch.stack.step_rope(cache.max_steps, cache.main[0].k.device)
