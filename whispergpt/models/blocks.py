@@ -169,6 +169,11 @@ def _drop(m: nn.Dropout, x: torch.Tensor) -> torch.Tensor:
     return m(x) if m.training and m.p > 0 else x
 
 
+def _layer_norm(m: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    """``m(x)`` without the module call, which costs about as much as the op in the decode loop."""
+    return F.layer_norm(x, m.normalized_shape, m.weight, m.bias, m.eps)
+
+
 class LayerKV:
     """Preallocated keys/values of one attention layer: ``k``/``v (B, H, L, hd)`` each, views of one
     ``kv (B, 2, H, L, hd)`` buffer, so that a decode step writes its key and value in one copy."""
@@ -270,13 +275,14 @@ class Block(nn.Module):
         self.out.residual = True
         self.drop = nn.Dropout(dropout)
 
-    def _mlp(self, x: torch.Tensor, w: BlockWeights | None = None) -> torch.Tensor:
+    def _mlp(self, h: torch.Tensor, w: BlockWeights | None = None) -> torch.Tensor:
+        """The MLP on ``h``, the already normed input (``ln2``)."""
         fc, out = (self.fc, self.out) if w is None else (w.fc, w.out)
-        return _drop(self.drop, out(F.gelu(fc(self.ln2(x)))))
+        return _drop(self.drop, out(F.gelu(fc(h))))
 
     def forward(self, x: torch.Tensor, rope: tuple | None, kv: LayerKV | None, start: int) -> torch.Tensor:
         x = x + self.attn(self.ln1(x), rope, kv, start)
-        return x + self._mlp(x)
+        return x + self._mlp(self.ln2(x))
 
     def step(
         self,
@@ -288,16 +294,8 @@ class Block(nn.Module):
     ) -> torch.Tensor:
         """``forward`` for one position ``x (B, D)`` at absolute index ``pos`` (``w``: see
         ``CausalSelfAttention.step``)."""
-        if w is None:
-            x = x + self.attn.step(self.ln1(x), rope, kv, pos, w)
-            return x + self._mlp(x, w)
-        # the decode copies: F.layer_norm called directly (a module call costs as much as the op)
-        ln1, ln2 = self.ln1, self.ln2
-        x = x + self.attn.step(
-            F.layer_norm(x, ln1.normalized_shape, ln1.weight, ln1.bias, ln1.eps), rope, kv, pos, w
-        )
-        h = F.layer_norm(x, ln2.normalized_shape, ln2.weight, ln2.bias, ln2.eps)
-        return x + _drop(self.drop, w.out(F.gelu(w.fc(h))))
+        x = x + self.attn.step(_layer_norm(self.ln1, x), rope, kv, pos, w)
+        return x + self._mlp(_layer_norm(self.ln2, x), w)
 
 
 class Stack(nn.Module):
