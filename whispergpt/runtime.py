@@ -217,10 +217,14 @@ def folder_lock(directory: str | os.PathLike, command: str) -> Iterator[Path]:
         yield directory
         ok = True
     finally:
-        if not ok and created and [p.name for p in directory.iterdir()] == [LOCK_NAME]:
-            path.unlink()  # a command that failed before writing anything leaves no folder behind
-            directory.rmdir()
-        os.close(fd)  # releases the lock
+        try:
+            if not ok and created and [p.name for p in directory.iterdir()] == [LOCK_NAME]:
+                path.unlink()  # a command that failed before writing anything leaves no folder behind
+                directory.rmdir()
+        except OSError:  # the folder went away under us (a temp dir removed first): nothing to tidy
+            pass
+        finally:
+            os.close(fd)  # releases the lock
 
 
 def _lock(fd: int, path: Path, directory: Path) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -79,10 +80,13 @@ def test_launched_ranks_all_stop_when_rank_0_finds_the_folder_held(held, tiny_da
                        capture_output=True, text=True, timeout=300)  # fmt: skip
     assert r.returncode != 0
     ours = [x for x in r.stderr.splitlines() if x.startswith("whispergpt train: error:")]
-    assert len(ours) == 2 and all(f"in use by whispergpt train (pid {child.pid} on " in x for x in ours), (
-        r.stderr
-    )
-    assert r.stderr.count("exitcode  : 2") == 2, r.stderr[-2000:]  # both ranks exit 2
+    assert 1 <= len(ours) <= 2 and all(
+        f"in use by whispergpt train (pid {child.pid} on " in x for x in ours
+    ), r.stderr
+    # Rank 0 exits 2 first; rank 1 exits 2 too, unless the launcher's SIGTERM (sent once it sees
+    # rank 0 fail) reaches it between its error line and its exit. Either way it trained nothing.
+    codes = re.findall(r"rank\s+: (\d) \(local_rank: \d\)\n\s+exitcode\s+: (-?\d+)", r.stderr)
+    assert ("0", "2") in codes and all(c in ("2", "-15") for _, c in codes), r.stderr[-2000:]
     assert sorted(p.name for p in folder.iterdir()) == [LOCK_NAME]
 
 
