@@ -255,3 +255,37 @@ def test_shipped_recipes_resolve(recipe):
     cfg = load_config(LLMCodecTrainConfig, recipe)
     assert cfg.model.hop == 720 and cfg.model.pools == [4, 2, 1]
     assert round(cfg.data.segment_seconds * 24_000) % cfg.model.align == 0  # whole frames of layer 1
+
+
+def _mean_cosine(x: torch.Tensor) -> float:
+    """Mean pairwise cosine of the rows of ``x (M, D)``."""
+    n = torch.nn.functional.normalize(x, dim=-1)
+    return float((n @ n.T).mean())
+
+
+def test_data_init_spreads_the_latent_so_layer_1_uses_many_words(tables):
+    """A fresh encoder maps every frame to nearly one direction (its conv biases), so cosine lookup
+    picks one word for the whole clip; after the trainer's data-dependent init the frames differ
+    and layer 1 uses many words. The projected tables are standardised: rows do not share a
+    direction either."""
+    g = torch.Generator().manual_seed(0)
+    clips = torch.stack([tone(0.96, f) * torch.linspace(0.2, 1.0, 23_040) for f in (110, 330, 990, 2970)])
+    wave = torch.cat([clips, 0.2 * torch.randn(4, 23_040, generator=g)])  # (8, S)
+    trainable = LLMCodecTrainable(tiny_codec(tables), tables, TeacherConfig())
+    codec = trainable.codec
+
+    def spread() -> tuple[float, int]:
+        with torch.no_grad():
+            z = codec.encoder(codec.pad(wave))  # (B, D, T)
+        words = codec.encode(wave)[0].unique().numel()
+        return _mean_cosine(z.transpose(1, 2).reshape(-1, z.shape[1])), words
+
+    cos0, words0 = spread()
+    assert cos0 > 0.9 and words0 <= 2, (cos0, words0)
+    with torch.no_grad():
+        said = trainable.data_init(wave)
+    assert "data-dependent init" in said
+    cos1, words1 = spread()
+    assert cos1 < 0.3 and words1 >= 8, (cos1, words1)
+    for layer in codec.quantizer.layers:
+        assert abs(_mean_cosine(layer.codebook()[:200].detach())) < 0.1

@@ -109,10 +109,12 @@ class Encoder(nn.Module):
             stages += [nn.Conv1d(chans[i], chans[i + 1], s, stride=s), _Block(chans[i + 1])]
         self.convs = nn.Sequential(*stages, nn.ELU(), nn.Conv1d(chans[-1], cfg.dim, 1))
         self.transformer = _transformer(cfg)
+        # the latent's last affine map: the data-dependent init standardises it per channel
+        self.out = nn.Conv1d(cfg.dim, cfg.dim, 1)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         z = self.convs(wave[:, None])  # (B, D, T)
-        return self.transformer(z.transpose(1, 2)).transpose(1, 2)
+        return self.out(self.transformer(z.transpose(1, 2)).transpose(1, 2))
 
 
 class Decoder(nn.Module):
@@ -141,6 +143,17 @@ class VQOutput:
     layers: list[torch.Tensor]  # per layer (B, D, T / pool): the chosen rows (straight-through)
 
 
+def standardise_table(table: torch.Tensor) -> torch.Tensor:
+    """(N, W) -> the rows minus their mean row, over their overall std. An LLM's rows share a large
+    common direction and are small (LLaMA's ~0.02 per entry): fed raw to the projection, its bias
+    dominates every row, all rows point one way and cosine lookup picks one word for everything
+    (layer 1's perplexity stayed 1.0 and the commitment loss grew without bound). The projection is
+    affine, so this changes its starting point, not what it can express."""
+    t = table.float()
+    t = t - t.mean(0, keepdim=True)
+    return (t / t.std().clamp_min(1e-8)).to(table.dtype)
+
+
 class TableLayer(nn.Module):
     """One VQ layer: pool, cosine lookup into ``codebook()``, straight-through, upsample."""
 
@@ -153,6 +166,7 @@ class TableLayer(nn.Module):
         else:
             self.learned = None
             self.proj = nn.Linear(width, dim)
+            nn.init.zeros_(self.proj.bias)  # the rows' own differences decide the lookup at the start
         # the projected table, refreshed before a save: a loaded codec encodes without the LLM
         self.register_buffer("frozen", torch.zeros(size, dim) if not learned else torch.zeros(0, dim))
         self.table: torch.Tensor | None = None  # (N, W), frozen, not saved (attach_tables)
@@ -243,7 +257,9 @@ class LLMCodec(HubModel, nn.Module):
     def attach_tables(
         self, word_table: torch.Tensor, embeddings: torch.Tensor, word_pieces: torch.Tensor
     ) -> None:
-        """Give the layers their frozen tables (one embedding tensor shared by layers 2 and 3)."""
+        """Give the layers their frozen tables (one embedding tensor shared by layers 2 and 3),
+        each standardised (``standardise_table``)."""
+        word_table, embeddings = standardise_table(word_table), standardise_table(embeddings)
         for i, layer in enumerate(self.quantizer.layers):
             layer.table = word_table if i == 0 else embeddings
         self.word_pieces.copy_(word_pieces)

@@ -84,7 +84,15 @@ class LLMCodecTrainable(nn.Module):
         return [len(self.codec.quantizer.layers)]
 
     def data_init(self, wave: torch.Tensor) -> str | None:
-        return None
+        """EnCodec's data-dependent init (``codec.lsuv``): without it a fresh encoder maps every
+        frame to nearly one direction (its conv biases; cosine 0.998 between frames on the demo
+        corpus), cosine lookup then picks one word for all of them and layer 1 never recovers."""
+        from whispergpt.codec.lsuv import lsuv_modules, standardize_conv
+
+        c = self.codec
+        lsuv_modules(c, lambda: c(wave), float(wave.pow(2).mean().sqrt()))
+        before, after = standardize_conv(c.encoder.out, lambda: c.encoder(c.pad(wave)))
+        return f"latent spread/mean {before:.3g} -> {after:.3g} (data-dependent init)"
 
     quantizer_ready = True
 
