@@ -137,12 +137,14 @@ def reconstruction(heldout: dict[str, list[Path]], codec=None) -> dict:
     return out
 
 
-def one_shot(run: Path, llm: str, tasks: dict) -> dict:
+def one_shot(run: Path, tasks: dict) -> dict:
+    """``whispergpt icl``'s LLM-free baselines on 200 seeded episodes per task (the LLM is random
+    here, so its modes would say nothing about the codec)."""
     from whispergpt.llm_codec.icl_run import run_icl
 
     res = {}
     for name, (t, way) in tasks.items():
-        r = run_icl(str(run), llm, t.classes, t.clips, [int(x) for x in t.labels], t.origins, way, 1,
+        r = run_icl(str(run), None, t.classes, t.clips, [int(x) for x in t.labels], t.origins, way, 1,
                     200, 0, task=name)  # fmt: skip
         res[name] = {k: r["results"][k]["accuracy"] for k in r["results"]} | {"chance": r["chance"]}
     return res
@@ -215,7 +217,7 @@ def main() -> None:
                                                    for k, s in sets.items()}, "variants": {}}  # fmt: skip
     for (n, s), run in runs.items():
         codec = LLMCodec.from_pretrained(run).eval()
-        row = {"recon": reconstruction(sets["heldout"], codec), "one_shot": one_shot(run, args.llm, tasks),
+        row = {"recon": reconstruction(sets["heldout"], codec), "one_shot": one_shot(run, tasks),
                "train_seconds": (run / "DONE").read_text().strip()}  # fmt: skip
         results["variants"].setdefault(n, {})[str(s)] = row
         print(n, s, json.dumps(row), flush=True)

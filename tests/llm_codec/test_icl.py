@@ -136,3 +136,11 @@ def test_icl_end_to_end_report_dry_run_and_bad_input(tiny_llm, other_llm, tmp_pa
     assert r.returncode == 2 and "not " in r.stderr and str(other_llm) in r.stderr.strip().splitlines()[-1], (
         r.stderr
     )
+    # no LLM: the baselines alone, on the same seeded episodes as the run above
+    from whispergpt.llm_codec.icl_run import labelled_folder, run_icl
+
+    classes, clips, labels, origins = labelled_folder(data, 5.0)
+    free = run_icl(str(tmp_path / "codec"), None, classes, clips, labels, origins, 2, 1, 12, 0)
+    assert set(free["results"]) == {"1nn_tokens", "1nn_mel"}
+    for k in free["results"]:
+        assert free["results"][k]["correct"] == rep["results"][k]["correct"], k

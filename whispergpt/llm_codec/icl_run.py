@@ -66,14 +66,17 @@ def open_llm(name: str, codec: LLMCodec):
     return model.eval().requires_grad_(False), tok
 
 
-def run_icl(codec_dir: str, llm: str, classes: Sequence[str], clips: Sequence[torch.Tensor], labels: Sequence[int],
+def run_icl(codec_dir: str, llm: str | None, classes: Sequence[str], clips: Sequence[torch.Tensor], labels: Sequence[int],
             origins: Sequence[str], way: int, shot: int, episodes: int, seed: int, layers: int = 1,
             out: str | os.PathLike | None = None, dry_run: bool = False, task: str = "") -> dict:  # fmt: skip
     from whispergpt.hub import resolve_model_dir
 
     icl.check_episode_data(classes, labels, way, shot)
     codec = LLMCodec.from_pretrained(resolve_model_dir(codec_dir)).eval()
-    model, tok = open_llm(llm, codec)
+    # llm None: the LLM-free baselines only (ablations that read the codec, not an LLM)
+    model, tok = open_llm(llm, codec) if llm is not None else (None, None)
+    if model is None and dry_run:
+        raise ValueError("a dry run prints the LLM's prompt: it needs an LLM")
     eps = icl.sample_episodes(labels, origins, way, shot, episodes, seed)
     t0 = time.perf_counter()
     audio, bags, mels = [], [], []
@@ -89,17 +92,18 @@ def run_icl(codec_dir: str, llm: str, classes: Sequence[str], clips: Sequence[to
         print(tok.decode(prompt))
         print(f"\n[{len(prompt)} tokens; answer: {names[labels[eps[0].query]]}]")
         return {"prompt_tokens": len(prompt)}
-    correct = {k: 0 for k in (*MODES, "1nn_tokens", "1nn_mel")}
+    correct = {k: 0 for k in (*(MODES if model is not None else ()), "1nn_tokens", "1nn_mel")}
     lengths = []
     t1 = time.perf_counter()
     for ep in eps:
         truth = labels[ep.query]
-        prompt = icl.build_prompt(tok, audio, names, ep, labels)
-        lengths.append(len(prompt))
-        cands = icl.label_ids(tok, [names[c] for c in ep.labels])
-        scores = icl.label_logprobs(model, prompt, cands)
-        correct["score"] += ep.labels[max(range(len(cands)), key=scores.__getitem__)] == truth
-        correct["greedy"] += ep.labels[icl.greedy_label(model, prompt, cands)] == truth
+        if model is not None:
+            prompt = icl.build_prompt(tok, audio, names, ep, labels)
+            lengths.append(len(prompt))
+            cands = icl.label_ids(tok, [names[c] for c in ep.labels])
+            scores = icl.label_logprobs(model, prompt, cands)
+            correct["score"] += ep.labels[max(range(len(cands)), key=scores.__getitem__)] == truth
+            correct["greedy"] += ep.labels[icl.greedy_label(model, prompt, cands)] == truth
         shot_labels = [labels[i] for i in ep.shots]
         correct["1nn_tokens"] += (
             icl.nearest_label(bags[ep.query], torch.stack([bags[i] for i in ep.shots]), shot_labels) == truth
@@ -115,7 +119,8 @@ def run_icl(codec_dir: str, llm: str, classes: Sequence[str], clips: Sequence[to
     report = dict(
         task=task, codec=str(codec_dir), llm=llm, way=way, shot=shot, episodes=len(eps), seed=seed, layers=layers,
         classes=names, clips=len(clips), chance=1.0 / way, results=rows,
-        prompt_tokens_mean=sum(lengths) / len(lengths), llm_parameters=sum(p.numel() for p in model.parameters()),
+        prompt_tokens_mean=sum(lengths) / max(len(lengths), 1),
+        llm_parameters=sum(p.numel() for p in model.parameters()) if model is not None else 0,
         seconds=dict(encode=encode_s, episodes=llm_s, per_episode=llm_s / len(eps)),
     )  # fmt: skip
     report["markdown"] = markdown(report)
