@@ -159,13 +159,13 @@ def spread(xs: list[float]) -> str:
 
 
 def markdown(results: dict) -> str:
-    lines = ["| codec | seeds | speech mel ↓ | music mel ↓ | PESQ-wb ↑ | STOI ↑ | layer-1 ppl | layer-2 ppl | "
+    lines = ["| codec | seeds | speech mel ↓ | music mel ↓ | PESQ-wb ↑ | STOI ↑ | layer-1 ppl (speech) | layer-2 ppl | "
              "layer-3 ppl | 1-NN tokens, instrument 4-way | 1-NN tokens, speech-music 2-way |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for name, runs in results["variants"].items():
         r = list(runs.values())
         g = lambda k, s="speech", r=r: [x["recon"][s][k] for x in r]  # noqa: E731
-        ppl = [spread([x["recon"]["music"]["code_perplexity"][k] for x in r]) for k in range(3)]
+        ppl = [spread([x["recon"]["speech"]["code_perplexity"][k] for x in r]) for k in range(3)]
         acc = [spread([x["one_shot"][t]["1nn_tokens"] for x in r]) for t in ("instrument", "speech-music")]
         lines.append(f"| {name} | {len(r)} | {spread(g('mel_distance'))} | {spread(g('mel_distance', 'music'))} | "
                      f"{spread(g('pesq_wb'))} | {spread(g('stoi'))} | {' | '.join(ppl)} | {' | '.join(acc)} |")  # fmt: skip
