@@ -83,10 +83,10 @@ def test_launched_ranks_all_stop_when_rank_0_finds_the_folder_held(held, tiny_da
     assert 1 <= len(ours) <= 2 and all(
         f"in use by whispergpt train (pid {child.pid} on " in x for x in ours
     ), r.stderr
-    # Rank 0 exits 2 first; rank 1 exits 2 too, unless the launcher's SIGTERM (sent once it sees
-    # rank 0 fail) reaches it between its error line and its exit. Either way it trained nothing.
+    # Both ranks raise FolderInUse and exit 2; whichever exits first, the launcher SIGTERMs the
+    # other, which may not have exited yet (either rank, seen both ways). Neither trained anything.
     codes = re.findall(r"rank\s+: (\d) \(local_rank: \d\)\n\s+exitcode\s+: (-?\d+)", r.stderr)
-    assert ("0", "2") in codes and all(c in ("2", "-15") for _, c in codes), r.stderr[-2000:]
+    assert any(c == "2" for _, c in codes) and all(c in ("2", "-15") for _, c in codes), r.stderr[-2000:]
     assert sorted(p.name for p in folder.iterdir()) == [LOCK_NAME]
 
 
