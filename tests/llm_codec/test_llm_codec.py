@@ -202,7 +202,8 @@ def test_encode_decode_round_trip_through_the_cli(trained, audio_dir, tmp_path):
     expect = codec.decode(codec.encode(wave[None]), wave.shape[-1])[0]
     got, sr = sf.read(tmp_path / "dec" / f"{Path(first['file']).stem}.wav", dtype="float32")
     assert sr == 24_000 and got.shape == (wave.shape[-1],)
-    np.testing.assert_allclose(got, expect.clamp(-1, 1).numpy(), atol=1 / 32767)  # 16-bit WAV
+    # 16-bit WAV: one quantisation step, plus float32 rounding at the step's edge (seen: 1.005 steps)
+    np.testing.assert_allclose(got, expect.clamp(-1, 1).numpy(), atol=1.1 / 32767)
     # layers=1 alone: only layer 1's words, the rate of layer 1
     r = whispergpt("llm-codec", "encode", str(audio_dir / "a0.wav"), "--codec", str(trained), "--layers", "1",
                    "--out", str(tmp_path / "l1.jsonl"))  # fmt: skip
