@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# One short GPU check (GPU time is rare): CUDA tests, the GPU benchmarks, a codec-training burst
-# with its eval before and after. Everything lands under $OUT (default runs/gpu_check).
+# One short GPU check (GPU time is rare): CUDA tests, the GPU benchmarks (train MFU for gpt_100m
+# eager and compiled; sampling at batch 1 and 8: eager, the static step as CUDA graphs (compile),
+# the lagged model sequential and with its decode overlapped on a side stream, the codec latent),
+# a codec-training burst with its eval before and after. Everything lands under $OUT (default runs/gpu_check).
 # Usage: bash benchmarks/gpu_check.sh [--dry-run]   (--dry-run prints the plan and each part's budget)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -13,11 +15,11 @@ MAKE_AUDIO="import numpy as np, soundfile as sf, os; d='$OUT/audio/music'; os.ma
 PLAN=(
   "make-audio|10|$PY -c \"$MAKE_AUDIO\""
   "cuda-tests|80|$PY -m pytest -q -p no:cacheprovider -k cuda tests"
-  "bench-train|120|$PY benchmarks/run.py --device cuda --only train --out $OUT/bench-train.json"
-  "bench-train-compiled|100|$PY benchmarks/run.py --device cuda --only train --compile --out $OUT/bench-train-compiled.json"
-  "bench-sampling|80|$PY benchmarks/run.py --device cuda --only sampling --out $OUT/bench-sampling.json"
+  "bench-train|100|$PY benchmarks/run.py --device cuda --only train --out $OUT/bench-train.json"
+  "bench-train-compiled|90|$PY benchmarks/run.py --device cuda --only train --compile --out $OUT/bench-train-compiled.json"
+  "bench-sampling|150|$PY benchmarks/bench_sampling.py --device cuda --batches 1,8 --frames 300 --repeats 3 --codecs full --variants compile,lag1,overlap,codec_latent --out $OUT/bench-sampling.json"
   "codec-eval-before|20|$PY -m whispergpt codec eval $CODEC --music $AUDIO --out $OUT/codec-eval-before"
-  "codec-train-burst|150|timeout 140 $PY -m whispergpt codec train $AUDIO --out $OUT/codec model.init=$CODEC train.max_steps=100000"
+  "codec-train-burst|120|timeout 110 $PY -m whispergpt codec train $AUDIO --out $OUT/codec model.init=$CODEC train.max_steps=100000"
   "codec-eval-after|20|$PY -m whispergpt codec eval $OUT/codec --music $AUDIO --out $OUT/codec-eval-after"
 )
 total=0

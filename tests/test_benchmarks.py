@@ -255,7 +255,9 @@ def test_gpu_check_dry_run_prints_a_plan_within_10_minutes():
     total = int(head.split(" s allowed")[0].rsplit(" ", 1)[1])
     assert total <= 600 and len(parts) == 8
     assert sum(int(p.split()[1].rstrip("s")) for p in parts) == total
-    assert any("--device cuda --only sampling" in p for p in parts)
+    sampling = next(p for p in parts if "bench_sampling.py" in p)
+    assert "--device cuda" in sampling and "--batches 1,8" in sampling
+    assert all(v in sampling for v in ("compile", "lag1", "overlap", "codec_latent"))
 
 
 def test_llm_codec_benchmark_quick_writes_its_table(tmp_path):

@@ -109,3 +109,27 @@ def test_overlap_default_follows_the_cores(tiny_codec, monkeypatch):
         runs[cores] = generate(model, tiny_codec, frames=6, generator=torch.Generator().manual_seed(1))
         assert len(made) == cores - 1
     assert torch.equal(runs[1].codes, runs[2].codes)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (benchmarks/gpu_check.sh runs it)")
+def test_overlap_on_a_cuda_side_stream_gives_the_sequential_tokens_and_wav_cuda(tiny_codec):
+    """On CUDA the worker enqueues the decode on a side stream: events must order it after the
+    frame's tokens and before the step that reads its mel, or the tokens drift from sequential."""
+    from whispergpt.codec import Codec
+
+    model, codec = lagged_model("delay").cuda(), Codec.random(bandwidth=1.5, seed=0).to("cuda")
+    pc = prompt_codes(tiny_codec, frames=4).cuda()
+    seq, ovl = (
+        generate(
+            model,
+            codec,
+            frames=24,
+            prompt_codes=pc,
+            num_samples=2,
+            overlap=overlap,
+            generator=torch.Generator("cuda").manual_seed(7),
+        )  # fmt: skip
+        for overlap in (False, True)
+    )
+    assert torch.equal(seq.codes, ovl.codes)
+    assert torch.equal(seq.fed_mel, ovl.fed_mel) and torch.equal(seq.audio, ovl.audio)

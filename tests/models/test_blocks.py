@@ -6,6 +6,7 @@ import torch
 
 from whispergpt.models.blocks import (
     BlockWeights,
+    Int8Linear,
     LayerKV,
     Stack,
     apply_rope,
@@ -57,3 +58,30 @@ def test_fused_step_equals_module_step_and_prefill():
         for a, b in zip(kv_fast, kv_mod):
             torch.testing.assert_close(a.kv, b.kv, rtol=1e-5, atol=1e-6)
             assert a.kv[:, :, :, 40:].eq(0).all()  # nothing written past the last position
+
+
+def test_int8_linear_is_the_dequantised_product_for_every_width():
+    """``decode_dtype="int8"``: the weight-only kernel equals the product with the dequantised
+    weights up to bf16 activations, at widths the kernel takes (multiples of 16) and at widths it
+    does not (it returns wrong values there, so those layers keep bf16 weights)."""
+    g = torch.Generator().manual_seed(0)
+    for d_in, d_out in ((256, 2048), (1024, 256), (80, 32), (24, 8), (7, 5)):
+        w, b = torch.randn(d_out, d_in, generator=g), torch.randn(d_out, generator=g)
+        lin = Int8Linear(w, b)
+        assert (lin.fallback is None) == (d_in % 16 == 0)
+        if lin.fallback is None:
+            deq = lin.q.float() * lin.scale.float()[:, None]
+            assert (deq - w).abs().max() <= w.abs().amax(1).max() / 127  # half a step per channel, at most
+        else:
+            deq = w.bfloat16().float()
+        for batch in (1, 3, 8):
+            x = torch.randn(batch, d_in, generator=g)
+            ref = x.bfloat16().float() @ deq.t() + b
+            out = lin(x)
+            assert out.dtype == torch.float32 and out.shape == (batch, d_out)
+            torch.testing.assert_close(out, ref, rtol=2e-2, atol=2e-2 * ref.abs().max().item())
+            half = lin(x.bfloat16())  # any input dtype: returned in it, bias included
+            assert half.dtype == torch.bfloat16
+            torch.testing.assert_close(half.float(), ref, rtol=3e-2, atol=3e-2 * ref.abs().max().item())
+        nobias = Int8Linear(w, None)(x)
+        torch.testing.assert_close(nobias, ref - b, rtol=3e-2, atol=3e-2 * ref.abs().max().item())

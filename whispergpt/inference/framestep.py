@@ -27,7 +27,9 @@ decoding it; there is no audio buffer.
 Overlap (``overlap=True``, models with ``mel_extra_lag >= 1``): ``feed_async(f)`` runs ``feed(f)``
 on one worker thread while the caller computes the next model step, which reads an older frame;
 ``wait()`` returns once every submitted frame is written. The worker runs the same ops in the same
-order as ``feed``, so the tokens and audio are the same as without overlap (tests).
+order as ``feed``, so the tokens and audio are the same as without overlap (tests). On CUDA the
+worker enqueues them on a side stream, ordered by events after the frame's tokens are written and
+before the step that reads its mel: the decode's kernels then run beside the step's.
 """
 
 from __future__ import annotations
@@ -89,6 +91,12 @@ class FrameStep:
             raise ValueError("overlap runs the eager step (not static/compile)")
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="whispergpt-feed") if overlap else None
         self._pending: Future | None = None
+        # on CUDA the worker enqueues the decode on a side stream (a thread alone would launch onto
+        # the default stream, behind the step): events order it after the frame's tokens are
+        # written and before the step that reads its mel
+        cuda = overlap and codes.device.type == "cuda"
+        self._side = torch.cuda.Stream(codes.device) if cuda else None
+        self._done: torch.cuda.Event | None = None
         if compile and not self.static:
             raise ValueError("compile needs the static step (a static cache)")
         if (
@@ -165,21 +173,36 @@ class FrameStep:
             mel = log_mel_frame(self.win, self.n_mels)
         self._store(f, new, mel)
 
-    def _feed_worker(self, f: int) -> None:
-        with torch.inference_mode():  # grad mode is per thread
-            self.feed(f)
+    def _feed_worker(self, f: int, ready: torch.cuda.Event | None) -> torch.cuda.Event | None:
+        with torch.inference_mode():  # grad mode (and the current CUDA stream) are per thread
+            if self._side is None:
+                self.feed(f)
+                return None
+            with torch.cuda.stream(self._side):
+                self._side.wait_event(ready)
+                self.feed(f)
+                done = torch.cuda.Event()
+                done.record(self._side)
+                return done
 
     def feed_async(self, f: int) -> None:
         """``feed(f)`` on the worker thread (after the frames submitted before it): read
         ``fed_mel[:, :, f]`` only after ``wait()``."""
         self.wait()
-        self._pending = self._pool.submit(self._feed_worker, f)
+        ready = None
+        if self._side is not None:  # frame f's tokens, written on the caller's stream
+            ready = torch.cuda.Event()
+            ready.record(torch.cuda.current_stream(self.codes.device))
+        self._pending = self._pool.submit(self._feed_worker, f, ready)
 
     def wait(self) -> None:
-        """Until every ``feed_async`` frame is written (re-raises the worker's exception)."""
+        """Until every ``feed_async`` frame is written (re-raises the worker's exception); on CUDA,
+        until the caller's stream is ordered after it."""
         if self._pending is not None:
             pending, self._pending = self._pending, None
-            pending.result()
+            done = pending.result()
+            if done is not None:
+                torch.cuda.current_stream(self.codes.device).wait_event(done)
 
     def close(self) -> None:
         """Wait for the worker and stop it."""

@@ -39,9 +39,9 @@ The lag is part of the model (trained with it: ``patterns.mel_lag``), the same f
 (delay: ``lag = K``; coarse/parallel/depth: ``lag = 1``); the overlapped and sequential loops of the
 same model draw the same tokens and audio for a seed (``tests/inference/test_overlap.py``).
 ``overlap=None`` (default): on for such models on CPU when the machine has >= 2 cores; never for
-``static``/``compile`` or a ``codec_latent`` model (nothing to decode). On CUDA a thread adds no
-overlap (both threads launch on the default stream): ``overlap=True`` runs, but a side stream
-for the decode is not built yet.
+``static``/``compile`` or a ``codec_latent`` model (nothing to decode). On CUDA ``overlap=True``
+enqueues the decode on a side stream from the worker thread (``FrameStep``); it is not the default
+there (not measured yet: ``benchmarks/gpu_check.sh`` has the row).
 
 Coarse models generate codebook 0 only and decode it alone (``Codec.decode`` with K' = 1).
 Depth models (``pattern: depth``) run one temporal step per frame (``model.step``: codebook 0),
