@@ -11,7 +11,9 @@ Rows: ``musicgen`` (transformers ``MusicgenForCausalLM.generate``), ``ours-token
 (``fusion=none``) and one ``ours-hybrid`` row per codec (``fusion=concat``, mel feedback loop with
 the streaming decoder); ``--variants`` adds rows of ours with another step (``static``,
 ``compile``) or decode weights (``int8``, ``bf16``). Every round runs every row once, round-robin
-(order rotated per round), after a warm-up round; ratios are taken within a round (paired) and
+(order rotated per round), after a warm-up round; rows without a variant run ``generate``'s
+defaults (``decode_dtype="auto"``: int8 weights on CPU from the ``cpu`` size up, ``fp32`` is the
+exact variant); ratios are taken within a round (paired) and
 reported as the median with the interquartile range over rounds. See benchmarks/README.md.
 """
 
@@ -47,6 +49,7 @@ ROUNDS = {"quick": 2, "cpu": 7, "gpu": 7}
 VARIANTS: dict[str, dict] = {
     "static": dict(static=True),
     "compile": dict(compile=True),
+    "fp32": dict(decode_dtype="fp32"),  # exact weights (the plain rows use the default, auto)
     "int8": dict(decode_dtype="int8"),
     "bf16": dict(decode_dtype="bf16"),
     "int8+compile": dict(decode_dtype="int8", compile=True),
@@ -57,6 +60,7 @@ VARIANTS: dict[str, dict] = {
     "overlap": dict(overlap=True),
     # the hybrid reading the codec latent (data.mel_source: codec_latent): no decode
     "codec_latent": dict(),
+    "codec_latent+fp32": dict(decode_dtype="fp32"),
 }
 # variants that are another hybrid model (same weights where the shapes agree): model overrides; their
 # token-only reference is the plain ours-token row (the token-only model has no such option)
@@ -64,7 +68,11 @@ MODEL_VARIANTS: dict[str, dict] = {
     "lag1": dict(mel_extra_lag=1),
     "overlap": dict(mel_extra_lag=1),
     "codec_latent": dict(mel_input="codec_latent"),
+    "codec_latent+fp32": dict(mel_input="codec_latent"),
 }
+# model variants whose generate options apply to the token-only model too: they get their own
+# token-only row, the reference of their overhead (the others are compared with plain ours-token)
+TOKEN_ROW_VARIANTS = ("codec_latent+fp32",)
 K, V = 2, 1024  # 1.5 kbps
 
 
@@ -265,7 +273,7 @@ def run_sampling_benchmark(
         first = next(iter(opened))
         for variant in ("", *variants, *(("baseline",) if before else ())):
             opts = VARIANTS.get(variant, {})
-            if variant not in MODEL_VARIANTS:
+            if variant not in MODEL_VARIANTS or variant in TOKEN_ROW_VARIANTS:
                 calls[f"ours-token{'/' + variant if variant else ''}"] = (ours("none", first, None, variant), "-", None, variant)  # fmt: skip
             for kind, (_, label) in opened.items():
                 for dec in decoders:
@@ -307,8 +315,8 @@ def run_sampling_benchmark(
                 row.update(vs_musicgen=None, vs_musicgen_iqr=None)
             row.update(overhead_pct=None, overhead_iqr=None, extra_ms_per_frame=None)
             if dec is not None:
-                plain = not variant or variant in MODEL_VARIANTS
-                ref = times["ours-token" if plain else f"ours-token/{variant}"]
+                own = f"ours-token/{variant}"
+                ref = times[own if variant and own in times else "ours-token"]
                 s = paired(times[name], ref, lambda h, b: (h / b - 1) * 100)
                 e = paired(times[name], ref, lambda h, b: (h - b) / frames * 1e3)
                 row.update(overhead_pct=round(s["median"], 1), overhead_iqr=_spread(s, 0), overhead_stats=s,

@@ -247,3 +247,23 @@ def test_compiled_static_step_matches_and_traces_once(tiny_codec, tmp_path, monk
     assert counters["stats"]["unique_graphs"] == traced > 0
     assert torch.equal(got.codes, ref.codes) and torch.equal(again.codes, ref.codes)
     torch.testing.assert_close(got.fed_mel, ref.fed_mel, atol=1e-4, rtol=0)
+
+
+def test_auto_decode_dtype_is_int8_only_for_large_steps_on_cpu():
+    """``decode_dtype="auto"`` (the sampler's default): int8 where it measured faster (step
+    weights >= 8 MiB on CPU), fp32 for small, cache-resident models and off CPU."""
+    from whispergpt.models.decoding import AUTO_INT8_MIN_BYTES, resolve_decode_dtype, step_weight_bytes
+
+    small = tiny_model("delay", "none")
+    big = WhisperGPT(WhisperGPTConfig(num_codebooks=2, codebook_size=1024, n_mels=80, pattern="delay",
+                                      fusion="none", d_model=256, n_layers=4, n_heads=4, context=32)).eval()  # fmt: skip
+    assert step_weight_bytes(small) < AUTO_INT8_MIN_BYTES <= step_weight_bytes(big)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_decode_dtype(small, "auto", cpu) == "fp32"
+    assert resolve_decode_dtype(big, "auto", cpu) == "int8"
+    assert resolve_decode_dtype(big, "auto", cuda) == "fp32"
+    assert resolve_decode_dtype(big, "bf16", cpu) == "bf16"  # an explicit choice is kept
+    assert big.new_cache(1, 8, decode_dtype="auto").decode_dtype == "int8"
+    r = generate(big, None, frames=2, decode_audio=False)  # the default
+    assert r.timings["decode_dtype"] == "int8"
+    assert generate(small, None, frames=2, decode_audio=False).timings["decode_dtype"] == "fp32"

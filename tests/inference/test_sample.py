@@ -197,5 +197,5 @@ def test_cli_decode_dtype_and_compile_reach_generate(tmp_path, ckpt_dir, tiny_co
     argv = ["--checkpoint", str(ckpt_dir), "--codec", str(tiny_codec_dir), "--seconds", "0.05", "--out", str(out)]  # fmt: skip
     assert main([*argv, "--decode-dtype", "int8", "--compile", "--no-progress"]) == 0
     assert main([*argv, "--no-progress"]) == 0
-    assert seen == [("int8", True), ("fp32", False)]
-    assert json.loads((out / "generation.json").read_text())["args"]["decode_dtype"] == "fp32"
+    assert seen == [("int8", True), ("auto", False)]
+    assert json.loads((out / "generation.json").read_text())["args"]["decode_dtype"] == "auto"

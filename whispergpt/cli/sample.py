@@ -70,10 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--decode-dtype",
         choices=DECODE_DTYPES,
-        default="fp32",
-        help="CPU: the weights each sampling step reads, fp32 (default), bf16, or int8 (weight and "
-        "activation int8 per step, torch.ao dynamic quantization; quality and speed: "
-        "benchmarks/bench_decode_dtype.py); the prompt's prefill keeps --precision",
+        default="auto",
+        help="CPU: the weights each sampling step reads: auto (default: int8 when the step's fp32 "
+        "weights are >= 8 MiB, e.g. D256 L4 and up, else fp32), fp32 (exact), bf16, or int8 (int8 "
+        "weights, one scale per output channel, bf16 activations: 2x faster at D256, NLL +0.001; "
+        "quality and speed: benchmarks/bench_decode_dtype.py); the prompt's prefill keeps --precision",
     )
     ap.add_argument(
         "--compile",

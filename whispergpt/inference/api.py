@@ -110,7 +110,7 @@ class Pipeline:
         semantic_temperature: float = 1.0,
         semantic_top_k: int = 0,
         semantic_top_p: float = 0.0,
-        decode_dtype: str = "fp32",
+        decode_dtype: str = "auto",
         context_keep: float | None = None,
         progress: bool = False,
     ) -> Pipeline:
@@ -129,7 +129,7 @@ class Pipeline:
         from whispergpt.training.record import resolve_checkpoint, training_codec
 
         dev = resolve_device(device)
-        if decode_dtype != "fp32" and dev.type != "cpu":
+        if decode_dtype not in ("auto", "fp32") and dev.type != "cpu":
             raise ValueError(
                 f"--decode-dtype {decode_dtype} is for CPU sampling; on {dev} use --precision bf16"
             )

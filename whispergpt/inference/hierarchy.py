@@ -161,7 +161,7 @@ class SemanticStage:
     top_p: float = 0.0
     seed: int = 0
     context_keep: float = DEFAULT_CONTEXT_KEEP
-    decode_dtype: str = "fp32"
+    decode_dtype: str = "auto"
     progress: bool = False
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=lambda: dict(tokenize_s=0.0, semantic_s=0.0))
@@ -306,7 +306,7 @@ def load_semantic_stage(
     top_p: float = 0.0,
     seed: int = 0,
     context_keep: float = DEFAULT_CONTEXT_KEEP,
-    decode_dtype: str = "fp32",
+    decode_dtype: str = "auto",
     progress: bool = False,
 ) -> SemanticStage:
     """``--semantic-lm PATH`` (a model dir or a run out_dir) opened and checked against the acoustic

@@ -70,7 +70,7 @@ def rope_qkv(qkv: torch.Tensor, cos3: torch.Tensor, sin3: torch.Tensor) -> torch
     return out if out.dtype == qkv.dtype else out.to(qkv.dtype)
 
 
-DECODE_DTYPES = ("fp32", "bf16", "int8")
+DECODE_DTYPES = ("auto", "fp32", "bf16", "int8")  # auto: decoding.resolve_decode_dtype
 
 
 @dataclass

@@ -50,7 +50,7 @@ from whispergpt.models.blocks import (
     StaticPos,
 )
 from whispergpt.models.config import WhisperGPTConfig
-from whispergpt.models.decoding import DecodeWeights, WhisperGPTCache, decode_weights
+from whispergpt.models.decoding import DecodeWeights, WhisperGPTCache, decode_weights, resolve_decode_dtype
 from whispergpt.models.depth import DepthTransformer
 from whispergpt.models.loss import chunked_nll
 from whispergpt.models.registry import HubModel
@@ -299,8 +299,9 @@ class WhisperGPT(HubModel, nn.Module):
     ) -> WhisperGPTCache:
         """An empty cache for ``max_steps`` pattern steps (defaults: the model's device and dtype).
 
-        ``decode_dtype`` (``fp32`` | ``bf16`` | ``int8``): the weight copies ``step`` reads in
-        inference on CPU (``fp32`` = the weights' own dtype; see ``blocks.decode_linear``).
+        ``decode_dtype`` (``auto`` | ``fp32`` | ``bf16`` | ``int8``): the weight copies ``step`` reads
+        in inference on CPU (``fp32`` = the weights' own dtype; see ``blocks.decode_linear``;
+        ``auto``: ``decoding.resolve_decode_dtype``, int8 for models whose step weights are >= 8 MiB).
         ``static``: static-shape steps (see ``WhisperGPTCache``).
         """
         if batch_size < 1 or max_steps < 1:
@@ -313,6 +314,7 @@ class WhisperGPT(HubModel, nn.Module):
             )
         ref = self.tok_emb.weight
         device = ref.device if device is None else torch.device(device)
+        decode_dtype = resolve_decode_dtype(self, decode_dtype, device)
         if decode_dtype != "fp32" and device.type != "cpu":
             raise ValueError(
                 f"decode_dtype {decode_dtype!r} is for CPU decoding; on {device.type} use bf16 weights "
