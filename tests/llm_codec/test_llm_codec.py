@@ -16,8 +16,8 @@ import torch
 from whispergpt.audio import save_audio
 from whispergpt.errors import InputError
 from whispergpt.llm_codec import LLMCodec, LLMCodecConfig
-from whispergpt.llm_codec.tables import load_tables, word_entries
-from whispergpt.llm_codec.train import LLMCodecTrainable, TeacherConfig, build_codec
+from whispergpt.llm_codec.tables import load_input_embeddings, load_tables, standardise_table, word_entries
+from whispergpt.llm_codec.train import LLMCodecTrainable, TeacherConfig, build_codec, held_tables
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = dict(channels=[4, 8, 8, 16, 16], dim=16, layers=1, heads=2)
@@ -50,8 +50,47 @@ def test_word_table_holds_whole_words_only(tiny_llm, tables):
     two = [w for w in ("catmat", "sunmoon") if len(tok.encode(" " + w, add_special_tokens=False)) == 2]
     extra = dict(word_entries(tok, two))
     assert all(len(extra[w]) == 2 for w in two)
-    row = tables.word_matrix()[0]
-    torch.testing.assert_close(row, tables.embeddings[tables.words[0][1]].mean(0))
+    # a word's row is the mean of its pieces' rows as read; the word table is then standardised
+    raw = load_input_embeddings(tiny_llm)
+    means = torch.stack([raw[ids].mean(0) for _, ids in tables.words])
+    assert torch.equal(tables.word_table, standardise_table(means))
+
+
+def test_tables_are_standardised_once_as_loaded_and_the_file_is_untouched(tiny_llm, tables):
+    files = sorted(Path(tiny_llm).glob("*.safetensors"))
+    before = [f.read_bytes() for f in files]
+    raw = load_input_embeddings(tiny_llm)
+    t = raw.float()
+    expect = (t - t.mean(0, keepdim=True)) / (t - t.mean(0, keepdim=True)).std()  # the math, out of place
+    again = load_tables(tiny_llm)
+    assert torch.equal(again.embeddings, expect) and torch.equal(tables.embeddings, expect)
+    assert [f.read_bytes() for f in files] == before  # standardised in memory, not in the LLM's file
+    for table in (tables.embeddings, tables.word_table):
+        assert table.mean(0).abs().max() < 1e-5 and float(table.std()) == pytest.approx(1.0, abs=1e-5)
+    # bf16: the fp32 arithmetic, rounded once
+    bf16 = load_tables(tiny_llm, dtype=torch.bfloat16).embeddings
+    b = load_input_embeddings(tiny_llm, torch.bfloat16).float()
+    b = b - b.mean(0, keepdim=True)
+    assert bf16.dtype == torch.bfloat16 and torch.equal(bf16, (b / b.std()).to(torch.bfloat16))
+
+
+def test_training_holds_each_table_once(tables):
+    """The trainable holds the loaded (standardised) tables themselves: one word table, one
+    embedding table shared by layers 2 and 3, no raw or second copy anywhere in it."""
+    gen = LLMCodecTrainable(tiny_codec(tables), TeacherConfig(semantic="random", consistency="random"))
+    layers = gen.codec.quantizer.layers
+    assert layers[0].table is tables.word_table
+    assert layers[1].table is tables.embeddings and layers[2].table is tables.embeddings
+    held = held_tables(gen)
+    ptr = lambda t: t.untyped_storage().data_ptr()  # noqa: E731
+    assert set(held) == {ptr(tables.word_table), ptr(tables.embeddings)}
+    nbytes = sum(t.numel() * t.element_size() for t in held.values())
+    assert nbytes == sum(t.numel() * t.element_size() for t in (tables.word_table, tables.embeddings))
+    gen.to(torch.float64)  # moving keeps one tensor for layers 2 and 3
+    assert len(held_tables(gen)) == 2 and layers[1].table is layers[2].table
+    assert layers[1].table.dtype == torch.float64
+    with pytest.raises(ValueError, match="tables of"):
+        LLMCodec(gen.codec.config).attach_tables(load_tables(tables.name, max_words=3))
 
 
 def test_token_rate_and_code_shapes(tables):
@@ -80,7 +119,7 @@ def test_ids_stay_inside_the_vocabulary(tables):
 
 def test_tables_stay_frozen_and_gradients_reach_the_encoder_and_projections(tables):
     codec = tiny_codec(tables)
-    gen = LLMCodecTrainable(codec, tables, TeacherConfig(semantic="random", consistency="random"))
+    gen = LLMCodecTrainable(codec, TeacherConfig(semantic="random", consistency="random"))
     before = [layer.table.clone() for layer in codec.quantizer.layers]
     assert codec.quantizer.layers[1].table is codec.quantizer.layers[2].table  # held once
     assert not any(layer.table.requires_grad for layer in codec.quantizer.layers)
@@ -272,7 +311,7 @@ def test_data_init_spreads_the_latent_so_layer_1_uses_many_words(tables):
     g = torch.Generator().manual_seed(0)
     clips = torch.stack([tone(0.96, f) * torch.linspace(0.2, 1.0, 23_040) for f in (110, 330, 990, 2970)])
     wave = torch.cat([clips, 0.2 * torch.randn(4, 23_040, generator=g)])  # (8, S)
-    trainable = LLMCodecTrainable(tiny_codec(tables), tables, TeacherConfig())
+    trainable = LLMCodecTrainable(tiny_codec(tables), TeacherConfig())
     codec = trainable.codec
 
     def spread() -> tuple[float, int]:

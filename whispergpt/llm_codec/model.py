@@ -5,9 +5,9 @@ Shapes: B batch, S samples (24 kHz), D latent width, T latent frames (``sample_r
 by default), W the LLM's width, N a layer's codebook size.
 
 - The encoder (strided convs, then transformer layers) maps ``(B, S)`` to ``(B, D, T)``; the decoder
-  mirrors it. No I/O, no LLM inside: the frozen tables are attached for training
-  (``attach_tables``); a saved codec carries each layer's projected codebook, so encoding and
-  decoding need no LLM.
+  mirrors it. No I/O, no LLM inside: the frozen tables (``tables.LLMTables``, standardised when
+  loaded) are attached for training (``attach_tables``); a saved codec carries each layer's
+  projected codebook, so encoding and decoding need no LLM.
 - Layer ``i`` pools the residual ``pools[i]``x (4, 2, 1: about 8, 17 and 33 Hz), looks up the nearest
   codebook row by cosine similarity (straight-through gradient), upsamples the choice back and
   subtracts it from the residual.
@@ -20,13 +20,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from whispergpt.models.registry import HubModel
+
+if TYPE_CHECKING:
+    from whispergpt.llm_codec.tables import LLMTables
 
 SAMPLE_RATE = 24_000
 
@@ -143,17 +146,6 @@ class VQOutput:
     layers: list[torch.Tensor]  # per layer (B, D, T / pool): the chosen rows (straight-through)
 
 
-def standardise_table(table: torch.Tensor) -> torch.Tensor:
-    """(N, W) -> the rows minus their mean row, over their overall std. An LLM's rows share a large
-    common direction and are small (LLaMA's ~0.02 per entry): fed raw to the projection, its bias
-    dominates every row, all rows point one way and cosine lookup picks one word for everything
-    (layer 1's perplexity stayed 1.0 and the commitment loss grew without bound). The projection is
-    affine, so this changes its starting point, not what it can express."""
-    t = table.float()
-    t = t - t.mean(0, keepdim=True)
-    return (t / t.std().clamp_min(1e-8)).to(table.dtype)
-
-
 class TableLayer(nn.Module):
     """One VQ layer: pool, cosine lookup into ``codebook()``, straight-through, upsample."""
 
@@ -254,15 +246,19 @@ class LLMCodec(HubModel, nn.Module):
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
-    def attach_tables(
-        self, word_table: torch.Tensor, embeddings: torch.Tensor, word_pieces: torch.Tensor
-    ) -> None:
-        """Give the layers their frozen tables (one embedding tensor shared by layers 2 and 3),
-        each standardised (``standardise_table``)."""
-        word_table, embeddings = standardise_table(word_table), standardise_table(embeddings)
+    def attach_tables(self, tables: LLMTables) -> None:
+        """Give the layers the frozen tables of ``tables`` (standardised when they were loaded),
+        held, not copied: layer 1 the word table, layers 2 and 3 the one embedding tensor."""
+        c = self.config
+        want = [(c.num_words, c.llm_width), (c.vocab_size, c.llm_width)]
+        got = [tuple(tables.word_table.shape), tuple(tables.embeddings.shape)]
+        if got != want:
+            raise ValueError(
+                f"tables of {tables.name!r} are {got} (words, vocabulary), the codec's are {want}"
+            )
         for i, layer in enumerate(self.quantizer.layers):
-            layer.table = word_table if i == 0 else embeddings
-        self.word_pieces.copy_(word_pieces)
+            layer.table = tables.word_table if i == 0 else tables.embeddings
+        self.word_pieces.copy_(tables.word_pieces())
 
     def refresh_codebooks(self) -> None:
         for layer in self.quantizer.layers:

@@ -3,11 +3,13 @@
 Only two things of the LLM are read: its tokenizer and its input-embedding matrix. The matrix is
 read straight from the safetensors file that holds it (the model is built on the ``meta`` device
 to learn the tensor's name, so no weight of the rest of the LLM is ever loaded), once, in the
-compute dtype. Layers 2 and 3 share that one tensor.
+compute dtype, and standardised in place (``standardise_table``) as it is loaded: the standardised
+tensor is the only copy, and layers 2 and 3 of the codec share it.
 
 The word table (layer 1) holds whole words of the vocabulary: a word is a vocabulary entry that
 starts a word (``Ġ`` / ``▁`` / a leading space) and is alphabetic, or a word of a given word list
-that the tokenizer splits into at most two pieces. A word's row is the mean of its pieces' rows.
+that the tokenizer splits into at most two pieces. A word's row is the mean of its pieces' rows
+(the LLM's rows as read, before standardising), then the word table is standardised on its own.
 Special tokens and byte tokens (``<0x41>``) are never words.
 """
 
@@ -128,23 +130,49 @@ def word_entries(
     return out[:max_words] if max_words > 0 else out
 
 
+def standardise_table(table: torch.Tensor) -> torch.Tensor:
+    """(N, W) -> the rows minus their mean row, over their overall std, **in place** (``table`` is
+    returned). The arithmetic is fp32: an fp32 table is rewritten where it lies; another dtype goes
+    through one transient fp32 copy, rounded back into ``table``.
+
+    Why: an LLM's rows share a large common direction and are small (LLaMA's ~0.02 per entry): fed
+    raw to the codec's projection, its bias dominates every row, all rows point one way and cosine
+    lookup picks one word for everything (layer 1's perplexity stayed 1.0 and the commitment loss
+    grew without bound). The projection is affine, so this changes its starting point, not what it
+    can express."""
+    t = table.float()  # ``table`` itself when it is fp32
+    t.sub_(t.mean(0, keepdim=True))
+    t.div_(t.std().clamp_min(1e-8))
+    if t is not table:
+        table.copy_(t)
+    return table
+
+
 @dataclass
 class LLMTables:
-    """What the codec reads of an LLM: its name, tokenizer, embedding matrix and word table."""
+    """What the codec reads of an LLM: its name, tokenizer, word list and its two frozen tables,
+    both standardised (``standardise_table``). Build it with ``LLMTables.from_embeddings`` (which
+    ``load_tables`` calls): no raw copy of a table is kept."""
 
     name: str
     tokenizer: object
-    embeddings: torch.Tensor  # (V, W), frozen, the compute dtype
+    embeddings: torch.Tensor  # (V, W), frozen, standardised, the compute dtype: layers 2 and 3
+    word_table: torch.Tensor  # (N_words, W), frozen, standardised, the compute dtype: layer 1
     words: list[tuple[str, list[int]]]
+
+    @classmethod
+    def from_embeddings(
+        cls, name: str, tokenizer, embeddings: torch.Tensor, words: list[tuple[str, list[int]]]
+    ) -> LLMTables:
+        """The tables of the LLM's raw ``(V, W)`` input embeddings, which are standardised in place
+        (the caller hands the tensor over). Each word's row is the mean of its pieces' raw rows; the
+        ``(N_words, W)`` word table is then standardised on its own."""
+        word_table = torch.stack([embeddings[ids].mean(0) for _, ids in words])
+        return cls(name, tokenizer, standardise_table(embeddings), standardise_table(word_table), words)
 
     @property
     def fingerprint(self) -> str:
         return tokenizer_fingerprint(self.tokenizer)
-
-    def word_matrix(self) -> torch.Tensor:
-        """``(N_words, W)``: each word's row is the mean of its pieces' embedding rows."""
-        rows = [self.embeddings[ids].mean(0) for _, ids in self.words]
-        return torch.stack(rows)
 
     def word_pieces(self) -> torch.Tensor:
         """``(N_words, 2)`` piece ids per word, -1 where a word has one piece."""
@@ -164,4 +192,4 @@ def load_tables(name: str | os.PathLike, words: Iterable[str] | None = None, max
         raise InputError(
             f"--llm {name}: the tokenizer's ids exceed the embedding table ({emb.shape[0]} rows)"
         )
-    return LLMTables(name, tokenizer, emb, entries)
+    return LLMTables.from_embeddings(name, tokenizer, emb, entries)

@@ -8,6 +8,7 @@ train (``LLMCodecTrainable``) and the two teachers' losses on top.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,22 +56,24 @@ class LLMCodecTrainConfig:
 
 
 def build_codec(cfg: LLMCodecConfig, tables: LLMTables) -> LLMCodec:
-    """An LLM-Codec sized to ``tables`` (the LLM's width, vocabulary and word count), tables attached."""
+    """An LLM-Codec sized to ``tables`` (the LLM's width, vocabulary and word count), tables attached
+    (held, not copied: the codec's layers hold ``tables.word_table`` and ``tables.embeddings``)."""
     emb = tables.embeddings
     cfg.llm, cfg.llm_width, cfg.vocab_size = tables.name, int(emb.shape[1]), int(emb.shape[0])
     cfg.num_words, cfg.tokenizer_sha = len(tables.words), tables.fingerprint
     codec = LLMCodec(cfg)
-    codec.attach_tables(tables.word_matrix(), emb, tables.word_pieces())
+    codec.attach_tables(tables)
     return codec
 
 
 class LLMCodecTrainable(nn.Module):
     """LLM-Codec as the codec trainer trains it (the methods ``TrainableCodec`` has), plus the
-    teachers' heads: linear maps from the latent width to each teacher's."""
+    teachers' heads: linear maps from the latent width to each teacher's. The LLM's tables are the
+    ones ``codec`` holds (``held_tables``): nothing here keeps another reference to them."""
 
-    def __init__(self, codec: LLMCodec, tables: LLMTables, teachers: TeacherConfig):
+    def __init__(self, codec: LLMCodec, teachers: TeacherConfig):
         super().__init__()
-        self.codec, self.tables, self.weights = codec, tables, teachers
+        self.codec, self.weights = codec, teachers
         self.freeze_encoder = False
         # frozen, not this module's state: kept out of checkpoints and optimisers
         self._teachers = {k: load_teacher(getattr(teachers, k)) for k in ("semantic", "consistency")}
@@ -141,6 +144,27 @@ class LLMCodecTrainable(nn.Module):
         return self.codec
 
 
+def held_tables(module: nn.Module) -> dict[int, torch.Tensor]:
+    """The tensors ``module`` holds besides its parameters and buffers (the frozen LLM tables),
+    one per storage (keyed by its address): any tensor attribute of any submodule, also inside a
+    dataclass attribute (an ``LLMTables``). Layers 2 and 3 share one storage, so it counts once."""
+    own = {id(t) for m in module.modules() for t in (*m._parameters.values(), *m._buffers.values())}
+    held: dict[int, torch.Tensor] = {}
+
+    def visit(v: Any) -> None:
+        if isinstance(v, torch.Tensor):
+            if id(v) not in own:
+                held.setdefault(v.untyped_storage().data_ptr(), v)
+        elif dataclasses.is_dataclass(v) and not isinstance(v, type):
+            for f in dataclasses.fields(v):
+                visit(getattr(v, f.name))
+
+    for m in module.modules():
+        for v in vars(m).values():
+            visit(v)
+    return held
+
+
 def check_llm(config: LLMCodecConfig, tables: LLMTables, where: str | os.PathLike) -> None:
     """``InputError`` naming both LLMs when ``tables`` are not the ones the codec was built on."""
     if config.tokenizer_sha != tables.fingerprint or config.vocab_size != tables.embeddings.shape[0]:
@@ -173,11 +197,15 @@ def train(cfg: LLMCodecTrainConfig, audio: list[str | os.PathLike], out: str | o
     print(f"llm-codec train: {llm}: vocabulary {tables.embeddings.shape[0]} x {tables.embeddings.shape[1]}, "
           f"{len(tables.words)} whole words for layer 1", flush=True)  # fmt: skip
 
-    def build(c: Any) -> LLMCodecTrainable:
-        return LLMCodecTrainable(build_codec(c.model, tables), tables, c.teachers)
+    tokenizer = tables.tokenizer
+
+    def build(c: Any) -> LLMCodecTrainable:  # called once; the tables move into the codec
+        nonlocal tables
+        codec, tables = build_codec(c.model, tables), None  # on a GPU no host copy stays behind
+        return LLMCodecTrainable(codec, c.teachers)
 
     last = codec_train(cfg, audio, out, build=build, command="llm-codec train")
     tok_dir = Path(out) / "tokenizer"
     if not tok_dir.is_dir():
-        tables.tokenizer.save_pretrained(str(tok_dir))
+        tokenizer.save_pretrained(str(tok_dir))
     return last
