@@ -95,44 +95,33 @@ def opus_roundtrip(wave, sr: int = 24_000):
 
 
 def reconstruction(heldout: dict[str, list[Path]], codec=None) -> dict:
-    """Per set: mel distance (sum over frames / count), PESQ and STOI (speech), code perplexity;
-    ``codec`` None is Opus."""
+    """Per set (``codec.eval.SetMetrics``): mel distance, PESQ and STOI (speech), each layer's code
+    perplexity; ``codec`` None is Opus (its bits per second instead of perplexities)."""
     import torch
 
     from whispergpt.audio import load_audio
-    from whispergpt.codec.eval import codebook_usage, mel_distance_sum, pesq_stoi
+    from whispergpt.codec.eval import SetMetrics
 
     out = {}
     for group, files in heldout.items():
-        ms = mn = 0
-        pesq, stoi, codes, bps = [], [], [[], [], []], []
+        m, bps = SetMetrics(), []
         for f in files:
             w = load_audio(f)[: 10 * 24_000]
             if codec is None:
-                est, b = opus_roundtrip(w)
+                (est, b), codes = opus_roundtrip(w), []
                 bps.append(b)
             else:
                 with torch.no_grad():
                     c = codec.encode(w[None])
                     est = codec.decode(c, w.numel())[0]
-                for k, ck in enumerate(c):
-                    codes[k].append(ck[0])
-            s, n = mel_distance_sum(w, est)
-            ms, mn = ms + s, mn + n
-            if group == "speech":
-                p, q = pesq_stoi(w, est)
-                pesq += [p] if p is not None else []
-                stoi += [q] if q is not None else []
-        row = {"files": len(files), "mel_distance": ms / max(mn, 1),
-               "pesq_wb": statistics.mean(pesq) if pesq else None,
-               "stoi": statistics.mean(stoi) if stoi else None}  # fmt: skip
+                codes = [ck[0] for ck in c]
+            m.add(w, est, codes, speech=group == "speech")
+        summary = m.summary([] if codec is None else codec.config.sizes())
+        row = {k: summary[k] for k in ("files", "mel_distance", "pesq_wb", "stoi")}
         if codec is None:
             row["bits_per_second"] = statistics.mean(bps)
         else:
-            sizes = codec.config.sizes()
-            row["code_perplexity"] = [
-                codebook_usage(torch.cat(codes[k])[None], sizes[k])[1][0] for k in range(len(sizes))
-            ]
+            row["code_perplexity"] = summary["codebook_perplexity"]
         out[group] = row
     return out
 

@@ -12,7 +12,7 @@ import torch
 from whispergpt.audio import SAMPLE_RATE, save_audio
 from whispergpt.codec import PRIME_FRAMES, Codec
 from whispergpt.codec.checkpoint import latest_checkpoint
-from whispergpt.codec.eval import codebook_usage, mel_distance, si_snr
+from whispergpt.codec.eval import SetMetrics, codebook_usage, mel_distance, mel_distance_sum, si_snr
 from whispergpt.codec.lsuv import lsuv_init
 from whispergpt.codec.rvq import ResidualVQ, export_to_encodec, nearest_code, rvq_for_encodec
 from whispergpt.codec.train import train
@@ -332,6 +332,36 @@ def test_codebook_usage_entropy():
     assert ent == pytest.approx([6.0, 6.0]) and ppl == pytest.approx([64.0, 64.0])
     ent, ppl = codebook_usage(const, 64)
     assert ent == [0.0] and ppl == [1.0]
+
+
+def test_set_metrics_pool_files_and_codebooks_of_different_lengths():
+    """The one per-set accumulator of ``codec eval`` and ``scripts/measure_llm_codec.py``: mel cells
+    pool over files, SI-SNR is a mean over files, each codebook's codes pool over files (codebooks
+    may differ in frame count and size, as the LLM-Codec's layers do)."""
+    refs = tones(2, 0.5, seed=3)
+    ests = [
+        r + 0.05 * torch.randn(r.numel(), generator=torch.Generator().manual_seed(i))
+        for i, r in enumerate(refs)
+    ]
+    codes = [
+        [torch.arange(10) % 4, torch.arange(20) % 16],
+        [torch.zeros(5, dtype=torch.long), torch.arange(10) % 16],
+    ]
+    m = SetMetrics()
+    for r, e, c in zip(refs, ests, codes):
+        m.add(r, e, c)
+    out = m.summary([4, 16])
+    cells = [mel_distance_sum(r, e) for r, e in zip(refs, ests)]
+    assert out["files"] == 2
+    assert out["mel_distance"] == sum(s for s, _ in cells) / sum(n for _, n in cells)
+    assert out["si_snr_db"] == pytest.approx(float(np.mean([si_snr(r, e) for r, e in zip(refs, ests)])))
+    assert out["pesq_wb"] is None and out["stoi"] is None  # not a speech set
+    for k, n in enumerate((4, 16)):
+        ent, ppl = codebook_usage(torch.cat([c[k] for c in codes])[None], n)
+        assert out["codebook_entropy_bits"][k] == ent[0] and out["codebook_perplexity"][k] == ppl[0]
+    with pytest.raises(ValueError, match="codebooks"):
+        m.add(refs[0], ests[0], codes[0][:1])
+    assert SetMetrics().summary([])["files"] == 0
 
 
 @pytest.mark.slow

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -123,6 +125,62 @@ def random_floor(codec, waves: list[torch.Tensor], seed: int = 0):
     return Codec(model, bandwidth=codec.bandwidth, name=f"random floor (seed {seed})")
 
 
+@dataclass
+class SetMetrics:
+    """One set's metrics pooled over its files (the rows of ``evaluate_codec``, also
+    ``scripts/measure_llm_codec.py``'s): ``add`` each file's reference, decoded wave and codes, then
+    ``summary``. Mel distance pools (bin, frame) cells over the files, SI-SNR / PESQ / STOI are means
+    over files, code usage pools each codebook's codes over the files."""
+
+    mel_sum: float = 0.0
+    mel_n: int = 0
+    si_snr: list[float] = field(default_factory=list)
+    pesq: list[float] = field(default_factory=list)
+    stoi: list[float] = field(default_factory=list)
+    codes: list[list[torch.Tensor]] = field(default_factory=list)  # per codebook, one (T_k,) per file
+
+    def add(self, ref: torch.Tensor, est: torch.Tensor, codes: Sequence[torch.Tensor] = (),
+            speech: bool = False) -> None:  # fmt: skip
+        """One file: ``ref`` and ``est`` (S,), its codes (one 1-D tensor per codebook; a codebook's
+        frame count may differ from another's), PESQ and STOI too when ``speech``."""
+        ms, mn = mel_distance_sum(ref, est)
+        self.mel_sum += ms
+        self.mel_n += mn
+        self.si_snr.append(si_snr(ref, est))
+        if not self.codes:
+            self.codes = [[] for _ in codes]
+        if len(codes) != len(self.codes):
+            raise ValueError(f"{len(codes)} codebooks' codes, earlier files had {len(self.codes)}")
+        for k, c in enumerate(codes):
+            self.codes[k].append(c.reshape(-1))
+        if speech:
+            p, s = pesq_stoi(ref, est)
+            if p is not None:
+                self.pesq.append(p)
+            if s is not None:
+                self.stoi.append(s)
+
+    def summary(self, codebook_sizes: Sequence[int]) -> dict:
+        """``files``, ``mel_distance``, ``si_snr_db`` (+inf if any file's is), ``pesq_wb``, ``stoi``
+        (None without scores), and per codebook (``codebook_sizes[k]`` entries) its
+        ``codebook_entropy_bits`` and ``codebook_perplexity``."""
+        usage = [
+            codebook_usage(torch.cat(c)[None], n) for c, n in zip(self.codes, codebook_sizes, strict=True)
+        ]
+        finite = [v for v in self.si_snr if math.isfinite(v)]
+        return {
+            "files": len(self.si_snr),
+            "mel_distance": self.mel_sum / max(self.mel_n, 1),
+            "si_snr_db": (float(np.mean(finite)) if len(finite) == len(self.si_snr) else math.inf)
+            if self.si_snr
+            else None,
+            "pesq_wb": float(np.mean(self.pesq)) if self.pesq else None,
+            "stoi": float(np.mean(self.stoi)) if self.stoi else None,
+            "codebook_entropy_bits": [e[0] for e, _ in usage],
+            "codebook_perplexity": [p[0] for _, p in usage],
+        }
+
+
 @torch.inference_mode()
 def evaluate_codec(
     codec,
@@ -130,7 +188,8 @@ def evaluate_codec(
     bandwidths: list[float],
     speech_metrics: bool = True,
 ) -> dict:
-    """``items``: (path, set, wave (S,)). Returns {bandwidth: {set: metrics}} (bandwidths as str)."""
+    """``items``: (path, set, wave (S,)). Returns {bandwidth: {set: metrics}} (bandwidths as str);
+    PESQ and STOI go to the speech set only."""
     from whispergpt.codec import Codec
 
     q = codec.model.quantizer
@@ -141,42 +200,14 @@ def evaluate_codec(
     out: dict = {}
     for b in bandwidths:
         K = int(q.get_num_quantizers_for_bandwidth(b))
-        acc: dict[str, dict] = {}
+        acc: dict[str, SetMetrics] = {}
         for (_, group, w), codes in zip(items, codes_by_item):
             T = codes.shape[-1]
             ref = w[: T * HOP_LENGTH]
             est = top.decode(codes[None, :K])[0].cpu()  # (T * 320,)
-            for g in (group, "all"):
-                a = acc.setdefault(
-                    g, {"mel_sum": 0.0, "mel_n": 0, "si_snr": [], "pesq": [], "stoi": [], "codes": []}
-                )
-                ms, mn = mel_distance_sum(ref, est)
-                a["mel_sum"] += ms
-                a["mel_n"] += mn
-                a["si_snr"].append(si_snr(ref, est))
-                a["codes"].append(codes[:K])
-            if group == "speech" and speech_metrics:
-                p, s = pesq_stoi(ref, est)
-                if p is not None:
-                    acc["speech"]["pesq"].append(p)
-                if s is not None:
-                    acc["speech"]["stoi"].append(s)
-        res = {}
-        for g, a in acc.items():
-            ent, ppl = codebook_usage(torch.cat(a["codes"], dim=1), codec.codebook_size)
-            finite = [v for v in a["si_snr"] if math.isfinite(v)]
-            res[g] = {
-                "files": len(a["si_snr"]),
-                "mel_distance": a["mel_sum"] / max(a["mel_n"], 1),
-                "si_snr_db": (float(np.mean(finite)) if len(finite) == len(a["si_snr"]) else math.inf)
-                if a["si_snr"]
-                else None,
-                "pesq_wb": float(np.mean(a["pesq"])) if a["pesq"] else None,
-                "stoi": float(np.mean(a["stoi"])) if a["stoi"] else None,
-                "codebook_entropy_bits": ent,
-                "codebook_perplexity": ppl,
-            }
-        out[str(b)] = res
+            acc.setdefault(group, SetMetrics()).add(ref, est, codes[:K], group == "speech" and speech_metrics)
+            acc.setdefault("all", SetMetrics()).add(ref, est, codes[:K])
+        out[str(b)] = {g: a.summary([codec.codebook_size] * K) for g, a in acc.items()}
     return out
 
 
