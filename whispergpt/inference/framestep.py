@@ -96,7 +96,6 @@ class FrameStep:
         # written and before the step that reads its mel
         cuda = overlap and codes.device.type == "cuda"
         self._side = torch.cuda.Stream(codes.device) if cuda else None
-        self._done: torch.cuda.Event | None = None
         if compile and not self.static:
             raise ValueError("compile needs the static step (a static cache)")
         if (

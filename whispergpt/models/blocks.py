@@ -114,6 +114,8 @@ class Int8Linear:
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
         w = weight.detach().float()  # (out, in)
         self.fallback = None if w.shape[1] % 16 == 0 else FastLinear.of(w, bias, torch.bfloat16)
+        if self.fallback is not None:
+            return
         scale = w.abs().amax(dim=1).clamp_min(1e-12) / 127.0  # (out,)
         self.q = (w / scale[:, None]).round_().clamp_(-127, 127).to(torch.int8).contiguous()
         self.scale = scale.to(torch.bfloat16)

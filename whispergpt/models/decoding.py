@@ -101,7 +101,7 @@ AUTO_INT8_MIN_BYTES = 8 * 2**20
 def step_weight_bytes(model) -> int:
     """fp32 bytes of the matrices one decode step reads: every ``nn.Linear`` and a tied head."""
     n = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
-    if getattr(model, "head", None) is None and getattr(model, "depth", None) is None:
+    if model.head is None and model.depth is None:
         n += model._head_weight().numel()  # tied to the token embedding: read whole each step
     return 4 * n
 
@@ -112,8 +112,9 @@ def resolve_decode_dtype(model, decode_dtype: str, device: torch.device) -> str:
     bytes pays), else ``fp32`` (the weights' own dtype; always off CPU)."""
     if decode_dtype != "auto":
         return decode_dtype
-    big = step_weight_bytes(model) >= AUTO_INT8_MIN_BYTES
-    return "int8" if device.type == "cpu" and big else "fp32"
+    if device.type != "cpu":
+        return "fp32"
+    return "int8" if step_weight_bytes(model) >= AUTO_INT8_MIN_BYTES else "fp32"
 
 
 @dataclass
