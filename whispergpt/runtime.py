@@ -284,6 +284,10 @@ def main_process_lock(acc: Any, directory: str | os.PathLike, command: str) -> c
         broadcast_object_list(failed, from_process=0)
     if failed[0] is not None:
         stack.close()
+        if acc.num_processes > 1 and torch.distributed.is_initialized():
+            # every rank leaves now: a gloo group left open while its peer exits can abort the
+            # process (SIGABRT) after the error line, instead of the clean exit 2
+            torch.distributed.destroy_process_group()
         raise FolderInUse(failed[0])
     return stack
 
